@@ -1,0 +1,161 @@
+/*
+ * config.h - mxgate configuration: one UCL file compiled into an immutable
+ * snapshot (struct mx_config). Key names follow docs/CONFIG.md.
+ *
+ * Ownership: a snapshot is built by mx_config_load() and never modified after;
+ * workers read it without locks. Reload builds a new one and swaps it in.
+ */
+#ifndef MX_CONFIG_H
+#define MX_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/** One host:port listen or destination address, resolved numerically. */
+struct mx_sockaddr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char text[80]; /**< as written, e.g. "[::1]:2525" */
+};
+
+/** A CIDR entry of an ordered list; negated entries exclude. */
+struct mx_cidr {
+    int family; /**< AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    uint8_t prefix;
+    bool negate;
+};
+
+enum mx_route_scheme {
+    MX_ROUTE_SMTP = 1, /**< smtp:host:port[,host:port...] fail-over list */
+    MX_ROUTE_MAILDIR,  /**< maildir:DIR, local delivery */
+    MX_ROUTE_MX,       /**< mx: MX lookup of the recipient domain */
+};
+
+struct mx_route {
+    char *domain; /**< lower-case recipient domain, or "*" */
+    enum mx_route_scheme scheme;
+    struct mx_sockaddr *hosts; /**< MX_ROUTE_SMTP: fail-over order */
+    size_t n_hosts;
+    char *maildir; /**< MX_ROUTE_MAILDIR */
+};
+
+struct mx_config {
+    char *path; /**< file it was loaded from, or NULL */
+
+    /* listen */
+    struct mx_sockaddr *listen_smtp;
+    size_t n_listen_smtp;
+
+    /* dataplane */
+    char *dp_backend; /**< "kernel" or "dpdk" */
+    unsigned dp_workers;
+    char *dp_eal;
+    char *dp_address; /**< dpdk: "10.0.0.2/24" */
+    char *dp_gateway;
+
+    /* spool */
+    char *spool_dir;
+
+    /* control */
+    char *control_socket;
+    char *control_http;
+
+    /* smtp */
+    char *smtp_hostname;
+    uint64_t smtp_max_message_size;
+    uint64_t smtp_max_message_total;
+    unsigned smtp_max_recipients;
+    unsigned smtp_max_line_length;   /**< command line limit, RFC 5321 4.5.3.1.4: 512 */
+    unsigned smtp_max_errors;        /**< errors before 421 and close */
+    unsigned smtp_max_commands;      /**< commands per session before 421 */
+    unsigned smtp_timeout_command;   /**< seconds, RFC 5321 4.5.3.2.7: 300 */
+    unsigned smtp_timeout_data;      /**< seconds between data chunks: 180 */
+    unsigned smtp_greeting_delay_ms; /**< pregreet window; 0 = off */
+    bool smtp_pregreet_reject;       /**< reject clients that talk first */
+    char *smtp_bare_lf;              /**< "reject" (default) or "normalize" */
+    char *smtp_tls_cert;
+    char *smtp_tls_key;
+
+    /* routing and relay */
+    struct mx_route *routes;
+    size_t n_routes;
+    char **relay_domains;
+    size_t n_relay_domains;
+    struct mx_cidr *trusted_networks;
+    size_t n_trusted_networks;
+
+    /* queue */
+    unsigned queue_retry_first;  /**< seconds, default 300 */
+    unsigned queue_retry_max;    /**< seconds, default 3600 */
+    unsigned queue_max_lifetime; /**< seconds, default 5 days */
+    unsigned queue_dest_concurrency;
+
+    /* scan */
+    char **scan_rules;
+    size_t n_scan_rules;
+    bool scan_clamav_enabled;
+    char *scan_clamav_database;
+    double scan_spam_threshold;
+};
+
+/** One problem found while loading: file:line and a reason. */
+struct mx_config_error {
+    char file[256];
+    unsigned line;
+    char msg[256];
+};
+
+struct mx_config_errors {
+    struct mx_config_error *v;
+    size_t n;
+};
+
+/**
+ * Load and validate a configuration file.
+ *
+ * @param path       UCL file; NULL gives the built-in defaults.
+ * @param overrides  "key.path=value" strings applied after the file (-o).
+ * @param n_over     number of overrides.
+ * @param out        receives the new snapshot on success.
+ * @param errs       receives every error found (may be NULL); free with
+ *                   mx_config_errors_free().
+ * @return 0, or -EINVAL when any error was found (*out untouched),
+ *         -ENOMEM, or -errno when the file cannot be read.
+ */
+int mx_config_load(const char *path, const char *const *overrides, size_t n_over,
+                   struct mx_config **out, struct mx_config_errors *errs);
+
+/** Free a snapshot. NULL is accepted. */
+void mx_config_free(struct mx_config *cfg);
+
+/** Free the error list filled by mx_config_load(). */
+void mx_config_errors_free(struct mx_config_errors *errs);
+
+/**
+ * Find the route for a recipient domain (case-insensitive), falling back to
+ * "*". Returns NULL when neither exists.
+ */
+const struct mx_route *mx_config_route(const struct mx_config *cfg, const char *domain);
+
+/** True if domain is a relay domain (inbound accepted from anyone). */
+bool mx_config_is_relay_domain(const struct mx_config *cfg, const char *domain);
+
+/** Trusted-networks lookup: ordered, negations exclude, first match wins. */
+bool mx_config_is_trusted(const struct mx_config *cfg, const struct sockaddr *sa);
+
+/**
+ * Write the complete effective configuration as UCL text.
+ * Returns a malloc'd NUL-terminated string, or NULL on allocation failure.
+ */
+char *mx_config_export(const struct mx_config *cfg);
+
+/** Parse "host:port" / "[v6]:port" into a mx_sockaddr. Returns 0 or -EINVAL. */
+int mx_config_parse_hostport(const char *text, struct mx_sockaddr *out);
+
+/** Parse "a.b.c.d/n", "v6/n" or with a leading "!" into a mx_cidr. 0 or -EINVAL. */
+int mx_config_parse_cidr(const char *text, struct mx_cidr *out);
+
+#endif
