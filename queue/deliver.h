@@ -1,0 +1,55 @@
+/* queue/deliver.h - delivery agents and DSN generation, internal to queue/ */
+#ifndef MX_QUEUE_DELIVER_H
+#define MX_QUEUE_DELIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "queue/queue.h"
+#include "config/config.h"
+
+struct mx_worker;
+
+/** What one recipient of one transaction came to. */
+struct mx_deliver_rcpt_result {
+    int code;        /* 250, 4xx, 5xx as answered; 0 = not attempted (treat as temporary) */
+    char enh[16];    /* "2.0.0", "" if none */
+    char text[256];  /* the server's text, or our own reason */
+};
+
+/** Outcome of one delivery transaction, passed to mx_deliver_done_fn. */
+struct mx_deliver_result {
+    size_t n;                                /* == req->n_rcpt */
+    struct mx_deliver_rcpt_result *rcpt;     /* in request order; valid during the callback */
+    char remote[80];                         /* host:port that answered, or "" */
+    char error[256];                         /* connection-level problem for logs, or "" */
+};
+
+/** One delivery transaction: one message to some recipients over one route. */
+struct mx_deliver_req {
+    const struct mx_route *route;            /* MX_ROUTE_SMTP (MX_ROUTE_MX later) */
+    const struct mx_envelope *env;
+    const size_t *rcpt_idx; size_t n_rcpt;   /* which env->rcpts this transaction carries */
+    const uint8_t *msg; size_t len;          /* whole message, CRLF line ends */
+    const char *helo_name;                   /* our EHLO name */
+    const char *queue_id;                    /* for log lines */
+};
+
+typedef void (*mx_deliver_done_fn)(void *arg, const struct mx_deliver_result *res);
+
+/* Start an SMTP delivery on worker w (async over mx_stream_connect); done runs on w exactly once.
+ * req and the memory it points to must stay valid until done runs. 0 or -errno (done not called). */
+int mx_deliver_smtp_start(struct mx_worker *w, const struct mx_deliver_req *req,
+                          mx_deliver_done_fn done, void *arg);
+
+/* Build an RFC 3464 multipart/report DSN for the failed (or delayed) recipients.
+ * status[i] describes env->rcpts[rcpt_idx[i]]. ret FULL → whole message, HDRS/default → headers only.
+ * Returns 0 and a malloc'd message in *out/*out_len (CRLF line ends), or -errno.
+ * Never call it for a null sender (the caller checks; the function returns -EINVAL for mail_from ""). */
+struct mx_dsn_rcpt { size_t rcpt_idx; const struct mx_deliver_rcpt_result *res; bool delayed; const char *remote; };
+int mx_dsn_build(const struct mx_envelope *env, const struct mx_dsn_rcpt *st, size_t n,
+                 const uint8_t *orig, size_t orig_len, const char *reporting_mta,
+                 const char *queue_id, uint64_t now_ms, char **out, size_t *out_len);
+
+#endif
