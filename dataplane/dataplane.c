@@ -1,0 +1,342 @@
+/*
+ * dataplane.c - EAL start-up, worker lcores and their event loop.
+ *
+ * Workers are DPDK lcores in both backends, pinned to CPUs. In kernel mode
+ * EAL runs without hugepages or PCI (--no-huge -m 512 --no-pci --no-shconf);
+ * each worker owns one io_uring ring used for its sockets and for whatever
+ * other module submits (the spool). One loop iteration:
+ *
+ *   wait for completions (bounded by the next timer) -> dispatch them ->
+ *   run expired timers -> run tick hooks (group commit etc.) -> flush sends
+ *
+ * so every reply produced while handling one batch of input leaves in one
+ * send per connection.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_cycles.h>
+#include <rte_lcore.h>
+#include <rte_log.h>
+#include <rte_per_lcore.h>
+#include <rte_timer.h>
+
+#include "dataplane/dataplane_internal.h"
+
+struct mx_dataplane_state mx_dp;
+
+static RTE_DEFINE_PER_LCORE(struct mx_worker *, cur_worker);
+
+/* Longest sleep in one wait: bounds timer lateness (rte_timer runs from the loop). */
+#define LOOP_MAX_WAIT_MS 5
+
+uint64_t mx_dp_monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Split extra EAL arguments on blanks (no quoting: EAL arguments have none). */
+static int split_args(const char *text, char **argv, int max, char **store)
+{
+    int n = 0;
+    if (!text || !*text)
+        return 0;
+    *store = strdup(text);
+    if (!*store)
+        return -ENOMEM;
+    for (char *save = NULL, *tok = strtok_r(*store, " \t", &save); tok;
+         tok = strtok_r(NULL, " \t", &save)) {
+        if (n == max)
+            return -E2BIG;
+        argv[n++] = tok;
+    }
+    return n;
+}
+
+/*
+ * Map lcore 0 (main/control) and lcores 1..n (workers) onto the CPUs this
+ * process may use, round-robin, so a 2-CPU machine can still run 4 workers.
+ */
+static int build_lcore_map(unsigned workers, char *out, size_t len)
+{
+    cpu_set_t set;
+    int cpus[CPU_SETSIZE], n_cpus = 0;
+    if (sched_getaffinity(0, sizeof set, &set) != 0)
+        return -errno;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &set))
+            cpus[n_cpus++] = c;
+    if (n_cpus == 0)
+        return -ENODEV;
+    size_t off = (size_t)snprintf(out, len, "0@%d", cpus[0]);
+    for (unsigned i = 0; i < workers; i++) {
+        off += (size_t)snprintf(out + off, len - off, ",%u@%d", i + 1, cpus[i % (unsigned)n_cpus]);
+        if (off >= len)
+            return -E2BIG;
+    }
+    return 0;
+}
+
+int mx_dataplane_init(const struct mx_dataplane_params *p)
+{
+    if (!p || p->workers == 0 || p->workers >= MX_MAX_WORKERS || p->n_listen > MX_MAX_LISTEN)
+        return -EINVAL;
+    const char *backend = p->backend ? p->backend : "kernel";
+    if (strcmp(backend, "kernel") != 0) {
+        fprintf(stderr, "mxgate[dataplane]: backend \"%s\" is not available in this build\n",
+                backend);
+        return -ENOTSUP;
+    }
+    memset(&mx_dp, 0, sizeof mx_dp);
+    mx_dp.p = *p;
+    for (size_t i = 0; i < p->n_listen; i++)
+        mx_dp.listen[i] = p->listen[i];
+    mx_dp.p.listen = mx_dp.listen;
+    mx_dp.n_workers = p->workers;
+
+    char lcores[1024];
+    int rc = build_lcore_map(p->workers, lcores, sizeof lcores);
+    if (rc < 0)
+        return rc;
+    char *argv[64];
+    int argc = 0;
+    argv[argc++] = "mxgate";
+    argv[argc++] = "--no-huge";
+    argv[argc++] = "-m";
+    argv[argc++] = "512";
+    argv[argc++] = "--no-pci";
+    argv[argc++] = "--no-shconf";
+    argv[argc++] = "--no-telemetry";
+    argv[argc++] = "--lcores";
+    argv[argc++] = lcores;
+    argv[argc++] = "--log-level";
+    argv[argc++] = "lib.eal:error";
+    char *store = NULL;
+    int extra = split_args(p->eal_extra, argv + argc, 60 - argc, &store);
+    if (extra < 0) {
+        free(store);
+        return extra;
+    }
+    argc += extra;
+    argv[argc] = NULL;
+    /* rte_eal_init() consumes and may reorder argv; it is our local copy. */
+    rc = rte_eal_init(argc, argv);
+    if (rc < 0) {
+        fprintf(stderr, "mxgate[dataplane]: EAL init failed: %s\n", rte_strerror(rte_errno));
+        free(store);
+        return -rte_errno;
+    }
+    mx_dp.eal_up = true;
+    rte_timer_subsystem_init();
+
+    for (unsigned i = 0; i < p->workers; i++) {
+        struct mx_worker *w = calloc(1, sizeof *w);
+        if (!w)
+            return -ENOMEM;
+        w->index = i;
+        w->lcore = i + 1;
+        mx_dp.workers[i] = w;
+        rc = mx_kernel_listen_open(w);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+unsigned mx_dataplane_workers(void)
+{
+    return mx_dp.n_workers;
+}
+
+struct mx_worker *mx_worker_self(void)
+{
+    return RTE_PER_LCORE(cur_worker);
+}
+
+unsigned mx_worker_index(const struct mx_worker *w)
+{
+    return w->index;
+}
+
+struct io_uring *mx_worker_ring(struct mx_worker *w)
+{
+    return &w->ring;
+}
+
+int mx_worker_add_tick(struct mx_worker *w, mx_tick_fn fn, void *arg)
+{
+    if (w->n_ticks == MX_MAX_TICKS)
+        return -ENOSPC;
+    w->ticks[w->n_ticks].fn = fn;
+    w->ticks[w->n_ticks].arg = arg;
+    w->n_ticks++;
+    return 0;
+}
+
+uint64_t mx_worker_now_ms(const struct mx_worker *w)
+{
+    return w->now_ms;
+}
+
+void mx_worker_wake_within(struct mx_worker *w, uint64_t ms)
+{
+    if (ms < w->wake_within_ms)
+        w->wake_within_ms = ms;
+}
+
+bool mx_worker_stopping(const struct mx_worker *w)
+{
+    (void)w;
+    return atomic_load_explicit(&mx_dp.stopping, memory_order_relaxed);
+}
+
+static void dispatch_completions(struct mx_worker *w)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&w->ring, head, cqe)
+    {
+        struct mx_uring_op *op = io_uring_cqe_get_data(cqe);
+        seen++;
+        if (op)
+            op->done(op, cqe->res, cqe->flags);
+    }
+    io_uring_cq_advance(&w->ring, seen);
+}
+
+static void wait_for_work(struct mx_worker *w)
+{
+    uint64_t ms = w->wake_within_ms;
+    if (ms > LOOP_MAX_WAIT_MS)
+        ms = LOOP_MAX_WAIT_MS;
+    struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = (long long)ms * 1000000};
+    struct io_uring_cqe *cqe;
+    int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
+        fprintf(stderr, "mxgate[dataplane]: worker %u: io_uring wait: %s\n", w->index,
+                strerror(-rc));
+}
+
+static int worker_main(void *arg)
+{
+    struct mx_worker *w = arg;
+    RTE_PER_LCORE(cur_worker) = w;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals belong to the main thread */
+
+    struct io_uring_params up = {.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN};
+    unsigned entries = mx_dp.p.uring_entries ? mx_dp.p.uring_entries : 1024;
+    int rc = io_uring_queue_init_params(entries, &w->ring, &up);
+    if (rc == -EINVAL) {
+        memset(&up, 0, sizeof up);
+        rc = io_uring_queue_init_params(entries, &w->ring, &up);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "mxgate[dataplane]: worker %u: io_uring_queue_init: %s\n", w->index,
+                strerror(-rc));
+        return rc;
+    }
+    w->ring_ok = true;
+    w->now_ms = mx_dp_monotonic_ms();
+    if (mx_dp.p.on_worker_init) {
+        rc = mx_dp.p.on_worker_init(w, mx_dp.p.init_arg);
+        if (rc < 0) {
+            fprintf(stderr, "mxgate[dataplane]: worker %u: init failed: %s\n", w->index,
+                    strerror(-rc));
+            return rc;
+        }
+    }
+    rc = mx_kernel_worker_start(w);
+    if (rc < 0)
+        return rc;
+
+    bool told_stop = false;
+    for (;;) {
+        w->wake_within_ms = LOOP_MAX_WAIT_MS;
+        wait_for_work(w);
+        w->now_ms = mx_dp_monotonic_ms();
+        dispatch_completions(w);
+        rte_timer_manage();
+        for (unsigned i = 0; i < w->n_ticks; i++)
+            w->ticks[i].fn(w, w->ticks[i].arg);
+        mx_kernel_flush(w);
+
+        if (atomic_load_explicit(&mx_dp.stopping, memory_order_acquire)) {
+            if (!told_stop) {
+                mx_kernel_stop_accepting(w);
+                told_stop = true;
+            }
+            if (w->n_conns == 0 || w->now_ms >= mx_dp.stop_deadline_ms) {
+                mx_kernel_close_all(w);
+                /* a few more turns so pending flushes and closes complete */
+                for (int round = 0; round < 50; round++) {
+                    w->wake_within_ms = 2;
+                    wait_for_work(w);
+                    w->now_ms = mx_dp_monotonic_ms();
+                    dispatch_completions(w);
+                    for (unsigned i = 0; i < w->n_ticks; i++)
+                        w->ticks[i].fn(w, w->ticks[i].arg);
+                    if (w->n_conns == 0 && round >= 5)
+                        break;
+                }
+                break;
+            }
+        }
+    }
+    mx_kernel_worker_fini(w);
+    return 0;
+}
+
+int mx_dataplane_start(void)
+{
+    for (unsigned i = 0; i < mx_dp.n_workers; i++) {
+        struct mx_worker *w = mx_dp.workers[i];
+        int rc = rte_eal_remote_launch(worker_main, w, w->lcore);
+        if (rc < 0)
+            return rc;
+    }
+    mx_dp.started = true;
+    return 0;
+}
+
+void mx_dataplane_stop(unsigned grace_ms)
+{
+    if (!mx_dp.started)
+        return;
+    mx_dp.stop_deadline_ms = mx_dp_monotonic_ms() + grace_ms;
+    atomic_store_explicit(&mx_dp.stopping, true, memory_order_release);
+    rte_eal_mp_wait_lcore();
+    mx_dp.started = false;
+    atomic_store(&mx_dp.stopped, true);
+}
+
+/* True once every worker returned (the main thread may watch this). */
+void mx_dataplane_cleanup(void)
+{
+    for (unsigned i = 0; i < mx_dp.n_workers; i++) {
+        struct mx_worker *w = mx_dp.workers[i];
+        if (!w)
+            continue;
+        for (unsigned l = 0; l < w->n_listen; l++)
+            if (w->listen_fd[l] >= 0)
+                close(w->listen_fd[l]);
+        free(w);
+        mx_dp.workers[i] = NULL;
+    }
+    if (mx_dp.eal_up) {
+        rte_timer_subsystem_finalize();
+        rte_eal_cleanup();
+        mx_dp.eal_up = false;
+    }
+}

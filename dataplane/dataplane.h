@@ -37,6 +37,12 @@ struct mx_stream_cb {
     void (*timeout)(struct mx_stream *s, void *ctx);
     /** Everything written so far has been handed to the transport. Optional. */
     void (*drained)(struct mx_stream *s, void *ctx);
+    /**
+     * The gateway is stopping: finish what is in progress and close soon
+     * (an idle SMTP session answers 421 and closes). Optional; streams still
+     * open when the grace period ends are closed with closed(-ESHUTDOWN).
+     */
+    void (*shutdown)(struct mx_stream *s, void *ctx);
 };
 
 /** What a transport implements. */
