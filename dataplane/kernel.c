@@ -518,7 +518,7 @@ static void accept_done(struct mx_uring_op *op, int res, uint32_t flags)
                     conn_end(c, -ECONNABORTED);
             }
         }
-    } else if (res != -ECANCELED) {
+    } else if (res != -ECANCELED && !w->listeners_closed) {
         w->accept_errors++;
         if (res != -EMFILE && res != -ENFILE && res != -ENOBUFS && res != -ENOMEM)
             fprintf(stderr, "mxgate[dataplane]: worker %u: accept: %s\n", w->index,
