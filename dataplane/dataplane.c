@@ -321,7 +321,22 @@ void mx_dataplane_stop(unsigned grace_ms)
     atomic_store(&mx_dp.stopped, true);
 }
 
-/* True once every worker returned (the main thread may watch this). */
+void mx_dataplane_stats(struct mx_dataplane_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    for (unsigned i = 0; i < mx_dp.n_workers; i++) {
+        const volatile struct mx_worker *w = mx_dp.workers[i];
+        if (!w)
+            continue;
+        st->accepted += w->accepted;
+        st->accept_errors += w->accept_errors;
+        st->open_streams += w->n_conns;
+        st->recv_nobufs += w->recv_nobufs;
+        st->bytes_in += w->bytes_in;
+        st->bytes_out += w->bytes_out;
+    }
+}
+
 void mx_dataplane_cleanup(void)
 {
     for (unsigned i = 0; i < mx_dp.n_workers; i++) {

@@ -1,0 +1,280 @@
+/*
+ * mxgate.c - the gateway: load the configuration, recover the queue, start
+ * the workers and serve the control socket until SIGTERM/SIGINT.
+ *
+ *   mxgate -c FILE [-o key.path=value ...] [--check]
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "app/control.h"
+#include "config/config.h"
+#include "dataplane/dataplane.h"
+#include "queue/queue.h"
+#include "smtp/smtp.h"
+
+#define MAX_OVERRIDES 64
+#define STOP_GRACE_MS 10000
+
+struct gateway {
+    struct mx_config *cfg;
+    struct mx_queue *queue;
+    struct mx_smtp_server *smtp;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: mxgate -c FILE [-o key.path=value ...] [--check]\n"
+               "  -c FILE      configuration file (UCL)\n"
+               "  -o KEY=VAL   override a key by its dotted path (repeatable)\n"
+               "  --check      validate the configuration, print every error, exit 0/1\n");
+}
+
+static int print_errors(const struct mx_config_errors *errs)
+{
+    for (size_t i = 0; i < errs->n; i++) {
+        const struct mx_config_error *e = &errs->v[i];
+        if (e->line)
+            fprintf(stderr, "%s:%u: %s\n", e->file, e->line, e->msg);
+        else
+            fprintf(stderr, "%s: %s\n", e->file[0] ? e->file : "mxgate", e->msg);
+    }
+    return errs->n ? 1 : 0;
+}
+
+static int worker_init(struct mx_worker *w, void *arg)
+{
+    struct gateway *g = arg;
+    return mx_queue_worker_init(g->queue, w);
+}
+
+static char *dup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *dup_printf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
+    va_end(ap);
+    return s;
+}
+
+/* One control request (see app/control.h). */
+static int control(void *arg, int argc, char **argv, char **out)
+{
+    struct gateway *g = arg;
+    bool json = false;
+    int n = 0;
+    char *args[16];
+    for (int i = 0; i < argc && n < 16; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = true;
+        else
+            args[n++] = argv[i];
+    }
+    if (n == 0)
+        return -EINVAL;
+    if (strcmp(args[0], "ping") == 0) {
+        *out = strdup("pong\n");
+        return 0;
+    }
+    if (strcmp(args[0], "queue") == 0 && n >= 2) {
+        return mx_queue_control(g->queue, args[1], n >= 3 ? args[2] : NULL, json, out);
+    }
+    if (strcmp(args[0], "maintenance") == 0 && n >= 2) {
+        const char *cmd = strcmp(args[1], "on") == 0    ? "pause-inbound"
+                          : strcmp(args[1], "off") == 0 ? "resume-inbound"
+                                                        : NULL;
+        if (!cmd) {
+            *out = strdup("usage: maintenance on|off");
+            return -EINVAL;
+        }
+        return mx_queue_control(g->queue, cmd, NULL, json, out);
+    }
+    if (strcmp(args[0], "config") == 0 && n >= 2 && strcmp(args[1], "export") == 0) {
+        *out = mx_config_export(g->cfg);
+        return *out ? 0 : -ENOMEM;
+    }
+    if (strcmp(args[0], "stats") == 0) {
+        struct mx_dataplane_stats st;
+        mx_dataplane_stats(&st);
+        if (json)
+            *out = dup_printf("{\"connections_total\":%lu,\"connections_open\":%lu,"
+                              "\"accept_errors\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu}\n",
+                              st.accepted, st.open_streams, st.accept_errors, st.bytes_in,
+                              st.bytes_out);
+        else
+            *out = dup_printf("connections_total %lu\nconnections_open %lu\n"
+                              "accept_errors %lu\nbytes_in %lu\nbytes_out %lu\n",
+                              st.accepted, st.open_streams, st.accept_errors, st.bytes_in,
+                              st.bytes_out);
+        return *out ? 0 : -ENOMEM;
+    }
+    *out = dup_printf("unknown request: %s", args[0]);
+    return -EINVAL;
+}
+
+static int run(struct gateway *g)
+{
+    const struct mx_config *cfg = g->cfg;
+    int rc = mx_queue_open(cfg, &g->queue);
+    if (rc < 0) {
+        fprintf(stderr, "mxgate: cannot open the spool at %s: %s\n", cfg->spool_dir,
+                strerror(-rc));
+        return 1;
+    }
+    rc = mx_smtp_server_new(cfg, g->queue, &g->smtp);
+    if (rc < 0) {
+        fprintf(stderr, "mxgate: SMTP server set-up failed: %s\n", strerror(-rc));
+        return 1;
+    }
+    /* Signals go to a signalfd of the main thread; workers block them all. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    sigprocmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+
+    struct mx_dataplane_params p = {
+        .backend = cfg->dp_backend,
+        .workers = cfg->dp_workers,
+        .eal_extra = cfg->dp_eal,
+        .listen = cfg->listen_smtp,
+        .n_listen = cfg->n_listen_smtp,
+        .on_accept = mx_smtp_server_accept,
+        .accept_arg = g->smtp,
+        .on_worker_init = worker_init,
+        .init_arg = g,
+    };
+    rc = mx_dataplane_init(&p);
+    if (rc < 0) {
+        fprintf(stderr, "mxgate: dataplane start failed: %s\n", strerror(-rc));
+        mx_dataplane_cleanup();
+        return 1;
+    }
+    int cfd = -1;
+    if (cfg->control_socket && *cfg->control_socket) {
+        cfd = mx_control_listen(cfg->control_socket);
+        if (cfd < 0) {
+            fprintf(stderr, "mxgate: control socket %s: %s\n", cfg->control_socket,
+                    strerror(-cfd));
+            mx_dataplane_cleanup();
+            return 1;
+        }
+    }
+    rc = mx_dataplane_start();
+    if (rc < 0) {
+        fprintf(stderr, "mxgate: cannot start workers: %s\n", strerror(-rc));
+        mx_dataplane_cleanup();
+        return 1;
+    }
+    for (size_t i = 0; i < cfg->n_listen_smtp; i++)
+        fprintf(stderr, "mxgate: listening on %s (%s backend, %u workers)\n",
+                cfg->listen_smtp[i].text, cfg->dp_backend, cfg->dp_workers);
+
+    for (;;) {
+        struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN}, {.fd = cfd, .events = POLLIN}};
+        int r = poll(pf, cfd >= 0 ? 2 : 1, 1000);
+        if (r < 0 && errno != EINTR)
+            break;
+        if (pf[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof si) == sizeof si) {
+                if (si.ssi_signo == SIGHUP) {
+                    fprintf(stderr, "mxgate: SIGHUP: configuration reload is not available "
+                                    "in this version; restart to apply changes\n");
+                    continue;
+                }
+                fprintf(stderr, "mxgate: %s: stopping (finishing sessions, at most %u s)\n",
+                        strsignal((int)si.ssi_signo), STOP_GRACE_MS / 1000);
+                break;
+            }
+        }
+        if (cfd >= 0 && (pf[1].revents & POLLIN))
+            mx_control_serve_one(cfd, control, g);
+    }
+    if (cfd >= 0) {
+        close(cfd);
+        unlink(cfg->control_socket);
+    }
+    mx_dataplane_stop(STOP_GRACE_MS);
+    mx_queue_close(g->queue);
+    mx_smtp_server_free(g->smtp);
+    mx_dataplane_cleanup();
+    fprintf(stderr, "mxgate: stopped\n");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *conf = NULL;
+    const char *overrides[MAX_OVERRIDES];
+    size_t n_over = 0;
+    bool check = false;
+    static const struct option longopts[] = {
+        {"check", no_argument, NULL, 'C'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:o:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            conf = optarg;
+            break;
+        case 'o':
+            if (n_over == MAX_OVERRIDES) {
+                fprintf(stderr, "mxgate: too many -o overrides (max %d)\n", MAX_OVERRIDES);
+                return 1;
+            }
+            overrides[n_over++] = optarg;
+            break;
+        case 'C':
+            check = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 1;
+    }
+    struct gateway g = {0};
+    struct mx_config_errors errs = {0};
+    int rc = mx_config_load(conf, overrides, n_over, &g.cfg, &errs);
+    if (rc < 0) {
+        if (errs.n == 0)
+            fprintf(stderr, "mxgate: %s: %s\n", conf ? conf : "(defaults)", strerror(-rc));
+        print_errors(&errs);
+        mx_config_errors_free(&errs);
+        return 1;
+    }
+    mx_config_errors_free(&errs);
+    if (check) {
+        printf("%s: configuration ok\n", conf ? conf : "(defaults)");
+        mx_config_free(g.cfg);
+        return 0;
+    }
+    rc = run(&g);
+    mx_config_free(g.cfg);
+    return rc;
+}
