@@ -24,6 +24,7 @@
 #include "dataplane/dataplane.h"
 
 static struct mx_sockaddr listen_addr;
+static struct mx_sockaddr listen_addrs[2]; /* IPv4 and IPv6 on the same port */
 static volatile int closed_count, timeouts, connected_ok, worker_inits;
 
 /* Echo sessions: every byte comes back; "PAUSE" pauses for one timer tick. */
@@ -193,6 +194,20 @@ static void test_pause_resume_and_timer(void **state)
     close(fd);
 }
 
+static void test_ipv6_listener(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(connect(fd, (struct sockaddr *)&listen_addrs[1].ss, listen_addrs[1].len), 0);
+    assert_int_equal(send(fd, "v6 ok", 5, 0), 5);
+    char buf[8];
+    assert_int_equal(read_n(fd, buf, 5), 5);
+    assert_memory_equal(buf, "v6 ok", 5);
+    close(fd);
+}
+
 static void test_active_connect(void **state)
 {
     (void)state;
@@ -216,11 +231,17 @@ static int setup(void **state)
     listen_addr.len = sizeof sin;
     snprintf(listen_addr.text, sizeof listen_addr.text, "127.0.0.1:%u", ntohs(sin.sin_port));
 
+    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT,
+                                .sin6_port = sin.sin_port};
+    listen_addrs[0] = listen_addr;
+    memcpy(&listen_addrs[1].ss, &sin6, sizeof sin6);
+    listen_addrs[1].len = sizeof sin6;
+    snprintf(listen_addrs[1].text, sizeof listen_addrs[1].text, "[::1]:%u", ntohs(sin.sin_port));
     struct mx_dataplane_params p = {
         .backend = "kernel",
         .workers = 2,
-        .listen = &listen_addr,
-        .n_listen = 1,
+        .listen = listen_addrs,
+        .n_listen = 2,
         .on_accept = on_accept,
         .on_worker_init = worker_init,
     };
@@ -250,6 +271,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_echo_many_clients),
         cmocka_unit_test(test_pause_resume_and_timer),
+        cmocka_unit_test(test_ipv6_listener),
         cmocka_unit_test(test_active_connect),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
