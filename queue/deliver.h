@@ -45,7 +45,7 @@ int mx_deliver_smtp_start(struct mx_worker *w, const struct mx_deliver_req *req,
 
 /* Build an RFC 3464 multipart/report DSN for the failed (or delayed) recipients.
  * status[i] describes env->rcpts[rcpt_idx[i]]. ret FULL → whole message, HDRS/default → headers only.
- * Returns 0 and a malloc'd message in *out/*out_len (CRLF line ends), or -errno.
+ * Returns 0 and a malloc'd message in *out and *out_len (CRLF line ends), or -errno.
  * Never call it for a null sender (the caller checks; the function returns -EINVAL for mail_from ""). */
 struct mx_dsn_rcpt { size_t rcpt_idx; const struct mx_deliver_rcpt_result *res; bool delayed; const char *remote; };
 int mx_dsn_build(const struct mx_envelope *env, const struct mx_dsn_rcpt *st, size_t n,
