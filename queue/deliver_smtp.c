@@ -1,0 +1,424 @@
+/*
+ * deliver_smtp.c - the SMTP delivery agent: one message, some recipients,
+ * one route, on one worker.
+ *
+ * It connects with mx_stream_connect() to the route's hosts in fail-over
+ * order, runs the transport-neutral client of smtp/client.c over the stream
+ * and reports one result per recipient through the done callback, exactly
+ * once. The next host is tried when a connection cannot be made or the
+ * session never gets ready (4xx/5xx greeting, EHLO and HELO refused, TLS
+ * handshake failure — that one first retries the same host in plaintext);
+ * once MAIL went out, the answers of that host are final for this attempt.
+ *
+ * A connection lives in struct dconn, the attempt in struct dlv. They part
+ * as soon as the results are known: done() runs at once (the caller may free
+ * the request), while the connection says QUIT and closes on its own.
+ */
+#include "queue/deliver.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/ssl.h>
+
+#include "dataplane/dataplane.h"
+#include "smtp/smtp.h"
+
+#define CONNECT_TIMEOUT_MS (30u * 1000) /* like Postfix smtp_connect_timeout */
+#define WRITE_BUDGET (512u * 1024)      /* bytes handed to the stream per turn */
+
+struct dlv;
+
+/** One connection to one host; outlives its attempt while it says QUIT. */
+struct dconn {
+    struct dlv *d; /* NULL once the attempt moved on */
+    struct mx_stream *s;
+    struct mx_smtp_client *c;
+    bool connected;
+    bool blocked; /* waiting for drained() */
+    bool closing; /* mx_stream_close() called */
+    bool ended;   /* closed() is running */
+};
+
+/** One delivery attempt, from start to done(). */
+struct dlv {
+    struct mx_worker *w;
+    const struct mx_deliver_req *req;
+    mx_deliver_done_fn done;
+    void *arg;
+    size_t host;
+    bool tls_off; /* retrying the current host without STARTTLS */
+    bool sent;    /* the transaction was started on the current connection */
+    bool starting; /* inside mx_deliver_smtp_start(): done() must not run yet */
+    bool failed_early; /* every host failed synchronously during start */
+    int early_rc;
+    struct dconn *conn;
+    struct mx_smtp_client_msg msg;
+    struct mx_deliver_rcpt_result *res;
+    char remote[80];
+    char error[256];
+};
+
+static void conn_pump(struct dconn *k);
+static void dlv_try(struct dlv *d);
+
+/* ---- TLS context ------------------------------------------------------ */
+
+static SSL_CTX *client_ctx;
+static pthread_once_t client_ctx_once = PTHREAD_ONCE_INIT;
+
+/** One SSL_CTX for every worker: SSL_new() on a shared context is thread-safe. */
+static void client_ctx_init(void)
+{
+    client_ctx = SSL_CTX_new(TLS_client_method());
+    if (client_ctx)
+        SSL_CTX_set_verify(client_ctx, SSL_VERIFY_NONE, NULL); /* opportunistic */
+}
+
+/* ---- the attempt ------------------------------------------------------ */
+
+/** Add one problem to the attempt's error text ("a; b"), bounded. */
+static void add_error(struct dlv *d, const char *fmt, const char *a, const char *b)
+{
+    char one[256];
+    snprintf(one, sizeof one, fmt, a, b);
+    size_t len = strlen(d->error), n = strlen(one);
+    if (len) {
+        if (len + 2 >= sizeof d->error)
+            return;
+        memcpy(d->error + len, "; ", 2);
+        len += 2;
+    }
+    if (n > sizeof d->error - 1 - len)
+        n = sizeof d->error - 1 - len; /* keep the first problems, cut the rest */
+    memcpy(d->error + len, one, n);
+    d->error[len + n] = 0;
+}
+
+static const char *host_text(const struct dlv *d, size_t i)
+{
+    return d->req->route->hosts[i].text;
+}
+
+/** Report and free the attempt. Results not set by anyone are temporary. */
+static void dlv_finish(struct dlv *d)
+{
+    for (size_t i = 0; i < d->req->n_rcpt; i++) {
+        if (d->res[i].code || d->res[i].text[0])
+            continue;
+        snprintf(d->res[i].text, sizeof d->res[i].text, "%s",
+                 d->error[0] ? d->error : "delivery not attempted");
+    }
+    struct mx_deliver_result r = {.n = d->req->n_rcpt, .rcpt = d->res};
+    snprintf(r.remote, sizeof r.remote, "%s", d->remote);
+    snprintf(r.error, sizeof r.error, "%s", d->error);
+    if (d->conn)
+        d->conn->d = NULL;
+    d->done(d->arg, &r);
+    free(d->res);
+    free(d);
+}
+
+/** Copy the client's per-recipient answers into the attempt. */
+static void take_results(struct dlv *d, const struct mx_smtp_client *c)
+{
+    size_t n;
+    const struct mx_smtp_rcpt_result *r = mx_smtp_client_results(c, &n);
+    for (size_t i = 0; i < n && i < d->req->n_rcpt; i++) {
+        d->res[i].code = r[i].code;
+        snprintf(d->res[i].enh, sizeof d->res[i].enh, "%s", r[i].enh);
+        snprintf(d->res[i].text, sizeof d->res[i].text, "%s", r[i].text);
+    }
+}
+
+/** Let the connection go its own way (closing) and forget it. */
+static void dlv_detach(struct dlv *d)
+{
+    struct dconn *k = d->conn;
+    if (!k)
+        return;
+    k->d = NULL;
+    d->conn = NULL;
+    if (!k->ended && !k->closing) {
+        k->closing = true;
+        mx_stream_close(k->s);
+    }
+}
+
+/** Give up on the current host (or, after a TLS failure, on TLS with it). */
+static void dlv_next_host(struct dlv *d, bool tls_failed)
+{
+    dlv_detach(d);
+    if (tls_failed && !d->tls_off) {
+        d->tls_off = true;
+    } else {
+        d->host++;
+        d->tls_off = false;
+    }
+    dlv_try(d);
+}
+
+/* ---- stream callbacks ------------------------------------------------- */
+
+static void on_data(struct mx_stream *s, void *ctx, const uint8_t *buf, size_t len)
+{
+    (void)s;
+    struct dconn *k = ctx;
+    mx_smtp_client_input(k->c, buf, len); /* failures show as the CLOSED state */
+    conn_pump(k);
+}
+
+static void on_connected(struct mx_stream *s, void *ctx, int res)
+{
+    (void)s;
+    struct dconn *k = ctx;
+    struct dlv *d = k->d;
+    if (!d)
+        return;
+    if (res < 0) {
+        /* The transport ends the stream itself and calls closed(). */
+        k->ended = true;
+        k->d = NULL;
+        d->conn = NULL;
+        add_error(d, "connect to %s: %s", host_text(d, d->host), strerror(-res));
+        d->host++;
+        d->tls_off = false;
+        dlv_try(d);
+        return;
+    }
+    k->connected = true;
+    snprintf(d->remote, sizeof d->remote, "%s", host_text(d, d->host));
+    conn_pump(k);
+}
+
+static void on_timeout(struct mx_stream *s, void *ctx)
+{
+    (void)s;
+    struct dconn *k = ctx;
+    struct dlv *d = k->d;
+    if (!k->connected) {
+        if (d) {
+            add_error(d, "connect to %s: %s", host_text(d, d->host), "Connection timed out");
+            dlv_next_host(d, false);
+        }
+        return;
+    }
+    mx_smtp_client_timeout(k->c);
+    conn_pump(k);
+}
+
+static void on_drained(struct mx_stream *s, void *ctx)
+{
+    (void)s;
+    struct dconn *k = ctx;
+    k->blocked = false;
+    conn_pump(k);
+}
+
+static void on_closed(struct mx_stream *s, void *ctx, int res)
+{
+    (void)s;
+    struct dconn *k = ctx;
+    k->ended = true;
+    if (k->c && k->connected) {
+        mx_smtp_client_eof(k->c, res);
+        if (k->d)
+            conn_pump(k);
+    } else if (k->d) { /* closed before connected() said anything */
+        struct dlv *d = k->d;
+        k->d = NULL;
+        d->conn = NULL;
+        add_error(d, "connect to %s: %s", host_text(d, d->host),
+                  res ? strerror(-res) : "connection closed");
+        d->host++;
+        dlv_try(d);
+    }
+    if (k->d)
+        k->d->conn = NULL;
+    mx_smtp_client_free(k->c);
+    free(k);
+}
+
+static const struct mx_stream_cb dconn_cb = {
+    .data = on_data,
+    .connected = on_connected,
+    .closed = on_closed,
+    .timeout = on_timeout,
+    .drained = on_drained,
+};
+
+/* ---- driving the client ---------------------------------------------- */
+
+/** Hand the client's output to the stream, a bounded amount per turn. */
+static void conn_flush(struct dconn *k)
+{
+    size_t budget = WRITE_BUDGET;
+    while (!k->blocked && !k->ended && !k->closing) {
+        size_t n;
+        const uint8_t *p = mx_smtp_client_output(k->c, &n);
+        if (!n)
+            return;
+        int rc = mx_stream_write(k->s, p, n);
+        if (rc == -ENOBUFS) {
+            k->blocked = true; /* resume in drained() */
+            return;
+        }
+        if (rc < 0)
+            return; /* stream closing: closed() follows */
+        mx_smtp_client_output_done(k->c, n);
+        if (n >= budget) {
+            k->blocked = true; /* let the loop breathe; drained() resumes */
+            return;
+        }
+        budget -= n;
+    }
+}
+
+/** Move bytes, then act on the client's state. */
+static void conn_pump(struct dconn *k)
+{
+    for (int turn = 0; turn < 4; turn++) {
+        conn_flush(k);
+        struct dlv *d = k->d;
+        switch (mx_smtp_client_state(k->c)) {
+        case MX_SMTPC_BUSY:
+            break;
+        case MX_SMTPC_READY:
+            if (d && !d->sent) {
+                d->sent = true;
+                if (mx_smtp_client_send(k->c, &d->msg) == 0)
+                    continue;
+                add_error(d, "%s: %s", host_text(d, d->host), "cannot start transaction");
+                dlv_finish(d);
+            }
+            if (mx_smtp_client_quit(k->c) == 0)
+                continue;
+            break;
+        case MX_SMTPC_TXN_DONE:
+            if (d) {
+                take_results(d, k->c);
+                dlv_finish(d); /* results are final: report now, QUIT on our own */
+            }
+            mx_smtp_client_quit(k->c);
+            continue;
+        case MX_SMTPC_CLOSED:
+            if (d) {
+                const char *err = mx_smtp_client_error(k->c);
+                if (!d->sent || mx_smtp_client_setup_failed(k->c)) {
+                    add_error(d, "%s: %s", host_text(d, d->host), err[0] ? err : "session failed");
+                    d->remote[0] = 0;
+                    dlv_next_host(d, mx_smtp_client_tls_failed(k->c));
+                } else {
+                    take_results(d, k->c);
+                    if (err[0])
+                        snprintf(d->error, sizeof d->error, "%s", err);
+                    dlv_finish(d);
+                }
+            }
+            if (!k->ended && !k->closing) {
+                conn_flush(k); /* e.g. the QUIT after a 5xx greeting */
+                k->closing = true;
+                mx_stream_close(k->s);
+            }
+            return;
+        }
+        break;
+    }
+    if (!k->ended && !k->closing)
+        mx_stream_set_timer(k->s, mx_smtp_client_timeout_ms(k->c));
+}
+
+/** Connect to the current host, or report when no host is left. */
+static void dlv_try(struct dlv *d)
+{
+    const struct mx_route *rt = d->req->route;
+    for (; d->host < rt->n_hosts; d->host++, d->tls_off = false) {
+        struct dconn *k = calloc(1, sizeof *k);
+        if (!k) {
+            add_error(d, "%s%s", "out of memory", "");
+            d->early_rc = -ENOMEM;
+            break;
+        }
+        pthread_once(&client_ctx_once, client_ctx_init);
+        struct mx_smtp_client_params p = {
+            .helo_name = d->req->helo_name,
+            .starttls = !d->tls_off && client_ctx != NULL,
+            .tls_ctx = client_ctx,
+        };
+        int rc = mx_smtp_client_new(&p, &k->c);
+        if (rc) {
+            free(k);
+            add_error(d, "%s: %s", "SMTP client", strerror(-rc));
+            d->early_rc = rc;
+            break;
+        }
+        const struct mx_sockaddr *a = &rt->hosts[d->host];
+        k->d = d;
+        d->conn = k;
+        d->sent = false;
+        rc = mx_stream_connect(d->w, (const struct sockaddr *)&a->ss, a->len, &dconn_cb, k, &k->s);
+        if (rc) {
+            d->conn = NULL;
+            mx_smtp_client_free(k->c);
+            free(k);
+            add_error(d, "connect to %s: %s", a->text, strerror(-rc));
+            d->early_rc = rc;
+            continue;
+        }
+        mx_stream_set_timer(k->s, CONNECT_TIMEOUT_MS);
+        return;
+    }
+    if (d->starting) { /* the caller gets -errno instead of a callback */
+        d->failed_early = true;
+        return;
+    }
+    dlv_finish(d);
+}
+
+int mx_deliver_smtp_start(struct mx_worker *w, const struct mx_deliver_req *req,
+                          mx_deliver_done_fn done, void *arg)
+{
+    if (!w || !req || !done || !req->route || !req->env || !req->n_rcpt || !req->rcpt_idx ||
+        !req->helo_name || (req->len && !req->msg))
+        return -EINVAL;
+    if (req->route->scheme != MX_ROUTE_SMTP)
+        return -ENOTSUP;
+    if (!req->route->n_hosts || !req->route->hosts)
+        return -EINVAL;
+    for (size_t i = 0; i < req->n_rcpt; i++)
+        if (req->rcpt_idx[i] >= req->env->n_rcpts)
+            return -EINVAL;
+    struct dlv *d = calloc(1, sizeof *d);
+    if (!d)
+        return -ENOMEM;
+    d->res = calloc(req->n_rcpt, sizeof *d->res);
+    if (!d->res) {
+        free(d);
+        return -ENOMEM;
+    }
+    d->w = w;
+    d->req = req;
+    d->done = done;
+    d->arg = arg;
+    d->msg = (struct mx_smtp_client_msg){
+        .env = req->env,
+        .rcpt_idx = req->rcpt_idx,
+        .n_rcpt = req->n_rcpt,
+        .data = req->msg,
+        .len = req->len,
+    };
+    d->starting = true;
+    d->early_rc = -EHOSTUNREACH;
+    dlv_try(d);
+    if (d->failed_early) {
+        int rc = d->early_rc;
+        free(d->res);
+        free(d);
+        return rc;
+    }
+    d->starting = false;
+    return 0;
+}
