@@ -267,6 +267,7 @@ static int worker_main(void *arg)
         wait_for_work(w);
         w->now_ms = mx_dp_monotonic_ms();
         dispatch_completions(w);
+        mx_dns_worker_poll(w);
         rte_timer_manage();
         for (unsigned i = 0; i < w->n_ticks; i++)
             w->ticks[i].fn(w, w->ticks[i].arg);

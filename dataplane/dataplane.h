@@ -200,4 +200,71 @@ bool mx_worker_stopping(const struct mx_worker *w);
 int mx_stream_connect(struct mx_worker *w, const struct sockaddr *addr, socklen_t len,
                       const struct mx_stream_cb *cb, void *ctx, struct mx_stream **out);
 
+/* ---------------------------------------------------------------------- */
+/* DNS service                                                              */
+
+/*
+ * Asynchronous DNS for workers: queries go to one DNS service thread
+ * (c-ares) through a ring; answers come back through the asking worker's
+ * ring and the callback runs on that worker. Workers never block on DNS.
+ */
+
+enum mx_dns_type {
+    MX_DNS_A = 1,
+    MX_DNS_PTR = 12,
+    MX_DNS_MX = 15,
+    MX_DNS_TXT = 16,
+    MX_DNS_AAAA = 28,
+};
+
+#define MX_DNS_NAME_MAX 256
+#define MX_DNS_MAX_ANSWERS 32
+
+struct mx_dns_mx {
+    uint16_t preference;
+    char host[MX_DNS_NAME_MAX];
+};
+
+/** One answer set. Lists are sorted: MX by preference, others as received. */
+struct mx_dns_result {
+    int status; /**< 0; -ENOENT (NXDOMAIN or no data); -ETIMEDOUT; -EIO (SERVFAIL, bad answer) */
+    enum mx_dns_type type;
+    char name[MX_DNS_NAME_MAX];
+    uint32_t ttl; /**< smallest TTL of the answer records */
+    size_t n;     /**< answers in the array of the type */
+    uint8_t a[MX_DNS_MAX_ANSWERS][4];
+    uint8_t aaaa[MX_DNS_MAX_ANSWERS][16];
+    struct mx_dns_mx mx[MX_DNS_MAX_ANSWERS];
+    char txt[MX_DNS_MAX_ANSWERS][256]; /**< TXT strings of a record joined; PTR names */
+};
+
+typedef void (*mx_dns_fn)(void *arg, const struct mx_dns_result *r);
+
+/**
+ * Start the DNS service thread.
+ * @param servers  "ip[:port],ip[:port]" (IPv6 as [addr]:port), or NULL to use
+ *                 /etc/resolv.conf
+ * @param timeout_ms per try; @param tries attempts per server
+ * @return 0 or -errno (-EINVAL: bad server list)
+ */
+int mx_dns_start(const char *servers, unsigned timeout_ms, unsigned tries);
+
+/** Stop the service; queries still pending complete with -ECANCELED. */
+void mx_dns_stop(void);
+
+/**
+ * Look up name/type for worker w; cb runs later on w with the result.
+ * @return 0, -EINVAL (bad name), -ENOBUFS (too many queries in flight),
+ *         -ENOTCONN (service not started).
+ */
+int mx_dns_query(struct mx_worker *w, const char *name, enum mx_dns_type type, mx_dns_fn cb,
+                 void *arg);
+
+/**
+ * Parse a raw DNS answer (as received from the network) into r. Used by the
+ * service; exposed for tests and fuzzing. Returns r->status.
+ */
+int mx_dns_parse(const uint8_t *abuf, size_t alen, enum mx_dns_type type,
+                 struct mx_dns_result *r);
+
 #endif

@@ -66,6 +66,9 @@ extern struct mx_dataplane_state {
 
 uint64_t mx_dp_monotonic_ms(void);
 
+/* dns.c */
+void mx_dns_worker_poll(struct mx_worker *w);
+
 /* kernel.c */
 int mx_kernel_listen_open(struct mx_worker *w);
 int mx_kernel_worker_start(struct mx_worker *w);
