@@ -1,0 +1,528 @@
+/*
+ * test_deliver_smtp.c - the SMTP delivery agent (queue/deliver_smtp.c) on a
+ * real kernel-transport worker over loopback: fail-over past a refused port
+ * and a 421 greeting, per-recipient results, exact error texts, done()
+ * exactly once, STARTTLS, a large message through flow control, and the
+ * message arriving byte-exact at Python aiosmtpd (tests/queue/smtp_peer.py).
+ *
+ * argv[1]: path of smtp_peer.py. Tests whose peer is missing skip.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config/config.h"
+#include "dataplane/dataplane.h"
+#include "queue/deliver.h"
+
+static const char *peer_script;
+
+/* ---- jobs handed to the worker ---------------------------------------- */
+
+struct job {
+    struct mx_deliver_req req;
+    int start_rc;
+    int done_calls;
+    int finished;
+    struct mx_deliver_rcpt_result res[4];
+    size_t n;
+    char remote[80];
+    char error[256];
+};
+
+static struct job *volatile pending_job;
+
+static void job_done(void *arg, const struct mx_deliver_result *r)
+{
+    struct job *j = arg;
+    j->n = r->n;
+    for (size_t i = 0; i < r->n && i < 4; i++)
+        j->res[i] = r->rcpt[i];
+    snprintf(j->remote, sizeof j->remote, "%s", r->remote);
+    snprintf(j->error, sizeof j->error, "%s", r->error);
+    __atomic_add_fetch(&j->done_calls, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&j->finished, 1, __ATOMIC_SEQ_CST);
+}
+
+static void tick(struct mx_worker *w, void *arg)
+{
+    (void)arg;
+    struct job *j = __atomic_exchange_n(&pending_job, NULL, __ATOMIC_SEQ_CST);
+    if (!j)
+        return;
+    j->start_rc = mx_deliver_smtp_start(w, &j->req, job_done, j);
+    if (j->start_rc)
+        __atomic_store_n(&j->finished, 1, __ATOMIC_SEQ_CST);
+}
+
+static int worker_init(struct mx_worker *w, void *arg)
+{
+    (void)arg;
+    return mx_worker_add_tick(w, tick, NULL);
+}
+
+/** Run one delivery on the worker; wait (bounded) until done. */
+static void run_job(struct job *j)
+{
+    __atomic_store_n(&pending_job, j, __ATOMIC_SEQ_CST);
+    for (int i = 0; i < 3000 && !__atomic_load_n(&j->finished, __ATOMIC_SEQ_CST); i++)
+        usleep(10000);
+    assert_int_equal(__atomic_load_n(&j->finished, __ATOMIC_SEQ_CST), 1);
+    usleep(100000); /* a second done() would show up here */
+    assert_int_equal(j->start_rc ? 0 : 1, __atomic_load_n(&j->done_calls, __ATOMIC_SEQ_CST));
+}
+
+/* ---- envelopes and routes --------------------------------------------- */
+
+struct fixture {
+    struct mx_envelope env;
+    struct mx_rcpt rcpts[3];
+    size_t idx[3];
+    struct mx_sockaddr hosts[3];
+    struct mx_route route;
+};
+
+static void fixture_init(struct fixture *f, const unsigned *ports, size_t n_ports)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->env.mail_from, sizeof f->env.mail_from, "alice@example.com");
+    const char *r[3] = {"bob@dest.test", "nobody@dest.test", "carol@dest.test"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(f->rcpts[i].addr, sizeof f->rcpts[i].addr, "%s", r[i]);
+        f->idx[i] = i;
+    }
+    f->env.rcpts = f->rcpts;
+    f->env.n_rcpts = 3;
+    for (size_t i = 0; i < n_ports; i++) {
+        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ports[i]),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        memcpy(&f->hosts[i].ss, &sin, sizeof sin);
+        f->hosts[i].len = sizeof sin;
+        snprintf(f->hosts[i].text, sizeof f->hosts[i].text, "127.0.0.1:%u", ports[i]);
+    }
+    f->route = (struct mx_route){.domain = "dest.test", .scheme = MX_ROUTE_SMTP,
+                                 .hosts = f->hosts, .n_hosts = n_ports};
+}
+
+static void job_init(struct job *j, struct fixture *f, size_t n_rcpt, const char *msg, size_t len)
+{
+    memset(j, 0, sizeof *j);
+    j->req = (struct mx_deliver_req){.route = &f->route, .env = &f->env, .rcpt_idx = f->idx,
+                                     .n_rcpt = n_rcpt, .msg = (const uint8_t *)msg, .len = len,
+                                     .helo_name = "gw.example.org", .queue_id = "TESTQ1"};
+}
+
+static unsigned free_port(void)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof sin;
+    bind(s, (struct sockaddr *)&sin, sizeof sin);
+    getsockname(s, (struct sockaddr *)&sin, &l);
+    close(s);
+    return ntohs(sin.sin_port);
+}
+
+/* ---- a scripted server (one connection, blocking, own thread) --------- */
+
+struct script {
+    int lfd;
+    unsigned port;
+    const char *greeting;   /* sent first */
+    const char *close_after; /* close the connection on this command */
+    pthread_t th;
+};
+
+static void *script_main(void *arg)
+{
+    struct script *s = arg;
+    int fd = accept(s->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    send(fd, s->greeting, strlen(s->greeting), MSG_NOSIGNAL);
+    char line[1024];
+    size_t n = 0;
+    bool in_data = false;
+    for (int guard = 0; guard < 100000; guard++) {
+        char ch;
+        if (recv(fd, &ch, 1, 0) != 1)
+            break;
+        if (n < sizeof line - 1)
+            line[n++] = ch;
+        if (ch != '\n')
+            continue;
+        line[n] = 0;
+        n = 0;
+        const char *reply = "250 2.0.0 ok\r\n";
+        if (in_data) {
+            if (strcmp(line, ".\r\n") != 0)
+                continue;
+            in_data = false;
+        } else if (s->close_after && strncmp(line, s->close_after, strlen(s->close_after)) == 0) {
+            break;
+        } else if (strncmp(line, "EHLO", 4) == 0) {
+            reply = "250-script\r\n250 ENHANCEDSTATUSCODES\r\n";
+        } else if (strncmp(line, "DATA", 4) == 0) {
+            reply = "354 go\r\n";
+            in_data = true;
+        } else if (strncmp(line, "QUIT", 4) == 0) {
+            send(fd, "221 bye\r\n", 9, MSG_NOSIGNAL);
+            break;
+        }
+        send(fd, reply, strlen(reply), MSG_NOSIGNAL);
+    }
+    close(fd);
+    return NULL;
+}
+
+static void script_start(struct script *s)
+{
+    s->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof sin;
+    assert_int_equal(bind(s->lfd, (struct sockaddr *)&sin, sizeof sin), 0);
+    assert_int_equal(listen(s->lfd, 4), 0);
+    getsockname(s->lfd, (struct sockaddr *)&sin, &l);
+    s->port = ntohs(sin.sin_port);
+    assert_int_equal(pthread_create(&s->th, NULL, script_main, s), 0);
+}
+
+static void script_stop(struct script *s)
+{
+    pthread_join(s->th, NULL);
+    close(s->lfd);
+}
+
+/* ---- the aiosmtpd peer ------------------------------------------------- */
+
+struct peer {
+    pid_t pid;
+    int stdin_fd;
+    unsigned port;
+    char dir[64];
+};
+
+static int peer_start(struct peer *p, const char *const *extra)
+{
+    if (!peer_script || access("/usr/bin/python3", X_OK) != 0)
+        return -1;
+    snprintf(p->dir, sizeof p->dir, "/tmp/mx-dlv-XXXXXX");
+    assert_non_null(mkdtemp(p->dir));
+    int in[2], out[2];
+    assert_int_equal(pipe(in), 0);
+    assert_int_equal(pipe(out), 0);
+    p->pid = fork();
+    assert_true(p->pid >= 0);
+    if (p->pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        close(in[1]);
+        close(out[0]);
+        const char *argv[12] = {"/usr/bin/python3", peer_script, p->dir};
+        size_t n = 3;
+        for (; extra && *extra && n < 11; extra++)
+            argv[n++] = *extra;
+        argv[n] = NULL;
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    p->stdin_fd = in[1];
+    char buf[64] = "";
+    size_t got = 0;
+    struct pollfd pfd = {.fd = out[0], .events = POLLIN};
+    while (got < sizeof buf - 1 && !memchr(buf, '\n', got) && poll(&pfd, 1, 20000) == 1) {
+        ssize_t r = read(out[0], buf + got, sizeof buf - 1 - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        buf[got] = 0;
+    }
+    close(out[0]);
+    return sscanf(buf, "PORT %u", &p->port) == 1 ? 0 : -1;
+}
+
+static void peer_stop(struct peer *p)
+{
+    close(p->stdin_fd);
+    for (int i = 0; i < 100 && waitpid(p->pid, NULL, WNOHANG) != p->pid; i++) {
+        if (i == 99) {
+            kill(p->pid, SIGKILL);
+            waitpid(p->pid, NULL, 0);
+        }
+        usleep(50000);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", p->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", p->dir);
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    for (int i = 0; i < 100; i++) {
+        FILE *f = fopen(path, "rb");
+        if (f) {
+            fseek(f, 0, SEEK_END);
+            long n = ftell(f);
+            fseek(f, 0, SEEK_SET);
+            char *d = malloc((size_t)n + 1);
+            assert_int_equal(fread(d, 1, (size_t)n, f), (size_t)n);
+            d[n] = 0;
+            fclose(f);
+            *len = (size_t)n;
+            return d;
+        }
+        usleep(50000);
+    }
+    fail_msg("no %s", path);
+    return NULL;
+}
+
+static char *make_message(size_t size)
+{
+    char *m = malloc(size + 1);
+    size_t o = (size_t)snprintf(m, size + 1, "From: alice@example.com\r\nSubject: agent\r\n\r\n");
+    for (unsigned line = 0; o < size; line++) {
+        char l[64];
+        int n = snprintf(l, sizeof l, "%sbody line %u\r\n", line % 5 ? "" : ".", line);
+        if (o + (size_t)n > size) {
+            memset(m + o, 'z', size - o);
+            o = size;
+            if (size >= 2)
+                memcpy(m + size - 2, "\r\n", 2);
+            break;
+        }
+        memcpy(m + o, l, (size_t)n);
+        o += (size_t)n;
+    }
+    m[size] = 0;
+    return m;
+}
+
+/* ---- tests ------------------------------------------------------------ */
+
+/** Refused first host, then aiosmtpd: delivered, mixed results, byte-exact. */
+static void test_failover_refused_then_delivered(void **state)
+{
+    (void)state;
+    struct peer p = {0};
+    const char *args[] = {"--reject", "nobody@dest.test", NULL};
+    if (peer_start(&p, args) != 0)
+        skip();
+    unsigned dead = free_port();
+    unsigned ports[2] = {dead, p.port};
+    struct fixture f;
+    fixture_init(&f, ports, 2);
+    char *msg = make_message(5000);
+    struct job j;
+    job_init(&j, &f, 3, msg, strlen(msg));
+    run_job(&j);
+    assert_int_equal(j.start_rc, 0);
+    assert_int_equal(j.n, 3);
+    assert_int_equal(j.res[0].code, 250);
+    assert_int_equal(j.res[1].code, 550);
+    assert_string_equal(j.res[1].enh, "5.1.1");
+    assert_string_equal(j.res[1].text, "<nobody@dest.test>: Recipient address rejected");
+    assert_int_equal(j.res[2].code, 250);
+    char exp[256];
+    snprintf(exp, sizeof exp, "127.0.0.1:%u", p.port);
+    assert_string_equal(j.remote, exp);
+    snprintf(exp, sizeof exp, "connect to 127.0.0.1:%u: Connection refused", dead);
+    assert_string_equal(j.error, exp);
+
+    char path[128];
+    size_t len;
+    snprintf(path, sizeof path, "%s/1.eml", p.dir);
+    char *got = read_file(path, &len);
+    assert_int_equal(len, strlen(msg));
+    assert_memory_equal(got, msg, len);
+    free(got);
+    free(msg);
+    peer_stop(&p);
+}
+
+/** Every host refused: one done(), all recipients temporary with the reason. */
+static void test_all_hosts_refused(void **state)
+{
+    (void)state;
+    unsigned ports[2] = {free_port(), free_port()};
+    struct fixture f;
+    fixture_init(&f, ports, 2);
+    struct job j;
+    job_init(&j, &f, 2, "x\r\n", 3);
+    run_job(&j);
+    assert_int_equal(j.start_rc, 0);
+    char exp[256];
+    snprintf(exp, sizeof exp,
+             "connect to 127.0.0.1:%u: Connection refused; connect to 127.0.0.1:%u: "
+             "Connection refused",
+             ports[0], ports[1]);
+    assert_string_equal(j.error, exp);
+    assert_string_equal(j.remote, "");
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(j.res[i].code, 0);
+        assert_string_equal(j.res[i].text, exp);
+    }
+}
+
+/** A 421 greeting sends the attempt to the next host. */
+static void test_failover_421_greeting(void **state)
+{
+    (void)state;
+    struct script busy = {.greeting = "421 4.3.2 busy, come back later\r\n"};
+    struct script ok = {.greeting = "220 script ESMTP\r\n"};
+    script_start(&busy);
+    script_start(&ok);
+    unsigned ports[2] = {busy.port, ok.port};
+    struct fixture f;
+    fixture_init(&f, ports, 2);
+    struct job j;
+    job_init(&j, &f, 2, ".x\r\n", 4);
+    run_job(&j);
+    assert_int_equal(j.res[0].code, 250);
+    assert_string_equal(j.res[0].enh, "2.0.0");
+    assert_int_equal(j.res[1].code, 250);
+    char exp[256];
+    snprintf(exp, sizeof exp, "127.0.0.1:%u: 421 4.3.2 busy, come back later (after CONNECT)",
+             busy.port);
+    assert_string_equal(j.error, exp);
+    snprintf(exp, sizeof exp, "127.0.0.1:%u", ok.port);
+    assert_string_equal(j.remote, exp);
+    script_stop(&busy);
+    script_stop(&ok);
+}
+
+/** The server drops the connection at RCPT: temporary results, exact text. */
+static void test_lost_connection_after_rcpt(void **state)
+{
+    (void)state;
+    struct script s = {.greeting = "220 script\r\n", .close_after = "RCPT"};
+    script_start(&s);
+    unsigned ports[1] = {s.port};
+    struct fixture f;
+    fixture_init(&f, ports, 1);
+    struct job j;
+    job_init(&j, &f, 2, "x\r\n", 3);
+    run_job(&j);
+    assert_string_equal(j.error, "lost connection after RCPT");
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(j.res[i].code, 0);
+        assert_string_equal(j.res[i].text, "lost connection after RCPT");
+    }
+    script_stop(&s);
+}
+
+/** STARTTLS through the agent, and a 3 MB message through flow control. */
+static void test_starttls_large(void **state)
+{
+    (void)state;
+    struct peer p = {0};
+    char tlsdir[] = "/tmp/mx-dtls-XXXXXX";
+    assert_non_null(mkdtemp(tlsdir));
+    const char *args[] = {"--tls", tlsdir, NULL};
+    if (access("/usr/bin/openssl", X_OK) != 0 || peer_start(&p, args) != 0) {
+        rmdir(tlsdir);
+        skip();
+    }
+    unsigned ports[1] = {p.port};
+    struct fixture f;
+    fixture_init(&f, ports, 1);
+    char *msg = make_message(3 * 1024 * 1024);
+    struct job j;
+    job_init(&j, &f, 1, msg, strlen(msg));
+    run_job(&j);
+    assert_int_equal(j.res[0].code, 250);
+    assert_string_equal(j.error, "");
+    char path[128];
+    size_t len;
+    snprintf(path, sizeof path, "%s/1.eml", p.dir);
+    char *got = read_file(path, &len);
+    assert_int_equal(len, strlen(msg));
+    assert_memory_equal(got, msg, len);
+    free(got);
+    snprintf(path, sizeof path, "%s/1.env", p.dir);
+    got = read_file(path, &len);
+    assert_non_null(strstr(got, "TLS yes\n"));
+    free(got);
+    free(msg);
+    peer_stop(&p);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tlsdir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/** Requests the agent cannot run are refused up front (done never runs). */
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    unsigned ports[1] = {free_port()};
+    struct fixture f;
+    fixture_init(&f, ports, 1);
+    struct job j;
+    job_init(&j, &f, 1, "x\r\n", 3);
+    f.route.scheme = MX_ROUTE_MAILDIR;
+    run_job(&j);
+    assert_int_equal(j.start_rc, -ENOTSUP);
+    job_init(&j, &f, 1, "x\r\n", 3);
+    f.route.scheme = MX_ROUTE_SMTP;
+    f.idx[0] = 9;
+    run_job(&j);
+    assert_int_equal(j.start_rc, -EINVAL);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    struct mx_dataplane_params p = {
+        .backend = "kernel",
+        .workers = 1,
+        .on_worker_init = worker_init,
+    };
+    if (mx_dataplane_init(&p) != 0)
+        return -1;
+    return mx_dataplane_start();
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    mx_dataplane_stop(500);
+    mx_dataplane_cleanup();
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    peer_script = argc > 1 ? argv[1] : NULL;
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_failover_refused_then_delivered),
+        cmocka_unit_test(test_all_hosts_refused),
+        cmocka_unit_test(test_failover_421_greeting),
+        cmocka_unit_test(test_lost_connection_after_rcpt),
+        cmocka_unit_test(test_starttls_large),
+        cmocka_unit_test(test_bad_requests),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
