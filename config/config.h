@@ -128,6 +128,28 @@ struct mx_config_errors {
 int mx_config_load(const char *path, const char *const *overrides, size_t n_over,
                    struct mx_config **out, struct mx_config_errors *errs);
 
+/** mx_config_load_mem() flag: refuse `.include` (fuzzing, untrusted text). */
+#define MX_CONFIG_NO_INCLUDE 0x1u
+
+/**
+ * Load and validate a configuration held in memory, as mx_config_load() does
+ * for a file.
+ *
+ * @param name       file name used in error messages and as the base of
+ *                   relative `.include` paths.
+ * @param text       UCL text (need not be NUL-terminated).
+ * @param len        its length in bytes.
+ * @param overrides  "key.path=value" strings applied after the text.
+ * @param n_over     number of overrides.
+ * @param flags      0 or MX_CONFIG_NO_INCLUDE.
+ * @param out        receives the new snapshot on success.
+ * @param errs       receives every error found (may be NULL).
+ * @return 0, -EINVAL when any error was found, or -ENOMEM.
+ */
+int mx_config_load_mem(const char *name, const char *text, size_t len,
+                       const char *const *overrides, size_t n_over, unsigned flags,
+                       struct mx_config **out, struct mx_config_errors *errs);
+
 /** Free a snapshot. NULL is accepted. */
 void mx_config_free(struct mx_config *cfg);
 
