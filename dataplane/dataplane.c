@@ -12,6 +12,7 @@
  * so every reply produced while handling one batch of input leaves in one
  * send per connection.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
@@ -30,6 +31,7 @@
 #include <rte_timer.h>
 
 #include "dataplane/dataplane_internal.h"
+#include "tcpstack/tcpstack.h"
 
 struct mx_dataplane_state mx_dp;
 
@@ -87,17 +89,96 @@ static int build_lcore_map(unsigned workers, char *out, size_t len)
     return 0;
 }
 
+/* "10.0.0.2/24" -> address (network order) and prefix length. */
+static int parse_ipv4_prefix(const char *text, uint32_t *addr, uint8_t *prefix)
+{
+    char buf[64];
+    if (!text || strlen(text) >= sizeof buf)
+        return -EINVAL;
+    strcpy(buf, text);
+    char *slash = strchr(buf, '/');
+    unsigned plen = 32;
+    if (slash) {
+        *slash = 0;
+        char *end;
+        unsigned long v = strtoul(slash + 1, &end, 10);
+        if (*end || v > 32)
+            return -EINVAL;
+        plen = (unsigned)v;
+    }
+    struct in_addr a;
+    if (inet_pton(AF_INET, buf, &a) != 1)
+        return -EINVAL;
+    *addr = a.s_addr;
+    *prefix = (uint8_t)plen;
+    return 0;
+}
+
+/* Backend "dpdk": the port (from EAL arguments) and one TCP stack per worker. */
+static int mx_dpdk_backend_init(const struct mx_dataplane_params *p)
+{
+    struct mx_dpdk_params dp = {.port_id = 0, .nb_queues = p->workers};
+    if (parse_ipv4_prefix(p->dpdk_address, &dp.addr, &dp.prefix_len) < 0) {
+        fprintf(stderr, "mxgate[dataplane]: dataplane.address must be an IPv4 address/prefix "
+                        "for backend dpdk (got \"%s\")\n",
+                p->dpdk_address ? p->dpdk_address : "");
+        return -EINVAL;
+    }
+    uint8_t gw_prefix;
+    if (p->dpdk_gateway && *p->dpdk_gateway &&
+        parse_ipv4_prefix(p->dpdk_gateway, &dp.gateway, &gw_prefix) < 0) {
+        fprintf(stderr, "mxgate[dataplane]: bad dataplane.gateway \"%s\"\n", p->dpdk_gateway);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < p->n_listen; i++)
+        if (mx_dp.listen[i].ss.ss_family != AF_INET) {
+            fprintf(stderr, "mxgate[dataplane]: backend dpdk listens on IPv4 only (%s)\n",
+                    mx_dp.listen[i].text);
+            return -EAFNOSUPPORT;
+        }
+    mx_tcp_config_default(&dp.tcp);
+    int rc = mx_dpdk_init(&dp);
+    if (rc < 0)
+        fprintf(stderr, "mxgate[dataplane]: DPDK port set-up failed: %s\n", strerror(-rc));
+    return rc;
+}
+
+static int dpdk_worker_start(struct mx_worker *w)
+{
+    mx_dpdk_set_worker(w->index, w);
+    struct mx_tcp_stack *st = mx_dpdk_stack(w->index);
+    for (size_t i = 0; i < mx_dp.p.n_listen; i++) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)&mx_dp.listen[i].ss;
+        int rc = mx_tcp_listen(st, ntohs(sin->sin_port), mx_dp.p.on_accept, mx_dp.p.accept_arg);
+        if (rc < 0 && rc != -EADDRINUSE)
+            return rc;
+    }
+    mx_tcp_announce(st);
+    return 0;
+}
+
+int mx_dp_dpdk_connect(struct mx_worker *w, const struct sockaddr *addr,
+                       const struct mx_stream_cb *cb, void *ctx, struct mx_stream **out)
+{
+    if (addr->sa_family != AF_INET)
+        return -EAFNOSUPPORT;
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)addr;
+    return mx_tcp_connect(mx_dpdk_stack(w->index), sin->sin_addr.s_addr, ntohs(sin->sin_port),
+                          cb, ctx, out);
+}
+
 int mx_dataplane_init(const struct mx_dataplane_params *p)
 {
     if (!p || p->workers == 0 || p->workers >= MX_MAX_WORKERS || p->n_listen > MX_MAX_LISTEN)
         return -EINVAL;
     const char *backend = p->backend ? p->backend : "kernel";
-    if (strcmp(backend, "kernel") != 0) {
-        fprintf(stderr, "mxgate[dataplane]: backend \"%s\" is not available in this build\n",
-                backend);
+    bool dpdk = strcmp(backend, "dpdk") == 0;
+    if (!dpdk && strcmp(backend, "kernel") != 0) {
+        fprintf(stderr, "mxgate[dataplane]: unknown backend \"%s\"\n", backend);
         return -ENOTSUP;
     }
     memset(&mx_dp, 0, sizeof mx_dp);
+    mx_dp.dpdk = dpdk;
     mx_dp.p = *p;
     for (size_t i = 0; i < p->n_listen; i++)
         mx_dp.listen[i] = p->listen[i];
@@ -111,12 +192,15 @@ int mx_dataplane_init(const struct mx_dataplane_params *p)
     char *argv[64];
     int argc = 0;
     argv[argc++] = "mxgate";
-    argv[argc++] = "--no-huge";
-    argv[argc++] = "-m";
-    argv[argc++] = "512";
-    argv[argc++] = "--no-pci";
-    argv[argc++] = "--no-shconf";
-    argv[argc++] = "--no-telemetry";
+    if (!dpdk) {
+        /* Kernel sockets need no hugepages and no devices. */
+        argv[argc++] = "--no-huge";
+        argv[argc++] = "-m";
+        argv[argc++] = "512";
+        argv[argc++] = "--no-pci";
+        argv[argc++] = "--no-shconf";
+        argv[argc++] = "--no-telemetry";
+    }
     argv[argc++] = "--lcores";
     argv[argc++] = lcores;
     argv[argc++] = "--log-level";
@@ -146,11 +230,11 @@ int mx_dataplane_init(const struct mx_dataplane_params *p)
         w->index = i;
         w->lcore = i + 1;
         mx_dp.workers[i] = w;
-        rc = mx_kernel_listen_open(w);
+        rc = dpdk ? 0 : mx_kernel_listen_open(w);
         if (rc < 0)
             return rc;
     }
-    return 0;
+    return dpdk ? mx_dpdk_backend_init(p) : 0;
 }
 
 unsigned mx_dataplane_workers(void)
@@ -258,12 +342,19 @@ static int worker_main(void *arg)
         }
     }
     rc = mx_kernel_worker_start(w);
+    if (rc == 0 && mx_dp.dpdk)
+        rc = dpdk_worker_start(w);
     if (rc < 0)
         return rc;
 
     bool told_stop = false;
     for (;;) {
         w->wake_within_ms = LOOP_MAX_WAIT_MS;
+        if (mx_dp.dpdk) {
+            /* Poll the port; only an idle port lets the loop sleep (1 ms). */
+            unsigned got = mx_dpdk_poll(w->index, mx_dp_monotonic_ms());
+            w->wake_within_ms = got ? 0 : 1;
+        }
         wait_for_work(w);
         w->now_ms = mx_dp_monotonic_ms();
         dispatch_completions(w);
@@ -350,6 +441,8 @@ void mx_dataplane_cleanup(void)
         free(w);
         mx_dp.workers[i] = NULL;
     }
+    if (mx_dp.dpdk && mx_dp.eal_up)
+        mx_dpdk_fini();
     if (mx_dp.eal_up) {
         rte_timer_subsystem_finalize();
         rte_eal_cleanup();

@@ -132,6 +132,8 @@ struct mx_dataplane_params {
     mx_worker_init_fn on_worker_init; /**< optional, runs on each worker */
     void *init_arg;
     unsigned uring_entries; /**< per worker; 0 = 1024 */
+    const char *dpdk_address; /**< backend "dpdk": our IPv4 "10.0.0.2/24" */
+    const char *dpdk_gateway; /**< backend "dpdk": next hop, or NULL */
 };
 
 struct mx_sockaddr;

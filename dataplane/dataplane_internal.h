@@ -61,10 +61,15 @@ extern struct mx_dataplane_state {
     atomic_bool stopped;
     uint64_t stop_deadline_ms;
     bool eal_up;
+    bool dpdk; /* backend "dpdk": userspace TCP on a DPDK port */
     bool started;
 } mx_dp;
 
 uint64_t mx_dp_monotonic_ms(void);
+
+/* dataplane.c, backend "dpdk" */
+int mx_dp_dpdk_connect(struct mx_worker *w, const struct sockaddr *addr,
+                       const struct mx_stream_cb *cb, void *ctx, struct mx_stream **out);
 
 /* dns.c */
 void mx_dns_worker_poll(struct mx_worker *w);

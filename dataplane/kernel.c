@@ -553,6 +553,8 @@ int mx_stream_connect(struct mx_worker *w, const struct sockaddr *addr, socklen_
 {
     if (!w || !addr || len > sizeof(struct sockaddr_storage))
         return -EINVAL;
+    if (mx_dp.dpdk)
+        return mx_dp_dpdk_connect(w, addr, cb, ctx, out);
     int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
