@@ -159,6 +159,8 @@ static int run(struct gateway *g)
         .accept_arg = g->smtp,
         .on_worker_init = worker_init,
         .init_arg = g,
+        .dpdk_address = cfg->dp_address,
+        .dpdk_gateway = cfg->dp_gateway,
     };
     rc = mx_dataplane_init(&p);
     if (rc < 0) {
