@@ -1947,6 +1947,11 @@ uint64_t mx_tcp_next_timeout(struct mx_tcp_stack *st, uint64_t now_ms)
     return 1000;
 }
 
+void mx_tcp_stack_set_worker(struct mx_tcp_stack *st, struct mx_worker *w)
+{
+    st->cfg.worker = w;
+}
+
 const struct mx_tcp_stats *mx_tcp_stack_stats(const struct mx_tcp_stack *st)
 {
     return &st->stats;

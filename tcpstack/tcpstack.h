@@ -147,6 +147,9 @@ void mx_tcp_poll(struct mx_tcp_stack *st, uint64_t now_ms);
 /** Milliseconds until the next timer, capped at 1000 (for sleeping loops). */
 uint64_t mx_tcp_next_timeout(struct mx_tcp_stack *st, uint64_t now_ms);
 
+/** Set the worker pointer that new streams carry in ->worker. */
+void mx_tcp_stack_set_worker(struct mx_tcp_stack *st, struct mx_worker *w);
+
 /** Send a gratuitous ARP for our address (at start and after a change). */
 void mx_tcp_announce(struct mx_tcp_stack *st);
 
