@@ -29,6 +29,8 @@
 
 #define CONNECT_TIMEOUT_MS (30u * 1000) /* like Postfix smtp_connect_timeout */
 #define WRITE_BUDGET (512u * 1024)      /* bytes handed to the stream per turn */
+#define IDLE_MS 5000u                   /* keep a finished connection this long for reuse */
+#define IDLE_MAX 32u                    /* idle connections kept per worker */
 
 struct dlv;
 
@@ -41,7 +43,22 @@ struct dconn {
     bool blocked; /* waiting for drained() */
     bool closing; /* mx_stream_close() called */
     bool ended;   /* closed() is running */
+    bool idle;    /* parked in the worker's idle list */
+    bool reused;  /* taken from the idle list for the current attempt */
+    bool kick;    /* the next timer expiry just means "pump now" */
+    struct dconn *idle_next, *idle_prev;
+    struct sockaddr_storage peer; /* the host it talks to, for reuse */
+    socklen_t peer_len;
 };
+
+/*
+ * Idle connections of this worker (workers are threads; a stream is only
+ * touched by its own worker, so the list needs no lock). A connection whose
+ * transaction finished waits here for IDLE_MS; an attempt to the same host
+ * takes it and starts with RSET instead of a new TCP and TLS handshake.
+ */
+static _Thread_local struct dconn *idle_head;
+static _Thread_local unsigned idle_count;
 
 /** One delivery attempt, from start to done(). */
 struct dlv {
@@ -53,6 +70,7 @@ struct dlv {
     bool tls_off; /* retrying the current host without STARTTLS */
     bool sent;    /* the transaction was started on the current connection */
     bool starting; /* inside mx_deliver_smtp_start(): done() must not run yet */
+    bool retried_fresh; /* a reused connection failed once: no second reuse */
     bool failed_early; /* every host failed synchronously during start */
     int early_rc;
     struct dconn *conn;
@@ -161,6 +179,57 @@ static void dlv_next_host(struct dlv *d, bool tls_failed)
     dlv_try(d);
 }
 
+/* ---- idle connection cache ------------------------------------------- */
+
+static void idle_unlink(struct dconn *k)
+{
+    if (!k->idle)
+        return;
+    if (k->idle_prev)
+        k->idle_prev->idle_next = k->idle_next;
+    else
+        idle_head = k->idle_next;
+    if (k->idle_next)
+        k->idle_next->idle_prev = k->idle_prev;
+    k->idle_next = k->idle_prev = NULL;
+    k->idle = false;
+    idle_count--;
+}
+
+/** Park a connection that finished its transaction; false when it should QUIT. */
+static bool idle_park(struct dconn *k, struct mx_worker *w)
+{
+    if (idle_count >= IDLE_MAX || k->ended || k->closing || mx_worker_stopping(w))
+        return false;
+    k->idle = true;
+    k->idle_prev = NULL;
+    k->idle_next = idle_head;
+    if (idle_head)
+        idle_head->idle_prev = k;
+    idle_head = k;
+    idle_count++;
+    mx_stream_set_timer(k->s, IDLE_MS);
+    return true;
+}
+
+static bool same_addr(const struct sockaddr_storage *a, socklen_t alen, const struct mx_sockaddr *b)
+{
+    return alen == b->len && memcmp(a, &b->ss, alen) == 0;
+}
+
+/** Take an idle connection to host a, if any. */
+static struct dconn *idle_take(const struct mx_sockaddr *a)
+{
+    for (struct dconn *k = idle_head; k; k = k->idle_next) {
+        if (same_addr(&k->peer, k->peer_len, a) &&
+            mx_smtp_client_state(k->c) != MX_SMTPC_CLOSED) {
+            idle_unlink(k);
+            return k;
+        }
+    }
+    return NULL;
+}
+
 /* ---- stream callbacks ------------------------------------------------- */
 
 static void on_data(struct mx_stream *s, void *ctx, const uint8_t *buf, size_t len)
@@ -199,6 +268,17 @@ static void on_timeout(struct mx_stream *s, void *ctx)
     (void)s;
     struct dconn *k = ctx;
     struct dlv *d = k->d;
+    if (k->kick) { /* a reused connection starts its transaction from the loop */
+        k->kick = false;
+        conn_pump(k);
+        return;
+    }
+    if (k->idle) { /* nobody wanted it: say goodbye */
+        idle_unlink(k);
+        mx_smtp_client_quit(k->c);
+        conn_pump(k);
+        return;
+    }
     if (!k->connected) {
         if (d) {
             add_error(d, "connect to %s: %s", host_text(d, d->host), "Connection timed out");
@@ -223,6 +303,7 @@ static void on_closed(struct mx_stream *s, void *ctx, int res)
     (void)s;
     struct dconn *k = ctx;
     k->ended = true;
+    idle_unlink(k);
     if (k->c && k->connected) {
         mx_smtp_client_eof(k->c, res);
         if (k->d)
@@ -277,9 +358,21 @@ static void conn_flush(struct dconn *k)
     }
 }
 
+/** True when no recipient got any answer in the last transaction. */
+static bool no_answer(const struct mx_smtp_client *c)
+{
+    size_t n;
+    const struct mx_smtp_rcpt_result *r = mx_smtp_client_results(c, &n);
+    for (size_t i = 0; i < n; i++)
+        if (r[i].code)
+            return false;
+    return true;
+}
+
 /** Move bytes, then act on the client's state. */
 static void conn_pump(struct dconn *k)
 {
+    k->kick = false; /* whatever woke us, this pump is the one the kick asked for */
     for (int turn = 0; turn < 4; turn++) {
         conn_flush(k);
         struct dlv *d = k->d;
@@ -287,27 +380,37 @@ static void conn_pump(struct dconn *k)
         case MX_SMTPC_BUSY:
             break;
         case MX_SMTPC_READY:
+        case MX_SMTPC_TXN_DONE:
+            if (k->idle)
+                return; /* parked: its timer runs */
             if (d && !d->sent) {
                 d->sent = true;
                 if (mx_smtp_client_send(k->c, &d->msg) == 0)
                     continue;
                 add_error(d, "%s: %s", host_text(d, d->host), "cannot start transaction");
                 dlv_finish(d);
+                d = NULL;
+            } else if (d) {
+                take_results(d, k->c);
+                struct mx_worker *w = d->w;
+                dlv_finish(d); /* results are final: report now */
+                d = NULL;
+                if (idle_park(k, w))
+                    return;
             }
             if (mx_smtp_client_quit(k->c) == 0)
                 continue;
             break;
-        case MX_SMTPC_TXN_DONE:
-            if (d) {
-                take_results(d, k->c);
-                dlv_finish(d); /* results are final: report now, QUIT on our own */
-            }
-            mx_smtp_client_quit(k->c);
-            continue;
         case MX_SMTPC_CLOSED:
             if (d) {
                 const char *err = mx_smtp_client_error(k->c);
-                if (!d->sent || mx_smtp_client_setup_failed(k->c)) {
+                if (k->reused && !d->retried_fresh && (!d->sent || no_answer(k->c))) {
+                    /* The cached connection had died (the server timed it out):
+                     * not this message's fault, so try a fresh connection. */
+                    d->retried_fresh = true;
+                    dlv_detach(d);
+                    dlv_try(d);
+                } else if (!d->sent || mx_smtp_client_setup_failed(k->c)) {
                     add_error(d, "%s: %s", host_text(d, d->host), err[0] ? err : "session failed");
                     d->remote[0] = 0;
                     dlv_next_host(d, mx_smtp_client_tls_failed(k->c));
@@ -336,7 +439,19 @@ static void dlv_try(struct dlv *d)
 {
     const struct mx_route *rt = d->req->route;
     for (; d->host < rt->n_hosts; d->host++, d->tls_off = false) {
-        struct dconn *k = calloc(1, sizeof *k);
+        const struct mx_sockaddr *a = &rt->hosts[d->host];
+        struct dconn *k = d->retried_fresh ? NULL : idle_take(a);
+        if (k) {
+            k->d = d;
+            k->reused = true;
+            d->conn = k;
+            d->sent = false;
+            snprintf(d->remote, sizeof d->remote, "%s", a->text);
+            k->kick = true; /* start from the loop, never inside our caller */
+            mx_stream_set_timer(k->s, 1);
+            return;
+        }
+        k = calloc(1, sizeof *k);
         if (!k) {
             add_error(d, "%s%s", "out of memory", "");
             d->early_rc = -ENOMEM;
@@ -355,8 +470,9 @@ static void dlv_try(struct dlv *d)
             d->early_rc = rc;
             break;
         }
-        const struct mx_sockaddr *a = &rt->hosts[d->host];
         k->d = d;
+        memcpy(&k->peer, &a->ss, a->len);
+        k->peer_len = a->len;
         d->conn = k;
         d->sent = false;
         rc = mx_stream_connect(d->w, (const struct sockaddr *)&a->ss, a->len, &dconn_cb, k, &k->s);

@@ -47,6 +47,7 @@ class Saver:
             for r, o in zip(envelope.rcpt_tos, envelope.rcpt_options):
                 f.write("RCPT %s %s\n" % (r, " ".join(o)))
             f.write("TLS %s\n" % ("yes" if session.ssl else "no"))
+            f.write("PEER %s\n" % session.peer[1])
         os.rename(base + ".tmp", base + ".eml")
         return "250 2.0.0 Ok: queued as %d" % self.seq
 

@@ -147,15 +147,33 @@ struct script {
     unsigned port;
     const char *greeting;   /* sent first */
     const char *close_after; /* close the connection on this command */
+    int conns;               /* connections to serve (0 = 1) */
+    int close_conn;          /* which connection close_after applies to */
+    int served;
     pthread_t th;
 };
+
+static void script_conn(struct script *s, int fd, int idx);
 
 static void *script_main(void *arg)
 {
     struct script *s = arg;
-    int fd = accept(s->lfd, NULL, NULL);
-    if (fd < 0)
-        return NULL;
+    int n = s->conns ? s->conns : 1;
+    for (int i = 0; i < n; i++) {
+        struct pollfd pfd = {.fd = s->lfd, .events = POLLIN};
+        if (poll(&pfd, 1, 20000) != 1)
+            break;
+        int fd = accept(s->lfd, NULL, NULL);
+        if (fd < 0)
+            break;
+        script_conn(s, fd, i);
+        s->served++;
+    }
+    return NULL;
+}
+
+static void script_conn(struct script *s, int fd, int idx)
+{
     struct timeval tv = {.tv_sec = 10};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     send(fd, s->greeting, strlen(s->greeting), MSG_NOSIGNAL);
@@ -177,7 +195,8 @@ static void *script_main(void *arg)
             if (strcmp(line, ".\r\n") != 0)
                 continue;
             in_data = false;
-        } else if (s->close_after && strncmp(line, s->close_after, strlen(s->close_after)) == 0) {
+        } else if (s->close_after && idx == s->close_conn &&
+                   strncmp(line, s->close_after, strlen(s->close_after)) == 0) {
             break;
         } else if (strncmp(line, "EHLO", 4) == 0) {
             reply = "250-script\r\n250 ENHANCEDSTATUSCODES\r\n";
@@ -191,7 +210,6 @@ static void *script_main(void *arg)
         send(fd, reply, strlen(reply), MSG_NOSIGNAL);
     }
     close(fd);
-    return NULL;
 }
 
 static void script_start(struct script *s)
@@ -472,6 +490,68 @@ static void test_starttls_large(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/** The peer's record of the client port a message came from ("PEER n"). */
+static unsigned peer_port_of(const struct peer *p, int seq)
+{
+    char path[128];
+    size_t len;
+    snprintf(path, sizeof path, "%s/%d.env", p->dir, seq);
+    char *got = read_file(path, &len);
+    const char *at = strstr(got, "PEER ");
+    unsigned port = at ? (unsigned)strtoul(at + 5, NULL, 10) : 0;
+    free(got);
+    return port;
+}
+
+/** A second message to the same host within the idle time reuses the connection. */
+static void test_connection_reuse(void **state)
+{
+    (void)state;
+    struct peer p = {0};
+    if (peer_start(&p, NULL) != 0)
+        skip();
+    unsigned ports[1] = {p.port};
+    struct fixture f;
+    fixture_init(&f, ports, 1);
+    for (int i = 0; i < 3; i++) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "Subject: reuse %d\r\n\r\nbody\r\n", i);
+        struct job j;
+        job_init(&j, &f, 1, msg, strlen(msg));
+        run_job(&j);
+        assert_int_equal(j.res[0].code, 250);
+        char exp[64];
+        snprintf(exp, sizeof exp, "Ok: queued as %d", i + 1);
+        assert_string_equal(j.res[0].text, exp);
+    }
+    unsigned first = peer_port_of(&p, 1);
+    assert_true(first != 0);
+    assert_int_equal(peer_port_of(&p, 2), first);
+    assert_int_equal(peer_port_of(&p, 3), first);
+    peer_stop(&p);
+}
+
+/** A cached connection that turns out dead at RSET: a fresh one is used, no error. */
+static void test_reuse_dead_connection(void **state)
+{
+    (void)state;
+    struct script sc = {.greeting = "220 script\r\n", .conns = 2, .close_after = "RSET"};
+    script_start(&sc);
+    unsigned ports[1] = {sc.port};
+    struct fixture f;
+    fixture_init(&f, ports, 1);
+    struct job j;
+    job_init(&j, &f, 1, "Subject: a\r\n\r\nx\r\n", 19);
+    run_job(&j);
+    assert_int_equal(j.res[0].code, 250);
+    job_init(&j, &f, 1, "Subject: b\r\n\r\nx\r\n", 19);
+    run_job(&j);
+    assert_int_equal(j.res[0].code, 250);
+    assert_string_equal(j.error, "");
+    script_stop(&sc);
+    assert_int_equal(sc.served, 2);
+}
+
 /** Requests the agent cannot run are refused up front (done never runs). */
 static void test_bad_requests(void **state)
 {
@@ -522,6 +602,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_failover_421_greeting),
         cmocka_unit_test(test_lost_connection_after_rcpt),
         cmocka_unit_test(test_starttls_large),
+        cmocka_unit_test(test_connection_reuse),
+        cmocka_unit_test(test_reuse_dead_connection),
         cmocka_unit_test(test_bad_requests),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
