@@ -541,10 +541,10 @@ static void test_reuse_dead_connection(void **state)
     struct fixture f;
     fixture_init(&f, ports, 1);
     struct job j;
-    job_init(&j, &f, 1, "Subject: a\r\n\r\nx\r\n", 19);
+    job_init(&j, &f, 1, "Subject: a\r\n\r\nx\r\n", 17);
     run_job(&j);
     assert_int_equal(j.res[0].code, 250);
-    job_init(&j, &f, 1, "Subject: b\r\n\r\nx\r\n", 19);
+    job_init(&j, &f, 1, "Subject: b\r\n\r\nx\r\n", 17);
     run_job(&j);
     assert_int_equal(j.res[0].code, 250);
     assert_string_equal(j.error, "");
