@@ -1161,6 +1161,7 @@ static void derived_defaults(struct loader *L)
     struct mx_config *c = L->cfg;
     if (!L->set[find_key("routes")] || c->n_routes == 0) {
         if (c->n_routes == 0) {
+            free_routes(c->routes, 0); /* an empty routes { } */
             c->routes = calloc(1, sizeof(*c->routes));
             if (!c->routes || !(c->routes[0].domain = strdup("*")) ||
                 !(c->routes[0].maildir = strdup("var/maildir"))) {
