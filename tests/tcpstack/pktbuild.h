@@ -17,8 +17,8 @@
 
 #include "tcpstack/tcpstack.h"
 
-#define PB_US_IP RTE_IPV4(192, 0, 2, 2)
-#define PB_PEER_IP RTE_IPV4(192, 0, 2, 1)
+#define PB_US_IP (((uint32_t)192 << 24) | (2u << 8) | 2u) /* 192.0.2.2 */
+#define PB_PEER_IP (((uint32_t)192 << 24) | (2u << 8) | 1u) /* 192.0.2.1 */
 #define PB_MAXQ 256
 #define PB_FRAME 2048
 
