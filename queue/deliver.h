@@ -43,6 +43,12 @@ typedef void (*mx_deliver_done_fn)(void *arg, const struct mx_deliver_result *re
 int mx_deliver_smtp_start(struct mx_worker *w, const struct mx_deliver_req *req,
                           mx_deliver_done_fn done, void *arg);
 
+/* At most per_worker SMTP connections to one destination host on each worker (busy and
+ * idle together; e.g. queue_dest_concurrency divided by the workers, rounded up); more
+ * attempts wait for a connection to finish. 0 (the default) = no limit. Call before the
+ * workers start. */
+void mx_deliver_smtp_set_dest_limit(unsigned per_worker);
+
 /* Build an RFC 3464 multipart/report DSN for the failed (or delayed) recipients.
  * status[i] describes env->rcpts[rcpt_idx[i]]. ret FULL → whole message, HDRS/default → headers only.
  * Returns 0 and a malloc'd message in *out and *out_len (CRLF line ends), or -errno.

@@ -49,6 +49,7 @@ struct dconn {
     struct dconn *idle_next, *idle_prev;
     struct sockaddr_storage peer; /* the host it talks to, for reuse */
     socklen_t peer_len;
+    bool counted; /* holds one of its destination's connection slots */
 };
 
 /*
@@ -71,6 +72,7 @@ struct dlv {
     bool sent;    /* the transaction was started on the current connection */
     bool starting; /* inside mx_deliver_smtp_start(): done() must not run yet */
     bool retried_fresh; /* a reused connection failed once: no second reuse */
+    struct dlv *wait_next; /* in the worker's wait list (destination at its limit) */
     bool failed_early; /* every host failed synchronously during start */
     int early_rc;
     struct dconn *conn;
@@ -82,6 +84,50 @@ struct dlv {
 
 static void conn_pump(struct dconn *k);
 static void dlv_try(struct dlv *d);
+
+/* ---- per-destination connection limit --------------------------------- */
+
+/*
+ * At most dest_limit connections per destination host on each worker (busy
+ * and idle ones together); an attempt beyond it waits in a FIFO until one of
+ * them parks (it takes that connection) or closes. 0 means no limit.
+ */
+static unsigned dest_limit;
+
+#define DEST_SLOTS 64
+
+struct dest_slot {
+    struct sockaddr_storage a;
+    socklen_t len; /* 0: free slot */
+    unsigned conns;
+};
+
+static _Thread_local struct dest_slot dest_tab[DEST_SLOTS];
+static _Thread_local struct dlv *wait_head, *wait_tail;
+
+void mx_deliver_smtp_set_dest_limit(unsigned per_worker)
+{
+    dest_limit = per_worker;
+}
+
+/** The slot of a destination; NULL when the table is full (then no limit applies). */
+static struct dest_slot *dest_find(const struct sockaddr_storage *a, socklen_t len, bool create)
+{
+    struct dest_slot *free_slot = NULL;
+    for (size_t i = 0; i < DEST_SLOTS; i++) {
+        struct dest_slot *t = &dest_tab[i];
+        if (t->len == len && memcmp(&t->a, a, len) == 0)
+            return t;
+        if (!t->len && !free_slot)
+            free_slot = t;
+    }
+    if (!create || !free_slot)
+        return NULL;
+    memcpy(&free_slot->a, a, len);
+    free_slot->len = len;
+    free_slot->conns = 0;
+    return free_slot;
+}
 
 /* ---- TLS context ------------------------------------------------------ */
 
@@ -230,6 +276,38 @@ static struct dconn *idle_take(const struct mx_sockaddr *a)
     return NULL;
 }
 
+/** Let the first attempt waiting for this destination go on. */
+static void dest_wake(const struct sockaddr_storage *a, socklen_t len)
+{
+    struct dlv *prev = NULL;
+    for (struct dlv *d = wait_head; d; prev = d, d = d->wait_next) {
+        const struct mx_sockaddr *h = &d->req->route->hosts[d->host];
+        if (h->len != len || memcmp(&h->ss, a, len) != 0)
+            continue;
+        if (prev)
+            prev->wait_next = d->wait_next;
+        else
+            wait_head = d->wait_next;
+        if (wait_tail == d)
+            wait_tail = prev;
+        d->wait_next = NULL;
+        dlv_try(d);
+        return;
+    }
+}
+
+/** A connection gave back its destination slot. */
+static void dest_release(struct dconn *k)
+{
+    if (!k->counted)
+        return;
+    k->counted = false;
+    struct dest_slot *t = dest_find(&k->peer, k->peer_len, false);
+    if (t && t->conns && --t->conns == 0 && !wait_head)
+        t->len = 0;
+    dest_wake(&k->peer, k->peer_len);
+}
+
 /* ---- stream callbacks ------------------------------------------------- */
 
 static void on_data(struct mx_stream *s, void *ctx, const uint8_t *buf, size_t len)
@@ -320,7 +398,9 @@ static void on_closed(struct mx_stream *s, void *ctx, int res)
     if (k->d)
         k->d->conn = NULL;
     mx_smtp_client_free(k->c);
+    struct dconn copy = *k;
     free(k);
+    dest_release(&copy); /* may start a waiting attempt */
 }
 
 static const struct mx_stream_cb dconn_cb = {
@@ -395,8 +475,11 @@ static void conn_pump(struct dconn *k)
                 struct mx_worker *w = d->w;
                 dlv_finish(d); /* results are final: report now */
                 d = NULL;
-                if (idle_park(k, w))
+                if (idle_park(k, w)) {
+                    if (dest_limit)
+                        dest_wake(&k->peer, k->peer_len); /* a waiter takes it over */
                     return;
+                }
             }
             if (mx_smtp_client_quit(k->c) == 0)
                 continue;
@@ -451,6 +534,16 @@ static void dlv_try(struct dlv *d)
             mx_stream_set_timer(k->s, 1);
             return;
         }
+        struct dest_slot *slot = dest_limit ? dest_find(&a->ss, a->len, true) : NULL;
+        if (slot && slot->conns >= dest_limit) {
+            /* Busy, not broken: wait for one of its connections. */
+            if (wait_tail)
+                wait_tail->wait_next = d;
+            else
+                wait_head = d;
+            wait_tail = d;
+            return;
+        }
         k = calloc(1, sizeof *k);
         if (!k) {
             add_error(d, "%s%s", "out of memory", "");
@@ -483,6 +576,10 @@ static void dlv_try(struct dlv *d)
             add_error(d, "connect to %s: %s", a->text, strerror(-rc));
             d->early_rc = rc;
             continue;
+        }
+        if (slot) {
+            slot->conns++;
+            k->counted = true;
         }
         mx_stream_set_timer(k->s, CONNECT_TIMEOUT_MS);
         return;

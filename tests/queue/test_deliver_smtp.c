@@ -47,7 +47,8 @@ struct job {
     char error[256];
 };
 
-static struct job *volatile pending_job;
+#define MAX_PENDING 4
+static struct job *pending_jobs[MAX_PENDING];
 
 static void job_done(void *arg, const struct mx_deliver_result *r)
 {
@@ -64,12 +65,14 @@ static void job_done(void *arg, const struct mx_deliver_result *r)
 static void tick(struct mx_worker *w, void *arg)
 {
     (void)arg;
-    struct job *j = __atomic_exchange_n(&pending_job, NULL, __ATOMIC_SEQ_CST);
-    if (!j)
-        return;
-    j->start_rc = mx_deliver_smtp_start(w, &j->req, job_done, j);
-    if (j->start_rc)
-        __atomic_store_n(&j->finished, 1, __ATOMIC_SEQ_CST);
+    for (size_t i = 0; i < MAX_PENDING; i++) { /* all jobs handed over in one tick */
+        struct job *j = __atomic_exchange_n(&pending_jobs[i], NULL, __ATOMIC_SEQ_CST);
+        if (!j)
+            continue;
+        j->start_rc = mx_deliver_smtp_start(w, &j->req, job_done, j);
+        if (j->start_rc)
+            __atomic_store_n(&j->finished, 1, __ATOMIC_SEQ_CST);
+    }
 }
 
 static int worker_init(struct mx_worker *w, void *arg)
@@ -78,15 +81,28 @@ static int worker_init(struct mx_worker *w, void *arg)
     return mx_worker_add_tick(w, tick, NULL);
 }
 
-/** Run one delivery on the worker; wait (bounded) until done. */
+/** Run deliveries on the worker, started in the same loop turn; wait (bounded) until done. */
+static void run_jobs(struct job **jobs, size_t n)
+{
+    assert_true(n <= MAX_PENDING);
+    /* Fill the slots back to front: the tick scans front to back, so it sees all or none. */
+    for (size_t i = n; i-- > 0;)
+        __atomic_store_n(&pending_jobs[i], jobs[i], __ATOMIC_SEQ_CST);
+    for (size_t k = 0; k < n; k++) {
+        struct job *j = jobs[k];
+        for (int i = 0; i < 3000 && !__atomic_load_n(&j->finished, __ATOMIC_SEQ_CST); i++)
+            usleep(10000);
+        assert_int_equal(__atomic_load_n(&j->finished, __ATOMIC_SEQ_CST), 1);
+    }
+    usleep(100000); /* a second done() would show up here */
+    for (size_t k = 0; k < n; k++)
+        assert_int_equal(jobs[k]->start_rc ? 0 : 1,
+                         __atomic_load_n(&jobs[k]->done_calls, __ATOMIC_SEQ_CST));
+}
+
 static void run_job(struct job *j)
 {
-    __atomic_store_n(&pending_job, j, __ATOMIC_SEQ_CST);
-    for (int i = 0; i < 3000 && !__atomic_load_n(&j->finished, __ATOMIC_SEQ_CST); i++)
-        usleep(10000);
-    assert_int_equal(__atomic_load_n(&j->finished, __ATOMIC_SEQ_CST), 1);
-    usleep(100000); /* a second done() would show up here */
-    assert_int_equal(j->start_rc ? 0 : 1, __atomic_load_n(&j->done_calls, __ATOMIC_SEQ_CST));
+    run_jobs(&j, 1);
 }
 
 /* ---- envelopes and routes --------------------------------------------- */
@@ -552,6 +568,40 @@ static void test_reuse_dead_connection(void **state)
     assert_int_equal(sc.served, 2);
 }
 
+/** Three messages at once: three connections without a limit, one with limit 1. */
+static void test_dest_concurrency_limit(void **state)
+{
+    (void)state;
+    for (unsigned limit = 0; limit < 2; limit++) {
+        struct peer p = {0};
+        if (peer_start(&p, NULL) != 0)
+            skip();
+        mx_deliver_smtp_set_dest_limit(limit);
+        unsigned ports[1] = {p.port};
+        struct fixture f;
+        fixture_init(&f, ports, 1);
+        struct job jobs[3], *jp[3];
+        char msgs[3][64];
+        for (int i = 0; i < 3; i++) {
+            snprintf(msgs[i], sizeof msgs[i], "Subject: parallel %d\r\n\r\nbody\r\n", i);
+            job_init(&jobs[i], &f, 1, msgs[i], strlen(msgs[i]));
+            jp[i] = &jobs[i];
+        }
+        run_jobs(jp, 3);
+        for (int i = 0; i < 3; i++)
+            assert_int_equal(jobs[i].res[0].code, 250);
+        unsigned a = peer_port_of(&p, 1), b = peer_port_of(&p, 2), c = peer_port_of(&p, 3);
+        if (limit == 1) {
+            assert_int_equal(a, b);
+            assert_int_equal(b, c);
+        } else {
+            assert_true(a != b && b != c && a != c);
+        }
+        peer_stop(&p);
+    }
+    mx_deliver_smtp_set_dest_limit(0);
+}
+
 /** Requests the agent cannot run are refused up front (done never runs). */
 static void test_bad_requests(void **state)
 {
@@ -604,6 +654,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_starttls_large),
         cmocka_unit_test(test_connection_reuse),
         cmocka_unit_test(test_reuse_dead_connection),
+        cmocka_unit_test(test_dest_concurrency_limit),
         cmocka_unit_test(test_bad_requests),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
