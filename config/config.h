@@ -180,4 +180,140 @@ int mx_config_parse_hostport(const char *text, struct mx_sockaddr *out);
 /** Parse "a.b.c.d/n", "v6/n" or with a leading "!" into a mx_cidr. 0 or -EINVAL. */
 int mx_config_parse_cidr(const char *text, struct mx_cidr *out);
 
+/* ------------------------------------------------------------------------
+ * Policy layer (config/policy.c): allow/block lists at global, domain and user
+ * level, sub-address resolution, HELO checks and rate/concurrency accounting.
+ * A struct mx_policy is built once (off the workers) and then only read.
+ * ------------------------------------------------------------------------ */
+
+/** Which list an entry belongs to. */
+enum mx_policy_list {
+    MX_POLICY_ALLOW = 1,
+    MX_POLICY_BLOCK,
+};
+
+/** Outcome of a sender check. */
+enum mx_policy_verdict {
+    MX_POLICY_NONE = 0,  /**< no list matched */
+    MX_POLICY_ALLOWED,   /**< an allow entry decided */
+    MX_POLICY_BLOCKED,   /**< a block entry decided: never deliver */
+};
+
+/** Level a list entry was declared at; the most specific level that matches wins. */
+enum mx_policy_level {
+    MX_POLICY_GLOBAL = 0,
+    MX_POLICY_DOMAIN,
+    MX_POLICY_USER,
+};
+
+struct mx_policy;
+
+/** Result of mx_policy_check_sender(): what decided, for logs and history. */
+struct mx_policy_result {
+    enum mx_policy_verdict verdict;
+    enum mx_policy_level level; /**< level of the deciding entry */
+    const char *scope;          /**< "" (global), the domain, or user@domain */
+    const char *pattern;        /**< the entry that decided, as written */
+};
+
+/**
+ * Create an empty policy.
+ * @param subaddress_sep  sub-address separator ('+' for user+tag@domain), or 0
+ *                        to disable sub-address resolution.
+ * @param allow_over_block when one level has both an allow and a block match,
+ *                        allow wins (default false: block wins).
+ * @return 0 or -ENOMEM.
+ */
+int mx_policy_new(char subaddress_sep, bool allow_over_block, struct mx_policy **out);
+
+/** Free a policy. NULL is accepted. */
+void mx_policy_free(struct mx_policy *p);
+
+/**
+ * Add one list entry.
+ * @param scope    "" or NULL for global, "example.test" for a recipient domain,
+ *                 "user@example.test" for one recipient (its +tag is stripped).
+ * @param list     MX_POLICY_ALLOW or MX_POLICY_BLOCK.
+ * @param pattern  sender address "a@b.test", sender domain "b.test" or
+ *                 "@b.test", wildcard ("*@*.spam.test", "*.spam.test"; `*`
+ *                 and `?`), or client address/CIDR ("192.0.2.0/24", "2001:db8::1").
+ * @return 0, -EINVAL for a malformed scope or pattern, -ENOMEM.
+ */
+int mx_policy_add(struct mx_policy *p, const char *scope, enum mx_policy_list list,
+                  const char *pattern);
+
+/**
+ * Decide a sender for one recipient: the user's lists first, then the
+ * recipient domain's, then the global lists; the first level with a match
+ * decides (block over allow within a level unless allow_over_block).
+ * Sender and recipient are resolved through sub-addressing first.
+ *
+ * @param rcpt    recipient address (user@domain).
+ * @param sender  envelope sender ("" for the null reverse-path).
+ * @param client  connecting client, or NULL.
+ * @param res     receives the verdict and what decided it.
+ * @return 0, or -EINVAL when rcpt is not an address.
+ */
+int mx_policy_check_sender(const struct mx_policy *p, const char *rcpt, const char *sender,
+                           const struct sockaddr *client, struct mx_policy_result *res);
+
+/**
+ * Resolve sub-addressing and case: "User+tag@Example.TEST" -> "user@example.test"
+ * with sep '+' (sep 0 only lowercases). The whole address is lowercased: list
+ * matching is case-insensitive.
+ * @return 0, -EINVAL (no '@' / empty part), -ENOSPC (out too small).
+ */
+int mx_policy_resolve_address(const char *addr, char sep, char *out, size_t outlen);
+
+/** The default HELO host blocklist, NULL-terminated. */
+extern const char *const mx_policy_helo_defaults[];
+
+/**
+ * Match a HELO/EHLO argument against host patterns (case-insensitive):
+ * `*` any run of characters, `?` one character, `#` a run of one or more
+ * digits (so "#.#.#.#" is a bare IPv4 address).
+ * @return index of the first matching pattern, or -1.
+ */
+int mx_policy_helo_match(const char *helo, const char *const *patterns, size_t n);
+
+/* Rate and concurrency accounting, one table per worker (no locks). */
+struct mx_ratelimit;
+
+/** Key of a client for limits: its address, or its /24 (IPv4) or /64 (IPv6)
+ *  network when `network` is true. IPv4-mapped IPv6 counts as IPv4.
+ *  @return key length written to key[17], or -EINVAL. */
+int mx_ratelimit_client_key(const struct sockaddr *sa, bool network, uint8_t key[17]);
+
+/**
+ * Create a table of at most `capacity` keys counting events over a sliding
+ * window of `window_ms` (two fixed half-windows, interpolated).
+ * @return 0, -EINVAL, -ENOMEM.
+ */
+int mx_ratelimit_new(size_t capacity, uint32_t window_ms, struct mx_ratelimit **out);
+
+/** Free a table. NULL is accepted. */
+void mx_ratelimit_free(struct mx_ratelimit *rl);
+
+/**
+ * Count `n` events for key at time now_ms against `limit` per window.
+ * Over the limit, nothing is counted.
+ * @param count  receives the (estimated) count in the window, this hit included
+ *               when accepted; may be NULL.
+ * @return 0 (within the limit), -EAGAIN (over: answer 421/451), -ENOSPC (the
+ *         table is full of live keys: caller decides, typically tempfail),
+ *         -EINVAL.
+ */
+int mx_ratelimit_hit(struct mx_ratelimit *rl, const uint8_t *key, size_t keylen, uint64_t now_ms,
+                     uint32_t n, uint32_t limit, uint32_t *count);
+
+/**
+ * Concurrency: take one slot for key if fewer than `limit` are held.
+ * @return 0, -EAGAIN (at the limit), -ENOSPC, -EINVAL.
+ */
+int mx_ratelimit_acquire(struct mx_ratelimit *rl, const uint8_t *key, size_t keylen,
+                         uint32_t limit);
+
+/** Give back a slot taken by mx_ratelimit_acquire(). */
+void mx_ratelimit_release(struct mx_ratelimit *rl, const uint8_t *key, size_t keylen);
+
 #endif
