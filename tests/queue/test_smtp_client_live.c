@@ -33,6 +33,7 @@
 #include "smtp/smtp.h"
 
 static const char *peer_script;
+static const char *postfix_script;
 
 /* ---- peers ------------------------------------------------------------ */
 
@@ -50,10 +51,10 @@ static void make_dir(struct peer *p)
     chmod(p->dir, 0777); /* smtp-sink drops to nobody */
 }
 
-/** Start smtp_peer.py with extra args; wait (bounded) for its "PORT n" line. */
-static int peer_start_py(struct peer *p, const char *const *extra)
+/** Start a Python peer script with extra args; wait (bounded) for its "PORT n" line. */
+static int peer_start_script(struct peer *p, const char *script, const char *const *extra)
 {
-    if (access("/usr/bin/python3", X_OK) != 0 || !peer_script)
+    if (access("/usr/bin/python3", X_OK) != 0 || !script)
         return -1;
     make_dir(p);
     int in[2], out[2];
@@ -66,7 +67,7 @@ static int peer_start_py(struct peer *p, const char *const *extra)
         dup2(out[1], 1);
         close(in[1]);
         close(out[0]);
-        const char *argv[16] = {"/usr/bin/python3", peer_script, p->dir};
+        const char *argv[16] = {"/usr/bin/python3", script, p->dir};
         size_t n = 3;
         for (; extra && *extra && n < 15; extra++)
             argv[n++] = *extra;
@@ -80,7 +81,7 @@ static int peer_start_py(struct peer *p, const char *const *extra)
     char buf[64] = "";
     size_t got = 0;
     struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-    while (got < sizeof buf - 1 && !memchr(buf, '\n', got) && poll(&pfd, 1, 20000) == 1) {
+    while (got < sizeof buf - 1 && !memchr(buf, '\n', got) && poll(&pfd, 1, 60000) == 1) {
         ssize_t r = read(out[0], buf + got, sizeof buf - 1 - got);
         if (r <= 0)
             break;
@@ -91,6 +92,11 @@ static int peer_start_py(struct peer *p, const char *const *extra)
     if (sscanf(buf, "PORT %u", &p->port) != 1)
         return -1;
     return 0;
+}
+
+static int peer_start_py(struct peer *p, const char *const *extra)
+{
+    return peer_start_script(p, peer_script, extra);
 }
 
 static unsigned free_port(void)
@@ -135,7 +141,8 @@ static void peer_stop(struct peer *p)
 {
     if (p->stdin_fd >= 0)
         close(p->stdin_fd);
-    for (int i = 0; i < 100; i++) { /* up to 5 s to leave on its own */
+    /* Up to 30 s to leave on its own (postfix_peer.py stops a Postfix instance). */
+    for (int i = 0; i < 600; i++) {
         if (waitpid(p->pid, NULL, WNOHANG) == p->pid)
             goto clean;
         if (i == 10 && p->stdin_fd < 0)
@@ -507,14 +514,140 @@ static void test_smtp_sink_pipelining(void **state)
     peer_stop(&p);
 }
 
+/** The LF form of a CRLF message, as smtp-sink dumps it. */
+static char *to_lf(const char *m, size_t *olen)
+{
+    size_t ml = strlen(m), o = 0;
+    char *lf = malloc(ml + 1);
+    for (size_t k = 0; k < ml; k++)
+        if (!(m[k] == '\r' && k + 1 < ml && m[k + 1] == '\n'))
+            lf[o++] = m[k];
+    lf[o] = 0;
+    *olen = o;
+    return lf;
+}
+
+/**
+ * Postfix's own smtpd (a private instance, see postfix_peer.py) offers
+ * CHUNKING: two messages go as BDAT chunks on one connection, Postfix relays
+ * them to smtp-sink, and each arrives there intact (raw, never dot-stuffed).
+ */
+static void test_postfix_bdat(void **state)
+{
+    (void)state;
+    struct peer sink = {0}, pf = {0};
+    if (!postfix_script || peer_start_sink(&sink) != 0)
+        skip();
+    char sinkport[16];
+    snprintf(sinkport, sizeof sinkport, "%u", sink.port);
+    const char *args[] = {sinkport, NULL};
+    if (peer_start_script(&pf, postfix_script, args) != 0) {
+        /* "SKIP ..." (not root, no postfix) or it did not start */
+        close(pf.stdin_fd);
+        waitpid(pf.pid, NULL, 0);
+        peer_stop(&sink);
+        char cmd[200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", pf.dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cannot remove %s\n", pf.dir);
+        skip();
+    }
+    int fd = tcp_connect(pf.port);
+    struct mx_smtp_client *c;
+    struct mx_smtp_client_params prm = {.helo_name = "gw.example.org", .bdat_chunk = 4096};
+    assert_int_equal(mx_smtp_client_new(&prm, &c), 0);
+    assert_int_equal(drive(fd, c), MX_SMTPC_READY);
+    unsigned ext = mx_smtp_client_extensions(c);
+    assert_true(ext & MX_SMTP_EXT_CHUNKING);
+    assert_true(ext & MX_SMTP_EXT_PIPELINING);
+
+    struct env3 e;
+    env3_init(&e, "alice@example.com", "bob@dest.test", NULL, NULL);
+    e.env.body = MX_BODY_8BITMIME;
+    char *m[2];
+    for (int i = 0; i < 2; i++) {
+        char subj[16];
+        snprintf(subj, sizeof subj, "bdat%d", i);
+        char *body = make_message(i ? 50000 : 9000, subj);
+        /* Postfix would add a Date: header to a message without one. */
+        size_t bl = strlen(body);
+        m[i] = malloc(bl + 64);
+        int h = snprintf(m[i], 64, "Date: Mon, 23 Nov 2026 20:00:00 +0000\r\n");
+        memcpy(m[i] + h, body, bl + 1);
+        free(body);
+        struct mx_smtp_client_msg msg = {.env = &e.env, .rcpt_idx = e.idx, .n_rcpt = 1,
+                                         .data = (const uint8_t *)m[i], .len = strlen(m[i])};
+        assert_int_equal(mx_smtp_client_send(c, &msg), 0);
+        assert_int_equal(drive(fd, c), MX_SMTPC_TXN_DONE);
+        size_t n;
+        const struct mx_smtp_rcpt_result *r = mx_smtp_client_results(c, &n);
+        assert_int_equal(r[0].code, 250);
+        assert_string_equal(r[0].enh, "2.0.0");
+    }
+    assert_int_equal(mx_smtp_client_quit(c), 0);
+    assert_int_equal(drive(fd, c), MX_SMTPC_CLOSED);
+    close(fd);
+    mx_smtp_client_free(c);
+
+    /* Postfix counted BDAT commands for this session. */
+    char path[512];
+    int bdat_seen = 0;
+    for (int tries = 0; tries < 100 && !bdat_seen; tries++) {
+        size_t len;
+        snprintf(path, sizeof path, "%s/maillog", pf.dir);
+        char *log = read_file(path, &len);
+        bdat_seen = log && strstr(log, " bdat=") != NULL;
+        free(log);
+        if (!bdat_seen)
+            usleep(50000);
+    }
+    assert_true(bdat_seen);
+
+    /* Both messages reach smtp-sink: each dump ends with the message + "\n". */
+    int found = 0;
+    for (int tries = 0; tries < 200 && found < 2; tries++) {
+        found = 0;
+        DIR *d = opendir(sink.dir);
+        struct dirent *de;
+        while (d && (de = readdir(d))) {
+            if (de->d_name[0] == '.')
+                continue;
+            snprintf(path, sizeof path, "%s/%s", sink.dir, de->d_name);
+            size_t len;
+            char *got = read_file(path, &len);
+            for (int i = 0; got && i < 2; i++) {
+                size_t ol;
+                char *lf = to_lf(m[i], &ol);
+                if (len == 0 || len < ol + 1 || got[len - 1] != '\n')
+                    ; /* not (yet) complete */
+                else if (memcmp(got + len - 1 - ol, lf, ol) == 0)
+                    found++;
+                free(lf);
+            }
+            free(got);
+        }
+        if (d)
+            closedir(d);
+        if (found < 2)
+            usleep(50000);
+    }
+    assert_int_equal(found, 2);
+    for (int i = 0; i < 2; i++)
+        free(m[i]);
+    peer_stop(&pf); /* stops the Postfix instance */
+    peer_stop(&sink);
+}
+
 int main(int argc, char **argv)
 {
     peer_script = argc > 1 ? argv[1] : NULL;
+    postfix_script = argc > 2 ? argv[2] : NULL;
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_aiosmtpd_reuse_exact),
         cmocka_unit_test(test_aiosmtpd_starttls),
         cmocka_unit_test(test_smtp_sink_pipelining),
+        cmocka_unit_test(test_postfix_bdat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
