@@ -1055,6 +1055,8 @@ static int feed_plain(struct mx_smtp_client *c, const uint8_t *buf, size_t len)
         if (rc)
             return rc;
         if (c->phase == P_TLS && i < len) {
+            /* Send nothing more, not even the ClientHello already made. */
+            c->out.off = c->out.len = 0;
             session_fail(c, 0, "", "plaintext after STARTTLS reply (response injection?)");
             return -EPROTO;
         }

@@ -685,6 +685,43 @@ static void test_421_mid_transaction(void **state)
     h_free(h);
 }
 
+/** STARTTLS: refused -> plaintext goes on; plaintext after the 220 -> session fails. */
+static void test_starttls_refused_and_injection(void **state)
+{
+    (void)state;
+    struct h *h = calloc(1, sizeof *h);
+    struct mx_smtp_client_params p = {.helo_name = "gw", .starttls = true};
+    assert_int_equal(mx_smtp_client_new(&p, &h->c), 0);
+    srv(h, "220 hi\r\n");
+    sent(h, "EHLO gw\r\n");
+    srv(h, "250-hi\r\n250 STARTTLS\r\n");
+    sent(h, "STARTTLS\r\n");
+    srv(h, "454 4.7.0 TLS not available\r\n");
+    assert_int_equal(mx_smtp_client_state(h->c), MX_SMTPC_READY);
+    assert_string_equal(mx_smtp_client_tls(h->c), "");
+    h_free(h);
+
+    h = calloc(1, sizeof *h);
+    assert_int_equal(mx_smtp_client_new(&p, &h->c), 0);
+    srv(h, "220 hi\r\n");
+    srv(h, "250-hi\r\n250 STARTTLS\r\n");
+    sent(h, "EHLO gw\r\nSTARTTLS\r\n");
+    /* A man in the middle appends a reply that would be read as if it came over TLS. */
+    assert_int_equal(srv(h, "220 go ahead\r\n250-evil\r\n250 AUTH PLAIN\r\n"), -EPROTO);
+    assert_int_equal(mx_smtp_client_state(h->c), MX_SMTPC_CLOSED);
+    assert_true(mx_smtp_client_setup_failed(h->c));
+    assert_string_equal(mx_smtp_client_error(h->c),
+                        "plaintext after STARTTLS reply (response injection?)");
+    sent(h, "");
+    h_free(h);
+
+    /* Without starttls in the params, an offered STARTTLS is not used. */
+    h = h_new(0);
+    hello(h, "250 STARTTLS\r\n");
+    assert_true(mx_smtp_client_extensions(h->c) & MX_SMTP_EXT_STARTTLS);
+    h_free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -707,6 +744,7 @@ int main(void)
         cmocka_unit_test(test_garbage_and_split),
         cmocka_unit_test(test_ignore_ext),
         cmocka_unit_test(test_421_mid_transaction),
+        cmocka_unit_test(test_starttls_refused_and_injection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
