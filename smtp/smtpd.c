@@ -1,0 +1,404 @@
+/*
+ * smtpd.c - the SMTP server bound to the transport and the queue: one
+ * session per accepted stream, message bytes streamed into the spool as
+ * they arrive, and "250 queued as" only once the spool says the message is
+ * durable. Also the relay decision at RCPT and the session log lines.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "config/config.h"
+#include "dataplane/dataplane.h"
+#include "queue/queue.h"
+#include "smtp/smtp.h"
+#include "smtp/smtpd_internal.h"
+
+struct mx_smtp_server {
+    const struct mx_config *cfg;
+    struct mx_queue *queue;
+    SSL_CTX *tls;
+    struct mx_smtpd_params params;
+};
+
+struct smtpd_conn {
+    struct mx_smtp_server *srv;
+    struct mx_stream *st;
+    struct mx_smtpd_session *sess;
+    struct mx_queue_msg *msg;
+    bool commit_pending; /* the queue still owes us an answer */
+    bool stream_gone;    /* the connection closed meanwhile */
+    bool greeting_pending;
+    char sid[20];
+    char peer[80];
+    uint64_t start_ms;
+};
+
+static __thread unsigned sessions_on_worker;
+
+static uint64_t realtime_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void conn_log(struct smtpd_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void conn_log(struct smtpd_conn *c, const char *fmt, ...)
+{
+    char line[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "mxgate[smtp]: %s: %s\n", c->sid, line);
+}
+
+static void free_conn(struct smtpd_conn *c)
+{
+    if (c->msg)
+        mx_queue_msg_abort(c->msg);
+    mx_smtpd_session_free(c->sess);
+    free(c);
+    sessions_on_worker--;
+}
+
+/* ---- session callbacks ------------------------------------------------- */
+
+static void s_output(void *ud, const uint8_t *buf, size_t len)
+{
+    struct smtpd_conn *c = ud;
+    if (!c->stream_gone && mx_stream_write(c->st, buf, len) < 0)
+        mx_stream_close(c->st);
+}
+
+static void s_close(void *ud)
+{
+    struct smtpd_conn *c = ud;
+    if (!c->stream_gone)
+        mx_stream_close(c->st);
+}
+
+static void s_log(void *ud, const char *line)
+{
+    conn_log(ud, "%s", line);
+}
+
+static void s_mail(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r)
+{
+    struct smtpd_conn *c = ud;
+    (void)r;
+    conn_log(c, "from=<%s> size=%lu%s", env->mail_from, (unsigned long)env->size_param,
+             env->smtputf8 ? " smtputf8" : "");
+}
+
+static bool is_ip_literal(const char *domain)
+{
+    return domain[0] == '[';
+}
+
+/*
+ * Relay control: trusted clients may send anywhere; everybody else only to
+ * relay domains, and never through the old relay tricks (source routes,
+ * '%' or '!' in the local part, quoted '@'), which downstream MTAs might
+ * still honour.
+ */
+static void s_rcpt(void *ud, const struct mx_envelope *env, const struct mx_rcpt *rcpt, bool tricky,
+                   struct mx_smtpd_reply *r)
+{
+    struct smtpd_conn *c = ud;
+    const struct mx_config *cfg = c->srv->cfg;
+    bool trusted = mx_config_is_trusted(cfg, (const struct sockaddr *)&env->client);
+    const char *at = strrchr(rcpt->addr, '@');
+    const char *domain = at ? at + 1 : "";
+    if (!trusted && (tricky || is_ip_literal(domain) || !mx_config_is_relay_domain(cfg, domain))) {
+        r->code = 554;
+        r->enh = "5.7.1";
+        r->text = "Relay access denied";
+        return;
+    }
+    conn_log(c, "rcpt=<%s>%s", rcpt->addr, trusted ? " (trusted client)" : "");
+}
+
+static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r)
+{
+    struct smtpd_conn *c = ud;
+    struct mx_envelope e = *env;
+    snprintf(e.session_id, sizeof e.session_id, "%s", c->sid);
+    e.arrival_ms = realtime_ms();
+    c->msg = mx_queue_msg_begin(c->srv->queue, c->st->worker, &e);
+    if (!c->msg) {
+        int err = errno;
+        conn_log(c, "cannot queue a message: %s", strerror(err));
+        r->code = err == ENOSPC ? 452 : 451;
+        r->enh = err == ENOSPC ? "4.3.1" : "4.3.0";
+        r->text = err == ENOSPC ? "Insufficient system storage" : "Error: queue not available";
+    }
+}
+
+static int s_data_write(void *ud, const uint8_t *buf, size_t len)
+{
+    struct smtpd_conn *c = ud;
+    return c->msg ? mx_queue_msg_write(c->msg, buf, len) : -EIO;
+}
+
+static void commit_done(void *arg, int res, const char *queue_id)
+{
+    struct smtpd_conn *c = arg;
+    c->commit_pending = false;
+    const struct mx_envelope *env = mx_smtpd_session_envelope(c->sess);
+    if (res == 0)
+        conn_log(c, "queued as %s from=<%s> rcpts=%zu", queue_id, env->mail_from, env->n_rcpts);
+    else
+        conn_log(c, "queue commit failed: %s", strerror(-res));
+    if (c->stream_gone) {
+        free_conn(c);
+        return;
+    }
+    mx_smtpd_session_data_done(c->sess, res, queue_id);
+    mx_stream_set_timer(c->st, (uint64_t)c->srv->cfg->smtp_timeout_command * 1000);
+}
+
+static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
+{
+    struct smtpd_conn *c = ud;
+    (void)env;
+    (void)size;
+    struct mx_queue_msg *m = c->msg;
+    c->msg = NULL;
+    c->commit_pending = true;
+    int rc = mx_queue_msg_commit(m, commit_done, c);
+    if (rc < 0) {
+        c->commit_pending = false;
+        mx_smtpd_session_data_done(c->sess, rc, NULL);
+    }
+}
+
+static void s_data_abort(void *ud)
+{
+    struct smtpd_conn *c = ud;
+    if (c->msg) {
+        mx_queue_msg_abort(c->msg);
+        c->msg = NULL;
+    }
+}
+
+static void s_tls_done(void *ud, bool ok, const char *info)
+{
+    struct smtpd_conn *c = ud;
+    if (ok)
+        conn_log(c, "TLS established: %s", info);
+}
+
+static const struct mx_smtpd_ops session_ops = {
+    .output = s_output,
+    .close = s_close,
+    .mail = s_mail,
+    .rcpt = s_rcpt,
+    .data_begin = s_data_begin,
+    .data_write = s_data_write,
+    .data_end = s_data_end,
+    .data_abort = s_data_abort,
+    .log = s_log,
+    .tls_done = s_tls_done,
+};
+
+/* ---- stream callbacks ------------------------------------------------- */
+
+static void arm_timer(struct smtpd_conn *c)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    unsigned secs = mx_smtpd_session_in_data(c->sess) ? cfg->smtp_timeout_data
+                                                      : cfg->smtp_timeout_command;
+    mx_stream_set_timer(c->st, (uint64_t)(secs ? secs : 300) * 1000);
+}
+
+static void st_data(struct mx_stream *s, void *ctx, const uint8_t *buf, size_t len)
+{
+    (void)s;
+    struct smtpd_conn *c = ctx;
+    if (c->greeting_pending) {
+        c->greeting_pending = false;
+        if (c->srv->cfg->smtp_pregreet_reject) {
+            mx_smtpd_session_pregreet(c->sess);
+            return;
+        }
+        conn_log(c, "pregreet: client talked before the greeting");
+        mx_smtpd_session_greet(c->sess);
+    }
+    mx_smtpd_session_input(c->sess, buf, len);
+    if (mx_smtpd_session_state(c->sess) != SMTPD_CLOSED)
+        arm_timer(c);
+}
+
+static void st_closed(struct mx_stream *s, void *ctx, int res)
+{
+    (void)s;
+    struct smtpd_conn *c = ctx;
+    const struct mx_smtpd_counts *k = mx_smtpd_session_counts(c->sess);
+    conn_log(c,
+             "disconnect from %s%s%s ehlo=%u helo=%u mail=%u rcpt=%u data=%u bdat=%u "
+             "starttls=%u quit=%u unknown=%u commands=%u",
+             c->peer, res < 0 ? " error=" : "", res < 0 ? strerror(-res) : "", k->ehlo, k->helo,
+             k->mail, k->rcpt, k->data, k->bdat, k->starttls, k->quit, k->unknown, k->commands);
+    c->stream_gone = true;
+    if (c->commit_pending)
+        return; /* commit_done() frees us */
+    free_conn(c);
+}
+
+static void st_timeout(struct mx_stream *s, void *ctx)
+{
+    (void)s;
+    struct smtpd_conn *c = ctx;
+    if (c->greeting_pending) {
+        c->greeting_pending = false;
+        mx_smtpd_session_greet(c->sess);
+        arm_timer(c);
+        return;
+    }
+    if (c->commit_pending) {
+        arm_timer(c); /* the queue answers; the client is not the slow one */
+        return;
+    }
+    mx_smtpd_session_timeout(c->sess);
+}
+
+static void st_shutdown(struct mx_stream *s, void *ctx)
+{
+    (void)s;
+    struct smtpd_conn *c = ctx;
+    mx_smtpd_session_shutdown(c->sess);
+}
+
+static const struct mx_stream_cb stream_cb = {
+    .data = st_data,
+    .closed = st_closed,
+    .timeout = st_timeout,
+    .shutdown = st_shutdown,
+};
+
+static void format_peer(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+        port = ntohs(a->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+        port = ntohs(a->sin6_port);
+    }
+    snprintf(out, len, "[%s]:%u", ip, port);
+}
+
+void mx_smtp_server_accept(struct mx_stream *s, void *arg)
+{
+    struct mx_smtp_server *srv = arg;
+    struct smtpd_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return; /* not bound: the transport closes it */
+    c->srv = srv;
+    c->st = s;
+    socklen_t plen = s->peer.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                   : sizeof(struct sockaddr_in);
+    c->sess = mx_smtpd_session_new(&srv->params, &session_ops, c, (struct sockaddr *)&s->peer, plen);
+    if (!c->sess) {
+        free(c);
+        return;
+    }
+    sessions_on_worker++;
+    snprintf(c->sid, sizeof c->sid, "%010lX", (unsigned long)s->id);
+    format_peer(&s->peer, c->peer, sizeof c->peer);
+    mx_stream_bind(s, &stream_cb, c);
+    conn_log(c, "connect from %s", c->peer);
+    if (mx_queue_inbound_paused(srv->queue)) {
+        char line[300];
+        snprintf(line, sizeof line, "421 4.3.2 %s Service not available, maintenance\r\n",
+                 srv->params.hostname);
+        conn_log(c, "reject: maintenance mode");
+        mx_smtpd_session_reject_and_close(c->sess, line);
+        return;
+    }
+    if (srv->cfg->smtp_greeting_delay_ms) {
+        /* Hold the greeting: a client that talks first is a bot (pregreet). */
+        c->greeting_pending = true;
+        mx_stream_set_timer(s, srv->cfg->smtp_greeting_delay_ms);
+        return;
+    }
+    mx_smtpd_session_greet(c->sess);
+    arm_timer(c);
+}
+
+unsigned mx_smtp_server_sessions(void)
+{
+    return sessions_on_worker;
+}
+
+/* ---- server ----------------------------------------------------------- */
+
+static SSL_CTX *make_tls(const struct mx_config *cfg)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->smtp_tls_cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, cfg->smtp_tls_key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        char e[256];
+        ERR_error_string_n(ERR_get_error(), e, sizeof e);
+        fprintf(stderr, "mxgate[smtp]: TLS certificate %s / key %s: %s\n", cfg->smtp_tls_cert,
+                cfg->smtp_tls_key, e);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct mx_smtp_server **out)
+{
+    struct mx_smtp_server *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return -ENOMEM;
+    srv->cfg = cfg;
+    srv->queue = q;
+    if (cfg->smtp_tls_cert && *cfg->smtp_tls_cert && cfg->smtp_tls_key && *cfg->smtp_tls_key) {
+        srv->tls = make_tls(cfg);
+        if (!srv->tls) {
+            free(srv);
+            return -EINVAL;
+        }
+    }
+    srv->params = (struct mx_smtpd_params){
+        .hostname = cfg->smtp_hostname ? cfg->smtp_hostname : "localhost",
+        .max_message_size = cfg->smtp_max_message_size,
+        .max_message_total = cfg->smtp_max_message_total,
+        .max_recipients = cfg->smtp_max_recipients,
+        .max_line_length = cfg->smtp_max_line_length,
+        .max_errors = cfg->smtp_max_errors,
+        .max_commands = cfg->smtp_max_commands,
+        .bare_lf_normalize = cfg->smtp_bare_lf && strcmp(cfg->smtp_bare_lf, "normalize") == 0,
+        .tls_ctx = srv->tls,
+    };
+    *out = srv;
+    return 0;
+}
+
+void mx_smtp_server_free(struct mx_smtp_server *srv)
+{
+    if (!srv)
+        return;
+    SSL_CTX_free(srv->tls);
+    free(srv);
+}

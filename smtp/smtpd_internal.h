@@ -1,0 +1,124 @@
+/*
+ * smtpd_internal.h - the ESMTP server session state machine, internal to
+ * smtp/ (smtpd_session.c is the state machine, smtpd.c binds it to streams
+ * and the queue). Tests and fuzz targets include it directly.
+ */
+#ifndef MX_SMTPD_INTERNAL_H
+#define MX_SMTPD_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "queue/queue.h"
+
+struct ssl_ctx_st;
+struct mx_smtpd;
+
+/** Limits and switches of a session (from struct mx_config). */
+struct mx_smtpd_params {
+    const char *hostname;
+    uint64_t max_message_size;
+    uint64_t max_message_total;
+    unsigned max_recipients;
+    unsigned max_line_length; /* command line incl. CRLF */
+    unsigned max_errors;
+    unsigned max_commands;
+    bool bare_lf_normalize;        /* else reject (554 5.6.11) */
+    struct ssl_ctx_st *tls_ctx;    /* STARTTLS offered when set */
+};
+
+/** A reply decided by the embedding code (policy, queue). */
+struct mx_smtpd_reply {
+    int code;         /* 0 = accept (the session uses its default 250 text) */
+    const char *enh;  /* "5.7.1" */
+    const char *text; /* "Relay access denied" */
+};
+
+/** What the session needs from its embedder. All callbacks are optional but output. */
+struct mx_smtpd_ops {
+    /** Bytes for the client (already encrypted when TLS is on). */
+    void (*output)(void *ud, const uint8_t *buf, size_t len);
+    /** The session is over: flush output, then close the connection. */
+    void (*close)(void *ud);
+    /** Policy for MAIL FROM (envelope filled so far). */
+    void (*mail)(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r);
+    /** Policy for one recipient, before it is added. */
+    void (*rcpt)(void *ud, const struct mx_envelope *env, const struct mx_rcpt *rcpt,
+                 bool route_tricks, struct mx_smtpd_reply *r);
+    /** DATA/BDAT starts: open the message. Return 0 or a reply in r. */
+    void (*data_begin)(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r);
+    /** Message bytes, dot-unstuffed, in order. Return 0 or -errno (then the message fails). */
+    int (*data_write)(void *ud, const uint8_t *buf, size_t len);
+    /**
+     * End of data, everything valid: make it durable. Answer later with
+     * mx_smtpd_session_data_done(). The session processes no more input until then.
+     */
+    void (*data_end)(void *ud, const struct mx_envelope *env, uint64_t size);
+    /** The message will not be committed (client gone, limit, bad line endings). */
+    void (*data_abort)(void *ud);
+    /** One log line about the session (no newline). */
+    void (*log)(void *ud, const char *line);
+    /** STARTTLS finished (true) or failed (false). */
+    void (*tls_done)(void *ud, bool ok, const char *info);
+};
+
+enum mx_smtpd_state {
+    SMTPD_CMD = 0,
+    SMTPD_DATA,
+    SMTPD_BDAT,
+    SMTPD_WAIT_COMMIT,
+    SMTPD_TLS_HANDSHAKE,
+    SMTPD_CLOSED,
+};
+
+struct mx_smtpd_session;
+
+/** Create a session. peer/helo strings are copied into its envelope. */
+struct mx_smtpd_session *mx_smtpd_session_new(const struct mx_smtpd_params *p,
+                                              const struct mx_smtpd_ops *ops, void *ud,
+                                              const struct sockaddr *peer, socklen_t peer_len);
+
+void mx_smtpd_session_free(struct mx_smtpd_session *s);
+
+/** Send the 220 greeting. */
+void mx_smtpd_session_greet(struct mx_smtpd_session *s);
+
+/** Bytes from the client. All of them are consumed (buffered when needed). */
+void mx_smtpd_session_input(struct mx_smtpd_session *s, const uint8_t *buf, size_t len);
+
+/**
+ * The answer to data_end(): res 0 and the queue id, or -errno (-ENOSPC →
+ * 452 4.3.1, other → 451 4.3.0). Resumes processing of held input.
+ */
+void mx_smtpd_session_data_done(struct mx_smtpd_session *s, int res, const char *queue_id);
+
+/** Timer expired: 421 4.4.2 and close. */
+void mx_smtpd_session_timeout(struct mx_smtpd_session *s);
+
+/** The gateway is stopping: idle sessions get 421 4.3.2 and close. */
+void mx_smtpd_session_shutdown(struct mx_smtpd_session *s);
+
+/** Client talked before the greeting: 554 5.5.0 and close. */
+void mx_smtpd_session_pregreet(struct mx_smtpd_session *s);
+
+/** Send one reply line and close (421 maintenance etc.). */
+void mx_smtpd_session_reject_and_close(struct mx_smtpd_session *s, const char *line);
+
+enum mx_smtpd_state mx_smtpd_session_state(const struct mx_smtpd_session *s);
+
+/** True while inside DATA/BDAT (the embedder arms the data timeout). */
+bool mx_smtpd_session_in_data(const struct mx_smtpd_session *s);
+
+/** Counters for the disconnect log line. */
+struct mx_smtpd_counts {
+    unsigned ehlo, helo, mail, rcpt, data, bdat, rset, quit, starttls, unknown, commands,
+        errors, messages;
+};
+const struct mx_smtpd_counts *mx_smtpd_session_counts(const struct mx_smtpd_session *s);
+
+/** The envelope being built (for the embedder's logs). */
+const struct mx_envelope *mx_smtpd_session_envelope(const struct mx_smtpd_session *s);
+
+#endif
