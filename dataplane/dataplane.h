@@ -29,7 +29,10 @@ struct mx_stream;
 struct mx_stream_cb {
     /** Data arrived. buf is valid only during the call. */
     void (*data)(struct mx_stream *s, void *ctx, const uint8_t *buf, size_t len);
-    /** Outgoing connect finished (res 0) or failed (-errno). Active opens only. */
+    /**
+     * Outgoing connect finished (res 0) or failed (-errno). Active opens only.
+     * A failed open is followed by closed(), like every other end of a stream.
+     */
     void (*connected)(struct mx_stream *s, void *ctx, int res);
     /** Peer closed (res 0) or error (-errno). The stream is freed after return. */
     void (*closed)(struct mx_stream *s, void *ctx, int res);

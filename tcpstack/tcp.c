@@ -294,9 +294,10 @@ static void notify_closed(struct tcp_conn *c, int res)
     if (!c->app_seen || !c->s.cb)
         return;
     if (c->state == TCP_SYN_SENT && !c->app_closed) {
+        /* the stream contract: a failed open reports connected(-errno), then closed() */
+        res = res ? res : -ECONNABORTED;
         if (c->s.cb->connected)
-            c->s.cb->connected(&c->s, c->s.ctx, res ? res : -ECONNABORTED);
-        return;
+            c->s.cb->connected(&c->s, c->s.ctx, res);
     }
     if (c->s.cb->closed)
         c->s.cb->closed(&c->s, c->s.ctx, res);
