@@ -1,0 +1,2051 @@
+/*
+ * engine.c - the scan engine: compiles a rule set into Hyperscan databases
+ * (one per header target, one each for body text, raw body, URIs and the
+ * full message, plus one for DLP dictionary terms), caches them on disk by
+ * content hash, and scans messages fed in chunks (see scan.h).
+ *
+ * Regex handling: a rule Hyperscan accepts as is runs exactly in Hyperscan
+ * (HS_FLAG_SINGLEMATCH unless the rule counts hits). One Hyperscan rejects
+ * (backreferences, lookaround, ...) is compiled with HS_FLAG_PREFILTER: a
+ * prefilter match only makes the rule a candidate, confirmed with PCRE2 on
+ * the kept text at end of message. A regex even prefilter mode rejects runs
+ * in PCRE2 alone. Eval and network rules do not run and are listed by
+ * mx_scan_engine_skipped().
+ */
+#include "scan/scan.h"
+
+#include "scan/charset_internal.h"
+#include "scan/mime_internal.h"
+#include "scan/rules_internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <hs/hs.h>
+#include <magic.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+enum scope { SC_NONE, SC_HEADER, SC_BODY, SC_RAWBODY, SC_URI, SC_FULL, SC_DLP, SC_N };
+enum how { HOW_NONE, HOW_HS, HOW_PREFILTER, HOW_PCRE };
+
+struct group {
+    enum scope scope;
+    char *target;          /* header target ("subject", "from:addr", "all" ...) */
+    hs_database_t *db;     /* NULL when no pattern runs in Hyperscan */
+    uint32_t *rules;       /* rule indexes whose regex is in db */
+    size_t nrules;
+    uint32_t *pcre;        /* rules that need PCRE2 (prefilter or alone) */
+    size_t npcre;
+    uint32_t *exists;      /* header exists: rules of this target */
+    size_t nexists;
+};
+
+struct erule {
+    uint8_t scope;
+    uint8_t how;
+    bool runs;              /* counts in the verdict (score != 0 or sub rule) */
+    int group;
+    pcre2_code *pc;
+};
+
+struct skipped {
+    const char *name, *why;
+};
+
+struct mx_scan_engine {
+    struct mx_ruleset rs;
+    struct erule *er;
+    struct group *g;
+    size_t ng;
+    int body_g, raw_g, full_g, uri_g, dlp_g;
+    uint32_t *metas, *dlps, *attachs;
+    size_t nmetas, ndlps, nattachs;
+    /* dlp dictionary terms: HS id = term number */
+    uint32_t *term_rule;
+    double *term_weight;
+    size_t nterms;
+    struct skipped *skips;
+    size_t nskips;
+    struct mx_scan_stats st;
+    struct mx_scan_opts o;
+};
+
+/* ---- engine building ---------------------------------------------------- */
+
+static char *dupz(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static unsigned hs_flags_for(const struct mx_rule *r, enum scope sc)
+{
+    unsigned f = HS_FLAG_ALLOWEMPTY;
+    if (r->reflags & MX_RE_I)
+        f |= HS_FLAG_CASELESS;
+    if ((r->reflags & MX_RE_M) || sc == SC_BODY || sc == SC_RAWBODY)
+        f |= HS_FLAG_MULTILINE;
+    if (r->reflags & MX_RE_S)
+        f |= HS_FLAG_DOTALL;
+    if (!(r->tflags & MX_TF_MULTIPLE))
+        f |= HS_FLAG_SINGLEMATCH;
+    return f;
+}
+
+static uint32_t pcre_flags_for(const struct mx_rule *r, enum scope sc)
+{
+    uint32_t f = 0;
+    if (r->reflags & MX_RE_I)
+        f |= PCRE2_CASELESS;
+    if ((r->reflags & MX_RE_M) || sc == SC_BODY || sc == SC_RAWBODY)
+        f |= PCRE2_MULTILINE;
+    if (r->reflags & MX_RE_S)
+        f |= PCRE2_DOTALL;
+    if (r->reflags & MX_RE_X)
+        f |= PCRE2_EXTENDED;
+    return f;
+}
+
+/* pattern text handed to Hyperscan: /x has no flag there, only (?x) */
+static char *hs_pattern(const struct mx_rule *r)
+{
+    if (!(r->reflags & MX_RE_X))
+        return strdup(r->re);
+    size_t n = strlen(r->re);
+    char *p = malloc(n + 5);
+    if (p) {
+        memcpy(p, "(?x)", 4);
+        memcpy(p + 4, r->re, n + 1);
+    }
+    return p;
+}
+
+static int add_u32(uint32_t **a, size_t *n, uint32_t v)
+{
+    if ((*n & (*n - 1)) == 0 || *n == 0) {
+        size_t nc = *n ? *n * 2 : 8;
+        uint32_t *na = realloc(*a, nc * sizeof *na);
+        if (!na)
+            return -ENOMEM;
+        *a = na;
+    }
+    (*a)[(*n)++] = v;
+    return 0;
+}
+
+static int group_for(struct mx_scan_engine *e, enum scope sc, const char *target)
+{
+    for (size_t i = 0; i < e->ng; i++)
+        if (e->g[i].scope == sc &&
+            (sc != SC_HEADER || strcmp(e->g[i].target, target) == 0))
+            return (int)i;
+    struct group *ng = realloc(e->g, (e->ng + 1) * sizeof *ng);
+    if (!ng)
+        return -ENOMEM;
+    e->g = ng;
+    memset(&e->g[e->ng], 0, sizeof *ng);
+    e->g[e->ng].scope = sc;
+    e->g[e->ng].target = dupz(target ? target : "");
+    return (int)e->ng++;
+}
+
+static enum scope scope_of(enum mx_rule_type t)
+{
+    switch (t) {
+    case MX_RULE_HEADER:
+        return SC_HEADER;
+    case MX_RULE_BODY:
+        return SC_BODY;
+    case MX_RULE_RAWBODY:
+        return SC_RAWBODY;
+    case MX_RULE_URI:
+        return SC_URI;
+    case MX_RULE_FULL:
+        return SC_FULL;
+    default:
+        return SC_NONE;
+    }
+}
+
+static int add_skip(struct mx_scan_engine *e, const char *name, const char *why)
+{
+    struct skipped *ns = realloc(e->skips, (e->nskips + 1) * sizeof *ns);
+    if (!ns)
+        return -ENOMEM;
+    e->skips = ns;
+    ns[e->nskips].name = name;
+    ns[e->nskips].why = why;
+    e->nskips++;
+    return 0;
+}
+
+/* Decide how each regex rule runs. */
+static int classify(struct mx_scan_engine *e)
+{
+    struct mx_ruleset *rs = &e->rs;
+    for (size_t i = 0; i < rs->nrules; i++) {
+        struct mx_rule *r = &rs->rules[i];
+        struct erule *er = &e->er[i];
+        er->group = -1;
+        bool sub = mx_rule_is_sub(r);
+        er->runs = sub || r->score != 0;
+        if (r->type == MX_RULE_SKIPPED) {
+            if (add_skip(e, r->name, r->skip))
+                return -ENOMEM;
+            e->st.skipped++;
+            continue;
+        }
+        if (r->type == MX_RULE_NONE)
+            continue;
+        e->st.rules++;
+        if (r->type == MX_RULE_META) {
+            e->st.meta++;
+            if (!er->runs)
+                e->st.zero_score++;
+            else if (add_u32(&e->metas, &e->nmetas, (uint32_t)i))
+                return -ENOMEM;
+            continue;
+        }
+        if (r->type == MX_RULE_DLP) {
+            e->st.dlp++;
+            if (add_u32(&e->dlps, &e->ndlps, (uint32_t)i))
+                return -ENOMEM;
+            continue;
+        }
+        if (r->type == MX_RULE_ATTACH) {
+            e->st.attachment++;
+            if (add_u32(&e->attachs, &e->nattachs, (uint32_t)i))
+                return -ENOMEM;
+            continue;
+        }
+        enum scope sc = scope_of(r->type);
+        er->scope = (uint8_t)sc;
+        e->st.regex++;
+        if (!er->runs) {
+            e->st.zero_score++;
+            continue;
+        }
+        int g = group_for(e, sc, r->target);
+        if (g < 0)
+            return g;
+        er->group = g;
+        if (r->exists) {
+            er->how = HOW_NONE;
+            if (add_u32(&e->g[g].exists, &e->g[g].nexists, (uint32_t)i))
+                return -ENOMEM;
+            e->st.hs_exact++;
+            continue;
+        }
+        /* PCRE2 first: a regex Perl would reject is skipped */
+        int perr;
+        PCRE2_SIZE eoff;
+        er->pc = pcre2_compile((PCRE2_SPTR)r->re, PCRE2_ZERO_TERMINATED, pcre_flags_for(r, sc),
+                               &perr, &eoff, NULL);
+        if (er->pc)
+            pcre2_jit_compile(er->pc, PCRE2_JIT_COMPLETE);
+        char *pat = hs_pattern(r);
+        if (!pat)
+            return -ENOMEM;
+        hs_expr_info_t *info = NULL;
+        hs_compile_error_t *cerr = NULL;
+        unsigned fl = hs_flags_for(r, sc);
+        if (hs_expression_info(pat, fl, &info, &cerr) == HS_SUCCESS) {
+            er->how = HOW_HS;
+        } else {
+            hs_free_compile_error(cerr);
+            cerr = NULL;
+            if (hs_expression_info(pat, fl | HS_FLAG_PREFILTER, &info, &cerr) == HS_SUCCESS) {
+                er->how = HOW_PREFILTER;
+            } else {
+                hs_free_compile_error(cerr);
+                cerr = NULL;
+                er->how = HOW_PCRE;
+            }
+        }
+        free(info);
+        free(pat);
+        if (!er->pc && er->how != HOW_HS) {
+            /* neither engine can run it */
+            er->how = HOW_NONE;
+            r->skip = "regex neither Hyperscan nor PCRE2 accepts";
+            if (add_skip(e, r->name, r->skip))
+                return -ENOMEM;
+            e->st.skipped++;
+            continue;
+        }
+        if (er->how == HOW_HS || er->how == HOW_PREFILTER) {
+            if (add_u32(&e->g[g].rules, &e->g[g].nrules, (uint32_t)i))
+                return -ENOMEM;
+        } else {
+            if (add_u32(&e->g[g].pcre, &e->g[g].npcre, (uint32_t)i))
+                return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+/* ---- compile with cache ------------------------------------------------- */
+
+struct pats {
+    char **expr;
+    unsigned *flags, *ids;
+    size_t n;
+};
+
+static void pats_free(struct pats *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        free(p->expr[i]);
+    free(p->expr);
+    free(p->flags);
+    free(p->ids);
+    memset(p, 0, sizeof *p);
+}
+
+static int group_pats(struct mx_scan_engine *e, struct group *g, struct pats *p)
+{
+    size_t n = g->scope == SC_DLP ? e->nterms : g->nrules;
+    p->expr = calloc(n + 1, sizeof *p->expr);
+    p->flags = calloc(n + 1, sizeof *p->flags);
+    p->ids = calloc(n + 1, sizeof *p->ids);
+    if (!p->expr || !p->flags || !p->ids)
+        return -ENOMEM;
+    for (size_t k = 0; k < n; k++) {
+        if (g->scope == SC_DLP) {
+            /* literal term, case-insensitive, whole words */
+            const char *t = NULL;
+            size_t ti = k, seen = 0;
+            for (size_t d = 0; d < e->ndlps && !t; d++) {
+                struct mx_rule *r = &e->rs.rules[e->dlps[d]];
+                if (ti < seen + r->nterms)
+                    t = r->terms[ti - seen].term;
+                seen += r->nterms;
+            }
+            size_t tl = strlen(t);
+            char *x = malloc(tl * 4 + 8);
+            if (!x)
+                return -ENOMEM;
+            size_t o = 0;
+            o += (size_t)sprintf(x + o, "\\b");
+            for (size_t c = 0; c < tl; c++)
+                o += (size_t)sprintf(x + o, "\\x%02x", (unsigned char)t[c]);
+            sprintf(x + o, "\\b");
+            p->expr[k] = x;
+            p->flags[k] = HS_FLAG_CASELESS;
+            p->ids[k] = (unsigned)k;
+        } else {
+            struct mx_rule *r = &e->rs.rules[g->rules[k]];
+            p->expr[k] = hs_pattern(r);
+            if (!p->expr[k])
+                return -ENOMEM;
+            p->flags[k] = hs_flags_for(r, g->scope);
+            if (e->er[g->rules[k]].how == HOW_PREFILTER)
+                p->flags[k] |= HS_FLAG_PREFILTER;
+            p->ids[k] = g->rules[k];
+        }
+        p->n = k + 1;
+    }
+    return 0;
+}
+
+static unsigned group_mode(const struct group *g)
+{
+    return g->scope == SC_BODY || g->scope == SC_RAWBODY || g->scope == SC_FULL ? HS_MODE_STREAM
+                                                                               : HS_MODE_BLOCK;
+}
+
+/* Compile one group; a pattern the full compile rejects moves to PCRE2. */
+static int compile_group(struct mx_scan_engine *e, struct group *g)
+{
+    for (int attempt = 0; attempt < 64; attempt++) {
+        struct pats p = {0};
+        int rc = group_pats(e, g, &p);
+        if (rc) {
+            pats_free(&p);
+            return rc;
+        }
+        if (p.n == 0) {
+            pats_free(&p);
+            return 0;
+        }
+        hs_compile_error_t *cerr = NULL;
+        hs_error_t hr = hs_compile_multi((const char *const *)p.expr, p.flags, p.ids,
+                                         (unsigned)p.n, group_mode(g), NULL, &g->db, &cerr);
+        pats_free(&p);
+        if (hr == HS_SUCCESS)
+            return 0;
+        int bad = cerr ? cerr->expression : -1;
+        hs_free_compile_error(cerr);
+        if (bad < 0 || g->scope == SC_DLP)
+            return -EIO;
+        uint32_t ri = g->rules[bad];
+        memmove(g->rules + bad, g->rules + bad + 1, (g->nrules - (size_t)bad - 1) * sizeof *g->rules);
+        g->nrules--;
+        struct erule *er = &e->er[ri];
+        if (er->pc) {
+            if (er->how == HOW_HS)
+                e->st.hs_exact--;
+            er->how = HOW_PCRE;
+            if (add_u32(&g->pcre, &g->npcre, ri))
+                return -ENOMEM;
+        } else {
+            er->how = HOW_NONE;
+            e->st.skipped++;
+            if (add_skip(e, e->rs.rules[ri].name, "regex Hyperscan cannot compile, PCRE2 rejects"))
+                return -ENOMEM;
+        }
+    }
+    return -EIO;
+}
+
+/* SHA-256 over everything that decides the databases' contents. */
+static void cache_key(struct mx_scan_engine *e, char hex[65])
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    unsigned char md[32];
+    unsigned mdl = 0;
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    const char *v = hs_version();
+    EVP_DigestUpdate(c, "mxscan-db-v1", 12);
+    EVP_DigestUpdate(c, v, strlen(v));
+    for (size_t i = 0; i < e->ng; i++) {
+        struct pats p = {0};
+        group_pats(e, &e->g[i], &p);
+        unsigned hdr[2] = {(unsigned)e->g[i].scope, group_mode(&e->g[i])};
+        EVP_DigestUpdate(c, hdr, sizeof hdr);
+        EVP_DigestUpdate(c, e->g[i].target, strlen(e->g[i].target) + 1);
+        for (size_t k = 0; k < p.n; k++) {
+            EVP_DigestUpdate(c, &p.flags[k], sizeof p.flags[k]);
+            EVP_DigestUpdate(c, &p.ids[k], sizeof p.ids[k]);
+            EVP_DigestUpdate(c, p.expr[k], strlen(p.expr[k]) + 1);
+        }
+        pats_free(&p);
+    }
+    EVP_DigestFinal_ex(c, md, &mdl);
+    EVP_MD_CTX_free(c);
+    for (int i = 0; i < 32; i++)
+        sprintf(hex + 2 * i, "%02x", md[i]);
+}
+
+/*
+ * Cache file: "MXHSDB1\n", u32 group count, then per group u32 rule count,
+ * the rule indexes that stayed in Hyperscan (compile may move some to
+ * PCRE2), u64 length and the serialized database (length 0: none).
+ */
+static int cache_load(struct mx_scan_engine *e, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -ENOENT;
+    char magic[8];
+    uint32_t ng = 0;
+    int rc = -EIO;
+    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "MXHSDB1\n", 8) != 0 ||
+        fread(&ng, 4, 1, f) != 1 || ng != e->ng)
+        goto out;
+    for (size_t i = 0; i < e->ng; i++) {
+        struct group *g = &e->g[i];
+        uint32_t nr;
+        uint64_t len;
+        if (fread(&nr, 4, 1, f) != 1 || (g->scope != SC_DLP && nr > g->nrules))
+            goto out;
+        if (g->scope != SC_DLP) {
+            uint32_t *keep = malloc((nr + 1) * sizeof *keep);
+            if (!keep || fread(keep, 4, nr, f) != nr) {
+                free(keep);
+                goto out;
+            }
+            /* rules missing from the cached list run in PCRE2 */
+            for (size_t k = 0; k < g->nrules; k++) {
+                bool found = false;
+                for (size_t j = 0; j < nr && !found; j++)
+                    found = keep[j] == g->rules[k];
+                if (!found) {
+                    struct erule *er = &e->er[g->rules[k]];
+                    if (er->how == HOW_HS)
+                        e->st.hs_exact--;
+                    er->how = er->pc ? HOW_PCRE : HOW_NONE;
+                    if (er->pc)
+                        add_u32(&g->pcre, &g->npcre, g->rules[k]);
+                }
+            }
+            memcpy(g->rules, keep, nr * sizeof *keep);
+            g->nrules = nr;
+            free(keep);
+        }
+        if (fread(&len, 8, 1, f) != 1 || len > (1ull << 32))
+            goto out;
+        if (len) {
+            char *buf = malloc(len);
+            if (!buf || fread(buf, 1, len, f) != len ||
+                hs_deserialize_database(buf, len, &g->db) != HS_SUCCESS) {
+                free(buf);
+                goto out;
+            }
+            free(buf);
+        }
+    }
+    rc = 0;
+out:
+    fclose(f);
+    return rc;
+}
+
+static void cache_store(struct mx_scan_engine *e, const char *path)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return;
+    uint32_t ng = (uint32_t)e->ng;
+    bool ok = fwrite("MXHSDB1\n", 1, 8, f) == 8 && fwrite(&ng, 4, 1, f) == 1;
+    for (size_t i = 0; ok && i < e->ng; i++) {
+        struct group *g = &e->g[i];
+        uint32_t nr = g->scope == SC_DLP ? (uint32_t)e->nterms : (uint32_t)g->nrules;
+        ok = fwrite(&nr, 4, 1, f) == 1;
+        if (ok && g->scope != SC_DLP)
+            ok = fwrite(g->rules, 4, nr, f) == nr;
+        char *buf = NULL;
+        size_t len = 0;
+        if (ok && g->db && hs_serialize_database(g->db, &buf, &len) != HS_SUCCESS)
+            ok = false;
+        uint64_t l64 = len;
+        ok = ok && fwrite(&l64, 8, 1, f) == 1 && (len == 0 || fwrite(buf, 1, len, f) == len);
+        free(buf);
+    }
+    if (fclose(f) != 0)
+        ok = false;
+    if (ok)
+        rename(tmp, path);
+    else
+        unlink(tmp);
+}
+
+static int build_dbs(struct mx_scan_engine *e)
+{
+    /* DLP dictionary terms share one block database */
+    for (size_t d = 0; d < e->ndlps; d++)
+        e->nterms += e->rs.rules[e->dlps[d]].nterms;
+    if (e->nterms) {
+        e->term_rule = calloc(e->nterms, sizeof *e->term_rule);
+        e->term_weight = calloc(e->nterms, sizeof *e->term_weight);
+        if (!e->term_rule || !e->term_weight)
+            return -ENOMEM;
+        size_t k = 0;
+        for (size_t d = 0; d < e->ndlps; d++) {
+            struct mx_rule *r = &e->rs.rules[e->dlps[d]];
+            for (size_t t = 0; t < r->nterms; t++, k++) {
+                e->term_rule[k] = e->dlps[d];
+                e->term_weight[k] = r->terms[t].weight;
+            }
+        }
+        int g = group_for(e, SC_DLP, NULL);
+        if (g < 0)
+            return g;
+    }
+    char key[65], path[4096];
+    bool cached = false;
+    if (e->o.cache_dir) {
+        cache_key(e, key);
+        snprintf(path, sizeof path, "%s/%s.hsdb", e->o.cache_dir, key);
+        cached = cache_load(e, path) == 0;
+        if (!cached)
+            for (size_t i = 0; i < e->ng; i++) {
+                hs_free_database(e->g[i].db);
+                e->g[i].db = NULL;
+            }
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (!cached) {
+        for (size_t i = 0; i < e->ng; i++) {
+            int rc = compile_group(e, &e->g[i]);
+            if (rc)
+                return rc;
+        }
+        if (e->o.cache_dir) {
+            mkdir(e->o.cache_dir, 0755);
+            cache_store(e, path);
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    e->st.from_cache = cached;
+    e->st.compile_seconds =
+        cached ? 0 : (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    for (size_t i = 0; i < e->ng; i++) {
+        e->st.databases += e->g[i].db != NULL;
+        switch (e->g[i].scope) {
+        case SC_BODY:
+            e->body_g = (int)i;
+            break;
+        case SC_RAWBODY:
+            e->raw_g = (int)i;
+            break;
+        case SC_FULL:
+            e->full_g = (int)i;
+            break;
+        case SC_URI:
+            e->uri_g = (int)i;
+            break;
+        case SC_DLP:
+            e->dlp_g = (int)i;
+            break;
+        default:
+            break;
+        }
+    }
+    /* final counts */
+    e->st.hs_exact = e->st.hs_prefilter = e->st.pcre_only = 0;
+    for (size_t i = 0; i < e->rs.nrules; i++) {
+        struct erule *er = &e->er[i];
+        if (er->group < 0)
+            continue;
+        if (e->rs.rules[i].exists || er->how == HOW_HS)
+            e->st.hs_exact++;
+        else if (er->how == HOW_PREFILTER)
+            e->st.hs_prefilter++;
+        else if (er->how == HOW_PCRE)
+            e->st.pcre_only++;
+    }
+    return 0;
+}
+
+static int fail(char **err, int rc, const char *fmt, const char *a)
+{
+    if (err) {
+        char buf[512];
+        snprintf(buf, sizeof buf, fmt, a);
+        *err = strdup(buf);
+    }
+    return rc;
+}
+
+int mx_scan_engine_load(const struct mx_scan_opts *o, struct mx_scan_engine **out, char **err)
+{
+    if (err)
+        *err = NULL;
+    struct mx_scan_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return -ENOMEM;
+    e->o = *o;
+    if (e->o.threshold == 0)
+        e->o.threshold = 5.0;
+    if (!e->o.body_keep)
+        e->o.body_keep = 256 * 1024;
+    if (!e->o.full_keep)
+        e->o.full_keep = 1024 * 1024;
+    if (!e->o.max_uris)
+        e->o.max_uris = 256;
+    e->o.cache_dir = NULL;
+    e->body_g = e->raw_g = e->full_g = e->uri_g = e->dlp_g = -1;
+    mx_rules_init(&e->rs);
+    int rc = 0;
+    for (size_t i = 0; i < o->n_rule_paths && rc == 0; i++)
+        rc = mx_rules_load_path(&e->rs, o->rule_paths[i]);
+    if (rc) {
+        rc = fail(err, rc, "%s", e->rs.err[0] ? e->rs.err : "cannot load rules");
+        mx_scan_engine_free(e);
+        return rc;
+    }
+    if ((rc = mx_rules_finish(&e->rs)) != 0) {
+        mx_scan_engine_free(e);
+        return fail(err, rc, "%s", "out of memory");
+    }
+    e->er = calloc(e->rs.nrules + 1, sizeof *e->er);
+    if (!e->er || (rc = classify(e)) != 0) {
+        mx_scan_engine_free(e);
+        return fail(err, -ENOMEM, "%s", "out of memory");
+    }
+    e->o.cache_dir = o->cache_dir ? strdup(o->cache_dir) : NULL;
+    if ((rc = build_dbs(e)) != 0) {
+        mx_scan_engine_free(e);
+        return fail(err, rc, "%s", rc == -EIO ? "Hyperscan compile failed" : "out of memory");
+    }
+    *out = e;
+    return 0;
+}
+
+void mx_scan_engine_free(struct mx_scan_engine *e)
+{
+    if (!e)
+        return;
+    for (size_t i = 0; i < e->ng; i++) {
+        hs_free_database(e->g[i].db);
+        free(e->g[i].target);
+        free(e->g[i].rules);
+        free(e->g[i].pcre);
+        free(e->g[i].exists);
+    }
+    free(e->g);
+    if (e->er)
+        for (size_t i = 0; i < e->rs.nrules; i++)
+            pcre2_code_free(e->er[i].pc);
+    free(e->er);
+    free(e->metas);
+    free(e->dlps);
+    free(e->attachs);
+    free(e->term_rule);
+    free(e->term_weight);
+    free(e->skips);
+    free((char *)e->o.cache_dir);
+    mx_rules_free(&e->rs);
+    free(e);
+}
+
+void mx_scan_engine_stats(const struct mx_scan_engine *e, struct mx_scan_stats *st)
+{
+    *st = e->st;
+}
+
+int mx_scan_engine_skipped(const struct mx_scan_engine *e, size_t i, const char **name,
+                           const char **why)
+{
+    if (i >= e->nskips)
+        return -ENOENT;
+    *name = e->skips[i].name;
+    *why = e->skips[i].why;
+    return 0;
+}
+
+double mx_scan_engine_threshold(const struct mx_scan_engine *e)
+{
+    return e->o.threshold;
+}
+
+
+/* ---- workers and messages ----------------------------------------------- */
+
+struct hdr {
+    uint32_t no, nl, vo, vl;
+};
+
+struct mx_scan_worker {
+    struct mx_scan_engine *e;
+    hs_scratch_t *scratch;
+    pcre2_match_data *md;
+    magic_t magic;
+    struct mx_scan_msg *free_list;
+    unsigned live;
+};
+
+struct mx_scan_msg {
+    struct mx_scan_worker *w;
+    struct mx_scan_msg *next_free;
+    struct mx_mime_parser *mp;
+    hs_stream_t *st_body, *st_raw, *st_full;
+    bool ended, dirty;
+    unsigned flags;
+    /* per rule state */
+    uint16_t *count;
+    uint8_t *cand;
+    float *val;
+    uint8_t *vstate;
+    /* top-level headers */
+    char *ha;
+    size_t hlen, hcap;
+    struct hdr *hdrs;
+    size_t nhdrs, hdrcap;
+    /* kept text */
+    char *body, *raw, *full;
+    size_t blen, rlen, flen;
+    /* URIs: NUL-terminated strings in ua */
+    char *ua;
+    size_t ulen, ucap;
+    uint32_t *uoff;
+    unsigned nuri;
+    /* body rendering */
+    int ws_nl;     /* newlines in the pending whitespace run, -1: none pending */
+    bool at_start; /* nothing written since the last paragraph break */
+    char tok[512]; /* current word, for URL detection */
+    size_t toklen;
+    bool tok_over;
+    /* current text part */
+    int text_part; /* part index being rendered, -1 none */
+    bool html;
+    struct mx_utf8_conv conv;
+    int hstate;    /* html: 0 text, 1 tag, 2 comment, 3 entity, 4 skip (script/style) */
+    char htag[1024];
+    size_t htaglen;
+    char hent[12];
+    size_t hentlen;
+    char hskip[8]; /* closing tag name while skipping script/style */
+    /* current attachment */
+    int att_part;
+    const struct mx_mime_part *att;
+    uint8_t head[4096];
+    size_t headlen;
+    unsigned nattach;
+    /* result storage */
+    const char **hits;
+    double *hit_scores;
+    unsigned nhits;
+    char envfrom[256];
+};
+
+static int on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned fl,
+                    void *ctx)
+{
+    (void)from;
+    (void)to;
+    (void)fl;
+    struct mx_scan_msg *m = ctx;
+    if (m->w->e->er[id].how == HOW_PREFILTER)
+        m->cand[id] = 1;
+    else if (m->count[id] < UINT16_MAX)
+        m->count[id]++;
+    return 0;
+}
+
+static int on_term(unsigned id, unsigned long long from, unsigned long long to, unsigned fl,
+                   void *ctx)
+{
+    (void)from;
+    (void)to;
+    (void)fl;
+    struct mx_scan_msg *m = ctx;
+    struct mx_scan_engine *e = m->w->e;
+    uint32_t r = e->term_rule[id];
+    m->val[r] += (float)e->term_weight[id];
+    return 0;
+}
+
+struct mx_scan_worker *mx_scan_worker_new(struct mx_scan_engine *e)
+{
+    struct mx_scan_worker *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->e = e;
+    for (size_t i = 0; i < e->ng; i++) {
+        if (e->g[i].db && hs_alloc_scratch(e->g[i].db, &w->scratch) != HS_SUCCESS) {
+            mx_scan_worker_free(w);
+            return NULL;
+        }
+    }
+    w->md = pcre2_match_data_create(4, NULL);
+    w->magic = magic_open(MAGIC_MIME_TYPE | MAGIC_ERROR);
+    if (!w->md || !w->magic || magic_load(w->magic, NULL) != 0) {
+        mx_scan_worker_free(w);
+        return NULL;
+    }
+    return w;
+}
+
+static void msg_destroy(struct mx_scan_msg *m)
+{
+    mx_mime_parser_free(m->mp);
+    if (m->st_body)
+        hs_close_stream(m->st_body, NULL, NULL, NULL);
+    if (m->st_raw)
+        hs_close_stream(m->st_raw, NULL, NULL, NULL);
+    if (m->st_full)
+        hs_close_stream(m->st_full, NULL, NULL, NULL);
+    free(m->count);
+    free(m->cand);
+    free(m->val);
+    free(m->vstate);
+    free(m->ha);
+    free(m->hdrs);
+    free(m->body);
+    free(m->raw);
+    free(m->full);
+    free(m->ua);
+    free(m->uoff);
+    free(m->hits);
+    free(m->hit_scores);
+    free(m);
+}
+
+void mx_scan_worker_free(struct mx_scan_worker *w)
+{
+    if (!w)
+        return;
+    while (w->free_list) {
+        struct mx_scan_msg *m = w->free_list;
+        w->free_list = m->next_free;
+        msg_destroy(m);
+    }
+    hs_free_scratch(w->scratch);
+    pcre2_match_data_free(w->md);
+    if (w->magic)
+        magic_close(w->magic);
+    free(w);
+}
+
+/* ---- text pipeline: UTF-8 text -> rendered body (paragraph per line) ---- */
+
+static void keep(char *buf, size_t *len, size_t cap, const char *s, size_t n, unsigned *flags)
+{
+    if (*len + n > cap) {
+        *flags |= MX_SCAN_TRUNCATED;
+        n = cap - *len;
+    }
+    memcpy(buf + *len, s, n);
+    *len += n;
+}
+
+static void add_uri(struct mx_scan_msg *m, const char *s, size_t n)
+{
+    struct mx_scan_engine *e = m->w->e;
+    while (n && (s[n - 1] == '.' || s[n - 1] == ',' || s[n - 1] == ';' || s[n - 1] == ':' ||
+                 s[n - 1] == ')' || s[n - 1] == '>' || s[n - 1] == '"' || s[n - 1] == '\'' ||
+                 s[n - 1] == '!' || s[n - 1] == '?' || s[n - 1] == ']'))
+        n--;
+    while (n && isspace((unsigned char)*s))
+        s++, n--;
+    if (n == 0 || n > 2048)
+        return;
+    if (m->nuri >= e->o.max_uris || m->ulen + n + 1 > m->ucap) {
+        m->flags |= MX_SCAN_TRUNCATED;
+        return;
+    }
+    /* duplicates add nothing for rules */
+    for (unsigned i = 0; i < m->nuri; i++)
+        if (strlen(m->ua + m->uoff[i]) == n && memcmp(m->ua + m->uoff[i], s, n) == 0)
+            return;
+    m->uoff[m->nuri++] = (uint32_t)m->ulen;
+    memcpy(m->ua + m->ulen, s, n);
+    m->ua[m->ulen + n] = 0;
+    m->ulen += n + 1;
+}
+
+/* A word of rendered text ended: is it a URL? (http, https, ftp, www.) */
+static void end_token(struct mx_scan_msg *m)
+{
+    if (m->toklen && !m->tok_over) {
+        static const char *const pfx[] = {"http://", "https://", "ftp://", "www.", "mailto:"};
+        for (size_t k = 0; k < sizeof pfx / sizeof pfx[0]; k++) {
+            size_t pl = strlen(pfx[k]);
+            for (size_t i = 0; i + pl <= m->toklen; i++) {
+                if (strncasecmp(m->tok + i, pfx[k], pl) == 0 && (i == 0 || !isalnum((unsigned char)m->tok[i - 1]))) {
+                    if (k == 3 && m->toklen - i <= pl + 1)
+                        break;
+                    add_uri(m, m->tok + i, m->toklen - i);
+                    k = 99;
+                    break;
+                }
+            }
+        }
+    }
+    m->toklen = 0;
+    m->tok_over = false;
+}
+
+static void body_out(struct mx_scan_msg *m, const char *s, size_t n)
+{
+    struct mx_scan_engine *e = m->w->e;
+    if (n == 0)
+        return;
+    if (e->body_g >= 0 && e->g[e->body_g].db && m->st_body)
+        hs_scan_stream(m->st_body, s, (unsigned)n, 0, m->w->scratch, on_match, m);
+    keep(m->body, &m->blen, e->o.body_keep, s, n, &m->flags);
+}
+
+/* SpamAssassin renders a paragraph per line: runs of whitespace become one
+ * space, whitespace holding two or more newlines a paragraph break. */
+static void render(struct mx_scan_msg *m, const char *s, size_t n)
+{
+    char out[2048];
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+            if (m->ws_nl < 0)
+                m->ws_nl = 0;
+            if (c == '\n')
+                m->ws_nl++;
+            if (m->toklen)
+                end_token(m);
+            continue;
+        }
+        if (o + 8 > sizeof out) {
+            body_out(m, out, o);
+            o = 0;
+        }
+        if (m->ws_nl >= 0 && !m->at_start)
+            out[o++] = m->ws_nl >= 2 ? '\n' : ' ';
+        m->ws_nl = -1;
+        m->at_start = false;
+        out[o++] = (char)c;
+        if (m->toklen < sizeof m->tok)
+            m->tok[m->toklen++] = (char)c;
+        else
+            m->tok_over = true;
+    }
+    body_out(m, out, o);
+}
+
+static void paragraph_break(struct mx_scan_msg *m)
+{
+    if (m->toklen)
+        end_token(m);
+    if (!m->at_start)
+        body_out(m, "\n", 1);
+    m->at_start = true;
+    m->ws_nl = -1;
+}
+
+/* HTML attribute values that are links */
+static void html_attrs(struct mx_scan_msg *m, const char *t, size_t n)
+{
+    static const char *const names[] = {"href", "src", "action", "background"};
+    for (size_t i = 0; i < n; i++) {
+        for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+            size_t nl = strlen(names[k]);
+            if (i + nl < n && strncasecmp(t + i, names[k], nl) == 0 && isspace((unsigned char)t[i - 1])) {
+                size_t j = i + nl;
+                while (j < n && isspace((unsigned char)t[j]))
+                    j++;
+                if (j >= n || t[j] != '=')
+                    continue;
+                j++;
+                while (j < n && isspace((unsigned char)t[j]))
+                    j++;
+                char q = j < n && (t[j] == '"' || t[j] == '\'') ? t[j++] : 0;
+                size_t st = j;
+                while (j < n && (q ? t[j] != q : !isspace((unsigned char)t[j]) && t[j] != '>'))
+                    j++;
+                if (j > st && strncasecmp(t + st, "cid:", 4) != 0 && t[st] != '#')
+                    add_uri(m, t + st, j - st);
+                i = j;
+                break;
+            }
+        }
+    }
+}
+
+static bool tag_is(const char *t, size_t n, const char *name)
+{
+    size_t l = strlen(name);
+    return n >= l && strncasecmp(t, name, l) == 0 &&
+           (n == l || isspace((unsigned char)t[l]) || t[l] == '/');
+}
+
+static void html_tag(struct mx_scan_msg *m)
+{
+    const char *t = m->htag;
+    size_t n = m->htaglen;
+    bool close = n && t[0] == '/';
+    if (close)
+        t++, n--;
+    if (!close && (tag_is(t, n, "script") || tag_is(t, n, "style"))) {
+        snprintf(m->hskip, sizeof m->hskip, "%s", tag_is(t, n, "script") ? "script" : "style");
+        m->hstate = 4;
+        m->htaglen = 0;
+        return;
+    }
+    static const char *const blocks[] = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4",
+                                         "h5", "h6", "table", "blockquote", "hr", "title", "ul",
+                                         "ol", "td", "th"};
+    for (size_t k = 0; k < sizeof blocks / sizeof blocks[0]; k++) {
+        if (tag_is(t, n, blocks[k])) {
+            if (k == 2 || k >= 17) /* br, td, th: a space-like break */
+                render(m, "\n", 1);
+            else
+                render(m, "\n\n", 2);
+            break;
+        }
+    }
+    if (!close)
+        html_attrs(m, m->htag, m->htaglen);
+}
+
+static void html_entity(struct mx_scan_msg *m)
+{
+    static const struct {
+        const char *n;
+        uint32_t cp;
+    } ents[] = {{"amp", '&'},      {"lt", '<'},      {"gt", '>'},      {"quot", '"'},
+                {"apos", '\''},    {"nbsp", ' '},    {"copy", 0xa9},   {"reg", 0xae},
+                {"euro", 0x20ac},  {"hellip", 0x2026}, {"mdash", 0x2014}, {"ndash", 0x2013}};
+    char tmp[8];
+    size_t tl = 0;
+    uint32_t cp = 0;
+    const char *s = m->hent;
+    size_t n = m->hentlen;
+    if (n > 1 && s[0] == '#') {
+        if (s[1] == 'x' || s[1] == 'X')
+            cp = (uint32_t)strtoul(s + 2, NULL, 16);
+        else
+            cp = (uint32_t)strtoul(s + 1, NULL, 10);
+    } else {
+        for (size_t k = 0; k < sizeof ents / sizeof ents[0]; k++)
+            if (strlen(ents[k].n) == n && memcmp(ents[k].n, s, n) == 0)
+                cp = ents[k].cp;
+    }
+    if (cp == 0 || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        render(m, "&", 1);
+        render(m, s, n);
+        return;
+    }
+    if (cp < 0x80)
+        tmp[tl++] = (char)cp;
+    else if (cp < 0x800)
+        tmp[tl++] = (char)(0xc0 | (cp >> 6)), tmp[tl++] = (char)(0x80 | (cp & 0x3f));
+    else if (cp < 0x10000)
+        tmp[tl++] = (char)(0xe0 | (cp >> 12)), tmp[tl++] = (char)(0x80 | ((cp >> 6) & 0x3f)),
+        tmp[tl++] = (char)(0x80 | (cp & 0x3f));
+    else
+        tmp[tl++] = (char)(0xf0 | (cp >> 18)), tmp[tl++] = (char)(0x80 | ((cp >> 12) & 0x3f)),
+        tmp[tl++] = (char)(0x80 | ((cp >> 6) & 0x3f)), tmp[tl++] = (char)(0x80 | (cp & 0x3f));
+    render(m, tmp, tl);
+}
+
+/* Streaming HTML to text: tags dropped (block tags break paragraphs),
+ * script/style skipped, entities decoded, link attributes collected. */
+static void html_feed(struct mx_scan_msg *m, const char *s, size_t n)
+{
+    size_t run = 0; /* start of a pending text run */
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        switch (m->hstate) {
+        case 0:
+            if (c == '<' || c == '&') {
+                render(m, s + run, i - run);
+                m->hstate = c == '<' ? 1 : 3;
+                m->htaglen = 0;
+                m->hentlen = 0;
+            }
+            continue;
+        case 1:
+            if (c == '>') {
+                html_tag(m);
+                if (m->hstate == 1)
+                    m->hstate = 0;
+                run = i + 1;
+            } else if (m->htaglen < sizeof m->htag) {
+                m->htag[m->htaglen++] = c;
+                if (m->htaglen == 3 && memcmp(m->htag, "!--", 3) == 0)
+                    m->hstate = 2;
+            }
+            continue;
+        case 2:
+            /* comment: ends at "-->" (htag keeps the last two chars) */
+            if (c == '>' && m->htaglen >= 2 && m->htag[0] == '-' && m->htag[1] == '-') {
+                m->hstate = 0;
+                run = i + 1;
+            } else {
+                m->htag[0] = m->htag[1];
+                m->htag[1] = c;
+                m->htaglen = 2;
+            }
+            continue;
+        case 3:
+            if (c == ';' || m->hentlen >= sizeof m->hent - 1 ||
+                !(isalnum((unsigned char)c) || c == '#')) {
+                html_entity(m);
+                m->hstate = 0;
+                run = c == ';' ? i + 1 : i;
+                if (c == '<') {
+                    m->hstate = 1;
+                    m->htaglen = 0;
+                    run = i + 1;
+                }
+            } else {
+                m->hent[m->hentlen++] = c;
+            }
+            continue;
+        default: {
+            /* skipping script/style until "</name" */
+            size_t want = 2 + strlen(m->hskip);
+            if (m->htaglen < want) {
+                char exp = m->htaglen == 0 ? '<' : m->htaglen == 1 ? '/' : m->hskip[m->htaglen - 2];
+                if (tolower((unsigned char)c) == exp)
+                    m->htaglen++;
+                else
+                    m->htaglen = c == '<' ? 1 : 0;
+            }
+            if (m->htaglen == want) {
+                m->hstate = 1; /* read the rest of the closing tag */
+                memcpy(m->htag, "/x", 2);
+                m->htaglen = 2;
+            }
+            continue;
+        }
+        }
+    }
+    if (m->hstate == 0)
+        render(m, s + run, n - run);
+}
+
+static void text_emit(void *ud, const char *s, size_t n)
+{
+    struct mx_scan_msg *m = ud;
+    if (m->html)
+        html_feed(m, s, n);
+    else
+        render(m, s, n);
+}
+
+/* ---- MIME callbacks ------------------------------------------------------ */
+
+static void on_header(void *ud, const struct mx_mime_part *p, const char *name, size_t nl,
+                      const char *v, size_t vl)
+{
+    struct mx_scan_msg *m = ud;
+    if (p->index != 0)
+        return;
+    if (m->hlen + nl + vl + 2 > m->hcap || m->nhdrs >= m->hdrcap) {
+        m->flags |= MX_SCAN_TRUNCATED;
+        return;
+    }
+    struct hdr *h = &m->hdrs[m->nhdrs++];
+    h->no = (uint32_t)m->hlen;
+    h->nl = (uint32_t)nl;
+    memcpy(m->ha + m->hlen, name, nl);
+    m->ha[m->hlen + nl] = 0;
+    m->hlen += nl + 1;
+    h->vo = (uint32_t)m->hlen;
+    h->vl = (uint32_t)vl;
+    memcpy(m->ha + m->hlen, v, vl);
+    m->ha[m->hlen + vl] = 0;
+    m->hlen += vl + 1;
+}
+
+static const struct hdr *find_hdr(const struct mx_scan_msg *m, const char *name, size_t from)
+{
+    size_t nl = strlen(name);
+    for (size_t i = from; i < m->nhdrs; i++)
+        if (m->hdrs[i].nl == nl && strncasecmp(m->ha + m->hdrs[i].no, name, nl) == 0)
+            return &m->hdrs[i];
+    return NULL;
+}
+
+static void on_begin(void *ud, const struct mx_mime_part *p)
+{
+    struct mx_scan_msg *m = ud;
+    if (p->index == 0) {
+        /* SpamAssassin's body text starts with the Subject */
+        const struct hdr *h = find_hdr(m, "subject", 0);
+        if (h) {
+            char tmp[2048];
+            size_t n = mx_mime_decode_header(m->ha + h->vo, h->vl, tmp, sizeof tmp);
+            render(m, tmp, n);
+            paragraph_break(m);
+        }
+    }
+    if (p->multipart || p->message)
+        return;
+    bool body_text = p->text && !(p->attachment && p->filename[0]);
+    if (p->text) {
+        m->text_part = (int)p->index;
+        m->html = strcmp(p->ctype, "text/html") == 0;
+        m->hstate = 0;
+        mx_utf8_conv_open(&m->conv, p->charset);
+        paragraph_break(m);
+    }
+    if (!body_text) {
+        m->att_part = (int)p->index;
+        m->att = p;
+        m->headlen = 0;
+        m->nattach++;
+    }
+}
+
+static void on_data(void *ud, const struct mx_mime_part *p, const uint8_t *d, size_t n)
+{
+    struct mx_scan_msg *m = ud;
+    struct mx_scan_engine *e = m->w->e;
+    if ((int)p->index == m->text_part) {
+        if (e->raw_g >= 0 && e->g[e->raw_g].db && m->st_raw)
+            hs_scan_stream(m->st_raw, (const char *)d, (unsigned)n, 0, m->w->scratch, on_match, m);
+        if (e->raw_g >= 0 && e->g[e->raw_g].npcre)
+            keep(m->raw, &m->rlen, e->o.body_keep, (const char *)d, n, &m->flags);
+        mx_utf8_conv_feed(&m->conv, d, n, text_emit, m);
+    }
+    if ((int)p->index == m->att_part && m->headlen < sizeof m->head) {
+        size_t k = sizeof m->head - m->headlen < n ? sizeof m->head - m->headlen : n;
+        memcpy(m->head + m->headlen, d, k);
+        m->headlen += k;
+    }
+}
+
+static bool glob_list(const char *list, const char *s, bool ext)
+{
+    for (const char *v = list; *v; v += strlen(v) + 1) {
+        if (ext ? strcasecmp(v, s) == 0 : fnmatch(v, s, FNM_CASEFOLD) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Evaluate attachment rules on a finished attachment part. */
+static void check_attachment(struct mx_scan_msg *m, const struct mx_mime_part *p)
+{
+    struct mx_scan_engine *e = m->w->e;
+    if (!e->nattachs)
+        return;
+    const char *tt = m->headlen ? magic_buffer(m->w->magic, m->head, m->headlen) : NULL;
+    char truetype[128];
+    snprintf(truetype, sizeof truetype, "%s", tt ? tt : "application/x-empty");
+    const char *dot = strrchr(p->filename, '.');
+    const char *ext = dot ? dot + 1 : "";
+    for (size_t k = 0; k < e->nattachs; k++) {
+        struct mx_rule *r = &e->rs.rules[e->attachs[k]];
+        bool all = r->nconds > 0;
+        for (size_t c = 0; c < r->nconds && all; c++) {
+            const struct mx_attach_cond *ac = &r->conds[c];
+            bool hit = false;
+            switch (ac->field) {
+            case 'n':
+                hit = glob_list(ac->values, p->filename, false);
+                break;
+            case 'e':
+                hit = glob_list(ac->values, ext, true);
+                break;
+            case 't':
+                hit = glob_list(ac->values, p->ctype, false);
+                break;
+            default:
+                hit = glob_list(ac->values, truetype, false);
+                break;
+            }
+            all = ac->negate ? !hit : hit;
+        }
+        if (all && m->count[e->attachs[k]] < UINT16_MAX)
+            m->count[e->attachs[k]]++;
+    }
+}
+
+static void on_end(void *ud, const struct mx_mime_part *p)
+{
+    struct mx_scan_msg *m = ud;
+    if ((int)p->index == m->text_part) {
+        mx_utf8_conv_end(&m->conv, text_emit, m);
+        if (m->html && m->hstate == 3)
+            html_entity(m);
+        paragraph_break(m);
+        m->text_part = -1;
+    }
+    if ((int)p->index == m->att_part) {
+        check_attachment(m, p);
+        m->att_part = -1;
+    }
+}
+
+static struct mx_scan_msg *msg_new(struct mx_scan_worker *w)
+{
+    struct mx_scan_engine *e = w->e;
+    struct mx_scan_msg *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->w = w;
+    struct mx_mime_callbacks cb = {on_header, on_begin, on_data, on_end};
+    m->mp = mx_mime_parser_new(&cb, m);
+    size_t nr = e->rs.nrules + 1;
+    m->count = calloc(nr, sizeof *m->count);
+    m->cand = calloc(nr, 1);
+    m->val = calloc(nr, sizeof *m->val);
+    m->vstate = calloc(nr, 1);
+    m->hcap = 64 * 1024;
+    m->ha = malloc(m->hcap);
+    m->hdrcap = 512;
+    m->hdrs = calloc(m->hdrcap, sizeof *m->hdrs);
+    m->body = malloc(e->o.body_keep);
+    m->raw = malloc(e->o.body_keep);
+    m->full = e->full_g >= 0 && e->g[e->full_g].npcre ? malloc(e->o.full_keep) : NULL;
+    m->ucap = 64 * 1024;
+    m->ua = malloc(m->ucap);
+    m->uoff = calloc(e->o.max_uris, sizeof *m->uoff);
+    m->hits = calloc(nr, sizeof *m->hits);
+    m->hit_scores = calloc(nr, sizeof *m->hit_scores);
+    bool ok = m->mp && m->count && m->cand && m->val && m->vstate && m->ha && m->hdrs &&
+              m->body && m->raw && m->ua && m->uoff && m->hits && m->hit_scores &&
+              (m->full || !(e->full_g >= 0 && e->g[e->full_g].npcre));
+    if (ok && e->body_g >= 0 && e->g[e->body_g].db)
+        ok = hs_open_stream(e->g[e->body_g].db, 0, &m->st_body) == HS_SUCCESS;
+    if (ok && e->raw_g >= 0 && e->g[e->raw_g].db)
+        ok = hs_open_stream(e->g[e->raw_g].db, 0, &m->st_raw) == HS_SUCCESS;
+    if (ok && e->full_g >= 0 && e->g[e->full_g].db)
+        ok = hs_open_stream(e->g[e->full_g].db, 0, &m->st_full) == HS_SUCCESS;
+    if (!ok) {
+        msg_destroy(m);
+        return NULL;
+    }
+    return m;
+}
+
+struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
+{
+    struct mx_scan_msg *m = w->free_list;
+    if (m)
+        w->free_list = m->next_free;
+    else if (!(m = msg_new(w)))
+        return NULL;
+    size_t nr = w->e->rs.nrules + 1;
+    if (m->dirty) {
+        memset(m->count, 0, nr * sizeof *m->count);
+        memset(m->cand, 0, nr);
+        memset(m->val, 0, nr * sizeof *m->val);
+        memset(m->vstate, 0, nr);
+    }
+    m->dirty = true;
+    m->next_free = NULL;
+    m->ended = false;
+    m->flags = 0;
+    m->hlen = m->nhdrs = 0;
+    m->blen = m->rlen = m->flen = 0;
+    m->ulen = 0;
+    m->nuri = 0;
+    m->ws_nl = -1;
+    m->at_start = true;
+    m->toklen = 0;
+    m->tok_over = false;
+    m->text_part = m->att_part = -1;
+    m->nattach = 0;
+    m->nhits = 0;
+    m->envfrom[0] = 0;
+    mx_mime_parser_reset(m->mp);
+    w->live++;
+    return m;
+}
+
+void mx_scan_msg_set_envelope(struct mx_scan_msg *m, const char *from)
+{
+    snprintf(m->envfrom, sizeof m->envfrom, "%s", from ? from : "");
+}
+
+int mx_scan_msg_feed(struct mx_scan_msg *m, const uint8_t *buf, size_t len)
+{
+    struct mx_scan_engine *e = m->w->e;
+    if (m->ended)
+        return -EINVAL;
+    if (m->st_full)
+        hs_scan_stream(m->st_full, (const char *)buf, (unsigned)len, 0, m->w->scratch, on_match, m);
+    if (m->full)
+        keep(m->full, &m->flen, e->o.full_keep, (const char *)buf, len, &m->flags);
+    mx_mime_parser_feed(m->mp, buf, len);
+    return 0;
+}
+
+/* ---- end of message: header scans, confirmations, DLP, metas ------------- */
+
+static bool pcre_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_t n)
+{
+    pcre2_code *pc = m->w->e->er[ri].pc;
+    if (!pc)
+        return false;
+    int rc = pcre2_match(pc, (PCRE2_SPTR)s, n, 0, 0, m->w->md, NULL);
+    return rc >= 0;
+}
+
+struct vbuf {
+    char *s;
+    size_t n, cap;
+};
+
+static void vb_add(struct vbuf *b, const char *s, size_t n)
+{
+    if (b->n + n + 1 > b->cap)
+        n = b->cap - b->n - 1;
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = 0;
+}
+
+/* first address of an address header (for :addr) */
+static size_t addr_of(const char *v, size_t n, char *out, size_t cap)
+{
+    const char *lt = memchr(v, '<', n);
+    const char *s = v, *e = v + n;
+    if (lt) {
+        const char *gt = memchr(lt, '>', (size_t)(e - lt));
+        s = lt + 1;
+        e = gt ? gt : e;
+    } else {
+        const char *at = memchr(v, '@', n);
+        if (at) {
+            s = at;
+            while (s > v && !isspace((unsigned char)s[-1]) && s[-1] != ',' && s[-1] != '(')
+                s--;
+            e = at;
+            while (e < v + n && !isspace((unsigned char)*e) && *e != ',' && *e != ')')
+                e++;
+        }
+    }
+    while (s < e && isspace((unsigned char)*s))
+        s++;
+    while (e > s && isspace((unsigned char)e[-1]))
+        e--;
+    size_t k = (size_t)(e - s) < cap - 1 ? (size_t)(e - s) : cap - 1;
+    memcpy(out, s, k);
+    out[k] = 0;
+    return k;
+}
+
+static size_t name_of(const char *v, size_t n, char *out, size_t cap)
+{
+    const char *lt = memchr(v, '<', n);
+    const char *s = v, *e = lt ? lt : v;
+    if (!lt) {
+        const char *po = memchr(v, '(', n);
+        const char *pc = po ? memchr(po, ')', n - (size_t)(po - v)) : NULL;
+        if (po && pc)
+            s = po + 1, e = pc;
+    }
+    while (s < e && (isspace((unsigned char)*s) || *s == '"'))
+        s++;
+    while (e > s && (isspace((unsigned char)e[-1]) || e[-1] == '"'))
+        e--;
+    size_t k = (size_t)(e - s) < cap - 1 ? (size_t)(e - s) : cap - 1;
+    memcpy(out, s, k);
+    out[k] = 0;
+    return k;
+}
+
+/* The text a header rule of `target` is matched against. Returns false
+ * when the header is absent (the value is then empty). */
+static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf *b)
+{
+    char name[128];
+    const char *colon = strchr(target, ':');
+    size_t nl = colon ? (size_t)(colon - target) : strlen(target);
+    const char *mod = colon ? colon + 1 : "";
+    if (nl >= sizeof name)
+        nl = sizeof name - 1;
+    memcpy(name, target, nl);
+    name[nl] = 0;
+    b->n = 0;
+    b->s[0] = 0;
+    bool found = false;
+    if (strcmp(name, "all") == 0) {
+        for (size_t i = 0; i < m->nhdrs; i++) {
+            vb_add(b, m->ha + m->hdrs[i].no, m->hdrs[i].nl);
+            vb_add(b, ": ", 2);
+            vb_add(b, m->ha + m->hdrs[i].vo, m->hdrs[i].vl);
+            vb_add(b, "\n", 1);
+        }
+        return m->nhdrs > 0;
+    }
+    if (strcmp(name, "envelopefrom") == 0) {
+        if (m->envfrom[0]) {
+            vb_add(b, m->envfrom, strlen(m->envfrom));
+            vb_add(b, "\n", 1);
+            return true;
+        }
+        const struct hdr *h = find_hdr(m, "return-path", 0);
+        if (!h)
+            return false;
+        vb_add(b, m->ha + h->vo, h->vl);
+        vb_add(b, "\n", 1);
+        return true;
+    }
+    static const char *const tocc[] = {"to", "cc", NULL};
+    static const char *const msgid[] = {"message-id", "resent-message-id", "x-message-id", NULL};
+    const char *single[2] = {name, NULL};
+    const char *const *names = strcmp(name, "tocc") == 0        ? tocc
+                               : strcmp(name, "messageid") == 0 ? msgid
+                                                                : single;
+    for (size_t k = 0; names[k]; k++) {
+        for (size_t i = 0; i < m->nhdrs; i++) {
+            const struct hdr *h = &m->hdrs[i];
+            if (h->nl != strlen(names[k]) || strncasecmp(m->ha + h->no, names[k], h->nl) != 0)
+                continue;
+            const char *v = m->ha + h->vo;
+            size_t vl = h->vl;
+            char tmp[4096];
+            size_t tl;
+            if (strcmp(mod, "raw") == 0) {
+                vb_add(b, v, vl);
+            } else {
+                tl = mx_mime_decode_header(v, vl, tmp, sizeof tmp);
+                if (strcmp(mod, "addr") == 0) {
+                    char a[1024];
+                    vb_add(b, a, addr_of(tmp, tl, a, sizeof a));
+                } else if (strcmp(mod, "name") == 0) {
+                    char a[1024];
+                    vb_add(b, a, name_of(tmp, tl, a, sizeof a));
+                } else {
+                    vb_add(b, tmp, tl);
+                }
+            }
+            vb_add(b, "\n", 1);
+            found = true;
+            if (strcmp(mod, "addr") == 0 || strcmp(mod, "name") == 0)
+                return true; /* first address only */
+        }
+    }
+    return found;
+}
+
+static void scan_headers(struct mx_scan_msg *m)
+{
+    struct mx_scan_engine *e = m->w->e;
+    char store[65536];
+    struct vbuf b = {store, 0, sizeof store};
+    for (size_t gi = 0; gi < e->ng; gi++) {
+        struct group *g = &e->g[gi];
+        if (g->scope != SC_HEADER)
+            continue;
+        bool present = header_value(m, g->target, &b);
+        for (size_t k = 0; k < g->nexists; k++)
+            m->count[g->exists[k]] = present;
+        if (!g->db && !g->npcre)
+            continue;
+        bool any_unset = false;
+        for (size_t k = 0; k < g->nrules && !present; k++)
+            any_unset |= e->rs.rules[g->rules[k]].ifunset != NULL;
+        for (size_t k = 0; k < g->npcre && !present; k++)
+            any_unset |= e->rs.rules[g->pcre[k]].ifunset != NULL;
+        if (g->db && !any_unset)
+            hs_scan(g->db, b.s, (unsigned)b.n, 0, m->w->scratch, on_match, m);
+        /* candidates and rules needing PCRE2, then per-rule unset values */
+        for (size_t k = 0; k < g->nrules; k++) {
+            uint32_t ri = g->rules[k];
+            const struct mx_rule *r = &e->rs.rules[ri];
+            const char *s = b.s;
+            size_t n = b.n;
+            if (!present && r->ifunset) {
+                s = r->ifunset;
+                n = strlen(s);
+                m->count[ri] = pcre_hit(m, ri, s, n) || (e->er[ri].how == HOW_HS && !e->er[ri].pc);
+            } else if (any_unset) {
+                m->count[ri] = pcre_hit(m, ri, s, n);
+            } else if (m->cand[ri]) {
+                m->count[ri] = pcre_hit(m, ri, s, n);
+            }
+        }
+        for (size_t k = 0; k < g->npcre; k++) {
+            uint32_t ri = g->pcre[k];
+            const struct mx_rule *r = &e->rs.rules[ri];
+            const char *s = !present && r->ifunset ? r->ifunset : b.s;
+            m->count[ri] = pcre_hit(m, ri, s, strlen(s) < b.n && s == b.s ? b.n : strlen(s));
+        }
+        /* !~ rules hit when the regex does not match */
+        for (size_t k = 0; k < g->nrules; k++)
+            if (e->rs.rules[g->rules[k]].negate)
+                m->count[g->rules[k]] = !m->count[g->rules[k]];
+        for (size_t k = 0; k < g->npcre; k++)
+            if (e->rs.rules[g->pcre[k]].negate)
+                m->count[g->pcre[k]] = !m->count[g->pcre[k]];
+    }
+}
+
+/* Rules found by prefilter or needing PCRE2 alone, on kept text. */
+static void confirm(struct mx_scan_msg *m, int gi, const char *s, size_t n)
+{
+    struct mx_scan_engine *e = m->w->e;
+    if (gi < 0)
+        return;
+    struct group *g = &e->g[gi];
+    for (size_t k = 0; k < g->nrules; k++) {
+        uint32_t ri = g->rules[k];
+        if (m->cand[ri] && pcre_hit(m, ri, s, n))
+            m->count[ri] = 1;
+    }
+    for (size_t k = 0; k < g->npcre; k++)
+        if (pcre_hit(m, g->pcre[k], s, n))
+            m->count[g->pcre[k]] = 1;
+}
+
+static void scan_uris(struct mx_scan_msg *m)
+{
+    struct mx_scan_engine *e = m->w->e;
+    if (e->uri_g < 0)
+        return;
+    struct group *g = &e->g[e->uri_g];
+    for (unsigned i = 0; i < m->nuri; i++) {
+        const char *u = m->ua + m->uoff[i];
+        size_t n = strlen(u);
+        if (g->db)
+            hs_scan(g->db, u, (unsigned)n, 0, m->w->scratch, on_match, m);
+        confirm(m, e->uri_g, u, n);
+        memset(m->cand, 0, 0); /* candidates are per URI: cleared below */
+        for (size_t k = 0; k < g->nrules; k++)
+            m->cand[g->rules[k]] = 0;
+    }
+}
+
+static bool luhn(const char *d, size_t n)
+{
+    int sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = d[n - 1 - i] - '0';
+        if (i & 1) {
+            v *= 2;
+            if (v > 9)
+                v -= 9;
+        }
+        sum += v;
+    }
+    return sum % 10 == 0;
+}
+
+static bool iban_ok(const char *s, size_t n)
+{
+    if (n < 15 || n > 34)
+        return false;
+    unsigned rem = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[(i + 4) % n];
+        unsigned v = isdigit((unsigned char)c) ? (unsigned)(c - '0') : (unsigned)(c - 'A' + 10);
+        rem = v >= 10 ? (rem * 100 + v) % 97 : (rem * 10 + v) % 97;
+    }
+    return rem == 1;
+}
+
+static bool mynumber_ok(const char *d)
+{
+    int sum = 0;
+    for (int n = 1; n <= 11; n++) {
+        int p = d[11 - n] - '0';
+        int q = n <= 6 ? n + 1 : n - 5;
+        sum += p * q;
+    }
+    int r = sum % 11;
+    int check = r <= 1 ? 0 : 11 - r;
+    return check == d[11] - '0';
+}
+
+/* Count pattern-template matches in the rendered body text. */
+static unsigned dlp_count(enum mx_dlp_kind k, const char *s, size_t n)
+{
+    unsigned count = 0;
+    size_t i = 0;
+    while (i < n) {
+        if (k == MX_DLP_CREDITCARD || k == MX_DLP_MYNUMBER) {
+            if (!isdigit((unsigned char)s[i]) || (i && isalnum((unsigned char)s[i - 1]))) {
+                i++;
+                continue;
+            }
+            char d[24];
+            size_t nd = 0, j = i;
+            while (j < n && nd < sizeof d) {
+                if (isdigit((unsigned char)s[j]))
+                    d[nd++] = s[j++];
+                else if ((s[j] == ' ' || s[j] == '-') && j + 1 < n && isdigit((unsigned char)s[j + 1]))
+                    j++;
+                else
+                    break;
+            }
+            if (!(j < n && isalnum((unsigned char)s[j]))) {
+                if (k == MX_DLP_CREDITCARD && nd >= 13 && nd <= 19 && luhn(d, nd))
+                    count++;
+                if (k == MX_DLP_MYNUMBER && nd == 12 && mynumber_ok(d))
+                    count++;
+            }
+            i = j > i ? j : i + 1;
+        } else if (k == MX_DLP_IBAN) {
+            if (!(i + 4 <= n && isupper((unsigned char)s[i]) && isupper((unsigned char)s[i + 1]) &&
+                  isdigit((unsigned char)s[i + 2]) && isdigit((unsigned char)s[i + 3])) ||
+                (i && isalnum((unsigned char)s[i - 1]))) {
+                i++;
+                continue;
+            }
+            char d[40];
+            size_t nd = 0, j = i;
+            while (j < n && nd < 34) {
+                if (isupper((unsigned char)s[j]) || isdigit((unsigned char)s[j]))
+                    d[nd++] = s[j++];
+                else if (s[j] == ' ' && j + 1 < n && isalnum((unsigned char)s[j + 1]))
+                    j++;
+                else
+                    break;
+            }
+            bool found = false;
+            for (size_t l = nd; l >= 15 && !found; l--)
+                found = iban_ok(d, l);
+            count += found;
+            i = j > i ? j : i + 1;
+        } else { /* email addresses */
+            if (s[i] != '@' || i == 0 || !isalnum((unsigned char)s[i - 1])) {
+                i++;
+                continue;
+            }
+            size_t j = i + 1;
+            bool dot = false;
+            while (j < n && (isalnum((unsigned char)s[j]) || s[j] == '.' || s[j] == '-'))
+                dot |= s[j++] == '.';
+            count += dot;
+            i = j;
+        }
+    }
+    return count;
+}
+
+static void run_dlp(struct mx_scan_msg *m)
+{
+    struct mx_scan_engine *e = m->w->e;
+    if (!e->ndlps)
+        return;
+    if (e->dlp_g >= 0 && e->g[e->dlp_g].db)
+        hs_scan(e->g[e->dlp_g].db, m->body, (unsigned)m->blen, 0, m->w->scratch, on_term, m);
+    for (size_t d = 0; d < e->ndlps; d++) {
+        uint32_t ri = e->dlps[d];
+        const struct mx_rule *r = &e->rs.rules[ri];
+        double v = r->dlp_kind == MX_DLP_DICT ? m->val[ri] : dlp_count(r->dlp_kind, m->body, m->blen);
+        m->val[ri] = 0;
+        if (v >= r->dlp_threshold)
+            m->count[ri] = 1;
+    }
+}
+
+static double rule_value(struct mx_scan_msg *m, uint32_t ri, int depth)
+{
+    struct mx_scan_engine *e = m->w->e;
+    const struct mx_rule *r = &e->rs.rules[ri];
+    if (m->vstate[ri] == 2)
+        return m->val[ri];
+    if (m->vstate[ri] == 1 || depth > 64)
+        return 0; /* cycle */
+    double v = 0;
+    if (!e->er[ri].runs) {
+        v = 0;
+    } else if (r->type == MX_RULE_META && r->meta) {
+        m->vstate[ri] = 1;
+        double st[128];
+        int sp = 0;
+        for (size_t k = 0; k < r->nmeta && sp < 128; k++) {
+            const struct mx_meta_tok *t = &r->meta[k];
+            double a, b;
+            switch (t->op) {
+            case MX_MOP_RULE:
+                st[sp++] = rule_value(m, t->rule, depth + 1);
+                continue;
+            case MX_MOP_CONST:
+                st[sp++] = t->k;
+                continue;
+            case MX_MOP_NOT:
+                st[sp - 1] = st[sp - 1] == 0;
+                continue;
+            case MX_MOP_NEG:
+                st[sp - 1] = -st[sp - 1];
+                continue;
+            }
+            b = st[--sp];
+            a = st[sp - 1];
+            switch (t->op) {
+            case MX_MOP_AND:
+                a = (a != 0 && b != 0);
+                break;
+            case MX_MOP_OR:
+                a = (a != 0 || b != 0);
+                break;
+            case MX_MOP_ADD:
+                a += b;
+                break;
+            case MX_MOP_SUB:
+                a -= b;
+                break;
+            case MX_MOP_MUL:
+                a *= b;
+                break;
+            case MX_MOP_DIV:
+                a = b != 0 ? a / b : 0;
+                break;
+            case MX_MOP_GT:
+                a = a > b;
+                break;
+            case MX_MOP_LT:
+                a = a < b;
+                break;
+            case MX_MOP_GE:
+                a = a >= b;
+                break;
+            case MX_MOP_LE:
+                a = a <= b;
+                break;
+            case MX_MOP_EQ:
+                a = a == b;
+                break;
+            default:
+                a = a != b;
+                break;
+            }
+            st[sp - 1] = a;
+        }
+        v = sp ? st[sp - 1] : 0;
+    } else if (r->type == MX_RULE_HEADER || r->type == MX_RULE_BODY ||
+               r->type == MX_RULE_RAWBODY || r->type == MX_RULE_URI || r->type == MX_RULE_FULL ||
+               r->type == MX_RULE_DLP || r->type == MX_RULE_ATTACH) {
+        unsigned c = m->count[ri];
+        if (r->tflags & MX_TF_MULTIPLE)
+            v = r->maxhits && c > r->maxhits ? r->maxhits : c;
+        else
+            v = c > 0;
+    }
+    m->val[ri] = (float)v;
+    m->vstate[ri] = 2;
+    return v;
+}
+
+static int cmp_hit(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
+{
+    struct mx_scan_engine *e = m->w->e;
+    if (m->ended)
+        return -EINVAL;
+    mx_mime_parser_end(m->mp);
+    m->ended = true;
+    if (m->toklen)
+        end_token(m);
+    if (m->st_body)
+        hs_reset_stream(m->st_body, 0, m->w->scratch, on_match, m);
+    if (m->st_raw)
+        hs_reset_stream(m->st_raw, 0, m->w->scratch, on_match, m);
+    if (m->st_full)
+        hs_reset_stream(m->st_full, 0, m->w->scratch, on_match, m);
+    scan_headers(m);
+    confirm(m, e->body_g, m->body, m->blen);
+    confirm(m, e->raw_g, m->raw, m->rlen);
+    if (m->full)
+        confirm(m, e->full_g, m->full, m->flen);
+    scan_uris(m);
+    run_dlp(m);
+    /* values of every rule; the verdict sums reported rules */
+    double score = 0;
+    unsigned flags = m->flags;
+    m->nhits = 0;
+    for (size_t i = 0; i < e->rs.nrules; i++) {
+        const struct mx_rule *r = &e->rs.rules[i];
+        if (r->type == MX_RULE_NONE || r->type == MX_RULE_SKIPPED || mx_rule_is_sub(r) ||
+            !e->er[i].runs)
+            continue;
+        if (rule_value(m, (uint32_t)i, 0) == 0)
+            continue;
+        m->hits[m->nhits++] = r->name;
+        score += r->score;
+        if (r->type == MX_RULE_DLP)
+            flags |= MX_SCAN_DLP;
+        if (r->type == MX_RULE_ATTACH)
+            flags |= MX_SCAN_ATTACHMENT;
+    }
+    qsort(m->hits, m->nhits, sizeof *m->hits, cmp_hit);
+    for (unsigned i = 0; i < m->nhits; i++)
+        m->hit_scores[i] = e->rs.rules[mx_rules_find(&e->rs, m->hits[i])].score;
+    unsigned defects = mx_mime_parser_defects(m->mp);
+    if (defects)
+        flags |= MX_SCAN_MALFORMED;
+    if (defects & (MX_MIME_DEF_TOO_DEEP | MX_MIME_DEF_TOO_MANY_PARTS | MX_MIME_DEF_HDR_TRUNCATED))
+        flags |= MX_SCAN_TRUNCATED;
+    /* round like SpamAssassin does before comparing */
+    score = (double)(long long)(score * 1000 + (score < 0 ? -0.5 : 0.5)) / 1000;
+    if (score >= e->o.threshold)
+        flags |= MX_SCAN_SPAM;
+    memset(res, 0, sizeof *res);
+    res->score = score;
+    res->threshold = e->o.threshold;
+    res->flags = flags;
+    res->nhits = m->nhits;
+    res->hits = m->hits;
+    res->hit_scores = m->hit_scores;
+    res->defects = defects;
+    res->nparts = mx_mime_parser_nparts(m->mp);
+    res->nuris = m->nuri;
+    res->nattachments = m->nattach;
+    return 0;
+}
+
+void mx_scan_msg_free(struct mx_scan_msg *m)
+{
+    if (!m)
+        return;
+    struct mx_scan_worker *w = m->w;
+    if (!m->ended) {
+        /* abandoned mid-message: drop stream state without reporting */
+        if (m->st_body)
+            hs_reset_stream(m->st_body, 0, NULL, NULL, NULL);
+        if (m->st_raw)
+            hs_reset_stream(m->st_raw, 0, NULL, NULL, NULL);
+        if (m->st_full)
+            hs_reset_stream(m->st_full, 0, NULL, NULL, NULL);
+    }
+    m->next_free = w->free_list;
+    w->free_list = m;
+    w->live--;
+}
+
+/* ---- verdict headers ------------------------------------------------------ */
+
+int mx_scan_render_headers(const struct mx_scan_result *r, char *buf, size_t cap)
+{
+    size_t o = 0;
+    int n = snprintf(buf, cap, "X-Spam-Status: %s, score=%.1f required=%.1f tests=",
+                     (r->flags & MX_SCAN_SPAM) ? "Yes" : "No", r->score, r->threshold);
+    if (n < 0 || (size_t)n >= cap)
+        return -ENOSPC;
+    o = (size_t)n;
+    size_t col = o;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            n = snprintf(buf + o, cap - o, "%sversion=mxgate-0.1\r\nX-Spam-Score: %.1f\r\nX-Spam-Rules: ",
+                         r->nhits ? " " : "", r->score);
+            if (n < 0 || (size_t)n >= cap - o)
+                return -ENOSPC;
+            o += (size_t)n;
+            col = 14;
+        }
+        for (unsigned i = 0; i < r->nhits; i++) {
+            size_t l = strlen(r->hits[i]);
+            if (o + l + 5 >= cap)
+                return -ENOSPC;
+            if (col + l + 1 > 78 && i > 0) {
+                memcpy(buf + o, "\r\n\t", 3);
+                o += 3;
+                col = 8;
+            }
+            memcpy(buf + o, r->hits[i], l);
+            o += l;
+            col += l;
+            if (i + 1 < r->nhits) {
+                buf[o++] = ',';
+                col++;
+            }
+        }
+    }
+    if (o + 3 > cap)
+        return -ENOSPC;
+    memcpy(buf + o, "\r\n", 3);
+    return (int)(o + 2);
+}
+
+bool mx_scan_is_verdict_header(const char *name, size_t len)
+{
+    static const char *const names[] = {"X-Spam-Status", "X-Spam-Score", "X-Spam-Rules",
+                                        "X-Spam-Flag", "X-Spam-Level"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+            return true;
+    return false;
+}
+
+size_t mx_scan_strip_verdict_headers(const char *in, size_t n, char *out, size_t cap)
+{
+    size_t o = 0, i = 0;
+    bool dropping = false;
+    while (i < n) {
+        const char *nl = memchr(in + i, '\n', n - i);
+        size_t end = nl ? (size_t)(nl - in) + 1 : n;
+        const char *line = in + i;
+        size_t ll = end - i;
+        if (ll && (line[0] == ' ' || line[0] == '\t')) {
+            /* continuation: follows its field */
+        } else {
+            const char *colon = memchr(line, ':', ll);
+            size_t nl2 = colon ? (size_t)(colon - line) : 0;
+            while (nl2 && (line[nl2 - 1] == ' ' || line[nl2 - 1] == '\t'))
+                nl2--;
+            dropping = colon && mx_scan_is_verdict_header(line, nl2);
+        }
+        if (!dropping) {
+            size_t k = ll < cap - o ? ll : cap - o;
+            memcpy(out + o, line, k);
+            o += k;
+        }
+        i = end;
+    }
+    return o;
+}

@@ -1,0 +1,1252 @@
+/*
+ * rules.c - rule-file parser (see rules_internal.h).
+ *
+ * SpamAssassin semantics kept here because they decide which definition of a
+ * rule is live: conditional blocks (`ifplugin`, `if (expr)`, `else`, `endif`)
+ * are evaluated against the plugins named by `loadplugin` lines and against
+ * SpamAssassin 4.0.1's version and features; a later definition of a name
+ * replaces an earlier one only when its block is live. ReplaceTags expansion
+ * follows Mail::SpamAssassin::Plugin::ReplaceTags (pre/inter/post tags).
+ */
+#include "scan/rules_internal.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#define SA_VERSION 4.001000
+#define MAX_IF_DEPTH 64
+#define MAX_RULES 200000
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static char *xstrndup(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+static const char *skip_ws(const char *s, const char *e)
+{
+    while (s < e && isspace((unsigned char)*s))
+        s++;
+    return s;
+}
+
+static const char *word_end(const char *s, const char *e)
+{
+    while (s < e && !isspace((unsigned char)*s))
+        s++;
+    return s;
+}
+
+static uint64_t hash_name(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    while (*s)
+        h = (h ^ (uint8_t)*s++) * 0x100000001b3ull;
+    return h;
+}
+
+void mx_rules_init(struct mx_ruleset *rs)
+{
+    memset(rs, 0, sizeof *rs);
+}
+
+static void free_rule(struct mx_rule *r)
+{
+    free(r->name);
+    free(r->target);
+    free(r->re);
+    free(r->ifunset);
+    free(r->meta_src);
+    free(r->meta);
+    free(r->describe);
+    for (size_t i = 0; i < r->nterms; i++)
+        free(r->terms[i].term);
+    free(r->terms);
+    for (size_t i = 0; i < r->nconds; i++)
+        free(r->conds[i].values);
+    free(r->conds);
+}
+
+void mx_rules_free(struct mx_ruleset *rs)
+{
+    for (size_t i = 0; i < rs->nrules; i++)
+        free_rule(&rs->rules[i]);
+    free(rs->rules);
+    free(rs->hash);
+    for (size_t i = 0; i < rs->ntags; i++) {
+        free(rs->tags[i].k);
+        free(rs->tags[i].v);
+    }
+    free(rs->tags);
+    for (size_t i = 0; i < rs->nreplace; i++)
+        free(rs->replace_rules[i]);
+    free(rs->replace_rules);
+    for (size_t i = 0; i < rs->nplugins; i++)
+        free(rs->plugins[i]);
+    free(rs->plugins);
+    memset(rs, 0, sizeof *rs);
+}
+
+long mx_rules_find(const struct mx_ruleset *rs, const char *name)
+{
+    if (!rs->hcap)
+        return -1;
+    size_t m = rs->hcap - 1;
+    for (size_t i = hash_name(name) & m;; i = (i + 1) & m) {
+        uint32_t v = rs->hash[i];
+        if (v == 0)
+            return -1;
+        if (strcmp(rs->rules[v - 1].name, name) == 0)
+            return (long)(v - 1);
+    }
+}
+
+static int rehash(struct mx_ruleset *rs, size_t ncap)
+{
+    uint32_t *h = calloc(ncap, sizeof *h);
+    if (!h)
+        return -ENOMEM;
+    for (size_t r = 0; r < rs->nrules; r++) {
+        size_t i = hash_name(rs->rules[r].name) & (ncap - 1);
+        while (h[i])
+            i = (i + 1) & (ncap - 1);
+        h[i] = (uint32_t)(r + 1);
+    }
+    free(rs->hash);
+    rs->hash = h;
+    rs->hcap = ncap;
+    return 0;
+}
+
+/* The rule called `name` (created empty, type NONE, if new). */
+static struct mx_rule *get_rule(struct mx_ruleset *rs, const char *name, size_t n)
+{
+    char tmp[256];
+    if (n == 0 || n >= sizeof tmp)
+        return NULL;
+    memcpy(tmp, name, n);
+    tmp[n] = 0;
+    long i = mx_rules_find(rs, tmp);
+    if (i >= 0)
+        return &rs->rules[i];
+    if (rs->nrules >= MAX_RULES)
+        return NULL;
+    if (rs->nrules == rs->cap) {
+        size_t nc = rs->cap ? rs->cap * 2 : 1024;
+        struct mx_rule *nr = realloc(rs->rules, nc * sizeof *nr);
+        if (!nr)
+            return NULL;
+        rs->rules = nr;
+        rs->cap = nc;
+    }
+    if ((rs->nrules + 1) * 2 > rs->hcap && rehash(rs, rs->hcap ? rs->hcap * 2 : 4096) != 0)
+        return NULL;
+    struct mx_rule *r = &rs->rules[rs->nrules];
+    memset(r, 0, sizeof *r);
+    r->name = xstrndup(name, n);
+    if (!r->name)
+        return NULL;
+    size_t m = rs->hcap - 1;
+    size_t h = hash_name(r->name) & m;
+    while (rs->hash[h])
+        h = (h + 1) & m;
+    rs->hash[h] = (uint32_t)(rs->nrules + 1);
+    rs->nrules++;
+    return r;
+}
+
+/* Forget a previous definition (keeps score/describe/tflags, like SA). */
+static void reset_def(struct mx_rule *r)
+{
+    free(r->target);
+    free(r->re);
+    free(r->ifunset);
+    free(r->meta_src);
+    free(r->meta);
+    r->target = r->re = r->ifunset = r->meta_src = NULL;
+    r->meta = NULL;
+    r->nmeta = 0;
+    r->negate = r->exists = false;
+    r->reflags = 0;
+    r->skip = NULL;
+    for (size_t i = 0; i < r->nterms; i++)
+        free(r->terms[i].term);
+    free(r->terms);
+    r->terms = NULL;
+    r->nterms = 0;
+    for (size_t i = 0; i < r->nconds; i++)
+        free(r->conds[i].values);
+    free(r->conds);
+    r->conds = NULL;
+    r->nconds = 0;
+}
+
+static int add_str(char ***arr, size_t *n, size_t *cap, const char *s, size_t len)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 64;
+        char **na = realloc(*arr, nc * sizeof *na);
+        if (!na)
+            return -ENOMEM;
+        *arr = na;
+        *cap = nc;
+    }
+    (*arr)[*n] = xstrndup(s, len);
+    if (!(*arr)[*n])
+        return -ENOMEM;
+    (*n)++;
+    return 0;
+}
+
+static bool plugin_loaded(const struct mx_ruleset *rs, const char *s, size_t n)
+{
+    for (size_t i = 0; i < rs->nplugins; i++)
+        if (strlen(rs->plugins[i]) == n && memcmp(rs->plugins[i], s, n) == 0)
+            return true;
+    return false;
+}
+
+/* ---- `if` expressions -------------------------------------------------- */
+
+struct cond {
+    const struct mx_ruleset *rs;
+    const char *s, *e;
+    bool bad;
+};
+
+static double cond_or(struct cond *c);
+
+static void cond_ws(struct cond *c)
+{
+    c->s = skip_ws(c->s, c->e);
+}
+
+static bool cond_eat(struct cond *c, const char *tok)
+{
+    cond_ws(c);
+    size_t n = strlen(tok);
+    if ((size_t)(c->e - c->s) >= n && memcmp(c->s, tok, n) == 0) {
+        c->s += n;
+        return true;
+    }
+    return false;
+}
+
+/* can(Mail::SpamAssassin::Conf::x) is true for SA 4.0.1's features;
+ * can(Mail::SpamAssassin::Plugin::P::has_x) iff plugin P is loaded. */
+static bool cond_can(struct cond *c, const char *a, size_t n)
+{
+    static const char conf[] = "Mail::SpamAssassin::Conf::";
+    static const char plug[] = "Mail::SpamAssassin::Plugin::";
+    if (n > sizeof conf - 1 && memcmp(a, conf, sizeof conf - 1) == 0)
+        return true;
+    if (n > sizeof plug - 1 && memcmp(a, plug, sizeof plug - 1) == 0) {
+        const char *last = NULL;
+        for (size_t i = 0; i + 1 < n; i++)
+            if (a[i] == ':' && a[i + 1] == ':')
+                last = a + i;
+        if (last && last > a + sizeof plug - 1)
+            return plugin_loaded(c->rs, a, (size_t)(last - a));
+    }
+    return false;
+}
+
+static double cond_primary(struct cond *c)
+{
+    cond_ws(c);
+    if (cond_eat(c, "!"))
+        return cond_primary(c) == 0;
+    if (cond_eat(c, "(")) {
+        double v = cond_or(c);
+        if (!cond_eat(c, ")"))
+            c->bad = true;
+        return v;
+    }
+    if (c->s < c->e && (isdigit((unsigned char)*c->s) || *c->s == '.')) {
+        char *end;
+        char tmp[64];
+        size_t n = (size_t)(c->e - c->s) < sizeof tmp - 1 ? (size_t)(c->e - c->s) : sizeof tmp - 1;
+        memcpy(tmp, c->s, n);
+        tmp[n] = 0;
+        double v = strtod(tmp, &end);
+        c->s += end - tmp;
+        return v;
+    }
+    const char *w = c->s;
+    while (c->s < c->e && (isalnum((unsigned char)*c->s) || *c->s == '_'))
+        c->s++;
+    size_t wl = (size_t)(c->s - w);
+    if (wl == 7 && memcmp(w, "version", 7) == 0)
+        return SA_VERSION;
+    if (wl == 12 && memcmp(w, "perl_version", 12) == 0)
+        return 5.036;
+    if ((wl == 6 && memcmp(w, "plugin", 6) == 0) || (wl == 3 && memcmp(w, "can", 3) == 0) ||
+        (wl == 3 && memcmp(w, "has", 3) == 0)) {
+        if (!cond_eat(c, "(")) {
+            c->bad = true;
+            return 0;
+        }
+        cond_ws(c);
+        const char *a = c->s;
+        while (c->s < c->e && *c->s != ')')
+            c->s++;
+        const char *ae = c->s;
+        while (ae > a && isspace((unsigned char)ae[-1]))
+            ae--;
+        if (!cond_eat(c, ")"))
+            c->bad = true;
+        if (wl == 6)
+            return plugin_loaded(c->rs, a, (size_t)(ae - a));
+        return cond_can(c, a, (size_t)(ae - a));
+    }
+    c->bad = true;
+    return 0;
+}
+
+static double cond_cmp(struct cond *c)
+{
+    double a = cond_primary(c);
+    if (cond_eat(c, ">="))
+        return a >= cond_primary(c);
+    if (cond_eat(c, "<="))
+        return a <= cond_primary(c);
+    if (cond_eat(c, "=="))
+        return a == cond_primary(c);
+    if (cond_eat(c, "!="))
+        return a != cond_primary(c);
+    if (cond_eat(c, ">"))
+        return a > cond_primary(c);
+    if (cond_eat(c, "<"))
+        return a < cond_primary(c);
+    return a;
+}
+
+static double cond_and(struct cond *c)
+{
+    double a = cond_cmp(c);
+    while (cond_eat(c, "&&")) {
+        double b = cond_cmp(c);
+        a = (a != 0) && (b != 0);
+    }
+    return a;
+}
+
+static double cond_or(struct cond *c)
+{
+    double a = cond_and(c);
+    while (cond_eat(c, "||")) {
+        double b = cond_and(c);
+        a = (a != 0) || (b != 0);
+    }
+    return a;
+}
+
+/* Unparseable conditions are false, as SpamAssassin skips such blocks. */
+static bool eval_if(const struct mx_ruleset *rs, const char *s, const char *e)
+{
+    struct cond c = {rs, s, e, false};
+    double v = cond_or(&c);
+    cond_ws(&c);
+    if (c.bad || c.s != c.e)
+        return false;
+    return v != 0;
+}
+
+/* ---- regex literals ----------------------------------------------------- */
+
+/* Parse /re/flags or m{re}flags at s. Sets *re (malloc) and *flags; returns
+ * the position after the flags, or NULL when malformed. */
+static const char *parse_regex(const char *s, const char *e, char **re, unsigned *flags)
+{
+    if (s < e && *s == 'm' && s + 1 < e && !isalnum((unsigned char)s[1]) && !isspace((unsigned char)s[1]))
+        s++;
+    if (s >= e)
+        return NULL;
+    char open = *s, close = open;
+    if (open == '{')
+        close = '}';
+    else if (open == '(')
+        close = ')';
+    else if (open == '[')
+        close = ']';
+    else if (open == '<')
+        close = '>';
+    else if (isalnum((unsigned char)open) || isspace((unsigned char)open))
+        return NULL;
+    const char *p = s + 1;
+    int depth = 1;
+    while (p < e) {
+        if (*p == '\\' && p + 1 < e) {
+            p += 2;
+            continue;
+        }
+        if (open != close && *p == open)
+            depth++;
+        else if (*p == close && --depth == 0)
+            break;
+        p++;
+    }
+    if (p >= e)
+        return NULL;
+    *re = xstrndup(s + 1, (size_t)(p - s - 1));
+    if (!*re)
+        return NULL;
+    p++;
+    *flags = 0;
+    while (p < e && isalpha((unsigned char)*p)) {
+        switch (*p) {
+        case 'i':
+            *flags |= MX_RE_I;
+            break;
+        case 'm':
+            *flags |= MX_RE_M;
+            break;
+        case 's':
+            *flags |= MX_RE_S;
+            break;
+        case 'x':
+            *flags |= MX_RE_X;
+            break;
+        default: /* g, o, a... do not change what matches */
+            break;
+        }
+        p++;
+    }
+    return p;
+}
+
+/* ---- directives --------------------------------------------------------- */
+
+static int def_regex(struct mx_rule *r, enum mx_rule_type t, const char *s, const char *e)
+{
+    s = skip_ws(s, e);
+    reset_def(r);
+    if ((size_t)(e - s) >= 5 && memcmp(s, "eval:", 5) == 0) {
+        r->type = MX_RULE_SKIPPED;
+        r->skip = "eval";
+        return 0;
+    }
+    char *re = NULL;
+    unsigned fl = 0;
+    const char *p = parse_regex(s, e, &re, &fl);
+    if (!p) {
+        r->type = MX_RULE_SKIPPED;
+        r->skip = "bad regex syntax";
+        return 0;
+    }
+    r->type = t;
+    r->re = re;
+    r->reflags = fl;
+    return 0;
+}
+
+static int def_header(struct mx_rule *r, const char *s, const char *e)
+{
+    s = skip_ws(s, e);
+    reset_def(r);
+    if ((size_t)(e - s) >= 5 && memcmp(s, "eval:", 5) == 0) {
+        r->type = MX_RULE_SKIPPED;
+        r->skip = "eval";
+        return 0;
+    }
+    if ((size_t)(e - s) >= 7 && memcmp(s, "exists:", 7) == 0) {
+        const char *h = s + 7, *he = word_end(h, e);
+        r->type = MX_RULE_HEADER;
+        r->exists = true;
+        r->target = xstrndup(h, (size_t)(he - h));
+        if (!r->target)
+            return -ENOMEM;
+        for (char *c = r->target; *c; c++)
+            *c = (char)tolower((unsigned char)*c);
+        return 0;
+    }
+    const char *h = s, *he = h;
+    while (he < e && !isspace((unsigned char)*he) && *he != '=' && *he != '!')
+        he++;
+    const char *op = skip_ws(he, e);
+    if (e - op < 2 || !((op[0] == '=' || op[0] == '!') && op[1] == '~')) {
+        r->type = MX_RULE_SKIPPED;
+        r->skip = "bad header rule";
+        return 0;
+    }
+    r->negate = op[0] == '!';
+    char *re = NULL;
+    unsigned fl = 0;
+    const char *p = parse_regex(skip_ws(op + 2, e), e, &re, &fl);
+    if (!p) {
+        r->type = MX_RULE_SKIPPED;
+        r->skip = "bad regex syntax";
+        return 0;
+    }
+    r->type = MX_RULE_HEADER;
+    r->re = re;
+    r->reflags = fl;
+    r->target = xstrndup(h, (size_t)(he - h));
+    if (!r->target)
+        return -ENOMEM;
+    for (char *c = r->target; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
+    p = skip_ws(p, e);
+    if ((size_t)(e - p) > 11 && memcmp(p, "[if-unset:", 10) == 0) {
+        const char *v = skip_ws(p + 10, e);
+        const char *ve = memchr(v, ']', (size_t)(e - v));
+        if (ve) {
+            while (ve > v && isspace((unsigned char)ve[-1]))
+                ve--;
+            r->ifunset = xstrndup(v, (size_t)(ve - v));
+        }
+    }
+    return 0;
+}
+
+static int def_tflags(struct mx_rule *r, const char *s, const char *e)
+{
+    r->tflags = 0;
+    r->maxhits = 0;
+    for (s = skip_ws(s, e); s < e; s = skip_ws(s, e)) {
+        const char *w = s;
+        s = word_end(s, e);
+        size_t n = (size_t)(s - w);
+        if (n == 8 && memcmp(w, "multiple", 8) == 0)
+            r->tflags |= MX_TF_MULTIPLE;
+        else if (n == 4 && memcmp(w, "nice", 4) == 0)
+            r->tflags |= MX_TF_NICE;
+        else if (n == 3 && memcmp(w, "net", 3) == 0)
+            r->tflags |= MX_TF_NET;
+        else if (n == 5 && memcmp(w, "learn", 5) == 0)
+            r->tflags |= MX_TF_LEARN;
+        else if (n == 11 && memcmp(w, "noautolearn", 11) == 0)
+            r->tflags |= MX_TF_NOAUTOLEARN;
+        else if (n > 8 && memcmp(w, "maxhits=", 8) == 0)
+            r->maxhits = (unsigned)strtoul(w + 8, NULL, 10), r->tflags |= MX_TF_MULTIPLE;
+    }
+    return 0;
+}
+
+/* dlp NAME creditcard|iban|mynumber|email [min=N]
+ * dlp NAME dict threshold=T term=weight ...   (terms may be "quoted words")
+ * dlp_term NAME weight term words...           (one more dictionary term) */
+static int add_term(struct mx_rule *r, const char *t, size_t tl, double w)
+{
+    struct mx_dlp_term *nt = realloc(r->terms, (r->nterms + 1) * sizeof *nt);
+    if (!nt)
+        return -ENOMEM;
+    r->terms = nt;
+    nt[r->nterms].term = xstrndup(t, tl);
+    if (!nt[r->nterms].term)
+        return -ENOMEM;
+    nt[r->nterms].weight = w;
+    r->nterms++;
+    return 0;
+}
+
+static int def_dlp(struct mx_rule *r, const char *s, const char *e)
+{
+    reset_def(r);
+    s = skip_ws(s, e);
+    const char *k = s;
+    s = word_end(s, e);
+    size_t kl = (size_t)(s - k);
+    r->type = MX_RULE_DLP;
+    r->dlp_threshold = 1;
+    if (kl == 10 && memcmp(k, "creditcard", 10) == 0)
+        r->dlp_kind = MX_DLP_CREDITCARD;
+    else if (kl == 4 && memcmp(k, "iban", 4) == 0)
+        r->dlp_kind = MX_DLP_IBAN;
+    else if (kl == 8 && memcmp(k, "mynumber", 8) == 0)
+        r->dlp_kind = MX_DLP_MYNUMBER;
+    else if (kl == 5 && memcmp(k, "email", 5) == 0)
+        r->dlp_kind = MX_DLP_EMAIL;
+    else if (kl == 4 && memcmp(k, "dict", 4) == 0)
+        r->dlp_kind = MX_DLP_DICT;
+    else {
+        r->type = MX_RULE_SKIPPED;
+        r->skip = "unknown dlp kind";
+        return 0;
+    }
+    for (s = skip_ws(s, e); s < e; s = skip_ws(s, e)) {
+        const char *w = s, *we;
+        if (*s == '"') {
+            we = memchr(s + 1, '"', (size_t)(e - s - 1));
+            if (!we)
+                we = e;
+            s = we < e ? we + 1 : e;
+            w++;
+        } else {
+            while (s < e && !isspace((unsigned char)*s) && *s != '=')
+                s++;
+            we = s;
+        }
+        double val = 1;
+        if (s < e && *s == '=') {
+            char *end;
+            val = strtod(s + 1, &end);
+            s = word_end(s, e);
+        }
+        size_t wl = (size_t)(we - w);
+        if ((wl == 3 && memcmp(w, "min", 3) == 0) || (wl == 9 && memcmp(w, "threshold", 9) == 0))
+            r->dlp_threshold = val;
+        else if (r->dlp_kind == MX_DLP_DICT && wl && add_term(r, w, wl, val) != 0)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+/* attachment NAME [!]field=v1,v2 ... ; fields: name (glob), ext, type
+ * (declared, glob), truetype (libmagic, glob). All conditions must hold. */
+static int def_attach(struct mx_rule *r, const char *s, const char *e)
+{
+    reset_def(r);
+    r->type = MX_RULE_ATTACH;
+    for (s = skip_ws(s, e); s < e; s = skip_ws(s, e)) {
+        const char *w = s;
+        s = word_end(s, e);
+        bool neg = *w == '!';
+        if (neg)
+            w++;
+        const char *eq = memchr(w, '=', (size_t)(s - w));
+        if (!eq) {
+            r->type = MX_RULE_SKIPPED;
+            r->skip = "bad attachment condition";
+            return 0;
+        }
+        size_t fl = (size_t)(eq - w);
+        uint8_t field = 0;
+        if (fl == 4 && memcmp(w, "name", 4) == 0)
+            field = 'n';
+        else if (fl == 3 && memcmp(w, "ext", 3) == 0)
+            field = 'e';
+        else if (fl == 4 && memcmp(w, "type", 4) == 0)
+            field = 't';
+        else if (fl == 8 && memcmp(w, "truetype", 8) == 0)
+            field = 'T';
+        else {
+            r->type = MX_RULE_SKIPPED;
+            r->skip = "unknown attachment field";
+            return 0;
+        }
+        struct mx_attach_cond *nc = realloc(r->conds, (r->nconds + 1) * sizeof *nc);
+        if (!nc)
+            return -ENOMEM;
+        r->conds = nc;
+        size_t vl = (size_t)(s - eq - 1);
+        char *v = malloc(vl + 2);
+        if (!v)
+            return -ENOMEM;
+        for (size_t i = 0; i < vl; i++) {
+            char c = eq[1 + i];
+            v[i] = c == ',' ? 0 : (char)tolower((unsigned char)c);
+        }
+        v[vl] = 0;
+        v[vl + 1] = 0;
+        nc[r->nconds].field = field;
+        nc[r->nconds].negate = neg;
+        nc[r->nconds].values = v;
+        r->nconds++;
+    }
+    return 0;
+}
+
+static int add_tag(struct mx_ruleset *rs, int kind, const char *k, size_t kl, const char *v,
+                   size_t vl)
+{
+    for (size_t i = 0; i < rs->ntags; i++) {
+        if (rs->tags[i].kind == kind && strlen(rs->tags[i].k) == kl &&
+            memcmp(rs->tags[i].k, k, kl) == 0) {
+            char *nv = xstrndup(v, vl);
+            if (!nv)
+                return -ENOMEM;
+            free(rs->tags[i].v);
+            rs->tags[i].v = nv;
+            return 0;
+        }
+    }
+    if (rs->ntags == rs->tagcap) {
+        size_t nc = rs->tagcap ? rs->tagcap * 2 : 64;
+        struct mx_kv *nt = realloc(rs->tags, nc * sizeof *nt);
+        if (!nt)
+            return -ENOMEM;
+        rs->tags = nt;
+        rs->tagcap = nc;
+    }
+    rs->tags[rs->ntags].k = xstrndup(k, kl);
+    rs->tags[rs->ntags].v = xstrndup(v, vl);
+    rs->tags[rs->ntags].kind = kind;
+    if (!rs->tags[rs->ntags].k || !rs->tags[rs->ntags].v)
+        return -ENOMEM;
+    rs->ntags++;
+    return 0;
+}
+
+static int directive(struct mx_ruleset *rs, const char *s, const char *e)
+{
+    const char *d = s;
+    s = word_end(s, e);
+    size_t dl = (size_t)(s - d);
+    s = skip_ws(s, e);
+#define IS(lit) (dl == sizeof(lit) - 1 && memcmp(d, lit, dl) == 0)
+    if (IS("loadplugin")) {
+        const char *w = s, *we = word_end(s, e);
+        if (we > w && !plugin_loaded(rs, w, (size_t)(we - w)))
+            return add_str(&rs->plugins, &rs->nplugins, &rs->plugcap, w, (size_t)(we - w));
+        return 0;
+    }
+    if (IS("replace_tag") || IS("replace_pre") || IS("replace_inter") || IS("replace_post")) {
+        const char *k = s, *ke = word_end(s, e);
+        const char *v = skip_ws(ke, e);
+        int kind = IS("replace_tag") ? 't' : IS("replace_pre") ? 'p' : IS("replace_inter") ? 'i' : 'o';
+        return add_tag(rs, kind, k, (size_t)(ke - k), v, (size_t)(e - v));
+    }
+    if (IS("replace_rules")) {
+        for (; s < e; s = skip_ws(s, e)) {
+            const char *w = s;
+            s = word_end(s, e);
+            int rc = add_str(&rs->replace_rules, &rs->nreplace, &rs->replcap, w, (size_t)(s - w));
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    bool ruledef = IS("header") || IS("body") || IS("rawbody") || IS("uri") || IS("full") ||
+                   IS("meta") || IS("score") || IS("describe") || IS("tflags") || IS("dlp") ||
+                   IS("dlp_term") || IS("attachment") || IS("mimeheader") || IS("uri_detail") ||
+                   IS("askdns") || IS("urirhssub") || IS("uridnssub") || IS("uridnsbl") ||
+                   IS("urirhsbl") || IS("header_eval");
+    if (!ruledef) {
+        rs->ignored_directives++;
+        return 0;
+    }
+    const char *n = s, *ne = word_end(s, e);
+    if (ne == n)
+        return 0;
+    struct mx_rule *r = get_rule(rs, n, (size_t)(ne - n));
+    if (!r)
+        return -ENOMEM;
+    s = skip_ws(ne, e);
+    if (IS("header"))
+        return def_header(r, s, e);
+    if (IS("body"))
+        return def_regex(r, MX_RULE_BODY, s, e);
+    if (IS("rawbody"))
+        return def_regex(r, MX_RULE_RAWBODY, s, e);
+    if (IS("uri"))
+        return def_regex(r, MX_RULE_URI, s, e);
+    if (IS("full"))
+        return def_regex(r, MX_RULE_FULL, s, e);
+    if (IS("meta")) {
+        reset_def(r);
+        r->type = MX_RULE_META;
+        r->meta_src = xstrndup(s, (size_t)(e - s));
+        return r->meta_src ? 0 : -ENOMEM;
+    }
+    if (IS("score")) {
+        char tmp[64];
+        const char *w = s, *we = word_end(s, e);
+        size_t wl = (size_t)(we - w) < sizeof tmp - 1 ? (size_t)(we - w) : sizeof tmp - 1;
+        memcpy(tmp, w, wl);
+        tmp[wl] = 0;
+        char *end;
+        double v = strtod(tmp, &end);
+        if (end != tmp) {
+            r->score = v;
+            r->has_score = true;
+        }
+        return 0;
+    }
+    if (IS("describe")) {
+        free(r->describe);
+        r->describe = xstrndup(s, (size_t)(e - s));
+        return r->describe ? 0 : -ENOMEM;
+    }
+    if (IS("tflags"))
+        return def_tflags(r, s, e);
+    if (IS("dlp"))
+        return def_dlp(r, s, e);
+    if (IS("dlp_term")) {
+        if (r->type != MX_RULE_DLP || r->dlp_kind != MX_DLP_DICT)
+            return 0;
+        char *end;
+        double w = strtod(s, &end);
+        const char *t = skip_ws(word_end(s, e), e);
+        return t < e ? add_term(r, t, (size_t)(e - t), w) : 0;
+    }
+    if (IS("attachment"))
+        return def_attach(r, s, e);
+    /* rule types that need SpamAssassin plugins or DNS */
+    reset_def(r);
+    r->type = MX_RULE_SKIPPED;
+    r->skip = IS("mimeheader") ? "mimeheader (not implemented)" : "network rule";
+    return 0;
+#undef IS
+}
+
+int mx_rules_parse(struct mx_ruleset *rs, const char *text, size_t len, const char *fname)
+{
+    /* if-stack: live = enclosing block live and this branch's condition */
+    bool live[MAX_IF_DEPTH + 1], cond[MAX_IF_DEPTH + 1];
+    int depth = 0;
+    live[0] = true;
+    cond[0] = true;
+    const char *p = text, *end = text + len;
+    unsigned lineno = 0;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        const char *s = p;
+        p = nl ? nl + 1 : end;
+        lineno++;
+        rs->lines++;
+        /* strip comment: '#' not preceded by a backslash */
+        const char *e = s;
+        while (e < le && !(*e == '#' && (e == s || e[-1] != '\\')))
+            e++;
+        s = skip_ws(s, e);
+        while (e > s && isspace((unsigned char)e[-1]))
+            e--;
+        if (s == e)
+            continue;
+        const char *w = s, *we = word_end(s, e);
+        size_t wl = (size_t)(we - w);
+        if ((wl == 8 && memcmp(w, "ifplugin", 8) == 0) || (wl == 2 && memcmp(w, "if", 2) == 0)) {
+            if (depth >= MAX_IF_DEPTH) {
+                snprintf(rs->err, sizeof rs->err, "%s:%u: if nested too deep", fname, lineno);
+                return -EINVAL;
+            }
+            const char *a = skip_ws(we, e);
+            bool c = wl == 8 ? plugin_loaded(rs, a, (size_t)(word_end(a, e) - a))
+                             : eval_if(rs, a, e);
+            depth++;
+            cond[depth] = c;
+            live[depth] = live[depth - 1] && c;
+            continue;
+        }
+        if (wl == 4 && memcmp(w, "else", 4) == 0) {
+            if (depth == 0) {
+                snprintf(rs->err, sizeof rs->err, "%s:%u: else without if", fname, lineno);
+                return -EINVAL;
+            }
+            cond[depth] = !cond[depth];
+            live[depth] = live[depth - 1] && cond[depth];
+            continue;
+        }
+        if (wl == 5 && memcmp(w, "endif", 5) == 0) {
+            if (depth == 0) {
+                snprintf(rs->err, sizeof rs->err, "%s:%u: endif without if", fname, lineno);
+                return -EINVAL;
+            }
+            depth--;
+            continue;
+        }
+        if (!live[depth])
+            continue;
+        int rc = directive(rs, s, e);
+        if (rc)
+            return rc;
+    }
+    if (depth != 0) {
+        snprintf(rs->err, sizeof rs->err, "%s: %d unterminated if block(s)", fname, depth);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int load_file(struct mx_ruleset *rs, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(rs->err, sizeof rs->err, "%s: %s", path, strerror(errno));
+        return -errno;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || st.st_size > (64 << 20)) {
+        fclose(f);
+        snprintf(rs->err, sizeof rs->err, "%s: unreadable or too large", path);
+        return -EFBIG;
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        fclose(f);
+        return -ENOMEM;
+    }
+    size_t n = fread(buf, 1, (size_t)st.st_size, f);
+    fclose(f);
+    int rc = mx_rules_parse(rs, buf, n, path);
+    free(buf);
+    return rc;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int mx_rules_load_path(struct mx_ruleset *rs, const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(rs->err, sizeof rs->err, "%s: %s", path, strerror(errno));
+        return -errno;
+    }
+    if (!S_ISDIR(st.st_mode))
+        return load_file(rs, path);
+    DIR *d = opendir(path);
+    if (!d)
+        return -errno;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    int rc = 0;
+    while ((de = readdir(d)) != NULL) {
+        size_t l = strlen(de->d_name);
+        if ((l > 3 && strcmp(de->d_name + l - 3, ".cf") == 0) ||
+            (l > 4 && strcmp(de->d_name + l - 4, ".pre") == 0) ||
+            (l > 6 && strcmp(de->d_name + l - 6, ".rules") == 0))
+            if ((rc = add_str(&names, &n, &cap, de->d_name, l)) != 0)
+                break;
+    }
+    closedir(d);
+    qsort(names, n, sizeof *names, cmp_str);
+    /* *.pre first (they load plugins), then the rest in name order */
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            size_t l = strlen(names[i]);
+            bool pre = l > 4 && strcmp(names[i] + l - 4, ".pre") == 0;
+            if (pre != (pass == 0))
+                continue;
+            char full[4096];
+            snprintf(full, sizeof full, "%s/%s", path, names[i]);
+            rc = load_file(rs, full);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+/* ---- finish: replace_tags, metas, scores --------------------------------- */
+
+static const char *tag_value(const struct mx_ruleset *rs, int kind, const char *k, size_t kl)
+{
+    for (size_t i = 0; i < rs->ntags; i++)
+        if (rs->tags[i].kind == kind && strlen(rs->tags[i].k) == kl &&
+            memcmp(rs->tags[i].k, k, kl) == 0)
+            return rs->tags[i].v;
+    return NULL;
+}
+
+/* growable string */
+struct sb {
+    char *s;
+    size_t n, cap;
+    bool oom;
+};
+
+static void sb_add(struct sb *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->n + n + 1 > b->cap) {
+        size_t nc = (b->n + n + 1) * 2;
+        char *ns = realloc(b->s, nc);
+        if (!ns) {
+            b->oom = true;
+            return;
+        }
+        b->s = ns;
+        b->cap = nc;
+    }
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = 0;
+}
+
+/* Remove the first "<kind NAME>" from re; return NAME's value (or NULL). */
+static const char *take_mod(const struct mx_ruleset *rs, char *re, const char *word, int kind)
+{
+    size_t wl = strlen(word);
+    for (char *p = strchr(re, '<'); p; p = strchr(p + 1, '<')) {
+        if (strncmp(p + 1, word, wl) != 0 || p[1 + wl] != ' ')
+            continue;
+        char *name = p + 2 + wl;
+        char *gt = strchr(name, '>');
+        if (!gt || gt == name)
+            continue;
+        const char *v = tag_value(rs, kind, name, (size_t)(gt - name));
+        memmove(p, gt + 1, strlen(gt + 1) + 1);
+        return v;
+    }
+    return NULL;
+}
+
+/* Mail::SpamAssassin::Plugin::ReplaceTags::finish_parsing_end, pass by pass. */
+static int expand_tags(const struct mx_ruleset *rs, struct mx_rule *r)
+{
+    for (int pass = 0; pass <= 5; pass++) {
+        const char *pre = take_mod(rs, r->re, "pre", 'p');
+        const char *post = take_mod(rs, r->re, "post", 'o');
+        const char *inter = take_mod(rs, r->re, "inter", 'i');
+        struct sb out = {0};
+        bool again = false;
+        /* split(/(<[^<>]+>)/): text, tag, text, tag ... with empty texts */
+        const char *p = r->re;
+        bool first = true;
+        for (;;) {
+            const char *lt = p;
+            const char *tag = NULL, *tag_end = NULL;
+            for (; *lt; lt++) {
+                if (*lt != '<')
+                    continue;
+                const char *q = lt + 1;
+                while (*q && *q != '<' && *q != '>')
+                    q++;
+                if (*q == '>' && q > lt + 1) {
+                    tag = lt;
+                    tag_end = q + 1;
+                    break;
+                }
+            }
+            size_t textlen = tag ? (size_t)(tag - p) : strlen(p);
+            /* Perl's split drops trailing empty fields */
+            if (textlen == 0 && tag && inter && (first || true))
+                sb_add(&out, inter, strlen(inter));
+            else
+                sb_add(&out, p, textlen);
+            first = false;
+            if (!tag)
+                break;
+            if (pre)
+                sb_add(&out, pre, strlen(pre));
+            const char *v = tag_value(rs, 't', tag + 1, (size_t)(tag_end - tag - 2));
+            if (v) {
+                sb_add(&out, v, strlen(v));
+                if (strchr(v, '<') && strchr(v, '>'))
+                    again = true;
+            } else {
+                sb_add(&out, tag, (size_t)(tag_end - tag));
+            }
+            if (post)
+                sb_add(&out, post, strlen(post));
+            p = tag_end;
+        }
+        if (out.oom)
+            return -ENOMEM;
+        free(r->re);
+        r->re = out.s ? out.s : xstrndup("", 0);
+        if (!r->re)
+            return -ENOMEM;
+        if (!again)
+            break;
+    }
+    return 0;
+}
+
+/* Shunting-yard to RPN. Precedence follows Perl. */
+static int prec(int op)
+{
+    switch (op) {
+    case MX_MOP_NOT:
+    case MX_MOP_NEG:
+        return 7;
+    case MX_MOP_MUL:
+    case MX_MOP_DIV:
+        return 6;
+    case MX_MOP_ADD:
+    case MX_MOP_SUB:
+        return 5;
+    case MX_MOP_GT:
+    case MX_MOP_LT:
+    case MX_MOP_GE:
+    case MX_MOP_LE:
+        return 4;
+    case MX_MOP_EQ:
+    case MX_MOP_NE:
+        return 3;
+    case MX_MOP_AND:
+        return 2;
+    case MX_MOP_OR:
+        return 1;
+    }
+    return 0;
+}
+
+#define PAREN 100
+
+static int compile_meta(struct mx_ruleset *rs, size_t ri)
+{
+    const char *s = rs->rules[ri].meta_src;
+    size_t cap = strlen(s) + 2;
+    struct mx_meta_tok *out = calloc(cap, sizeof *out);
+    int *ops = calloc(cap, sizeof *ops);
+    size_t no = 0, nops = 0;
+    bool expect_operand = true;
+    int rc = 0;
+    if (!out || !ops) {
+        free(out);
+        free(ops);
+        return -ENOMEM;
+    }
+    while (*s) {
+        if (isspace((unsigned char)*s)) {
+            s++;
+            continue;
+        }
+        if (isalnum((unsigned char)*s) || *s == '_' || (*s == '.' && isdigit((unsigned char)s[1]))) {
+            const char *w = s;
+            while (isalnum((unsigned char)*s) || *s == '_' || *s == '.')
+                s++;
+            if (isdigit((unsigned char)*w) || *w == '.') {
+                out[no].op = MX_MOP_CONST;
+                out[no].k = strtod(w, NULL);
+            } else {
+                struct mx_rule *dep = get_rule(rs, w, (size_t)(s - w));
+                if (!dep) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                out[no].op = MX_MOP_RULE;
+                out[no].rule = (uint32_t)(dep - rs->rules);
+            }
+            no++;
+            expect_operand = false;
+            continue;
+        }
+        int op = -1;
+        if (*s == '(') {
+            ops[nops++] = PAREN;
+            s++;
+            expect_operand = true;
+            continue;
+        }
+        if (*s == ')') {
+            while (nops && ops[nops - 1] != PAREN)
+                out[no++].op = (uint8_t)ops[--nops];
+            if (nops)
+                nops--;
+            s++;
+            expect_operand = false;
+            continue;
+        }
+        if (s[0] == '&' && s[1] == '&')
+            op = MX_MOP_AND, s += 2;
+        else if (s[0] == '|' && s[1] == '|')
+            op = MX_MOP_OR, s += 2;
+        else if (s[0] == '>' && s[1] == '=')
+            op = MX_MOP_GE, s += 2;
+        else if (s[0] == '<' && s[1] == '=')
+            op = MX_MOP_LE, s += 2;
+        else if (s[0] == '=' && s[1] == '=')
+            op = MX_MOP_EQ, s += 2;
+        else if (s[0] == '!' && s[1] == '=')
+            op = MX_MOP_NE, s += 2;
+        else if (*s == '!')
+            op = MX_MOP_NOT, s++;
+        else if (*s == '>')
+            op = MX_MOP_GT, s++;
+        else if (*s == '<')
+            op = MX_MOP_LT, s++;
+        else if (*s == '+')
+            op = expect_operand ? -2 : MX_MOP_ADD, s++;
+        else if (*s == '-')
+            op = expect_operand ? MX_MOP_NEG : MX_MOP_SUB, s++;
+        else if (*s == '*')
+            op = MX_MOP_MUL, s++;
+        else if (*s == '/')
+            op = MX_MOP_DIV, s++;
+        else {
+            rc = 1; /* unknown character: the meta cannot be evaluated */
+            break;
+        }
+        if (op == -2)
+            continue; /* unary plus */
+        bool unary = op == MX_MOP_NOT || op == MX_MOP_NEG;
+        if (!unary) {
+            while (nops && ops[nops - 1] != PAREN && prec(ops[nops - 1]) >= prec(op))
+                out[no++].op = (uint8_t)ops[--nops];
+        }
+        ops[nops++] = op;
+        expect_operand = true;
+    }
+    while (rc == 0 && nops) {
+        if (ops[nops - 1] == PAREN) {
+            nops--;
+            continue;
+        }
+        out[no++].op = (uint8_t)ops[--nops];
+    }
+    free(ops);
+    /* validate stack depth */
+    long depth = 0;
+    for (size_t i = 0; rc == 0 && i < no; i++) {
+        uint8_t o = out[i].op;
+        if (o == MX_MOP_RULE || o == MX_MOP_CONST)
+            depth++;
+        else if (o == MX_MOP_NOT || o == MX_MOP_NEG)
+            depth -= depth < 1 ? 1000 : 0;
+        else
+            depth -= 1;
+        if (depth < 1)
+            rc = 1;
+    }
+    if (rc == 0 && depth != 1)
+        rc = 1;
+    struct mx_rule *r = &rs->rules[ri]; /* get_rule may have moved the array */
+    if (rc < 0) {
+        free(out);
+        return rc;
+    }
+    if (rc > 0 || no == 0) {
+        free(out);
+        r->type = MX_RULE_SKIPPED;
+        r->skip = "bad meta expression";
+        return 0;
+    }
+    r->meta = out;
+    r->nmeta = no;
+    return 0;
+}
+
+int mx_rules_finish(struct mx_ruleset *rs)
+{
+    for (size_t i = 0; i < rs->nreplace; i++) {
+        long ri = mx_rules_find(rs, rs->replace_rules[i]);
+        if (ri < 0 || !rs->rules[ri].re)
+            continue;
+        int rc = expand_tags(rs, &rs->rules[ri]);
+        if (rc)
+            return rc;
+    }
+    size_t n = rs->nrules; /* metas may add placeholder rules */
+    for (size_t i = 0; i < n; i++) {
+        if (rs->rules[i].type == MX_RULE_META && !rs->rules[i].meta) {
+            int rc = compile_meta(rs, i);
+            if (rc)
+                return rc;
+        }
+    }
+    for (size_t i = 0; i < rs->nrules; i++) {
+        struct mx_rule *r = &rs->rules[i];
+        if (r->has_score)
+            continue;
+        if (mx_rule_is_sub(r))
+            r->score = 0;
+        else if (strncmp(r->name, "T_", 2) == 0)
+            r->score = 0.01;
+        else
+            r->score = 1.0;
+    }
+    return 0;
+}

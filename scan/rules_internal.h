@@ -1,0 +1,163 @@
+/*
+ * rules_internal.h - the rule set: a parser for a superset of SpamAssassin's
+ * rule-file format (header/body/rawbody/uri/full/meta/score/describe/tflags,
+ * ifplugin/if/else/endif, loadplugin, replace_tags) plus mxgate's `dlp`,
+ * `dlp_term` and `attachment` rules; meta expressions compiled to RPN.
+ */
+#ifndef MX_SCAN_RULES_INTERNAL_H
+#define MX_SCAN_RULES_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum mx_rule_type {
+    MX_RULE_NONE = 0, /* referenced (score, meta) but never defined */
+    MX_RULE_HEADER,
+    MX_RULE_BODY,
+    MX_RULE_RAWBODY,
+    MX_RULE_URI,
+    MX_RULE_FULL,
+    MX_RULE_META,
+    MX_RULE_DLP,
+    MX_RULE_ATTACH,
+    MX_RULE_SKIPPED, /* eval:, mimeheader, askdns, ... (reason in skip) */
+};
+
+enum mx_rule_tflag {
+    MX_TF_MULTIPLE = 1u << 0,
+    MX_TF_NICE = 1u << 1,
+    MX_TF_NET = 1u << 2,
+    MX_TF_LEARN = 1u << 3,
+    MX_TF_NOAUTOLEARN = 1u << 4,
+};
+
+/* regex flags as given after the closing delimiter */
+enum mx_re_flag {
+    MX_RE_I = 1u << 0,
+    MX_RE_M = 1u << 1,
+    MX_RE_S = 1u << 2,
+    MX_RE_X = 1u << 3,
+};
+
+/* meta RPN ops; operands are rule indexes or constants */
+enum mx_meta_op {
+    MX_MOP_RULE,
+    MX_MOP_CONST,
+    MX_MOP_NOT,
+    MX_MOP_NEG,
+    MX_MOP_AND,
+    MX_MOP_OR,
+    MX_MOP_ADD,
+    MX_MOP_SUB,
+    MX_MOP_MUL,
+    MX_MOP_DIV,
+    MX_MOP_GT,
+    MX_MOP_LT,
+    MX_MOP_GE,
+    MX_MOP_LE,
+    MX_MOP_EQ,
+    MX_MOP_NE,
+};
+
+struct mx_meta_tok {
+    uint8_t op;
+    uint32_t rule;
+    double k;
+};
+
+enum mx_dlp_kind { MX_DLP_DICT, MX_DLP_CREDITCARD, MX_DLP_IBAN, MX_DLP_MYNUMBER, MX_DLP_EMAIL };
+
+struct mx_dlp_term {
+    char *term; /* matched case-insensitively as a literal on decoded text */
+    double weight;
+};
+
+struct mx_attach_cond {
+    uint8_t field; /* 'n' name glob, 'e' extension, 't' declared type, 'T' true type */
+    bool negate;
+    char *values;  /* NUL-separated list of globs, ended by an empty string */
+};
+
+struct mx_rule {
+    char *name;
+    enum mx_rule_type type;
+    char *target;   /* header: lower-case "name[:mod]" or pseudo header */
+    char *re;       /* regex (replace_tags expanded) */
+    unsigned reflags;
+    bool negate;    /* header Foo !~ /re/ */
+    bool exists;    /* header NAME exists:Foo */
+    char *ifunset;  /* [if-unset: value] */
+    char *meta_src; /* meta expression text */
+    struct mx_meta_tok *meta;
+    size_t nmeta;
+    double score;
+    bool has_score;
+    unsigned tflags;
+    unsigned maxhits;
+    char *describe;
+    const char *skip; /* why the rule does not run (static string) */
+    /* dlp */
+    enum mx_dlp_kind dlp_kind;
+    double dlp_threshold;
+    struct mx_dlp_term *terms;
+    size_t nterms;
+    /* attachment */
+    struct mx_attach_cond *conds;
+    size_t nconds;
+};
+
+struct mx_ruleset {
+    struct mx_rule *rules;
+    size_t nrules, cap;
+    /* name -> index, open addressing */
+    uint32_t *hash;
+    size_t hcap;
+    /* replace_tags */
+    struct mx_kv {
+        char *k, *v;
+        int kind; /* 't' tag, 'p' pre, 'i' inter, 'o' post */
+    } *tags;
+    size_t ntags, tagcap;
+    char **replace_rules;
+    size_t nreplace, replcap;
+    char **plugins;
+    size_t nplugins, plugcap;
+    unsigned lines;
+    unsigned ignored_directives;
+    char err[256]; /* first hard error */
+};
+
+/** Initialise an empty rule set. */
+void mx_rules_init(struct mx_ruleset *rs);
+
+/** Release everything a rule set owns. */
+void mx_rules_free(struct mx_ruleset *rs);
+
+/**
+ * Parse rule text (one file's contents) into `rs`. Unknown directives are
+ * ignored and counted (SpamAssassin files carry many settings that are not
+ * rules). Returns 0, or -EINVAL with rs->err set for a structural error
+ * (unbalanced if/endif) or -ENOMEM.
+ */
+int mx_rules_parse(struct mx_ruleset *rs, const char *text, size_t len, const char *fname);
+
+/** Load a file, or every *.pre then *.cf file of a directory (sorted). */
+int mx_rules_load_path(struct mx_ruleset *rs, const char *path);
+
+/**
+ * After all files: expand replace_tags, compile meta expressions, apply
+ * default scores. Returns 0 or -ENOMEM.
+ */
+int mx_rules_finish(struct mx_ruleset *rs);
+
+/** Index of rule `name`, or -1. */
+long mx_rules_find(const struct mx_ruleset *rs, const char *name);
+
+/** Is the rule's name a sub-rule (`__` prefix, never reported)? */
+static inline bool mx_rule_is_sub(const struct mx_rule *r)
+{
+    return r->name[0] == '_' && r->name[1] == '_';
+}
+
+#endif
