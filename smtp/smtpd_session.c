@@ -926,7 +926,7 @@ static void command(struct mx_smtpd_session *s, char *line)
         s->counts.unknown++;
         reply(s, 500, "5.5.2", "Error: command not recognized");
     }
-    if (s->counts.errors > errors_before && s->counts.errors >= s->p.max_errors &&
+    if (s->counts.errors > errors_before && s->counts.errors > s->p.max_errors &&
         s->state != SMTPD_CLOSED) {
         reply(s, 421, "4.7.0", "%s Error: too many errors", s->p.hostname);
         logf_(s, "too many errors (%u), closing", s->counts.errors);
