@@ -472,11 +472,15 @@ static void conn_pump(struct dconn *k)
                 d = NULL;
             } else if (d) {
                 take_results(d, k->c);
-                struct mx_worker *w = d->w;
+                /* Park before reporting: done() may start the next delivery to
+                 * this host at once, and it should find this connection. */
+                k->d = NULL;
+                d->conn = NULL;
+                bool parked = idle_park(k, d->w);
                 dlv_finish(d); /* results are final: report now */
                 d = NULL;
-                if (idle_park(k, w)) {
-                    if (dest_limit)
+                if (parked) {
+                    if (k->idle && dest_limit)
                         dest_wake(&k->peer, k->peer_len); /* a waiter takes it over */
                     return;
                 }

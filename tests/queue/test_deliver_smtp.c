@@ -45,6 +45,8 @@ struct job {
     size_t n;
     char remote[80];
     char error[256];
+    struct job *chain; /* started from inside this job's done() */
+    struct mx_worker *w;
 };
 
 #define MAX_PENDING 4
@@ -53,6 +55,12 @@ static struct job *pending_jobs[MAX_PENDING];
 static void job_done(void *arg, const struct mx_deliver_result *r)
 {
     struct job *j = arg;
+    if (j->chain) { /* like a queue manager starting the next message right away */
+        j->chain->w = j->w;
+        j->chain->start_rc = mx_deliver_smtp_start(j->w, &j->chain->req, job_done, j->chain);
+        if (j->chain->start_rc)
+            __atomic_store_n(&j->chain->finished, 1, __ATOMIC_SEQ_CST);
+    }
     j->n = r->n;
     for (size_t i = 0; i < r->n && i < 4; i++)
         j->res[i] = r->rcpt[i];
@@ -69,6 +77,7 @@ static void tick(struct mx_worker *w, void *arg)
         struct job *j = __atomic_exchange_n(&pending_jobs[i], NULL, __ATOMIC_SEQ_CST);
         if (!j)
             continue;
+        j->w = w;
         j->start_rc = mx_deliver_smtp_start(w, &j->req, job_done, j);
         if (j->start_rc)
             __atomic_store_n(&j->finished, 1, __ATOMIC_SEQ_CST);
@@ -547,6 +556,31 @@ static void test_connection_reuse(void **state)
     peer_stop(&p);
 }
 
+/** A delivery started from inside done() finds the connection just finished. */
+static void test_chained_start_reuses(void **state)
+{
+    (void)state;
+    struct peer p = {0};
+    if (peer_start(&p, NULL) != 0)
+        skip();
+    unsigned ports[1] = {p.port};
+    struct fixture f;
+    fixture_init(&f, ports, 1);
+    struct job a, b;
+    job_init(&a, &f, 1, "Subject: a\r\n\r\nx\r\n", 17);
+    job_init(&b, &f, 1, "Subject: b\r\n\r\nx\r\n", 17);
+    a.chain = &b;
+    run_job(&a);
+    for (int i = 0; i < 2000 && !__atomic_load_n(&b.finished, __ATOMIC_SEQ_CST); i++)
+        usleep(10000);
+    assert_int_equal(b.start_rc, 0);
+    assert_int_equal(__atomic_load_n(&b.done_calls, __ATOMIC_SEQ_CST), 1);
+    assert_int_equal(a.res[0].code, 250);
+    assert_int_equal(b.res[0].code, 250);
+    assert_int_equal(peer_port_of(&p, 1), peer_port_of(&p, 2));
+    peer_stop(&p);
+}
+
 /** A cached connection that turns out dead at RSET: a fresh one is used, no error. */
 static void test_reuse_dead_connection(void **state)
 {
@@ -654,6 +688,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_starttls_large),
         cmocka_unit_test(test_connection_reuse),
         cmocka_unit_test(test_reuse_dead_connection),
+        cmocka_unit_test(test_chained_start_reuses),
         cmocka_unit_test(test_dest_concurrency_limit),
         cmocka_unit_test(test_bad_requests),
     };
