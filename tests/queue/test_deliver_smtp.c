@@ -173,6 +173,7 @@ struct script {
     const char *greeting;   /* sent first */
     const char *close_after; /* close the connection on this command */
     int conns;               /* connections to serve (0 = 1) */
+    bool offer_tls;          /* offer STARTTLS, then answer the handshake with junk */
     int close_conn;          /* which connection close_after applies to */
     int served;
     pthread_t th;
@@ -224,7 +225,16 @@ static void script_conn(struct script *s, int fd, int idx)
                    strncmp(line, s->close_after, strlen(s->close_after)) == 0) {
             break;
         } else if (strncmp(line, "EHLO", 4) == 0) {
-            reply = "250-script\r\n250 ENHANCEDSTATUSCODES\r\n";
+            reply = s->offer_tls ? "250-script\r\n250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n"
+                                 : "250-script\r\n250 ENHANCEDSTATUSCODES\r\n";
+        } else if (strncmp(line, "STARTTLS", 8) == 0) {
+            const char *junk = "220 go ahead\r\n";
+            send(fd, junk, strlen(junk), MSG_NOSIGNAL);
+            char hello[512];
+            (void)!recv(fd, hello, sizeof hello, 0); /* the ClientHello */
+            const char *bad = "HTTP/1.1 400 Bad Request\r\n\r\n";
+            send(fd, bad, strlen(bad), MSG_NOSIGNAL);
+            break;
         } else if (strncmp(line, "DATA", 4) == 0) {
             reply = "354 go\r\n";
             in_data = true;
@@ -556,6 +566,27 @@ static void test_connection_reuse(void **state)
     peer_stop(&p);
 }
 
+/** A failed TLS handshake: the same host again, in plaintext. */
+static void test_tls_failure_retries_plaintext(void **state)
+{
+    (void)state;
+    struct script sc = {.greeting = "220 script\r\n", .conns = 2, .offer_tls = true};
+    script_start(&sc);
+    unsigned ports[1] = {sc.port};
+    struct fixture f;
+    fixture_init(&f, ports, 1);
+    struct job j;
+    job_init(&j, &f, 1, "Subject: t\r\n\r\nx\r\n", 17);
+    run_job(&j);
+    assert_int_equal(j.res[0].code, 250);
+    char exp[128];
+    snprintf(exp, sizeof exp, "127.0.0.1:%u: TLS handshake failed: ", sc.port);
+    if (strncmp(j.error, exp, strlen(exp)) != 0)
+        fail_msg("error: %s", j.error);
+    script_stop(&sc);
+    assert_int_equal(sc.served, 2);
+}
+
 /** A delivery started from inside done() finds the connection just finished. */
 static void test_chained_start_reuses(void **state)
 {
@@ -689,6 +720,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_connection_reuse),
         cmocka_unit_test(test_reuse_dead_connection),
         cmocka_unit_test(test_chained_start_reuses),
+        cmocka_unit_test(test_tls_failure_retries_plaintext),
         cmocka_unit_test(test_dest_concurrency_limit),
         cmocka_unit_test(test_bad_requests),
     };
