@@ -5,6 +5,7 @@
  * (`top`) for the tmux rendering test.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "console/console.h"
@@ -50,7 +51,11 @@ int main(int argc, char **argv)
         struct mx_stats_snapshot s;
         mx_stats_snapshot(&s);
         char *p = mx_stats_render_prometheus(&s);
+        if (!p)
+            return 1;
         fputs(p, stdout);
+        free(p);
+        mx_stats_fini();
         return 0;
     }
     if (strcmp(argv[1], "top") == 0)
