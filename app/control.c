@@ -178,3 +178,52 @@ int mx_control_request(const char *path, int argc, char **argv)
     close(fd);
     return code;
 }
+
+int mx_control_fetch(const char *path, const char *request, char **body)
+{
+    *body = NULL;
+    struct sockaddr_un sun;
+    if (fill_addr(path, &sun) < 0)
+        return 2;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 2;
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) != 0) {
+        close(fd);
+        return 2;
+    }
+    write_all(fd, request, strlen(request));
+    write_all(fd, "\n", 1);
+    size_t len = 0, cap = 65536;
+    char *buf = malloc(cap + 1);
+    for (;;) {
+        if (!buf) {
+            close(fd);
+            return 2;
+        }
+        ssize_t r = recv(fd, buf + len, cap - len, 0);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+        if (len == cap) {
+            cap *= 2;
+            char *nb = realloc(buf, cap + 1);
+            if (!nb)
+                free(buf);
+            buf = nb;
+        }
+    }
+    close(fd);
+    buf[len] = 0;
+    char *nl = strchr(buf, '\n');
+    int code = strncmp(buf, "OK", 2) == 0 ? 0 : 1;
+    if (!nl) {
+        free(buf);
+        return 2;
+    }
+    memmove(buf, nl + 1, len - (size_t)(nl + 1 - buf) + 1);
+    *body = buf;
+    return code;
+}

@@ -25,4 +25,10 @@ void mx_control_serve_one(int lfd, mx_control_fn fn, void *arg);
  */
 int mx_control_request(const char *path, int argc, char **argv);
 
+/**
+ * Like mx_control_request() but returns the body (malloc'd) in *body.
+ * Returns 0 on OK, 1 on ERR (body holds the reason), 2 when unreachable.
+ */
+int mx_control_fetch(const char *path, const char *request, char **body);
+
 #endif

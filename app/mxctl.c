@@ -7,12 +7,14 @@
  *   mxctl [-s SOCKET] maintenance on|off
  *   mxctl [-s SOCKET] config export
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "app/control.h"
+#include "console/console.h"
 
 #define DEFAULT_SOCKET "var/mxgate.sock"
 
@@ -21,6 +23,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: mxctl [-s SOCKET] COMMAND [ARGS] [--json]\n"
                "commands:\n"
                "  stats                        counters of the running gateway\n"
+               "  top                          live console (q quits)\n"
                "  queue list                   queued messages, next attempt, attempts\n"
                "  queue show|hold|release|delete ID\n"
                "  queue flush                  retry every deferred message now\n"
@@ -28,6 +31,20 @@ static void usage(FILE *f)
                "  maintenance on|off           refuse new mail with 421 / accept again\n"
                "  config export                the effective configuration as UCL\n"
                "default socket: " DEFAULT_SOCKET "\n");
+}
+
+/* mxctl top: one snapshot per second from the gateway's stats --json. */
+static int fetch_stats(void *arg, struct mx_stats_snapshot *out)
+{
+    char *body;
+    int rc = mx_control_fetch(arg, "stats --json", &body);
+    if (rc != 0) {
+        free(body);
+        return -EIO;
+    }
+    rc = mx_stats_parse_json(body, strlen(body), out);
+    free(body);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -51,5 +68,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (strcmp(argv[optind], "top") == 0)
+        return mx_console_top(fetch_stats, (void *)sock) == 0 ? 0 : 1;
     return mx_control_request(sock, argc - optind, argv + optind);
 }

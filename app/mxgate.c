@@ -19,6 +19,7 @@
 
 #include "app/control.h"
 #include "config/config.h"
+#include "console/console.h"
 #include "dataplane/dataplane.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
@@ -30,6 +31,7 @@ struct gateway {
     struct mx_config *cfg;
     struct mx_queue *queue;
     struct mx_smtp_server *smtp;
+    struct mx_console_http *http;
 };
 
 static void usage(FILE *f)
@@ -55,6 +57,9 @@ static int print_errors(const struct mx_config_errors *errs)
 static int worker_init(struct mx_worker *w, void *arg)
 {
     struct gateway *g = arg;
+    int rc = mx_stats_bind_slot(mx_worker_index(w));
+    if (rc < 0)
+        return rc;
     return mx_queue_worker_init(g->queue, w);
 }
 
@@ -107,18 +112,12 @@ static int control(void *arg, int argc, char **argv, char **out)
         return *out ? 0 : -ENOMEM;
     }
     if (strcmp(args[0], "stats") == 0) {
-        struct mx_dataplane_stats st;
-        mx_dataplane_stats(&st);
-        if (json)
-            *out = dup_printf("{\"connections_total\":%lu,\"connections_open\":%lu,"
-                              "\"accept_errors\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu}\n",
-                              st.accepted, st.open_streams, st.accept_errors, st.bytes_in,
-                              st.bytes_out);
-        else
-            *out = dup_printf("connections_total %lu\nconnections_open %lu\n"
-                              "accept_errors %lu\nbytes_in %lu\nbytes_out %lu\n",
-                              st.accepted, st.open_streams, st.accept_errors, st.bytes_in,
-                              st.bytes_out);
+        struct mx_stats_snapshot *snap = malloc(sizeof *snap);
+        if (!snap)
+            return -ENOMEM;
+        mx_stats_snapshot(snap);
+        *out = json ? mx_stats_render_json(snap) : mx_stats_render_text(snap);
+        free(snap);
         return *out ? 0 : -ENOMEM;
     }
     *out = dup_printf("unknown request: %s", args[0]);
@@ -162,6 +161,11 @@ static int run(struct gateway *g)
         .dpdk_address = cfg->dp_address,
         .dpdk_gateway = cfg->dp_gateway,
     };
+    rc = mx_stats_init(cfg->dp_workers);
+    if (rc < 0) {
+        fprintf(stderr, "mxgate: counters: %s\n", strerror(-rc));
+        return 1;
+    }
     rc = mx_dataplane_init(&p);
     if (rc < 0) {
         fprintf(stderr, "mxgate: dataplane start failed: %s\n", strerror(-rc));
@@ -183,6 +187,14 @@ static int run(struct gateway *g)
         fprintf(stderr, "mxgate: cannot start workers: %s\n", strerror(-rc));
         mx_dataplane_cleanup();
         return 1;
+    }
+    if (cfg->control_http && *cfg->control_http) {
+        rc = mx_console_http_start(cfg->control_http, NULL, NULL, &g->http);
+        if (rc < 0)
+            fprintf(stderr, "mxgate: metrics endpoint %s: %s (continuing without it)\n",
+                    cfg->control_http, strerror(-rc));
+        else
+            fprintf(stderr, "mxgate: metrics on http://%s/metrics\n", cfg->control_http);
     }
     for (size_t i = 0; i < cfg->n_listen_smtp; i++)
         fprintf(stderr, "mxgate: listening on %s (%s backend, %u workers)\n",
@@ -214,9 +226,12 @@ static int run(struct gateway *g)
         unlink(cfg->control_socket);
     }
     mx_dataplane_stop(STOP_GRACE_MS);
+    if (g->http)
+        mx_console_http_stop(g->http);
     mx_queue_close(g->queue);
     mx_smtp_server_free(g->smtp);
     mx_dataplane_cleanup();
+    mx_stats_fini();
     fprintf(stderr, "mxgate: stopped\n");
     return 0;
 }

@@ -30,6 +30,7 @@
 #include <rte_per_lcore.h>
 #include <rte_timer.h>
 
+#include "console/console.h"
 #include "dataplane/dataplane_internal.h"
 #include "tcpstack/tcpstack.h"
 
@@ -39,6 +40,13 @@ static RTE_DEFINE_PER_LCORE(struct mx_worker *, cur_worker);
 
 /* Longest sleep in one wait: bounds timer lateness (rte_timer runs from the loop). */
 #define LOOP_MAX_WAIT_MS 5
+
+uint64_t mx_dp_monotonic_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 uint64_t mx_dp_monotonic_ms(void)
 {
@@ -356,13 +364,16 @@ static int worker_main(void *arg)
             w->wake_within_ms = got ? 0 : 1;
         }
         wait_for_work(w);
-        w->now_ms = mx_dp_monotonic_ms();
+        uint64_t busy_from = mx_dp_monotonic_us();
+        w->now_ms = busy_from / 1000;
         dispatch_completions(w);
         mx_dns_worker_poll(w);
         rte_timer_manage();
         for (unsigned i = 0; i < w->n_ticks; i++)
             w->ticks[i].fn(w, w->ticks[i].arg);
         mx_kernel_flush(w);
+        MX_STATS_INC(WORKER_LOOPS);
+        MX_STATS_ADD(WORKER_BUSY_US, mx_dp_monotonic_us() - busy_from);
 
         if (atomic_load_explicit(&mx_dp.stopping, memory_order_acquire)) {
             if (!told_stop) {

@@ -66,6 +66,7 @@ extern struct mx_dataplane_state {
 } mx_dp;
 
 uint64_t mx_dp_monotonic_ms(void);
+uint64_t mx_dp_monotonic_us(void);
 
 /* dataplane.c, backend "dpdk" */
 int mx_dp_dpdk_connect(struct mx_worker *w, const struct sockaddr *addr,

@@ -16,6 +16,7 @@
 #include <openssl/ssl.h>
 
 #include "config/config.h"
+#include "console/console.h"
 #include "dataplane/dataplane.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
@@ -63,6 +64,7 @@ static void conn_log(struct smtpd_conn *c, const char *fmt, ...)
 
 static void free_conn(struct smtpd_conn *c)
 {
+    MX_STATS_ADD(CONN_OPEN, (uint64_t)-1);
     if (c->msg)
         mx_queue_msg_abort(c->msg);
     mx_smtpd_session_free(c->sess);
@@ -75,6 +77,7 @@ static void free_conn(struct smtpd_conn *c)
 static void s_output(void *ud, const uint8_t *buf, size_t len)
 {
     struct smtpd_conn *c = ud;
+    MX_STATS_ADD(BYTES_OUT, len);
     if (!c->stream_gone && mx_stream_write(c->st, buf, len) < 0)
         mx_stream_close(c->st);
 }
@@ -84,6 +87,34 @@ static void s_close(void *ud)
     struct smtpd_conn *c = ud;
     if (!c->stream_gone)
         mx_stream_close(c->st);
+}
+
+static void s_replied(void *ud, int code)
+{
+    (void)ud;
+    switch (code / 100) {
+    case 2:
+        MX_STATS_INC(REPLY_2XX);
+        break;
+    case 3:
+        MX_STATS_INC(REPLY_3XX);
+        break;
+    case 4:
+        MX_STATS_INC(REPLY_4XX);
+        break;
+    default:
+        MX_STATS_INC(REPLY_5XX);
+        break;
+    }
+}
+
+static void s_refused(void *ud, int code)
+{
+    (void)ud;
+    if (code >= 500)
+        MX_STATS_INC(MSG_REJECTED);
+    else
+        MX_STATS_INC(MSG_TEMPFAILED);
 }
 
 static void s_log(void *ud, const char *line)
@@ -154,10 +185,13 @@ static void commit_done(void *arg, int res, const char *queue_id)
     struct smtpd_conn *c = arg;
     c->commit_pending = false;
     const struct mx_envelope *env = mx_smtpd_session_envelope(c->sess);
-    if (res == 0)
+    if (res == 0) {
+        MX_STATS_INC(MSG_ACCEPTED);
         conn_log(c, "queued as %s from=<%s> rcpts=%zu", queue_id, env->mail_from, env->n_rcpts);
-    else
+    } else {
+        MX_STATS_INC(MSG_TEMPFAILED);
         conn_log(c, "queue commit failed: %s", strerror(-res));
+    }
     if (c->stream_gone) {
         free_conn(c);
         return;
@@ -208,6 +242,8 @@ static const struct mx_smtpd_ops session_ops = {
     .data_abort = s_data_abort,
     .log = s_log,
     .tls_done = s_tls_done,
+    .replied = s_replied,
+    .refused = s_refused,
 };
 
 /* ---- stream callbacks ------------------------------------------------- */
@@ -233,6 +269,7 @@ static void st_data(struct mx_stream *s, void *ctx, const uint8_t *buf, size_t l
         conn_log(c, "pregreet: client talked before the greeting");
         mx_smtpd_session_greet(c->sess);
     }
+    MX_STATS_ADD(BYTES_IN, len);
     mx_smtpd_session_input(c->sess, buf, len);
     if (mx_smtpd_session_state(c->sess) != SMTPD_CLOSED)
         arm_timer(c);
@@ -317,6 +354,8 @@ void mx_smtp_server_accept(struct mx_stream *s, void *arg)
         return;
     }
     sessions_on_worker++;
+    MX_STATS_INC(CONN_OPEN);
+    MX_STATS_INC(CONN_TOTAL);
     snprintf(c->sid, sizeof c->sid, "%010lX", (unsigned long)s->id);
     format_peer(&s->peer, c->peer, sizeof c->peer);
     mx_stream_bind(s, &stream_cb, c);
@@ -326,6 +365,7 @@ void mx_smtp_server_accept(struct mx_stream *s, void *arg)
         snprintf(line, sizeof line, "421 4.3.2 %s Service not available, maintenance\r\n",
                  srv->params.hostname);
         conn_log(c, "reject: maintenance mode");
+        MX_STATS_INC(CONN_REJ_MAINTENANCE);
         mx_smtpd_session_reject_and_close(c->sess, line);
         return;
     }

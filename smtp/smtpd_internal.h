@@ -60,6 +60,10 @@ struct mx_smtpd_ops {
     void (*data_abort)(void *ud);
     /** One log line about the session (no newline). */
     void (*log)(void *ud, const char *line);
+    /** A complete message was refused at its end (limit, bare CR/LF, write error). */
+    void (*refused)(void *ud, int code);
+    /** A reply with this code was sent (for counters). */
+    void (*replied)(void *ud, int code);
     /** STARTTLS finished (true) or failed (false). */
     void (*tls_done)(void *ud, bool ok, const char *info);
 };

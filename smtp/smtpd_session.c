@@ -138,6 +138,8 @@ static void reply(struct mx_smtpd_session *s, int code, const char *enh, const c
     out_raw(s, line, len);
     if (code >= 400)
         s->counts.errors++;
+    if (s->ops->replied)
+        s->ops->replied(s->ud, code);
 }
 
 static void logf_(struct mx_smtpd_session *s, const char *fmt, ...)
@@ -376,6 +378,8 @@ static void cmd_ehlo(struct mx_smtpd_session *s, const char *arg, bool ehlo)
         int len = snprintf(l, sizeof l, "250%c%s\r\n", i == n - 1 ? ' ' : '-', lines[i]);
         out_raw(s, l, (size_t)len);
     }
+    if (s->ops->replied)
+        s->ops->replied(s->ud, 250);
 }
 
 static void cmd_mail(struct mx_smtpd_session *s, const char *arg)
@@ -652,6 +656,8 @@ static void end_message(struct mx_smtpd_session *s)
         s->ops->data_end(s->ud, &s->env, s->msg_size);
         return;
     }
+    if (s->ops->refused)
+        s->ops->refused(s->ud, s->data_failed && !s->data_bad_eol && !s->data_too_big ? 451 : 554);
     reset_txn(s);
     s->state = SMTPD_CMD;
 }
@@ -1197,6 +1203,8 @@ void mx_smtpd_session_greet(struct mx_smtpd_session *s)
     char line[300];
     int n = snprintf(line, sizeof line, "220 %s ESMTP mxgate\r\n", s->p.hostname);
     out_raw(s, line, (size_t)n);
+    if (s->ops->replied)
+        s->ops->replied(s->ud, 220);
     flush_out(s);
 }
 
