@@ -124,10 +124,32 @@ static int control(void *arg, int argc, char **argv, char **out)
     return -EINVAL;
 }
 
+/* mkdir -p: a fresh checkout has no var/ yet. */
+static int make_dirs(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return -ENAMETOOLONG;
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0750) != 0 && errno != EEXIST)
+                return -errno;
+            if (c == 0)
+                break;
+            *p = c;
+        }
+    }
+    return 0;
+}
+
 static int run(struct gateway *g)
 {
     const struct mx_config *cfg = g->cfg;
-    int rc = mx_queue_open(cfg, &g->queue);
+    int rc = make_dirs(cfg->spool_dir);
+    if (rc == 0)
+        rc = mx_queue_open(cfg, &g->queue);
     if (rc < 0) {
         fprintf(stderr, "mxgate: cannot open the spool at %s: %s\n", cfg->spool_dir,
                 strerror(-rc));
