@@ -51,8 +51,9 @@ class Gateway:
 
     def __init__(self, mxgate, extra="", workers=2, routes=None, relay_domains=None,
                  trusted=None, keep_dir=None):
-        self.mxgate = mxgate
-        self.mxctl = os.path.join(os.path.dirname(mxgate), "mxctl")
+        self.mxgate = os.path.abspath(mxgate)
+        self.mxctl = os.path.join(os.path.dirname(self.mxgate), "mxctl")
+        self.http_port = free_port()
         self.dir = keep_dir or tempfile.mkdtemp(prefix="mxgate-test-")
         self.port = free_port()
         self.maildir = os.path.join(self.dir, "maildir")
@@ -65,7 +66,7 @@ class Gateway:
             'listen { smtp = [ "127.0.0.1:%d" ]; }' % self.port,
             "dataplane { backend = \"kernel\"; workers = %d; }" % workers,
             'spool { dir = "%s"; }' % os.path.join(self.dir, "spool"),
-            'control { socket = "%s"; }' % self.socket,
+            'control { socket = "%s"; http = "127.0.0.1:%d"; }' % (self.socket, self.http_port),
             'smtp { hostname = "mx.test.invalid"; }',
             "routes {\n%s\n}" % route_lines,
             "relay_domains = [ %s ];" % ", ".join('"%s"' % d for d in relay),

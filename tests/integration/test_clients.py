@@ -40,8 +40,8 @@ try:
     out = r.stdout.decode(errors="replace")
     F.check(r.returncode == 0, "swaks plain exits 0")
     F.check("250 2.0.0" in out and "queued as" in out, "swaks plain gets 250 2.0.0 queued as")
-    F.check("250-PIPELINING" in out and "250-STARTTLS" in out,
-            "EHLO advertises PIPELINING and STARTTLS")
+    F.check("250-PIPELINING" in out and "250 STARTTLS" in out,
+            "EHLO advertises PIPELINING and, last, STARTTLS")
 
     # 2. swaks with STARTTLS
     r = subprocess.run(["swaks", "--server", "127.0.0.1:%d" % gw.port, "--to", "user@example.test",
@@ -71,11 +71,12 @@ try:
         s.rset()
         # actual bytes over the limit: refused after the data, nothing stored
         big = "Subject: big\r\nMessage-ID: <too-big@t>\r\n\r\n" + ("x" * 998 + "\r\n") * 250
-        try:
-            s.sendmail("big@remote.invalid", ["x@example.test"], big)
-            F.check(False, "oversized message refused")
-        except smtplib.SMTPDataError as e:
-            F.check(e.smtp_code == 552, "oversized message refused with 552 (got %d)" % e.smtp_code)
+        # (sendmail() would declare SIZE= and be refused at MAIL: send undeclared)
+        s.mail("big@remote.invalid")
+        s.rcpt("x@example.test")
+        code, msg = s.data(big)
+        F.check(code == 552, "oversized message refused after the data with 552 (got %d %s)"
+                % (code, msg))
         # unknown command and bad sequence
         code, _ = s.docmd("FOO")
         F.check(code == 500, "unknown command gets 500")
@@ -101,7 +102,9 @@ try:
     for raw in msgs:
         m = email.message_from_bytes(raw)
         byid.setdefault((m["Message-ID"] or "").strip(), []).append(raw)
-    F.check("<swaks-plain@t>" in byid and "<swaks-tls@t>" in byid, "swaks messages delivered")
+    # (swaks writes its own Message-Id too, so look for ours in the raw bytes)
+    F.check(any(b"<swaks-plain@t>" in m for m in msgs) and any(b"<swaks-tls@t>" in m for m in msgs),
+            "swaks messages delivered")
     F.check(len(byid.get("<smtplib-1@t>", [])) == 2, "smtplib message delivered to 2 recipients")
     F.check("<too-big@t>" not in byid, "oversized message not delivered")
     if byid.get("<smtplib-1@t>"):
