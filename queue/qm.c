@@ -1,0 +1,707 @@
+/*
+ * qm.c - the queue's public API (queue/queue.h) and the per-worker queue
+ * manager: messages enter through begin/write/commit, become durable in
+ * the worker's spool (qm_spool.c), and are then delivered by route
+ * (Maildir here, SMTP through deliver_smtp.c), retried with back-off, and
+ * bounced with a DSN (dsn.c) to a non-null sender. Every outcome goes to
+ * the worker's journal. Everything here runs on the owning worker, so the
+ * manager's lists need no locks; control requests arrive as messages
+ * (qm_control.c).
+ */
+#include <errno.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "queue/deliver.h"
+#include "queue/qm_internal.h"
+
+#define QM_MAX_ACTIVE 64          /* deliveries in flight per worker */
+#define QM_SCAN_MS 1000           /* how often deferred messages are checked */
+#define QM_STATVFS_MS 1000        /* how often free space is checked */
+#define QM_SLACK (64 * 1024)      /* headers we may add beyond the size limit */
+
+uint64_t qm_unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void qm_make_qid(char out[QM_QID_SIZE], uint64_t unix_ms, unsigned worker, uint32_t counter)
+{
+    /* time first so that ids sort by arrival; worker + counter make it unique */
+    snprintf(out, QM_QID_SIZE, "%012llX%02X%06X",
+             (unsigned long long)(unix_ms & 0xFFFFFFFFFFFFull), worker & 0xff,
+             counter & 0xFFFFFF);
+}
+
+/* ---- open / close ---------------------------------------------------------- */
+
+static void list_insert(struct qm_worker *qw, struct qm_msg *m)
+{
+    if (m->held || m->state == QM_M_DEFERRED)
+        TAILQ_INSERT_TAIL(&qw->waiting, m, link);
+    else
+        TAILQ_INSERT_TAIL(&qw->ready, m, link);
+    m->on_list = true;
+}
+
+void qm_worker_add(struct qm_worker *qw, struct qm_msg *m)
+{
+    qw->n_msgs++;
+    list_insert(qw, m);
+}
+
+static void list_remove(struct qm_worker *qw, struct qm_msg *m)
+{
+    if (!m->on_list)
+        return;
+    if (m->held || m->state == QM_M_DEFERRED)
+        TAILQ_REMOVE(&qw->waiting, m, link);
+    else
+        TAILQ_REMOVE(&qw->ready, m, link);
+    m->on_list = false;
+}
+
+int mx_queue_open(const struct mx_config *cfg, struct mx_queue **out)
+{
+    struct mx_queue *q = calloc(1, sizeof *q);
+    if (!q)
+        return -ENOMEM;
+    q->cfg = cfg;
+    q->n_workers = cfg->dp_workers ? cfg->dp_workers : 1;
+    snprintf(q->spool_dir, sizeof q->spool_dir, "%s", cfg->spool_dir ? cfg->spool_dir : "var/spool");
+    pthread_mutex_init(&q->ctl_lock, NULL);
+    pthread_cond_init(&q->ctl_cond, NULL);
+    q->workers = calloc(q->n_workers, sizeof *q->workers);
+    if (!q->workers) {
+        free(q);
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < q->n_workers; i++) {
+        struct qm_worker *qw = &q->workers[i];
+        qw->q = q;
+        qw->index = i;
+        TAILQ_INIT(&qw->ready);
+        TAILQ_INIT(&qw->waiting);
+    }
+    q->reserve_bytes = cfg->smtp_max_message_size + (1u << 20);
+
+    struct qm_recovered r;
+    int rc = qm_recover(q->spool_dir, q->n_workers, &r);
+    if (rc < 0) {
+        free(q->workers);
+        free(q);
+        return rc;
+    }
+    fprintf(stderr,
+            "mxgate[queue]: recovery of %s: %zu records, %zu finished, %zu in the queue, "
+            "%zu journal entries, %zu torn, %zu corrupt, %zu segments removed\n",
+            q->spool_dir, r.n_records, r.n_finished, r.n, r.n_jentries, r.n_torn, r.n_corrupt,
+            r.n_segs_deleted);
+    atomic_store(&q->seq, r.max_seq + 1);
+    /* segments belong to worker (dir index mod workers), and so do their messages */
+    for (size_t i = 0; i < r.n_segs; i++) {
+        struct qm_worker *qw = &q->workers[r.seg_dir[i] % q->n_workers];
+        qw->boot_segs = realloc(qw->boot_segs, (qw->n_boot_segs + 1) * sizeof *qw->boot_segs);
+        if (!qw->boot_segs)
+            abort(); /* start-up, tiny: no sensible way on */
+        qw->boot_segs[qw->n_boot_segs++] = r.segs[i];
+        r.segs[i] = NULL;
+    }
+    r.n_segs = 0;
+    for (size_t i = 0; i < r.n; i++) {
+        struct qm_msg *m = r.msgs[i];
+        struct qm_worker *qw = &q->workers[m->dir_index % q->n_workers];
+        if (m->state != QM_M_DEFERRED)
+            m->state = QM_M_READY;
+        qm_worker_add(qw, m);
+        r.msgs[i] = NULL;
+    }
+    r.n = 0;
+    qm_recovered_free(&r);
+    *out = q;
+    return 0;
+}
+
+static void on_committed(struct qm_spool *sp, struct mx_queue_msg *m, int res);
+
+int mx_queue_worker_init(struct mx_queue *q, struct mx_worker *w)
+{
+    unsigned idx = mx_worker_index(w);
+    if (idx >= q->n_workers)
+        return -EINVAL;
+    struct qm_worker *qw = &q->workers[idx];
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/w%u", q->spool_dir, idx);
+    int rc = qm_spool_open(&qw->sp, dir, &q->seq, mx_worker_ring(w));
+    if (rc < 0) {
+        fprintf(stderr, "mxgate[queue]: worker %u: cannot open spool %s: %s\n", idx, dir,
+                strerror(-rc));
+        return rc;
+    }
+    qw->sp.on_committed = on_committed;
+    qw->sp.owner = qw;
+    for (size_t i = 0; i < qw->n_boot_segs; i++)
+        TAILQ_INSERT_HEAD(&qw->sp.segs, qw->boot_segs[i], link);
+    free(qw->boot_segs);
+    qw->boot_segs = NULL;
+    qw->n_boot_segs = 0;
+    qw->w = w;
+    rc = mx_worker_add_tick(w, qm_tick, qw);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&q->ctl_lock);
+    qw->started = true;
+    pthread_mutex_unlock(&q->ctl_lock);
+    return 0;
+}
+
+void mx_queue_close(struct mx_queue *q)
+{
+    if (!q)
+        return;
+    for (unsigned i = 0; i < q->n_workers; i++) {
+        struct qm_worker *qw = &q->workers[i];
+        struct qm_msg *m;
+        while ((m = TAILQ_FIRST(&qw->ready))) {
+            TAILQ_REMOVE(&qw->ready, m, link);
+            qm_msg_free(m);
+        }
+        while ((m = TAILQ_FIRST(&qw->waiting))) {
+            TAILQ_REMOVE(&qw->waiting, m, link);
+            qm_msg_free(m);
+        }
+        if (qw->started) {
+            qm_spool_close(&qw->sp);
+        } else {
+            for (size_t k = 0; k < qw->n_boot_segs; k++)
+                free(qw->boot_segs[k]);
+            free(qw->boot_segs);
+        }
+    }
+    pthread_mutex_destroy(&q->ctl_lock);
+    pthread_cond_destroy(&q->ctl_cond);
+    free(q->workers);
+    free(q);
+}
+
+/* ---- receiving ----------------------------------------------------------------- */
+
+static struct qm_worker *worker_of(struct mx_queue *q, struct mx_worker *w)
+{
+    unsigned idx = w ? mx_worker_index(w) : 0;
+    if (idx >= q->n_workers || !q->workers[idx].started)
+        return NULL;
+    return &q->workers[idx];
+}
+
+/* Free space check, at most once a second: new mail gets 452 when low. */
+static void check_space(struct qm_worker *qw, uint64_t now)
+{
+    if (now < qw->next_statvfs_ms)
+        return;
+    qw->next_statvfs_ms = now + QM_STATVFS_MS;
+    struct statvfs sv;
+    if (fstatvfs(qw->sp.dirfd, &sv) < 0)
+        return;
+    uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+    uint64_t total = (uint64_t)sv.f_blocks * sv.f_frsize;
+    uint64_t reserve = qw->q->reserve_bytes;
+    if (reserve > total / 10)
+        reserve = total / 10; /* small test filesystems */
+    bool full = avail < reserve || (sv.f_files && sv.f_favail < 16);
+    if (full != qw->spool_full)
+        fprintf(stderr, "mxgate[queue]: worker %u: spool %s (%llu bytes free)\n", qw->index,
+                full ? "FULL, new mail is refused with 452" : "has space again",
+                (unsigned long long)avail);
+    qw->spool_full = full;
+}
+
+struct mx_queue_msg *mx_queue_msg_begin(struct mx_queue *q, struct mx_worker *w,
+                                        const struct mx_envelope *env)
+{
+    struct qm_worker *qw = worker_of(q, w);
+    if (!qw || !env) {
+        errno = EINVAL;
+        return NULL;
+    }
+    check_space(qw, mono_ms());
+    if (qw->spool_full || qw->sp.n_write_errors > 0) {
+        if (qw->spool_full) {
+            errno = ENOSPC;
+            return NULL;
+        }
+    }
+    char qid[QM_QID_SIZE];
+    qm_make_qid(qid, qm_unix_ms(), qw->index, qw->counter++);
+    uint64_t max = q->cfg->smtp_max_message_size ? q->cfg->smtp_max_message_size : (64u << 20);
+    struct mx_queue_msg *m = qm_msgbuf_new(env, qid, (size_t)max + QM_SLACK);
+    if (!m) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    m->qw = qw;
+    return m;
+}
+
+int mx_queue_msg_write(struct mx_queue_msg *m, const void *buf, size_t len)
+{
+    return qm_msgbuf_append(m, buf, len);
+}
+
+int mx_queue_msg_commit(struct mx_queue_msg *m, mx_queue_commit_fn cb, void *arg)
+{
+    int err = m->error;
+    if (!err && m->env.n_rcpts == 0)
+        err = -EINVAL;
+    if (!err && m->qw->spool_full)
+        err = -ENOSPC;
+    if (err) {
+        qm_msgbuf_free(m);
+        return err;
+    }
+    m->cb = cb;
+    m->cb_arg = arg;
+    qm_msgbuf_seal(m);
+    qm_spool_add(&m->qw->sp, m);
+    return 0;
+}
+
+void mx_queue_msg_abort(struct mx_queue_msg *m)
+{
+    qm_msgbuf_free(m);
+}
+
+bool mx_queue_inbound_paused(const struct mx_queue *q)
+{
+    return atomic_load_explicit(&q->inbound_paused, memory_order_relaxed);
+}
+
+/* A record became durable (or failed): hand it to the manager, then tell the sender. */
+static void on_committed(struct qm_spool *sp, struct mx_queue_msg *m, int res)
+{
+    struct qm_worker *qw = sp->owner;
+    if (res == 0) {
+        struct qm_msg *qm = calloc(1, sizeof *qm);
+        uint8_t *rs = calloc(m->env.n_rcpts ? m->env.n_rcpts : 1, 1);
+        if (qm && rs) {
+            memcpy(qm->qid, m->qid, sizeof qm->qid);
+            qm->env = m->env;
+            m->env.rcpts = NULL;
+            m->env.n_rcpts = 0;
+            qm->buf = m->buf;
+            m->buf = NULL;
+            qm->body_off = QM_REC_HDR + m->env_len;
+            qm->body_len = m->len - qm->body_off;
+            qm->rstate = rs;
+            qm->seg = m->seg; /* the spool counted it live in that segment */
+            qm->state = QM_M_READY;
+            fprintf(stderr, "mxgate[queue]: %s: from=<%s>, size=%zu, nrcpt=%zu (queue active)\n",
+                    qm->qid, qm->env.mail_from, qm->body_len, qm->env.n_rcpts);
+            qm_worker_add(qw, qm);
+        } else {
+            /* durable on disk all the same: delivered after the next start */
+            free(qm);
+            free(rs);
+            fprintf(stderr, "mxgate[queue]: %s: out of memory, delivery waits for a restart\n",
+                    m->qid);
+        }
+    } else {
+        fprintf(stderr, "mxgate[queue]: %s: not queued: %s\n", m->qid, strerror(-res));
+    }
+    if (m->cb)
+        m->cb(m->cb_arg, res, res == 0 ? m->qid : NULL);
+    qm_msgbuf_free(m);
+}
+
+/* ---- journal and finishing ------------------------------------------------------ */
+
+void qm_journal(struct qm_worker *qw, const struct qm_msg *m, enum qm_jtype type, uint32_t rcpt)
+{
+    struct qm_jentry e = {.type = type, .rcpt = rcpt};
+    memcpy(e.qid, m->qid, sizeof e.qid);
+    if (type == QM_J_DEFERRED) {
+        e.attempts = m->attempts;
+        e.when_ms = m->next_attempt_ms;
+        snprintf(e.err, sizeof e.err, "%s", m->last_error);
+    }
+    if (qm_spool_journal(&qw->sp, &e) < 0)
+        fprintf(stderr, "mxgate[queue]: %s: journal entry lost (out of memory)\n", m->qid);
+}
+
+void qm_worker_finish(struct qm_worker *qw, struct qm_msg *m)
+{
+    list_remove(qw, m);
+    if (m->seg && m->seg->live)
+        m->seg->live--;
+    qw->n_msgs--;
+    fprintf(stderr, "mxgate[queue]: %s: removed\n", m->qid);
+    qm_msg_free(m);
+}
+
+/* Queue a message we generate ourselves (a DSN) through the same spool. */
+static int enqueue_local(struct qm_worker *qw, const struct mx_envelope *env, const char *bytes,
+                         size_t len, char *qid_out)
+{
+    char qid[QM_QID_SIZE];
+    qm_make_qid(qid, qm_unix_ms(), qw->index, qw->counter++);
+    struct mx_queue_msg *m = qm_msgbuf_new(env, qid, len);
+    if (!m)
+        return -ENOMEM;
+    m->qw = qw;
+    int rc = qm_msgbuf_append(m, bytes, len);
+    if (rc < 0) {
+        qm_msgbuf_free(m);
+        return rc;
+    }
+    qm_msgbuf_seal(m);
+    qm_spool_add(&qw->sp, m);
+    snprintf(qid_out, QM_QID_SIZE, "%s", qid);
+    return 0;
+}
+
+/* ---- delivery --------------------------------------------------------------------- */
+
+struct qm_attempt {
+    struct qm_worker *qw;
+    struct qm_msg *m;
+    unsigned pending;
+    bool *tried;
+    struct mx_deliver_rcpt_result *res;
+    char (*remote)[80];
+};
+
+struct qm_group {
+    struct qm_attempt *a;
+    struct mx_deliver_req req;
+    size_t *idx;
+    size_t n;
+};
+
+static const struct mx_route *route_for(const struct mx_config *cfg, const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    return mx_config_route(cfg, at ? at + 1 : "");
+}
+
+static void set_res(struct mx_deliver_rcpt_result *r, int code, const char *enh, const char *text)
+{
+    r->code = code;
+    snprintf(r->enh, sizeof r->enh, "%s", enh);
+    snprintf(r->text, sizeof r->text, "%s", text);
+}
+
+static unsigned backoff_s(const struct mx_config *cfg, uint32_t attempts)
+{
+    uint64_t first = cfg->queue_retry_first ? cfg->queue_retry_first : 300;
+    uint64_t max = cfg->queue_retry_max ? cfg->queue_retry_max : 3600;
+    uint64_t d = first;
+    for (uint32_t i = 1; i < attempts && d < max; i++)
+        d *= 2;
+    return (unsigned)(d < max ? d : max);
+}
+
+/* dst = a + b, cut to size (error texts are bounded; a cut one is fine) */
+static void join2(char *dst, size_t size, const char *a, const char *b)
+{
+    size_t la = strnlen(a, size - 1);
+    memmove(dst, a, la);
+    size_t lb = strnlen(b, size - 1 - la);
+    memmove(dst + la, b, lb);
+    dst[la + lb] = 0;
+}
+
+static void log_rcpt(const struct qm_msg *m, const char *rcpt, const char *relay, uint64_t now,
+                     const char *status, const struct mx_deliver_rcpt_result *r)
+{
+    double delay = now > m->env.arrival_ms ? (double)(now - m->env.arrival_ms) / 1000.0 : 0.0;
+    fprintf(stderr, "mxgate[queue]: %s: to=<%s>, relay=%s, delay=%.1f, status=%s (%d%s%s %s)\n",
+            m->qid, rcpt, relay[0] ? relay : "none", delay, status, r->code, r->enh[0] ? " " : "",
+            r->enh, r->text);
+}
+
+static void send_dsn(struct qm_worker *qw, struct qm_msg *m, const struct mx_dsn_rcpt *st,
+                     size_t n, uint64_t now)
+{
+    const struct mx_config *cfg = qw->q->cfg;
+    const char *host = cfg->smtp_hostname ? cfg->smtp_hostname : "localhost";
+    char *dsn = NULL;
+    size_t dsn_len = 0;
+    int rc = mx_dsn_build(&m->env, st, n, qm_msg_body(m), m->body_len, host, m->qid, now, &dsn,
+                          &dsn_len);
+    if (rc < 0) {
+        fprintf(stderr, "mxgate[queue]: %s: cannot build the DSN: %s\n", m->qid, strerror(-rc));
+        return;
+    }
+    struct mx_rcpt rcpt;
+    memset(&rcpt, 0, sizeof rcpt);
+    snprintf(rcpt.addr, sizeof rcpt.addr, "%s", m->env.mail_from);
+    rcpt.notify = MX_NOTIFY_NEVER;
+    struct mx_envelope env;
+    memset(&env, 0, sizeof env);
+    env.rcpts = &rcpt;
+    env.n_rcpts = 1;
+    env.arrival_ms = now;
+    snprintf(env.helo, sizeof env.helo, "%s", host);
+    snprintf(env.client_text, sizeof env.client_text, "localhost");
+    snprintf(env.session_id, sizeof env.session_id, "dsn");
+    char qid[QM_QID_SIZE];
+    rc = enqueue_local(qw, &env, dsn, dsn_len, qid);
+    free(dsn);
+    if (rc < 0)
+        fprintf(stderr, "mxgate[queue]: %s: cannot queue the DSN: %s\n", m->qid, strerror(-rc));
+    else
+        fprintf(stderr, "mxgate[queue]: %s: sender non-delivery notification: %s\n", m->qid, qid);
+}
+
+static void attempt_finish(struct qm_attempt *a)
+{
+    struct qm_worker *qw = a->qw;
+    struct qm_msg *m = a->m;
+    const struct mx_config *cfg = qw->q->cfg;
+    uint64_t now = qm_unix_ms();
+    size_t n = m->env.n_rcpts, n_fail = 0, n_defer = 0;
+    struct mx_dsn_rcpt *st = calloc(n ? n : 1, sizeof *st);
+    uint64_t lifetime_ms = (uint64_t)(cfg->queue_max_lifetime ? cfg->queue_max_lifetime
+                                                                : 5 * 86400) * 1000;
+    bool expired = now > m->env.arrival_ms && now - m->env.arrival_ms > lifetime_ms;
+    for (size_t i = 0; i < n; i++) {
+        if (!a->tried[i] || m->rstate[i] != QM_R_PENDING)
+            continue;
+        struct mx_deliver_rcpt_result *r = &a->res[i];
+        const char *rcpt = m->env.rcpts[i].addr;
+        if (r->code >= 200 && r->code < 300) {
+            m->rstate[i] = QM_R_DELIVERED;
+            qm_journal(qw, m, QM_J_DELIVERED, (uint32_t)i);
+            log_rcpt(m, rcpt, a->remote[i], now, "sent", r);
+        } else if (r->code >= 500 || expired) {
+            if (r->code < 500) {
+                char t[sizeof r->text], pre[64];
+                snprintf(t, sizeof t, "%s", r->text);
+                snprintf(pre, sizeof pre, "giving up after %u attempts: ", m->attempts + 1);
+                join2(r->text, sizeof r->text, pre, t);
+            }
+            m->rstate[i] = QM_R_FAILED;
+            log_rcpt(m, rcpt, a->remote[i], now, "bounced", r);
+            if (st)
+                st[n_fail++] = (struct mx_dsn_rcpt){i, r, false, a->remote[i]};
+        } else {
+            n_defer++;
+            char pre[40];
+            snprintf(pre, sizeof pre, "%d %s%s", r->code, r->enh, r->enh[0] ? " " : "");
+            join2(m->last_error, sizeof m->last_error, pre, r->text);
+            log_rcpt(m, rcpt, a->remote[i], now, "deferred", r);
+        }
+    }
+    /* The DSN record is queued before the failures are journalled: both go
+     * out in the same batch, the segment's fdatasync first. */
+    if (n_fail && m->env.mail_from[0])
+        send_dsn(qw, m, st, n_fail, now);
+    for (size_t k = 0; k < n_fail; k++)
+        qm_journal(qw, m, QM_J_FAILED, (uint32_t)st[k].rcpt_idx);
+    free(st);
+    qw->active--;
+    if (m->deleted || qm_msg_finished(m)) {
+        m->on_list = false;
+        qm_worker_finish(qw, m);
+    } else {
+        m->attempts++;
+        m->next_attempt_ms = now + (uint64_t)backoff_s(cfg, m->attempts) * 1000;
+        m->state = QM_M_DEFERRED;
+        qm_journal(qw, m, QM_J_DEFERRED, 0);
+        list_insert(qw, m);
+    }
+    free(a->tried);
+    free(a->res);
+    free(a->remote);
+    free(a);
+}
+
+static void group_done(void *arg, const struct mx_deliver_result *res)
+{
+    struct qm_group *g = arg;
+    struct qm_attempt *a = g->a;
+    for (size_t k = 0; k < g->n; k++) {
+        size_t i = g->idx[k];
+        if (res && k < res->n && res->rcpt[k].code != 0) {
+            a->res[i] = res->rcpt[k];
+        } else {
+            set_res(&a->res[i], 451, "4.4.1",
+                    res && res->error[0] ? res->error : "delivery not attempted");
+        }
+        snprintf(a->remote[i], sizeof a->remote[i], "%s",
+                 res && res->remote[0] ? res->remote : "none");
+    }
+    free(g->idx);
+    free(g);
+    if (--a->pending == 0)
+        attempt_finish(a);
+}
+
+static void deliver_maildir(struct qm_attempt *a, const struct mx_route *rt, size_t i)
+{
+    struct qm_msg *m = a->m;
+    int rc = qm_maildir_deliver(rt->maildir, m->qid, m->env.mail_from, m->env.rcpts[i].addr,
+                                qm_msg_body(m), m->body_len, NULL, 0);
+    snprintf(a->remote[i], sizeof a->remote[i], "maildir");
+    if (rc == 0) {
+        set_res(&a->res[i], 250, "2.0.0", "delivered to maildir");
+    } else {
+        char t[200];
+        snprintf(t, sizeof t, "maildir %s: %s", rt->maildir, strerror(-rc));
+        set_res(&a->res[i], 451, "4.3.0", t);
+    }
+}
+
+static void start_delivery(struct qm_worker *qw, struct qm_msg *m)
+{
+    const struct mx_config *cfg = qw->q->cfg;
+    size_t n = m->env.n_rcpts;
+    struct qm_attempt *a = calloc(1, sizeof *a);
+    bool *tried = calloc(n ? n : 1, sizeof *tried);
+    struct mx_deliver_rcpt_result *res = calloc(n ? n : 1, sizeof *res);
+    char(*remote)[80] = calloc(n ? n : 1, sizeof *remote);
+    if (!a || !tried || !res || !remote) {
+        free(a);
+        free(tried);
+        free(res);
+        free(remote);
+        m->next_attempt_ms = qm_unix_ms() + 1000; /* try again a little later */
+        m->state = QM_M_DEFERRED;
+        list_insert(qw, m);
+        return;
+    }
+    *a = (struct qm_attempt){qw, m, 1, tried, res, remote};
+    m->state = QM_M_ACTIVE;
+    qw->active++;
+    for (size_t i = 0; i < n; i++) {
+        if (tried[i] || m->rstate[i] != QM_R_PENDING)
+            continue;
+        const struct mx_route *rt = route_for(cfg, m->env.rcpts[i].addr);
+        if (!rt) {
+            tried[i] = true;
+            set_res(&res[i], 550, "5.1.2", "no route for the recipient's domain");
+            continue;
+        }
+        if (rt->scheme == MX_ROUTE_MAILDIR) {
+            tried[i] = true;
+            deliver_maildir(a, rt, i);
+            continue;
+        }
+        /* one SMTP transaction for every pending recipient of this route */
+        struct qm_group *g = calloc(1, sizeof *g);
+        size_t *idx = calloc(n, sizeof *idx);
+        if (!g || !idx) {
+            free(g);
+            free(idx);
+            tried[i] = true;
+            set_res(&res[i], 451, "4.3.0", "out of memory");
+            continue;
+        }
+        for (size_t j = i; j < n; j++) {
+            if (tried[j] || m->rstate[j] != QM_R_PENDING)
+                continue;
+            if (j != i && route_for(cfg, m->env.rcpts[j].addr) != rt)
+                continue;
+            tried[j] = true;
+            idx[g->n++] = j;
+        }
+        g->a = a;
+        g->idx = idx;
+        g->req = (struct mx_deliver_req){
+            .route = rt,
+            .env = &m->env,
+            .rcpt_idx = idx,
+            .n_rcpt = g->n,
+            .msg = qm_msg_body(m),
+            .len = m->body_len,
+            .helo_name = cfg->smtp_hostname ? cfg->smtp_hostname : "localhost",
+            .queue_id = m->qid,
+        };
+        a->pending++;
+        int rc = mx_deliver_smtp_start(qw->w, &g->req, group_done, g);
+        if (rc < 0) {
+            a->pending--;
+            char t[128];
+            snprintf(t, sizeof t, "cannot start delivery: %s", strerror(-rc));
+            for (size_t k = 0; k < g->n; k++) {
+                set_res(&res[idx[k]], 451, "4.4.0", t);
+                snprintf(remote[idx[k]], sizeof remote[idx[k]], "none");
+            }
+            free(idx);
+            free(g);
+        }
+    }
+    if (--a->pending == 0)
+        attempt_finish(a);
+}
+
+/* ---- the tick ------------------------------------------------------------------------ */
+
+static void make_due(struct qm_worker *qw, bool all)
+{
+    uint64_t now = qm_unix_ms();
+    struct qm_msg *m, *next;
+    for (m = TAILQ_FIRST(&qw->waiting); m; m = next) {
+        next = TAILQ_NEXT(m, link);
+        if (m->held)
+            continue;
+        if (all || m->next_attempt_ms <= now) {
+            TAILQ_REMOVE(&qw->waiting, m, link);
+            if (all)
+                m->next_attempt_ms = now;
+            m->state = QM_M_READY;
+            TAILQ_INSERT_TAIL(&qw->ready, m, link);
+        }
+    }
+}
+
+void qm_tick(struct mx_worker *w, void *arg)
+{
+    struct qm_worker *qw = arg;
+    struct mx_queue *q = qw->q;
+    uint64_t now = w ? mx_worker_now_ms(w) : mono_ms();
+    if (atomic_load_explicit(&qw->ctl_flag, memory_order_acquire)) {
+        pthread_mutex_lock(&q->ctl_lock);
+        if (qw->ctl_req) {
+            qm_ctl_run(qw, qw->ctl_req);
+            qw->ctl_req = NULL;
+            pthread_cond_broadcast(&q->ctl_cond);
+        }
+        atomic_store(&qw->ctl_flag, false);
+        pthread_mutex_unlock(&q->ctl_lock);
+    }
+    if (atomic_exchange(&qw->flush_req, false))
+        make_due(qw, true);
+    if (now >= qw->next_scan_ms) {
+        qw->next_scan_ms = now + QM_SCAN_MS;
+        make_due(qw, false);
+    }
+    if (!atomic_load_explicit(&q->frozen, memory_order_relaxed) &&
+        !(w && mx_worker_stopping(w))) {
+        struct qm_msg *m;
+        while (qw->active < QM_MAX_ACTIVE && (m = TAILQ_FIRST(&qw->ready))) {
+            TAILQ_REMOVE(&qw->ready, m, link);
+            m->on_list = false;
+            start_delivery(qw, m);
+        }
+    }
+    check_space(qw, now);
+    qm_spool_flush(&qw->sp);
+    qm_spool_gc(&qw->sp);
+}

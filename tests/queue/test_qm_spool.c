@@ -1,0 +1,605 @@
+/*
+ * test_qm_spool.c - unit tests of the spool: CRC32C, record and journal
+ * encoding, group commit over a real io_uring (callbacks only after one
+ * fdatasync), recovery (torn tail, corrupt middle record, journal replay),
+ * Maildir delivery and the control listing of a recovered queue.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "config/config.h"
+#include "queue/qm_internal.h"
+
+static char tmpdir[256];
+
+static int setup_dir(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/test_qm_XXXXXX");
+    assert_non_null(mkdtemp(tmpdir));
+    return 0;
+}
+
+static int teardown_dir(void **state)
+{
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static struct mx_rcpt rcpts[3];
+
+static struct mx_envelope make_env(size_t n_rcpts)
+{
+    struct mx_envelope env;
+    memset(&env, 0, sizeof env);
+    snprintf(env.mail_from, sizeof env.mail_from, "alice@example.org");
+    env.size_param = 1234;
+    env.body = MX_BODY_8BITMIME;
+    env.smtputf8 = true;
+    env.ret = MX_RET_HDRS;
+    snprintf(env.envid, sizeof env.envid, "ENV-42");
+    snprintf(env.client_text, sizeof env.client_text, "192.0.2.7");
+    snprintf(env.helo, sizeof env.helo, "client.example.org");
+    snprintf(env.tls, sizeof env.tls, "TLSv1.3 TLS_AES_256_GCM_SHA384");
+    env.arrival_ms = 1700000000123ull;
+    snprintf(env.session_id, sizeof env.session_id, "S1");
+    for (size_t i = 0; i < 3; i++) {
+        memset(&rcpts[i], 0, sizeof rcpts[i]);
+        snprintf(rcpts[i].addr, sizeof rcpts[i].addr, "user%zu@example.net", i);
+        rcpts[i].notify = (uint8_t)(MX_NOTIFY_FAILURE | MX_NOTIFY_DELAY);
+        snprintf(rcpts[i].orcpt, sizeof rcpts[i].orcpt, "rfc822;orig%zu@example.net", i);
+    }
+    env.rcpts = rcpts;
+    env.n_rcpts = n_rcpts;
+    return env;
+}
+
+static void test_crc32c_vector(void **state)
+{
+    (void)state;
+    assert_int_equal(qm_crc32c(0, "123456789", 9), 0xE3069283u);
+    /* incremental == one shot */
+    uint32_t c = qm_crc32c(0, "1234", 4);
+    assert_int_equal(qm_crc32c(c, "56789", 5), 0xE3069283u);
+    assert_int_equal(qm_crc32c(0, "", 0), 0);
+    /* 32 zero bytes: RFC 3720 B.4 */
+    uint8_t z[32] = {0};
+    assert_int_equal(qm_crc32c(0, z, sizeof z), 0x8A9136AAu);
+}
+
+static struct mx_queue_msg *make_msg(const char *qid, const char *body, size_t n_rcpts)
+{
+    struct mx_envelope env = make_env(n_rcpts);
+    struct mx_queue_msg *m = qm_msgbuf_new(&env, qid, 1 << 20);
+    assert_non_null(m);
+    assert_int_equal(qm_msgbuf_append(m, body, strlen(body)), 0);
+    qm_msgbuf_seal(m);
+    return m;
+}
+
+static void test_record_roundtrip(void **state)
+{
+    (void)state;
+    const char *body = "Subject: hi\r\n\r\nbody line\r\n";
+    struct mx_queue_msg *m = make_msg("0123456789AB00000001", body, 3);
+    struct qm_record rec;
+    long n = qm_record_decode(m->buf, m->len, &rec);
+    assert_int_equal(n, (long)m->len);
+    assert_string_equal(rec.qid, "0123456789AB00000001");
+    assert_int_equal(rec.body_len, strlen(body));
+    assert_memory_equal(rec.body, body, strlen(body));
+    struct mx_envelope want = make_env(3);
+    assert_string_equal(rec.env.mail_from, want.mail_from);
+    assert_int_equal(rec.env.size_param, 1234);
+    assert_int_equal(rec.env.body, MX_BODY_8BITMIME);
+    assert_true(rec.env.smtputf8);
+    assert_int_equal(rec.env.ret, MX_RET_HDRS);
+    assert_string_equal(rec.env.envid, "ENV-42");
+    assert_string_equal(rec.env.client_text, "192.0.2.7");
+    assert_string_equal(rec.env.helo, "client.example.org");
+    assert_string_equal(rec.env.tls, "TLSv1.3 TLS_AES_256_GCM_SHA384");
+    assert_int_equal(rec.env.arrival_ms, 1700000000123ull);
+    assert_string_equal(rec.env.session_id, "S1");
+    assert_int_equal(rec.env.n_rcpts, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(rec.env.rcpts[i].addr, want.rcpts[i].addr);
+        assert_int_equal(rec.env.rcpts[i].notify, MX_NOTIFY_FAILURE | MX_NOTIFY_DELAY);
+        assert_string_equal(rec.env.rcpts[i].orcpt, want.rcpts[i].orcpt);
+    }
+    qm_env_free(&rec.env);
+    /* every truncation is "incomplete", never a crash or a false record */
+    for (size_t cut = 0; cut < m->len; cut++)
+        assert_int_equal(qm_record_decode(m->buf, cut, &rec), -EAGAIN);
+    /* any single flipped bit is detected */
+    for (size_t i = 0; i < m->len; i += 7) {
+        m->buf[i] ^= 0x10;
+        assert_true(qm_record_decode(m->buf, m->len, &rec) < 0);
+        m->buf[i] ^= 0x10;
+    }
+    qm_msgbuf_free(m);
+}
+
+static void test_journal_roundtrip(void **state)
+{
+    (void)state;
+    struct qm_jentry e = {.type = QM_J_DEFERRED, .rcpt = 2, .attempts = 5, .when_ms = 99999};
+    snprintf(e.qid, sizeof e.qid, "0123456789AB00000002");
+    snprintf(e.err, sizeof e.err, "451 4.4.1 connection refused");
+    uint8_t buf[QM_J_HDR + QM_J_ERR_MAX];
+    size_t n = qm_jentry_encode(&e, buf);
+    assert_int_equal(n, QM_J_HDR + strlen(e.err));
+    struct qm_jentry d;
+    assert_int_equal(qm_jentry_decode(buf, n, &d), (long)n);
+    assert_int_equal(d.type, QM_J_DEFERRED);
+    assert_int_equal(d.rcpt, 2);
+    assert_int_equal(d.attempts, 5);
+    assert_int_equal(d.when_ms, 99999);
+    assert_string_equal(d.qid, e.qid);
+    assert_string_equal(d.err, e.err);
+    assert_int_equal(qm_jentry_decode(buf, n - 1, &d), -EAGAIN);
+    buf[30] ^= 1;
+    assert_int_equal(qm_jentry_decode(buf, n, &d), -EBADMSG);
+}
+
+static void test_msgbuf_limit(void **state)
+{
+    (void)state;
+    struct mx_envelope env = make_env(1);
+    struct mx_queue_msg *m = qm_msgbuf_new(&env, "0123456789AB00000003", 100);
+    char x[60];
+    memset(x, 'x', sizeof x);
+    assert_int_equal(qm_msgbuf_append(m, x, sizeof x), 0);
+    assert_int_equal(qm_msgbuf_append(m, x, 40), 0);
+    assert_int_equal(qm_msgbuf_append(m, x, 1), -EFBIG);
+    /* sticky: the message stays refused */
+    assert_int_equal(qm_msgbuf_append(m, x, 0), -EFBIG);
+    qm_msgbuf_free(m);
+}
+
+/* ---- group commit over a real ring ---------------------------------------- */
+
+struct cbstate {
+    struct qm_spool *sp;
+    int calls, fails;
+    uint64_t fsync_at_call[64];
+    char qids[64][QM_QID_SIZE];
+};
+
+static void commit_cb(void *arg, int res, const char *qid)
+{
+    struct cbstate *s = arg;
+    if (res < 0) {
+        s->fails++;
+        return;
+    }
+    s->fsync_at_call[s->calls] = s->sp->n_fsync;
+    snprintf(s->qids[s->calls], QM_QID_SIZE, "%s", qid);
+    s->calls++;
+}
+
+static void spool_dir(char *out, size_t n, unsigned w)
+{
+    snprintf(out, n, "%s/spool/w%u", tmpdir, w);
+    char top[300];
+    snprintf(top, sizeof top, "%s/spool", tmpdir);
+    mkdir(top, 0750);
+}
+
+static void write_msgs(struct qm_spool *sp, struct io_uring *ring, struct cbstate *cs, int n,
+                       const char *const *bodies, size_t n_rcpts)
+{
+    for (int i = 0; i < n; i++) {
+        char qid[QM_QID_SIZE];
+        qm_make_qid(qid, 1700000000000ull + (uint64_t)i, 0, (uint32_t)i);
+        struct mx_queue_msg *m = make_msg(qid, bodies[i], n_rcpts);
+        m->cb = commit_cb;
+        m->cb_arg = cs;
+        qm_spool_add(sp, m);
+    }
+    assert_int_equal(qm_spool_flush(sp), 0);
+    while (cs->calls + cs->fails < n)
+        assert_true(qm_ring_dispatch(ring, true) >= 0);
+}
+
+static void test_group_commit(void **state)
+{
+    (void)state;
+    struct io_uring ring;
+    assert_int_equal(io_uring_queue_init(64, &ring, 0), 0);
+    char dir[300];
+    spool_dir(dir, sizeof dir, 0);
+    _Atomic uint64_t seq = 1;
+    struct qm_spool sp;
+    assert_int_equal(qm_spool_open(&sp, dir, &seq, &ring), 0);
+    struct cbstate cs = {.sp = &sp};
+    enum { N = 20 };
+    for (int i = 0; i < N; i++) {
+        char qid[QM_QID_SIZE];
+        qm_make_qid(qid, 1700000000000ull, 0, (uint32_t)i);
+        struct mx_queue_msg *m = make_msg(qid, "Subject: x\r\n\r\nhello\r\n", 1);
+        m->cb = commit_cb;
+        m->cb_arg = &cs;
+        qm_spool_add(&sp, m);
+    }
+    assert_int_equal(cs.calls, 0);
+    assert_int_equal(qm_spool_flush(&sp), 0);
+    assert_int_equal(cs.calls, 0); /* nothing is acknowledged at submit time */
+    for (int guard = 0; cs.calls + cs.fails < N && guard < 100; guard++)
+        assert_true(qm_ring_dispatch(&ring, true) >= 0);
+    assert_int_equal(cs.fails, 0);
+    assert_int_equal(cs.calls, N);
+    assert_int_equal(sp.n_batches, 1);
+    assert_int_equal(sp.n_fsync, 1); /* ONE fdatasync for all 20 */
+    for (int i = 0; i < N; i++)
+        assert_int_equal(cs.fsync_at_call[i], 1); /* every callback after it */
+    /* an empty flush does nothing */
+    assert_int_equal(qm_spool_flush(&sp), 0);
+    assert_int_equal(sp.n_batches, 1);
+    /* a journal entry alone costs one fdatasync on the journal */
+    struct qm_jentry e = {.type = QM_J_HELD};
+    snprintf(e.qid, sizeof e.qid, "%s", cs.qids[0]);
+    assert_int_equal(qm_spool_journal(&sp, &e), 0);
+    assert_int_equal(qm_spool_flush(&sp), 0);
+    while (sp.inflight)
+        assert_true(qm_ring_dispatch(&ring, true) >= 0);
+    assert_int_equal(sp.n_fsync, 2);
+    qm_spool_close(&sp);
+    io_uring_queue_exit(&ring);
+
+    /* every committed record is on disk */
+    char spool[300];
+    snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+    struct qm_recovered r;
+    assert_int_equal(qm_recover(spool, 1, &r), 0);
+    assert_int_equal(r.n, N);
+    assert_int_equal(r.n_torn, 0);
+    assert_int_equal(r.n_corrupt, 0);
+    for (size_t i = 0; i < r.n; i++) {
+        assert_string_equal(r.msgs[i]->qid, cs.qids[i]);
+        assert_true(r.msgs[i]->held == (i == 0));
+        assert_memory_equal(qm_msg_body(r.msgs[i]), "Subject: x\r\n\r\nhello\r\n", 21);
+    }
+    qm_recovered_free(&r);
+}
+
+static int count_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+static char seg_path[512];
+
+/* Three records through the real writer; remember the segment's path. */
+static void three_records(struct cbstate *cs)
+{
+    struct io_uring ring;
+    assert_int_equal(io_uring_queue_init(64, &ring, 0), 0);
+    char dir[300];
+    spool_dir(dir, sizeof dir, 0);
+    _Atomic uint64_t seq = 1;
+    struct qm_spool sp;
+    assert_int_equal(qm_spool_open(&sp, dir, &seq, &ring), 0);
+    cs->sp = &sp;
+    static const char *const bodies[] = {"Subject: one\r\n\r\n1\r\n", "Subject: two\r\n\r\n22\r\n",
+                                         "Subject: three\r\n\r\n333\r\n"};
+    write_msgs(&sp, &ring, cs, 3, bodies, 1);
+    snprintf(seg_path, sizeof seg_path, "%s", sp.seg->path);
+    qm_spool_close(&sp);
+    io_uring_queue_exit(&ring);
+    cs->sp = NULL;
+}
+
+static size_t file_size(const char *p)
+{
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    return (size_t)st.st_size;
+}
+
+static void test_recover_torn_tail(void **state)
+{
+    (void)state;
+    struct cbstate cs = {0};
+    three_records(&cs);
+    size_t full = file_size(seg_path);
+    /* a fourth record cut in the middle, as a crash during its write leaves it */
+    struct mx_queue_msg *m = make_msg("0123456789AB000000FF", "Subject: torn\r\n\r\nxxxx\r\n", 1);
+    int fd = open(seg_path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    size_t half = m->len / 2;
+    assert_int_equal(write(fd, m->buf, half), (ssize_t)half);
+    close(fd);
+    qm_msgbuf_free(m);
+    char spool[300], corrupt[320];
+    snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+    snprintf(corrupt, sizeof corrupt, "%s/corrupt", spool);
+    struct qm_recovered r;
+    assert_int_equal(qm_recover(spool, 1, &r), 0);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.n_torn, 1);
+    assert_int_equal(r.n_corrupt, 0);
+    assert_string_equal(r.msgs[2]->qid, cs.qids[2]);
+    assert_memory_equal(qm_msg_body(r.msgs[2]), "Subject: three\r\n\r\n333\r\n", 23);
+    qm_recovered_free(&r);
+    /* the cut bytes were kept aside, named by file and offset */
+    char kept[700];
+    const char *fname = strrchr(seg_path, '/') + 1;
+    snprintf(kept, sizeof kept, "%s/w0-%s-%zu", corrupt, fname, full);
+    assert_int_equal(file_size(kept), half);
+}
+
+static void test_recover_corrupt_middle(void **state)
+{
+    (void)state;
+    struct cbstate cs = {0};
+    three_records(&cs);
+    /* find the second record and damage one byte of its body */
+    uint8_t buf[4096];
+    int fd = open(seg_path, O_RDWR);
+    assert_true(fd >= 0);
+    ssize_t n = read(fd, buf, sizeof buf);
+    assert_true(n > 0);
+    size_t t1;
+    assert_int_equal(qm_record_check(buf, (size_t)n, &t1), 0);
+    size_t t2;
+    assert_int_equal(qm_record_check(buf + t1, (size_t)n - t1, &t2), 0);
+    buf[t1 + t2 - 3] ^= 0x01;
+    assert_int_equal(pwrite(fd, buf, (size_t)n, 0), n);
+    close(fd);
+    char spool[300];
+    snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+    struct qm_recovered r;
+    assert_int_equal(qm_recover(spool, 1, &r), 0);
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.n_corrupt, 1);
+    assert_int_equal(r.n_torn, 0);
+    assert_string_equal(r.msgs[0]->qid, cs.qids[0]);
+    assert_string_equal(r.msgs[1]->qid, cs.qids[2]);
+    qm_recovered_free(&r);
+    /* exactly the damaged record's bytes are in corrupt/ */
+    char kept[700];
+    snprintf(kept, sizeof kept, "%s/corrupt/w0-%s-%zu", spool, strrchr(seg_path, '/') + 1, t1);
+    assert_int_equal(file_size(kept), t2);
+    uint8_t k[4096];
+    fd = open(kept, O_RDONLY);
+    assert_int_equal(read(fd, k, sizeof k), (ssize_t)t2);
+    close(fd);
+    assert_memory_equal(k, buf + t1, t2);
+    /* the segment stays: two messages in it are still queued */
+    assert_int_equal(access(seg_path, F_OK), 0);
+}
+
+static void append_journal(const struct qm_jentry *es, size_t n)
+{
+    struct io_uring ring;
+    assert_int_equal(io_uring_queue_init(64, &ring, 0), 0);
+    char dir[300];
+    spool_dir(dir, sizeof dir, 0);
+    _Atomic uint64_t seq = 1000;
+    struct qm_spool sp;
+    assert_int_equal(qm_spool_open(&sp, dir, &seq, &ring), 0);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(qm_spool_journal(&sp, &es[i]), 0);
+    assert_int_equal(qm_spool_flush(&sp), 0);
+    while (sp.inflight)
+        assert_true(qm_ring_dispatch(&ring, true) >= 0);
+    qm_spool_close(&sp);
+    io_uring_queue_exit(&ring);
+}
+
+static void test_recover_journal_replay(void **state)
+{
+    (void)state;
+    struct cbstate cs = {0};
+    three_records(&cs);
+    struct qm_jentry es[4] = {
+        {.type = QM_J_DELIVERED, .rcpt = 0},
+        {.type = QM_J_DEFERRED, .attempts = 3, .when_ms = 1800000000000ull},
+        {.type = QM_J_HELD},
+        {.type = QM_J_DELETED},
+    };
+    snprintf(es[0].qid, sizeof es[0].qid, "%s", cs.qids[0]);
+    snprintf(es[1].qid, sizeof es[1].qid, "%s", cs.qids[1]);
+    snprintf(es[1].err, sizeof es[1].err, "451 4.4.1 connection refused");
+    snprintf(es[2].qid, sizeof es[2].qid, "%s", cs.qids[1]);
+    snprintf(es[3].qid, sizeof es[3].qid, "%s", cs.qids[2]);
+    append_journal(es, 4);
+    char spool[300];
+    snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+    for (int round = 0; round < 2; round++) {
+        /* the second round replays the compacted journal of the first */
+        struct qm_recovered r;
+        assert_int_equal(qm_recover(spool, 1, &r), 0);
+        assert_int_equal(r.n, 1); /* 1 delivered, 3 deleted: not redelivered */
+        assert_string_equal(r.msgs[0]->qid, cs.qids[1]);
+        assert_int_equal(r.msgs[0]->attempts, 3);
+        assert_int_equal(r.msgs[0]->next_attempt_ms, 1800000000000ull);
+        assert_int_equal(r.msgs[0]->state, QM_M_DEFERRED);
+        assert_true(r.msgs[0]->held);
+        assert_string_equal(r.msgs[0]->last_error, "451 4.4.1 connection refused");
+        qm_recovered_free(&r);
+        /* one compacted journal and the segment are left in w0 */
+        char w0[320];
+        snprintf(w0, sizeof w0, "%s/w0", spool);
+        assert_int_equal(count_files(w0), 2);
+    }
+    /* once every message is done the segment goes */
+    struct qm_jentry fin = {.type = QM_J_DELIVERED, .rcpt = 0};
+    snprintf(fin.qid, sizeof fin.qid, "%s", cs.qids[1]);
+    append_journal(&fin, 1);
+    struct qm_recovered r;
+    assert_int_equal(qm_recover(spool, 1, &r), 0);
+    assert_int_equal(r.n, 0);
+    assert_int_equal(r.n_segs_deleted >= 1, 1);
+    qm_recovered_free(&r);
+    assert_int_equal(access(seg_path, F_OK), -1);
+}
+
+static void test_maildir(void **state)
+{
+    (void)state;
+    char md[300];
+    snprintf(md, sizeof md, "%s/mail/box", tmpdir);
+    const char *msg = "Subject: t\r\nMessage-ID: <1@t>\r\n\r\nline1\r\nline2\r\n";
+    char name[256];
+    assert_int_equal(qm_maildir_deliver(md, "0123456789AB00000009", "alice@example.org",
+                                        "bob@example.net", (const uint8_t *)msg, strlen(msg),
+                                        name, sizeof name),
+                     0);
+    char p[700];
+    snprintf(p, sizeof p, "%s/tmp", md);
+    assert_int_equal(count_files(p), 0);
+    snprintf(p, sizeof p, "%s/cur", md);
+    assert_int_equal(count_files(p), 0);
+    snprintf(p, sizeof p, "%s/new", md);
+    assert_int_equal(count_files(p), 1);
+    snprintf(p, sizeof p, "%s/new/%s", md, name);
+    char got[512];
+    int fd = open(p, O_RDONLY);
+    assert_true(fd >= 0);
+    ssize_t n = read(fd, got, sizeof got - 1);
+    close(fd);
+    assert_true(n > 0);
+    got[n] = 0;
+    char want[512];
+    snprintf(want, sizeof want, "Return-Path: <alice@example.org>\r\nDelivered-To: bob@example.net\r\n%s",
+             msg);
+    assert_string_equal(got, want);
+    assert_non_null(strstr(name, "0123456789AB00000009"));
+    /* a null sender gives Return-Path: <> */
+    assert_int_equal(qm_maildir_deliver(md, "0123456789AB0000000A", "", "bob@example.net",
+                                        (const uint8_t *)msg, strlen(msg), name, sizeof name),
+                     0);
+    snprintf(p, sizeof p, "%s/new/%s", md, name);
+    fd = open(p, O_RDONLY);
+    n = read(fd, got, sizeof got - 1);
+    close(fd);
+    got[n] = 0;
+    assert_memory_equal(got, "Return-Path: <>\r\n", 17);
+}
+
+static void test_qid(void **state)
+{
+    (void)state;
+    char a[QM_QID_SIZE], b[QM_QID_SIZE], c[QM_QID_SIZE];
+    qm_make_qid(a, 1700000000000ull, 1, 5);
+    qm_make_qid(b, 1700000000000ull, 1, 6);
+    qm_make_qid(c, 1700000000001ull, 0, 0);
+    assert_int_equal(strlen(a), QM_QID_LEN);
+    assert_string_equal(a, "018BCFE5680001000005");
+    assert_true(strcmp(a, b) < 0);
+    assert_true(strcmp(b, c) < 0); /* later time sorts later */
+}
+
+/* A recovered queue answers list/show through mx_queue_control before workers run. */
+static void test_control_list(void **state)
+{
+    (void)state;
+    struct cbstate cs = {0};
+    three_records(&cs);
+    struct qm_jentry es[2] = {
+        {.type = QM_J_DEFERRED, .attempts = 2, .when_ms = 1800000000000ull},
+        {.type = QM_J_DELIVERED, .rcpt = 0},
+    };
+    snprintf(es[0].qid, sizeof es[0].qid, "%s", cs.qids[0]);
+    snprintf(es[0].err, sizeof es[0].err, "421 4.4.2 timeout");
+    snprintf(es[1].qid, sizeof es[1].qid, "%s", cs.qids[2]);
+    append_journal(es, 2);
+    char spool[300];
+    snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+    struct mx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.spool_dir = spool;
+    cfg.dp_workers = 1;
+    cfg.smtp_max_message_size = 1 << 20;
+    struct mx_queue *q;
+    assert_int_equal(mx_queue_open(&cfg, &q), 0);
+    char *out = NULL;
+    assert_int_equal(mx_queue_control(q, "list", NULL, true, &out), 0);
+    json_error_t err;
+    json_t *arr = json_loads(out, 0, &err);
+    assert_non_null(arr);
+    assert_int_equal(json_array_size(arr), 2);
+    json_t *d = NULL;
+    for (size_t i = 0; i < 2; i++) {
+        json_t *o = json_array_get(arr, i);
+        assert_int_equal(json_object_size(o), 8);
+        const char *keys[] = {"id", "from", "rcpts", "size", "state", "attempts",
+                              "next_attempt", "last_error"};
+        for (size_t k = 0; k < 8; k++)
+            assert_non_null(json_object_get(o, keys[k]));
+        if (strcmp(json_string_value(json_object_get(o, "id")), cs.qids[0]) == 0)
+            d = o;
+    }
+    assert_non_null(d);
+    assert_string_equal(json_string_value(json_object_get(d, "state")), "deferred");
+    assert_int_equal(json_integer_value(json_object_get(d, "attempts")), 2);
+    assert_int_equal(json_integer_value(json_object_get(d, "next_attempt")), 1800000000);
+    assert_string_equal(json_string_value(json_object_get(d, "last_error")), "421 4.4.2 timeout");
+    assert_string_equal(json_string_value(json_object_get(d, "from")), "alice@example.org");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "rcpts"), 0)),
+                        "user0@example.net");
+    assert_int_equal(json_integer_value(json_object_get(d, "size")), 19);
+    json_decref(arr);
+    free(out);
+
+    assert_int_equal(mx_queue_control(q, "show", cs.qids[1], false, &out), 0);
+    assert_non_null(strstr(out, "from: <alice@example.org>"));
+    assert_non_null(strstr(out, "rcpt: <user0@example.net> pending"));
+    free(out);
+    assert_int_equal(mx_queue_control(q, "show", "NOSUCHID", false, &out), -ENOENT);
+    free(out);
+    assert_int_equal(mx_queue_control(q, "bogus", NULL, false, &out), -EINVAL);
+    free(out);
+    assert_false(mx_queue_inbound_paused(q));
+    assert_int_equal(mx_queue_control(q, "pause-inbound", NULL, false, &out), 0);
+    free(out);
+    assert_true(mx_queue_inbound_paused(q));
+    assert_int_equal(mx_queue_control(q, "resume-inbound", NULL, true, &out), 0);
+    assert_string_equal(out, "{\"ok\":true,\"result\":\"inbound mail resumed\"}\n");
+    free(out);
+    assert_false(mx_queue_inbound_paused(q));
+    mx_queue_close(q);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_crc32c_vector),
+        cmocka_unit_test(test_record_roundtrip),
+        cmocka_unit_test(test_journal_roundtrip),
+        cmocka_unit_test(test_msgbuf_limit),
+        cmocka_unit_test(test_qid),
+        cmocka_unit_test_setup_teardown(test_group_commit, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_recover_torn_tail, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_recover_corrupt_middle, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_recover_journal_replay, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_maildir, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_control_list, setup_dir, teardown_dir),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
