@@ -67,7 +67,8 @@ struct mx_scan_engine {
     struct erule *er;
     struct group *g;
     size_t ng;
-    int body_g, raw_g, full_g, uri_g, dlp_g;
+    int dlp_g;         /* DLP dictionary database (block mode) */
+    bool has_full;     /* some `full` rule: keep the raw message for PCRE2 */
     uint32_t *metas, *dlps, *attachs;
     size_t nmetas, ndlps, nattachs;
     /* dlp dictionary terms: HS id = term number */
@@ -142,10 +143,15 @@ static int add_u32(uint32_t **a, size_t *n, uint32_t v)
     return 0;
 }
 
+/* Patterns per database: compile time grows much faster than linearly with
+ * the pattern count (and a "pattern too large" retry recompiles the group),
+ * so scopes are split into databases of at most this many patterns. */
+#define GROUP_MAX 48
+
 static int group_for(struct mx_scan_engine *e, enum scope sc, const char *target)
 {
     for (size_t i = 0; i < e->ng; i++)
-        if (e->g[i].scope == sc &&
+        if (e->g[i].scope == sc && (sc == SC_DLP || e->g[i].nrules + e->g[i].npcre < GROUP_MAX) &&
             (sc != SC_HEADER || strcmp(e->g[i].target, target) == 0))
             return (int)i;
     struct group *ng = realloc(e->g, (e->ng + 1) * sizeof *ng);
@@ -186,6 +192,29 @@ static int add_skip(struct mx_scan_engine *e, const char *name, const char *why)
     ns[e->nskips].why = why;
     e->nskips++;
     return 0;
+}
+
+/* Does the regex hold a bounded repeat of more than 40 (x{0,300})? Those
+ * blow up Hyperscan's compile time (tens of seconds for a handful) and its
+ * automata; prefilter mode relaxes the bound and PCRE2 confirms. */
+static unsigned long big_repeat(const char *re)
+{
+    unsigned long worst = 0;
+    for (const char *p = re; *p; p++) {
+        if (*p == '\\' && p[1]) {
+            p++;
+            continue;
+        }
+        if (*p != '{' || !isdigit((unsigned char)p[1]))
+            continue;
+        char *end;
+        unsigned long lo = strtoul(p + 1, &end, 10), hi = lo;
+        if (*end == ',')
+            hi = isdigit((unsigned char)end[1]) ? strtoul(end + 1, &end, 10) : 0, end += hi ? 0 : 1;
+        if (*end == '}' && (lo > 40 || hi > 40))
+            worst = lo > worst ? lo : hi > worst ? hi : worst;
+    }
+    return worst;
 }
 
 /* Decide how each regex rule runs. */
@@ -258,7 +287,10 @@ static int classify(struct mx_scan_engine *e)
         hs_expr_info_t *info = NULL;
         hs_compile_error_t *cerr = NULL;
         unsigned fl = hs_flags_for(r, sc);
-        if (hs_expression_info(pat, fl, &info, &cerr) == HS_SUCCESS) {
+        unsigned long rep = big_repeat(r->re);
+        if (rep > 1000) {
+            er->how = HOW_PCRE; /* even prefilter compiles take tens of seconds */
+        } else if (!rep && hs_expression_info(pat, fl, &info, &cerr) == HS_SUCCESS) {
             er->how = HOW_HS;
         } else {
             hs_free_compile_error(cerr);
@@ -378,22 +410,38 @@ static int compile_group(struct mx_scan_engine *e, struct group *g)
             return 0;
         }
         hs_compile_error_t *cerr = NULL;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         hs_error_t hr = hs_compile_multi((const char *const *)p.expr, p.flags, p.ids,
                                          (unsigned)p.n, group_mode(g), NULL, &g->db, &cerr);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (getenv("MX_SCAN_PROFILE"))
+            fprintf(stderr, "compile scope=%d target=%s patterns=%zu %.2fs\n", g->scope,
+                    g->target, p.n,
+                    (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+        if (getenv("MX_SCAN_PROFILE") && (double)(t1.tv_sec - t0.tv_sec) > 5)
+            for (size_t k = 0; k < p.n; k++)
+                fprintf(stderr, "  slow group pattern %u: %.160s\n", p.ids[k], p.expr[k]);
         pats_free(&p);
         if (hr == HS_SUCCESS)
             return 0;
         int bad = cerr ? cerr->expression : -1;
+        if (getenv("MX_SCAN_PROFILE"))
+            fprintf(stderr, "compile error %d: %s\n", bad, cerr ? cerr->message : "?");
         hs_free_compile_error(cerr);
         if (bad < 0 || g->scope == SC_DLP)
             return -EIO;
         uint32_t ri = g->rules[bad];
+        struct erule *er = &e->er[ri];
+        if (er->how == HOW_HS && er->pc) {
+            /* "pattern too large" (big bounded repeats): prefilter mode
+             * relaxes them, PCRE2 confirms */
+            er->how = HOW_PREFILTER;
+            continue;
+        }
         memmove(g->rules + bad, g->rules + bad + 1, (g->nrules - (size_t)bad - 1) * sizeof *g->rules);
         g->nrules--;
-        struct erule *er = &e->er[ri];
         if (er->pc) {
-            if (er->how == HOW_HS)
-                e->st.hs_exact--;
             er->how = HOW_PCRE;
             if (add_u32(&g->pcre, &g->npcre, ri))
                 return -ENOMEM;
@@ -464,7 +512,16 @@ static int cache_load(struct mx_scan_engine *e, const char *path)
                 free(keep);
                 goto out;
             }
-            /* rules missing from the cached list run in PCRE2 */
+            /* rules missing from the cached list run in PCRE2; bit 31 marks
+             * a rule compile moved to prefilter mode */
+            for (size_t j = 0; j < nr; j++) {
+                uint32_t ri = keep[j] & 0x7fffffffu;
+                if (ri >= e->rs.nrules)
+                    goto out;
+                if (keep[j] & 0x80000000u)
+                    e->er[ri].how = HOW_PREFILTER;
+                keep[j] = ri;
+            }
             for (size_t k = 0; k < g->nrules; k++) {
                 bool found = false;
                 for (size_t j = 0; j < nr && !found; j++)
@@ -513,8 +570,10 @@ static void cache_store(struct mx_scan_engine *e, const char *path)
         struct group *g = &e->g[i];
         uint32_t nr = g->scope == SC_DLP ? (uint32_t)e->nterms : (uint32_t)g->nrules;
         ok = fwrite(&nr, 4, 1, f) == 1;
-        if (ok && g->scope != SC_DLP)
-            ok = fwrite(g->rules, 4, nr, f) == nr;
+        for (size_t k = 0; ok && g->scope != SC_DLP && k < nr; k++) {
+            uint32_t v = g->rules[k] | (e->er[g->rules[k]].how == HOW_PREFILTER ? 0x80000000u : 0);
+            ok = fwrite(&v, 4, 1, f) == 1;
+        }
         char *buf = NULL;
         size_t len = 0;
         if (ok && g->db && hs_serialize_database(g->db, &buf, &len) != HS_SUCCESS)
@@ -584,25 +643,10 @@ static int build_dbs(struct mx_scan_engine *e)
         cached ? 0 : (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     for (size_t i = 0; i < e->ng; i++) {
         e->st.databases += e->g[i].db != NULL;
-        switch (e->g[i].scope) {
-        case SC_BODY:
-            e->body_g = (int)i;
-            break;
-        case SC_RAWBODY:
-            e->raw_g = (int)i;
-            break;
-        case SC_FULL:
-            e->full_g = (int)i;
-            break;
-        case SC_URI:
-            e->uri_g = (int)i;
-            break;
-        case SC_DLP:
+        if (e->g[i].scope == SC_DLP)
             e->dlp_g = (int)i;
-            break;
-        default:
-            break;
-        }
+        if (e->g[i].scope == SC_FULL)
+            e->has_full = true;
     }
     /* final counts */
     e->st.hs_exact = e->st.hs_prefilter = e->st.pcre_only = 0;
@@ -647,7 +691,7 @@ int mx_scan_engine_load(const struct mx_scan_opts *o, struct mx_scan_engine **ou
     if (!e->o.max_uris)
         e->o.max_uris = 256;
     e->o.cache_dir = NULL;
-    e->body_g = e->raw_g = e->full_g = e->uri_g = e->dlp_g = -1;
+    e->dlp_g = -1;
     mx_rules_init(&e->rs);
     int rc = 0;
     for (size_t i = 0; i < o->n_rule_paths && rc == 0; i++)
@@ -742,7 +786,7 @@ struct mx_scan_msg {
     struct mx_scan_worker *w;
     struct mx_scan_msg *next_free;
     struct mx_mime_parser *mp;
-    hs_stream_t *st_body, *st_raw, *st_full;
+    hs_stream_t **streams; /* per group; NULL for block-mode groups */
     bool ended, dirty;
     unsigned flags;
     /* per rule state */
@@ -843,12 +887,10 @@ struct mx_scan_worker *mx_scan_worker_new(struct mx_scan_engine *e)
 static void msg_destroy(struct mx_scan_msg *m)
 {
     mx_mime_parser_free(m->mp);
-    if (m->st_body)
-        hs_close_stream(m->st_body, NULL, NULL, NULL);
-    if (m->st_raw)
-        hs_close_stream(m->st_raw, NULL, NULL, NULL);
-    if (m->st_full)
-        hs_close_stream(m->st_full, NULL, NULL, NULL);
+    for (size_t i = 0; m->streams && i < m->w->e->ng; i++)
+        if (m->streams[i])
+            hs_close_stream(m->streams[i], NULL, NULL, NULL);
+    free(m->streams);
     free(m->count);
     free(m->cand);
     free(m->val);
@@ -940,13 +982,20 @@ static void end_token(struct mx_scan_msg *m)
     m->tok_over = false;
 }
 
+static void scan_streams(struct mx_scan_msg *m, enum scope sc, const char *s, size_t n)
+{
+    struct mx_scan_engine *e = m->w->e;
+    for (size_t i = 0; i < e->ng; i++)
+        if (e->g[i].scope == sc && m->streams[i])
+            hs_scan_stream(m->streams[i], s, (unsigned)n, 0, m->w->scratch, on_match, m);
+}
+
 static void body_out(struct mx_scan_msg *m, const char *s, size_t n)
 {
     struct mx_scan_engine *e = m->w->e;
     if (n == 0)
         return;
-    if (e->body_g >= 0 && e->g[e->body_g].db && m->st_body)
-        hs_scan_stream(m->st_body, s, (unsigned)n, 0, m->w->scratch, on_match, m);
+    scan_streams(m, SC_BODY, s, n);
     keep(m->body, &m->blen, e->o.body_keep, s, n, &m->flags);
 }
 
@@ -1256,10 +1305,8 @@ static void on_data(void *ud, const struct mx_mime_part *p, const uint8_t *d, si
     struct mx_scan_msg *m = ud;
     struct mx_scan_engine *e = m->w->e;
     if ((int)p->index == m->text_part) {
-        if (e->raw_g >= 0 && e->g[e->raw_g].db && m->st_raw)
-            hs_scan_stream(m->st_raw, (const char *)d, (unsigned)n, 0, m->w->scratch, on_match, m);
-        if (e->raw_g >= 0 && e->g[e->raw_g].npcre)
-            keep(m->raw, &m->rlen, e->o.body_keep, (const char *)d, n, &m->flags);
+        scan_streams(m, SC_RAWBODY, (const char *)d, n);
+        keep(m->raw, &m->rlen, e->o.body_keep, (const char *)d, n, &m->flags);
         mx_utf8_conv_feed(&m->conv, d, n, text_emit, m);
     }
     if ((int)p->index == m->att_part && m->headlen < sizeof m->head) {
@@ -1352,7 +1399,8 @@ static struct mx_scan_msg *msg_new(struct mx_scan_worker *w)
     m->hdrs = calloc(m->hdrcap, sizeof *m->hdrs);
     m->body = malloc(e->o.body_keep);
     m->raw = malloc(e->o.body_keep);
-    m->full = e->full_g >= 0 && e->g[e->full_g].npcre ? malloc(e->o.full_keep) : NULL;
+    m->full = e->has_full ? malloc(e->o.full_keep) : NULL;
+    m->streams = calloc(e->ng + 1, sizeof *m->streams);
     m->ucap = 64 * 1024;
     m->ua = malloc(m->ucap);
     m->uoff = calloc(e->o.max_uris, sizeof *m->uoff);
@@ -1360,13 +1408,10 @@ static struct mx_scan_msg *msg_new(struct mx_scan_worker *w)
     m->hit_scores = calloc(nr, sizeof *m->hit_scores);
     bool ok = m->mp && m->count && m->cand && m->val && m->vstate && m->ha && m->hdrs &&
               m->body && m->raw && m->ua && m->uoff && m->hits && m->hit_scores &&
-              (m->full || !(e->full_g >= 0 && e->g[e->full_g].npcre));
-    if (ok && e->body_g >= 0 && e->g[e->body_g].db)
-        ok = hs_open_stream(e->g[e->body_g].db, 0, &m->st_body) == HS_SUCCESS;
-    if (ok && e->raw_g >= 0 && e->g[e->raw_g].db)
-        ok = hs_open_stream(e->g[e->raw_g].db, 0, &m->st_raw) == HS_SUCCESS;
-    if (ok && e->full_g >= 0 && e->g[e->full_g].db)
-        ok = hs_open_stream(e->g[e->full_g].db, 0, &m->st_full) == HS_SUCCESS;
+              m->streams && (m->full || !e->has_full);
+    for (size_t i = 0; ok && i < e->ng; i++)
+        if (e->g[i].db && group_mode(&e->g[i]) == HS_MODE_STREAM)
+            ok = hs_open_stream(e->g[i].db, 0, &m->streams[i]) == HS_SUCCESS;
     if (!ok) {
         msg_destroy(m);
         return NULL;
@@ -1419,8 +1464,7 @@ int mx_scan_msg_feed(struct mx_scan_msg *m, const uint8_t *buf, size_t len)
     struct mx_scan_engine *e = m->w->e;
     if (m->ended)
         return -EINVAL;
-    if (m->st_full)
-        hs_scan_stream(m->st_full, (const char *)buf, (unsigned)len, 0, m->w->scratch, on_match, m);
+    scan_streams(m, SC_FULL, (const char *)buf, len);
     if (m->full)
         keep(m->full, &m->flen, e->o.full_keep, (const char *)buf, len, &m->flags);
     mx_mime_parser_feed(m->mp, buf, len);
@@ -1517,7 +1561,7 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
     b->n = 0;
     b->s[0] = 0;
     bool found = false;
-    if (strcmp(name, "all") == 0) {
+    if (strcmp(name, "ALL") == 0) {
         for (size_t i = 0; i < m->nhdrs; i++) {
             vb_add(b, m->ha + m->hdrs[i].no, m->hdrs[i].nl);
             vb_add(b, ": ", 2);
@@ -1526,7 +1570,7 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
         }
         return m->nhdrs > 0;
     }
-    if (strcmp(name, "envelopefrom") == 0) {
+    if (strcmp(name, "EnvelopeFrom") == 0) {
         if (m->envfrom[0]) {
             vb_add(b, m->envfrom, strlen(m->envfrom));
             vb_add(b, "\n", 1);
@@ -1542,8 +1586,8 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
     static const char *const tocc[] = {"to", "cc", NULL};
     static const char *const msgid[] = {"message-id", "resent-message-id", "x-message-id", NULL};
     const char *single[2] = {name, NULL};
-    const char *const *names = strcmp(name, "tocc") == 0        ? tocc
-                               : strcmp(name, "messageid") == 0 ? msgid
+    const char *const *names = strcmp(name, "ToCc") == 0        ? tocc
+                               : strcmp(name, "MESSAGEID") == 0 ? msgid
                                                                 : single;
     for (size_t k = 0; names[k]; k++) {
         for (size_t i = 0; i < m->nhdrs; i++) {
@@ -1568,10 +1612,10 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
                     vb_add(b, tmp, tl);
                 }
             }
-            vb_add(b, "\n", 1);
             found = true;
             if (strcmp(mod, "addr") == 0 || strcmp(mod, "name") == 0)
-                return true; /* first address only */
+                return true; /* first address only, no line end */
+            vb_add(b, "\n", 1);
         }
     }
     return found;
@@ -1650,18 +1694,20 @@ static void confirm(struct mx_scan_msg *m, int gi, const char *s, size_t n)
 static void scan_uris(struct mx_scan_msg *m)
 {
     struct mx_scan_engine *e = m->w->e;
-    if (e->uri_g < 0)
-        return;
-    struct group *g = &e->g[e->uri_g];
-    for (unsigned i = 0; i < m->nuri; i++) {
-        const char *u = m->ua + m->uoff[i];
-        size_t n = strlen(u);
-        if (g->db)
-            hs_scan(g->db, u, (unsigned)n, 0, m->w->scratch, on_match, m);
-        confirm(m, e->uri_g, u, n);
-        memset(m->cand, 0, 0); /* candidates are per URI: cleared below */
-        for (size_t k = 0; k < g->nrules; k++)
-            m->cand[g->rules[k]] = 0;
+    for (size_t gi = 0; gi < e->ng; gi++) {
+        struct group *g = &e->g[gi];
+        if (g->scope != SC_URI)
+            continue;
+        for (unsigned i = 0; i < m->nuri; i++) {
+            const char *u = m->ua + m->uoff[i];
+            size_t n = strlen(u);
+            if (g->db)
+                hs_scan(g->db, u, (unsigned)n, 0, m->w->scratch, on_match, m);
+            confirm(m, (int)gi, u, n);
+            /* prefilter candidates are per URI */
+            for (size_t k = 0; k < g->nrules; k++)
+                m->cand[g->rules[k]] = 0;
+        }
     }
 }
 
@@ -1892,17 +1938,19 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
     m->ended = true;
     if (m->toklen)
         end_token(m);
-    if (m->st_body)
-        hs_reset_stream(m->st_body, 0, m->w->scratch, on_match, m);
-    if (m->st_raw)
-        hs_reset_stream(m->st_raw, 0, m->w->scratch, on_match, m);
-    if (m->st_full)
-        hs_reset_stream(m->st_full, 0, m->w->scratch, on_match, m);
+    /* end of stream: reports $-anchored matches, leaves streams reusable */
+    for (size_t i = 0; i < e->ng; i++)
+        if (m->streams[i])
+            hs_reset_stream(m->streams[i], 0, m->w->scratch, on_match, m);
     scan_headers(m);
-    confirm(m, e->body_g, m->body, m->blen);
-    confirm(m, e->raw_g, m->raw, m->rlen);
-    if (m->full)
-        confirm(m, e->full_g, m->full, m->flen);
+    for (size_t i = 0; i < e->ng; i++) {
+        if (e->g[i].scope == SC_BODY)
+            confirm(m, (int)i, m->body, m->blen);
+        else if (e->g[i].scope == SC_RAWBODY)
+            confirm(m, (int)i, m->raw, m->rlen);
+        else if (e->g[i].scope == SC_FULL && m->full)
+            confirm(m, (int)i, m->full, m->flen);
+    }
     scan_uris(m);
     run_dlp(m);
     /* values of every rule; the verdict sums reported rules */
@@ -1956,12 +2004,9 @@ void mx_scan_msg_free(struct mx_scan_msg *m)
     struct mx_scan_worker *w = m->w;
     if (!m->ended) {
         /* abandoned mid-message: drop stream state without reporting */
-        if (m->st_body)
-            hs_reset_stream(m->st_body, 0, NULL, NULL, NULL);
-        if (m->st_raw)
-            hs_reset_stream(m->st_raw, 0, NULL, NULL, NULL);
-        if (m->st_full)
-            hs_reset_stream(m->st_full, 0, NULL, NULL, NULL);
+        for (size_t i = 0; i < w->e->ng; i++)
+            if (m->streams[i])
+                hs_reset_stream(m->streams[i], 0, NULL, NULL, NULL);
     }
     m->next_free = w->free_list;
     w->free_list = m;

@@ -467,11 +467,7 @@ static int def_header(struct mx_rule *r, const char *s, const char *e)
         r->type = MX_RULE_HEADER;
         r->exists = true;
         r->target = xstrndup(h, (size_t)(he - h));
-        if (!r->target)
-            return -ENOMEM;
-        for (char *c = r->target; *c; c++)
-            *c = (char)tolower((unsigned char)*c);
-        return 0;
+        return r->target ? 0 : -ENOMEM;
     }
     const char *h = s, *he = h;
     while (he < e && !isspace((unsigned char)*he) && *he != '=' && *he != '!')
@@ -494,11 +490,11 @@ static int def_header(struct mx_rule *r, const char *s, const char *e)
     r->type = MX_RULE_HEADER;
     r->re = re;
     r->reflags = fl;
+    /* case kept: SpamAssassin's pseudo headers (ALL, ToCc, MESSAGEID,
+     * EnvelopeFrom) are recognised case-sensitively */
     r->target = xstrndup(h, (size_t)(he - h));
     if (!r->target)
         return -ENOMEM;
-    for (char *c = r->target; *c; c++)
-        *c = (char)tolower((unsigned char)*c);
     p = skip_ws(p, e);
     if ((size_t)(e - p) > 11 && memcmp(p, "[if-unset:", 10) == 0) {
         const char *v = skip_ws(p + 10, e);
