@@ -256,6 +256,11 @@ struct mx_queue_msg *mx_queue_msg_begin(struct mx_queue *q, struct mx_worker *w,
         return NULL;
     }
     m->qw = qw;
+    if (m->env.arrival_ms == 0) {
+        /* the lifetime and delay= count from here when the caller did not say */
+        m->env.arrival_ms = qm_unix_ms();
+        qm_env_encode(&m->env, m->buf + QM_REC_HDR);
+    }
     return m;
 }
 
