@@ -223,40 +223,35 @@ static void feed_iconv(struct mx_utf8_conv *c, const uint8_t *in, size_t n, bool
         size_t take = left < sizeof join - c->ncarry ? left : sizeof join - c->ncarry;
         memcpy(join, c->carry, c->ncarry);
         memcpy(join + c->ncarry, src, take);
+        size_t total = c->ncarry + take;
         char *ip = (char *)join, *op = out;
-        size_t il = c->ncarry + take, ol = sizeof out;
+        size_t il = total, ol = sizeof out;
         size_t r = iconv(c->cd, &ip, &il, &op, &ol);
+        int err = r == (size_t)-1 ? errno : 0;
         size_t used = (size_t)((uint8_t *)ip - join);
         if (op > out)
             emit(ud, out, (size_t)(op - out));
-        if (r == (size_t)-1 && errno == EILSEQ) {
-            emit(ud, "\xef\xbf\xbd", 3);
-            used++;
-        } else if (r == (size_t)-1 && errno == EINVAL && take == left && !last) {
-            /* still incomplete: keep it all */
-            if (c->ncarry + take <= sizeof c->carry) {
-                memcpy(c->carry, join + used, c->ncarry + take - used);
-                c->ncarry = c->ncarry + take - used;
-                return;
-            }
-            used++;
-        } else if (r == (size_t)-1 && errno == EINVAL) {
+        if (used < c->ncarry && err == EINVAL && take == left && !last &&
+            total - used <= sizeof c->carry) {
+            /* still incomplete: wait for more input */
+            memmove(c->carry, join + used, total - used);
+            c->ncarry = total - used;
+            return;
+        }
+        if (used < c->ncarry && err) {
+            /* an invalid or truncated character inside the carry */
             emit(ud, "\xef\xbf\xbd", 3);
             used++;
         }
         if (used >= c->ncarry) {
-            size_t from_src = used - c->ncarry;
-            src += from_src;
-            left -= from_src;
+            /* past the carry: the rest of the chunk goes the normal way */
+            src += used - c->ncarry;
+            left -= used - c->ncarry;
             c->ncarry = 0;
         } else {
             memmove(c->carry, c->carry + used, c->ncarry - used);
             c->ncarry -= used;
         }
-        if (left == 0 && !last)
-            return;
-        if (left == 0 && c->ncarry == 0)
-            break;
     }
     while (left) {
         char *ip = (char *)src, *op = out;

@@ -1,0 +1,431 @@
+/*
+ * test_scan.c - unit tests of the scan engine: the streaming MIME parser
+ * (decoding, RFC 2047/2231, chunk independence, limits), the rule loader
+ * (conditionals, replace_tags, meta arithmetic), every rule scope on a test
+ * rule file (tests/scan/data/test.rules), DLP and attachment rules, verdict
+ * header rendering and stripping, and the stock SpamAssassin rules on the
+ * GTUBE and non-spam samples.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "scan/mime_internal.h"
+#include "scan/rules_internal.h"
+#include "scan/scan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- MIME ----------------------------------------------------------------- */
+
+struct collect {
+    char data[8][512];
+    size_t len[8];
+    char ctype[8][96];
+    char fname[8][256];
+    unsigned n;
+    char subject[256];
+};
+
+static void c_header(void *ud, const struct mx_mime_part *p, const char *name, size_t nl,
+                     const char *v, size_t vl)
+{
+    struct collect *c = ud;
+    if (p->index == 0 && nl == 7 && strncasecmp(name, "subject", 7) == 0)
+        mx_mime_decode_header(v, vl, c->subject, sizeof c->subject);
+}
+
+static void c_begin(void *ud, const struct mx_mime_part *p)
+{
+    struct collect *c = ud;
+    if (p->index < 8) {
+        snprintf(c->ctype[p->index], 96, "%s", p->ctype);
+        snprintf(c->fname[p->index], 256, "%s", p->filename);
+        c->n = p->index + 1;
+    }
+}
+
+static void c_data(void *ud, const struct mx_mime_part *p, const uint8_t *d, size_t n)
+{
+    struct collect *c = ud;
+    if (p->index < 8 && c->len[p->index] + n < 512) {
+        memcpy(c->data[p->index] + c->len[p->index], d, n);
+        c->len[p->index] += n;
+    }
+}
+
+static unsigned parse(const char *msg, size_t step, struct collect *c)
+{
+    struct mx_mime_callbacks cb = {c_header, c_begin, c_data, NULL};
+    memset(c, 0, sizeof *c);
+    struct mx_mime_parser *p = mx_mime_parser_new(&cb, c);
+    assert_non_null(p);
+    size_t n = strlen(msg);
+    for (size_t off = 0; off < n; off += step)
+        mx_mime_parser_feed(p, (const uint8_t *)msg + off, n - off < step ? n - off : step);
+    mx_mime_parser_end(p);
+    unsigned d = mx_mime_parser_defects(p);
+    mx_mime_parser_free(p);
+    return d;
+}
+
+static const char MIXED[] =
+    "Subject: =?ISO-2022-JP?B?GyRCJUYlOSVIGyhC?= =?utf-8?q?caf=C3=A9?=\r\n"
+    "Content-Type: multipart/mixed; boundary=\"b1\"\r\n"
+    "\r\n"
+    "preamble\r\n"
+    "--b1\r\n"
+    "Content-Type: text/plain; charset=iso-8859-1\r\n"
+    "Content-Transfer-Encoding: quoted-printable\r\n"
+    "\r\n"
+    "caf=E9 soft=\r\n"
+    "break=3D=\r\n"
+    "--b1\r\n"
+    "Content-Type: application/octet-stream\r\n"
+    "Content-Disposition: attachment; filename*0*=utf-8''r%C3%A9; filename*1=sum.pdf\r\n"
+    "Content-Transfer-Encoding: base64\r\n"
+    "\r\n"
+    "SGVsbG8g\r\n"
+    "d29ybGQ=\r\n"
+    "--b1--\r\n"
+    "epilogue\r\n";
+
+static void test_mime_decoding(void **state)
+{
+    (void)state;
+    /* the same result whatever the chunk size, including 1 byte */
+    static const size_t steps[] = {1, 2, 3, 7, 64, 100000};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        struct collect c;
+        unsigned d = parse(MIXED, steps[i], &c);
+        assert_int_equal(d, 0);
+        assert_int_equal(c.n, 3);
+        assert_string_equal(c.ctype[0], "multipart/mixed");
+        assert_string_equal(c.subject, "テストcafé");
+        assert_string_equal(c.ctype[1], "text/plain");
+        /* QP: soft breaks joined, =E9 decoded, line end before the boundary dropped */
+        assert_int_equal(c.len[1], 15);
+        assert_memory_equal(c.data[1], "caf\xe9 softbreak=", 15);
+        assert_string_equal(c.fname[2], "résum.pdf");
+        assert_int_equal(c.len[2], 11);
+        assert_memory_equal(c.data[2], "Hello world", 11);
+    }
+}
+
+static void test_mime_limits(void **state)
+{
+    (void)state;
+    /* 60 nested multiparts: parsed to the depth limit and flagged */
+    static char msg[60 * 120 + 100];
+    size_t o = 0;
+    for (int i = 0; i < 60; i++)
+        o += (size_t)sprintf(msg + o, "Content-Type: multipart/mixed; boundary=\"x%d\"\r\n\r\n--x%d\r\n", i, i);
+    sprintf(msg + o, "\r\nend\r\n");
+    struct collect c;
+    unsigned d = parse(msg, 13, &c);
+    assert_true(d & MX_MIME_DEF_TOO_DEEP);
+    /* no boundary in a multipart, a missing end boundary */
+    d = parse("Content-Type: multipart/mixed\r\n\r\nbody\r\n", 5, &c);
+    assert_true(d & MX_MIME_DEF_NO_BOUNDARY);
+    assert_int_equal(c.len[0], 6);
+    d = parse("Content-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n\r\nlast\r\n", 5, &c);
+    assert_true(d & MX_MIME_DEF_NO_END_BOUNDARY);
+    assert_int_equal(c.len[1], 4); /* "last": line end belongs to the (missing) delimiter */
+}
+
+/* ---- rules parser ---------------------------------------------------------- */
+
+static void test_rules_parse(void **state)
+{
+    (void)state;
+    static const char text[] = "loadplugin Foo::Bar\n"
+                               "ifplugin Foo::Bar\n meta A (__X + __Y) > 1\nelse\n body A /no/\nendif\n"
+                               "if !plugin(Foo::Bar)\n body B /no/\nendif\n"
+                               "body __X /x\\#y/ # a comment\n"
+                               "header C From =~ m{a/b}i [if-unset: none]\n"
+                               "replace_tag T (?:t)\nreplace_post P {1,2}\nbody D /<post P><T>est/\n"
+                               "replace_rules D\n";
+    struct mx_ruleset rs;
+    mx_rules_init(&rs);
+    assert_int_equal(mx_rules_parse(&rs, text, sizeof text - 1, "t"), 0);
+    assert_int_equal(mx_rules_finish(&rs), 0);
+    long a = mx_rules_find(&rs, "A");
+    assert_true(a >= 0);
+    assert_int_equal(rs.rules[a].type, MX_RULE_META);
+    assert_int_equal(rs.rules[a].nmeta, 5); /* __X __Y + 1 > */
+    assert_int_equal(mx_rules_find(&rs, "B"), -1);
+    long x = mx_rules_find(&rs, "__X");
+    assert_string_equal(rs.rules[x].re, "x\\#y");
+    assert_true(rs.rules[x].score == 0);
+    long c = mx_rules_find(&rs, "C");
+    assert_string_equal(rs.rules[c].re, "a/b");
+    assert_int_equal(rs.rules[c].reflags, MX_RE_I);
+    assert_string_equal(rs.rules[c].ifunset, "none");
+    assert_true(rs.rules[c].score == 1.0);
+    long d = mx_rules_find(&rs, "D");
+    assert_string_equal(rs.rules[d].re, "(?:t){1,2}est");
+    mx_rules_free(&rs);
+    /* unbalanced conditionals are an error */
+    mx_rules_init(&rs);
+    assert_int_equal(mx_rules_parse(&rs, "if (version > 3)\nbody X /x/\n", 27, "t"), -22);
+    mx_rules_free(&rs);
+}
+
+/* ---- engine on the test rule file ----------------------------------------- */
+
+static struct mx_scan_engine *test_engine;
+static struct mx_scan_worker *test_worker;
+
+static int setup_engine(void **state)
+{
+    (void)state;
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/test.rules", getenv("SCAN_TEST_DATA"));
+    const char *paths[] = {path};
+    struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = 1};
+    char *err = NULL;
+    int rc = mx_scan_engine_load(&o, &test_engine, &err);
+    if (rc) {
+        fprintf(stderr, "load: %s\n", err ? err : "?");
+        free(err);
+        return -1;
+    }
+    test_worker = mx_scan_worker_new(test_engine);
+    return test_worker ? 0 : -1;
+}
+
+static int teardown_engine(void **state)
+{
+    (void)state;
+    mx_scan_worker_free(test_worker);
+    mx_scan_engine_free(test_engine);
+    return 0;
+}
+
+/* Scan `msg` in 5-byte chunks; returns the comma-joined hits in a static buffer. */
+static const char *scan(const char *msg, struct mx_scan_result *r)
+{
+    static char hits[2048];
+    struct mx_scan_msg *m = mx_scan_msg_begin(test_worker);
+    assert_non_null(m);
+    size_t n = strlen(msg);
+    for (size_t off = 0; off < n; off += 5)
+        assert_int_equal(mx_scan_msg_feed(m, (const uint8_t *)msg + off, n - off < 5 ? n - off : 5), 0);
+    assert_int_equal(mx_scan_msg_end(m, r), 0);
+    hits[0] = 0;
+    for (unsigned i = 0; i < r->nhits; i++) {
+        strcat(hits, i ? "," : "");
+        strcat(hits, r->hits[i]);
+    }
+    mx_scan_msg_free(m);
+    return hits;
+}
+
+static void test_engine_stats(void **state)
+{
+    (void)state;
+    struct mx_scan_stats st;
+    mx_scan_engine_stats(test_engine, &st);
+    assert_int_equal(st.hs_prefilter + st.pcre_only, 1); /* BACKREF */
+    assert_int_equal(st.skipped, 1);                     /* EVAL_RULE */
+    const char *name, *why;
+    assert_int_equal(mx_scan_engine_skipped(test_engine, 0, &name, &why), 0);
+    assert_string_equal(name, "EVAL_RULE");
+    assert_string_equal(why, "eval");
+    assert_int_equal(mx_scan_engine_skipped(test_engine, 1, &name, &why), -2);
+}
+
+static void test_engine_scopes(void **state)
+{
+    (void)state;
+    struct mx_scan_result r;
+    const char *h = scan("From: Bob <bob@example.com>\r\n"
+                         "Subject: FREE money now\r\n"
+                         "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+                         "X-Test-Full: yes\r\n"
+                         "Content-Type: text/html; charset=utf-8\r\n"
+                         "\r\n"
+                         "<p>You are a <b>WINNER</b>, claim it: <a href=\"http://www.badhost.test/x\">here</a>"
+                         "<font color=red>alternative</font> the the end, v1agra</p>\r\n",
+                         &r);
+    assert_string_equal(h, "ALT_DEF,BACKREF,FROM_ADDR_EX,FULL_XHDR,PRIZE_COMBO,RAW_FONT,"
+                           "SUBJ_FREE,URI_BADHOST,VIA_FUZZY");
+    assert_true(r.score == 2.5 + 0.5 + 0.125 + 1.5 + 0.5 + 0.5 + 0.75 + 3.0 + 1.0);
+    assert_true(r.flags & MX_SCAN_SPAM);
+    assert_int_equal(r.nuris, 1);
+    /* negated header rule, X-Mailer stops the meta, no backreference */
+    h = scan("Subject: hello\r\nX-Mailer: x\r\n\r\nwinner prize claim the end\r\n", &r);
+    assert_string_equal(h, "NO_DATE");
+    assert_false(r.flags & MX_SCAN_SPAM);
+}
+
+static void test_engine_charset(void **state)
+{
+    (void)state;
+    struct mx_scan_result r;
+    /* ISO-2022-JP body converted to UTF-8 before body rules run */
+    const char *h = scan("Date: x\r\nContent-Type: text/plain; charset=ISO-2022-JP\r\n\r\n"
+                         "\x1b$B%F%9%H\x1b(B\r\n", &r);
+    assert_string_equal(h, "BODY_JP");
+    /* and in base64 Shift_JIS */
+    h = scan("Date: x\r\nContent-Type: text/plain; charset=Shift_JIS\r\n"
+             "Content-Transfer-Encoding: base64\r\n\r\ng2WDWINn\r\n", &r);
+    assert_string_equal(h, "BODY_JP");
+}
+
+static void test_engine_dlp(void **state)
+{
+    (void)state;
+    struct mx_scan_result r;
+    const char *h = scan("Date: x\r\n\r\ncard 4111-1111-1111-1111 ok\r\n", &r);
+    assert_string_equal(h, "CARDS");
+    assert_true(r.flags & MX_SCAN_DLP);
+    h = scan("Date: x\r\n\r\ncard 4111-1111-1111-1112 (bad Luhn)\r\n", &r);
+    assert_string_equal(h, "");
+    h = scan("Date: x\r\n\r\npay to DE89 3704 0044 0532 0130 00 please\r\n", &r);
+    assert_string_equal(h, "IBANS");
+    h = scan("Date: x\r\n\r\npay to DE88 3704 0044 0532 0130 00 please\r\n", &r);
+    assert_string_equal(h, "");
+    h = scan("Date: x\r\n\r\nDiagnosis: oncology referral\r\n", &r);
+    assert_string_equal(h, "MEDICAL"); /* 2 + 3 >= 5 */
+    h = scan("Date: x\r\n\r\nDiagnosis only\r\n", &r);
+    assert_string_equal(h, "");
+}
+
+static void test_engine_attachments(void **state)
+{
+    (void)state;
+    struct mx_scan_result r;
+    /* a PE executable named .txt: the true type (libmagic) gives it away */
+    const char *h = scan("Date: x\r\nContent-Type: multipart/mixed; boundary=z\r\n\r\n--z\r\n"
+                         "Content-Type: text/plain\r\n\r\nhi\r\n--z\r\n"
+                         "Content-Type: text/plain; name=\"notes.txt\"\r\n"
+                         "Content-Disposition: attachment; filename=\"notes.txt\"\r\n"
+                         "Content-Transfer-Encoding: base64\r\n\r\n"
+                         "TVqQAJAAkACQAJAAkACQAJAAkACQAJAAkACQAJAAkACQAJAAkACQAJAAkACQAJAAkACQAJAAkACQ\r\n"
+                         "AJAAQAAAAFBFAABMAQEAAAAAAAAAAAAAAAAA4AACAQsBAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+                         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+                         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+                         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+                         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+                         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+                         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+                         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n"
+                         "--z--\r\n",
+                         &r);
+    assert_string_equal(h, "EXE_DISGUISED");
+    assert_int_equal(r.nattachments, 1);
+    h = scan("Date: x\r\nContent-Type: application/octet-stream; name=\"a.EXE\"\r\n\r\nxx\r\n", &r);
+    assert_string_equal(h, "BAD_EXT");
+}
+
+static void test_verdict_headers(void **state)
+{
+    (void)state;
+    static const char *const hits[] = {"A_RULE", "B_RULE"};
+    static const double sc[] = {3, 3.5};
+    struct mx_scan_result r = {.score = 6.5, .threshold = 5, .flags = MX_SCAN_SPAM, .nhits = 2,
+                               .hits = hits, .hit_scores = sc};
+    char buf[512];
+    int n = mx_scan_render_headers(&r, buf, sizeof buf);
+    assert_string_equal(buf, "X-Spam-Status: Yes, score=6.5 required=5.0 tests=A_RULE,B_RULE "
+                             "version=mxgate-0.1\r\nX-Spam-Score: 6.5\r\n"
+                             "X-Spam-Rules: A_RULE,B_RULE\r\n");
+    assert_int_equal(n, (int)strlen(buf));
+    assert_int_equal(mx_scan_render_headers(&r, buf, 20), -28);
+    static const char in[] = "From: a\r\nX-Spam-Status: Yes,\r\n\tscore=99\r\nx-spam-score : 9\r\n"
+                             "Subject: s\r\nX-Spam-Rulesx: keep\r\n";
+    char out[sizeof in];
+    size_t k = mx_scan_strip_verdict_headers(in, sizeof in - 1, out, sizeof out);
+    out[k] = 0;
+    assert_string_equal(out, "From: a\r\nSubject: s\r\nX-Spam-Rulesx: keep\r\n");
+}
+
+/* ---- stock SpamAssassin rules ---------------------------------------------- */
+
+static double scan_file(struct mx_scan_worker *w, const char *path, char *hits, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    struct mx_scan_msg *m = mx_scan_msg_begin(w);
+    uint8_t buf[1000];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        mx_scan_msg_feed(m, buf, n);
+    fclose(f);
+    struct mx_scan_result r;
+    assert_int_equal(mx_scan_msg_end(m, &r), 0);
+    hits[0] = 0;
+    for (unsigned i = 0; i < r.nhits && strlen(hits) + strlen(r.hits[i]) + 2 < cap; i++) {
+        strcat(hits, i ? "," : "");
+        strcat(hits, r.hits[i]);
+    }
+    mx_scan_msg_free(m);
+    return r.score;
+}
+
+static void test_stock_rules(void **state)
+{
+    (void)state;
+    FILE *probe = fopen("/usr/share/spamassassin/72_active.cf", "r");
+    if (!probe)
+        skip(); /* the spamassassin package is not installed */
+    fclose(probe);
+    const char *paths[] = {"/etc/spamassassin", "/usr/share/spamassassin"};
+    struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = 2,
+                             .cache_dir = getenv("SCAN_CACHE_DIR")};
+    struct mx_scan_engine *e;
+    char *err = NULL;
+    assert_int_equal(mx_scan_engine_load(&o, &e, &err), 0);
+    struct mx_scan_stats st;
+    mx_scan_engine_stats(e, &st);
+    printf("# stock rules: live=%u regex=%u hs_exact=%u hs_prefilter=%u pcre_only=%u meta=%u "
+           "skipped=%u zero_score=%u databases=%u from_cache=%d compile=%.1fs\n",
+           st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.meta, st.skipped,
+           st.zero_score, st.databases, st.from_cache, st.compile_seconds);
+    assert_true(st.regex > 1500);
+    assert_true(st.meta > 900);
+    struct mx_scan_worker *w = mx_scan_worker_new(e);
+    assert_non_null(w);
+    char path[4096], hits[4096];
+    snprintf(path, sizeof path, "%s/sa-samples/sample-spam.txt", getenv("SHARED_CORPUS"));
+    double s = scan_file(w, path, hits, sizeof hits);
+    printf("# sample-spam: %.3f %s\n", s, hits);
+    /* GTUBE 1000 and NO_RECEIVED -0.001: SpamAssassin prints score=1000.0 */
+    assert_true(s >= 999.95);
+    assert_non_null(strstr(hits, "GTUBE"));
+    snprintf(path, sizeof path, "%s/sa-samples/sample-nonspam.txt", getenv("SHARED_CORPUS"));
+    s = scan_file(w, path, hits, sizeof hits);
+    printf("# sample-nonspam: %.3f %s\n", s, hits);
+    assert_true(s < 1 && s > -1);
+    mx_scan_worker_free(w);
+    mx_scan_engine_free(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest mime[] = {
+        cmocka_unit_test(test_mime_decoding),
+        cmocka_unit_test(test_mime_limits),
+        cmocka_unit_test(test_rules_parse),
+        cmocka_unit_test(test_verdict_headers),
+    };
+    const struct CMUnitTest engine[] = {
+        cmocka_unit_test(test_engine_stats),
+        cmocka_unit_test(test_engine_scopes),
+        cmocka_unit_test(test_engine_charset),
+        cmocka_unit_test(test_engine_dlp),
+        cmocka_unit_test(test_engine_attachments),
+    };
+    const struct CMUnitTest stock[] = {
+        cmocka_unit_test(test_stock_rules),
+    };
+    int rc = cmocka_run_group_tests_name("mime+rules", mime, NULL, NULL);
+    rc += cmocka_run_group_tests_name("engine", engine, setup_engine, teardown_engine);
+    rc += cmocka_run_group_tests_name("stock", stock, NULL, NULL);
+    return rc;
+}
