@@ -51,30 +51,38 @@ void qm_make_qid(char out[QM_QID_SIZE], uint64_t unix_ms, unsigned worker, uint3
 
 /* ---- open / close ---------------------------------------------------------- */
 
-static void list_insert(struct qm_worker *qw, struct qm_msg *m)
+/*
+ * Which list a message is on follows from its state alone: busy while a
+ * delivery runs, waiting while deferred or held, ready otherwise. Change the
+ * state only between qm_list_remove() and qm_list_insert().
+ */
+static struct qm_mq *list_of(struct qm_worker *qw, const struct qm_msg *m)
 {
+    if (m->state == QM_M_ACTIVE)
+        return &qw->busy;
     if (m->held || m->state == QM_M_DEFERRED)
-        TAILQ_INSERT_TAIL(&qw->waiting, m, link);
-    else
-        TAILQ_INSERT_TAIL(&qw->ready, m, link);
+        return &qw->waiting;
+    return &qw->ready;
+}
+
+void qm_list_insert(struct qm_worker *qw, struct qm_msg *m)
+{
+    TAILQ_INSERT_TAIL(list_of(qw, m), m, link);
     m->on_list = true;
+}
+
+void qm_list_remove(struct qm_worker *qw, struct qm_msg *m)
+{
+    if (!m->on_list)
+        return;
+    TAILQ_REMOVE(list_of(qw, m), m, link);
+    m->on_list = false;
 }
 
 void qm_worker_add(struct qm_worker *qw, struct qm_msg *m)
 {
     qw->n_msgs++;
-    list_insert(qw, m);
-}
-
-static void list_remove(struct qm_worker *qw, struct qm_msg *m)
-{
-    if (!m->on_list)
-        return;
-    if (m->held || m->state == QM_M_DEFERRED)
-        TAILQ_REMOVE(&qw->waiting, m, link);
-    else
-        TAILQ_REMOVE(&qw->ready, m, link);
-    m->on_list = false;
+    qm_list_insert(qw, m);
 }
 
 int mx_queue_open(const struct mx_config *cfg, struct mx_queue **out)
@@ -98,6 +106,7 @@ int mx_queue_open(const struct mx_config *cfg, struct mx_queue **out)
         qw->index = i;
         TAILQ_INIT(&qw->ready);
         TAILQ_INIT(&qw->waiting);
+        TAILQ_INIT(&qw->busy);
     }
     q->reserve_bytes = cfg->smtp_max_message_size + (1u << 20);
 
@@ -184,6 +193,11 @@ void mx_queue_close(struct mx_queue *q)
         }
         while ((m = TAILQ_FIRST(&qw->waiting))) {
             TAILQ_REMOVE(&qw->waiting, m, link);
+            qm_msg_free(m);
+        }
+        /* the workers are gone: no delivery in flight can come back any more */
+        while ((m = TAILQ_FIRST(&qw->busy))) {
+            TAILQ_REMOVE(&qw->busy, m, link);
             qm_msg_free(m);
         }
         if (qw->started) {
@@ -351,7 +365,7 @@ void qm_journal(struct qm_worker *qw, const struct qm_msg *m, enum qm_jtype type
 
 void qm_worker_finish(struct qm_worker *qw, struct qm_msg *m)
 {
-    list_remove(qw, m);
+    qm_list_remove(qw, m);
     if (m->seg && m->seg->live)
         m->seg->live--;
     qw->n_msgs--;
@@ -522,14 +536,14 @@ static void attempt_finish(struct qm_attempt *a)
     free(st);
     qw->active--;
     if (m->deleted || qm_msg_finished(m)) {
-        m->on_list = false;
         qm_worker_finish(qw, m);
     } else {
+        qm_list_remove(qw, m);
         m->attempts++;
         m->next_attempt_ms = now + (uint64_t)backoff_s(cfg, m->attempts) * 1000;
         m->state = QM_M_DEFERRED;
         qm_journal(qw, m, QM_J_DEFERRED, 0);
-        list_insert(qw, m);
+        qm_list_insert(qw, m);
     }
     free(a->tried);
     free(a->res);
@@ -588,11 +602,12 @@ static void start_delivery(struct qm_worker *qw, struct qm_msg *m)
         free(remote);
         m->next_attempt_ms = qm_unix_ms() + 1000; /* try again a little later */
         m->state = QM_M_DEFERRED;
-        list_insert(qw, m);
+        qm_list_insert(qw, m);
         return;
     }
     *a = (struct qm_attempt){qw, m, 1, tried, res, remote};
     m->state = QM_M_ACTIVE;
+    qm_list_insert(qw, m);
     qw->active++;
     for (size_t i = 0; i < n; i++) {
         if (tried[i] || m->rstate[i] != QM_R_PENDING)

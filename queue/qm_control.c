@@ -129,41 +129,34 @@ static void msg_text(struct qm_ctl_req *r, const struct qm_msg *m, bool detail)
         out_printf(r, "rcpt: <%s> %s\n", m->env.rcpts[i].addr, rstate_name(m->rstate[i]));
 }
 
-/* Every message of the worker, ready, waiting and (via the active count) none else. */
 static struct qm_msg *find(struct qm_worker *qw, const char *id)
 {
-    struct qm_msg *m;
-    TAILQ_FOREACH(m, &qw->ready, link)
-    if (strcmp(m->qid, id) == 0)
-        return m;
-    TAILQ_FOREACH(m, &qw->waiting, link)
-    if (strcmp(m->qid, id) == 0)
-        return m;
+    struct qm_mq *lists[3] = {&qw->ready, &qw->waiting, &qw->busy};
+    for (int k = 0; k < 3; k++) {
+        struct qm_msg *m;
+        TAILQ_FOREACH(m, lists[k], link)
+        if (strcmp(m->qid, id) == 0)
+            return m;
+    }
     return NULL;
 }
 
-static void move(struct qm_worker *qw, struct qm_msg *m, bool held)
+/* Hold or release; a message being delivered keeps its list until the attempt ends. */
+static void set_held(struct qm_worker *qw, struct qm_msg *m, bool held)
 {
-    if (m->held || m->state == QM_M_DEFERRED)
-        TAILQ_REMOVE(&qw->waiting, m, link);
-    else
-        TAILQ_REMOVE(&qw->ready, m, link);
+    qm_list_remove(qw, m);
     m->held = held;
-    if (!held && m->state == QM_M_DEFERRED) {
+    if (!held && m->state == QM_M_DEFERRED)
         m->state = QM_M_READY; /* released: try now */
-    }
-    if (m->held || m->state == QM_M_DEFERRED)
-        TAILQ_INSERT_TAIL(&qw->waiting, m, link);
-    else
-        TAILQ_INSERT_TAIL(&qw->ready, m, link);
+    qm_list_insert(qw, m);
 }
 
 void qm_ctl_run(struct qm_worker *qw, struct qm_ctl_req *r)
 {
     const char *cmd = r->cmd;
     if (strcmp(cmd, "list") == 0) {
-        struct qm_mq *lists[2] = {&qw->ready, &qw->waiting};
-        for (int k = 0; k < 2; k++) {
+        struct qm_mq *lists[3] = {&qw->busy, &qw->ready, &qw->waiting};
+        for (int k = 0; k < 3; k++) {
             struct qm_msg *m;
             TAILQ_FOREACH(m, lists[k], link)
             {
@@ -201,18 +194,22 @@ void qm_ctl_run(struct qm_worker *qw, struct qm_ctl_req *r)
             msg_text(r, m, true);
     } else if (strcmp(cmd, "hold") == 0) {
         if (!m->held) {
-            move(qw, m, true);
+            set_held(qw, m, true);
             qm_journal(qw, m, QM_J_HELD, 0);
         }
     } else if (strcmp(cmd, "release") == 0) {
         if (m->held) {
-            move(qw, m, false);
+            set_held(qw, m, false);
             qm_journal(qw, m, QM_J_RELEASED, 0);
         }
     } else if (strcmp(cmd, "delete") == 0) {
-        m->deleted = true;
-        qm_journal(qw, m, QM_J_DELETED, 0);
-        qm_worker_finish(qw, m);
+        if (!m->deleted) {
+            m->deleted = true;
+            qm_journal(qw, m, QM_J_DELETED, 0);
+            /* a delivery in flight still points at it: it ends the message */
+            if (m->state != QM_M_ACTIVE)
+                qm_worker_finish(qw, m);
+        }
     }
 }
 

@@ -195,7 +195,7 @@ struct qm_spool {
  */
 int qm_spool_open(struct qm_spool *sp, const char *dir, _Atomic uint64_t *seq,
                   struct io_uring *ring);
-/** Close files (no flush: call after every batch completed). Frees segs. */
+/** Close files and drop what was never flushed, without callbacks (the callers are gone). */
 void qm_spool_close(struct qm_spool *sp);
 /** Queue a sealed message for the next flush. */
 void qm_spool_add(struct qm_spool *sp, struct mx_queue_msg *m);
@@ -296,6 +296,7 @@ struct qm_worker {
     struct qm_spool sp;
     struct qm_mq ready;   /* due now */
     struct qm_mq waiting; /* deferred or held */
+    struct qm_mq busy;    /* delivery in progress */
     size_t n_msgs;
     unsigned active; /* deliveries in flight */
     uint32_t counter;
@@ -340,6 +341,10 @@ void qm_ctl_run(struct qm_worker *qw, struct qm_ctl_req *req);
 void qm_worker_add(struct qm_worker *qw, struct qm_msg *m);
 /** Journal a state change of m through the worker's spool. */
 void qm_journal(struct qm_worker *qw, const struct qm_msg *m, enum qm_jtype type, uint32_t rcpt);
+/** Put m on the list its state says (busy, waiting or ready). */
+void qm_list_insert(struct qm_worker *qw, struct qm_msg *m);
+/** Take m off its list (no-op when on none). */
+void qm_list_remove(struct qm_worker *qw, struct qm_msg *m);
 /** A message is finished: drop it, release its segment. */
 void qm_worker_finish(struct qm_worker *qw, struct qm_msg *m);
 

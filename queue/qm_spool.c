@@ -578,11 +578,11 @@ int qm_spool_open(struct qm_spool *sp, const char *dir, _Atomic uint64_t *seq,
 
 void qm_spool_close(struct qm_spool *sp)
 {
+    /* Never written, never acknowledged. No callback: after the workers
+     * stopped, whoever asked for the commit (an SMTP session) is gone. */
     struct mx_queue_msg *m;
     while ((m = TAILQ_FIRST(&sp->pending))) {
         TAILQ_REMOVE(&sp->pending, m, link);
-        if (m->cb)
-            m->cb(m->cb_arg, -ESHUTDOWN, NULL);
         qm_msgbuf_free(m);
     }
     if (sp->j_fd >= 0)
