@@ -151,7 +151,7 @@ void qm_msgbuf_free(struct mx_queue_msg *m);
 /** One segment file; live counts messages not yet finished. */
 struct qm_seg {
     TAILQ_ENTRY(qm_seg) link;
-    char path[512];
+    char path[1024];
     uint64_t seq;
     unsigned live;
     int fd;       /* writer's descriptor, -1 when closed or recovered */

@@ -457,7 +457,7 @@ int qm_recover(const char *spool, unsigned n_workers, struct qm_recovered *out)
             (*n)++;
         }
         closedir(wd);
-        if (rc == 0)
+        if (rc == 0 && n_segf)
             qsort(segf, n_segf, sizeof *segf, cmp_jfile);
         for (size_t i = 0; rc == 0 && i < n_segf; i++) {
             struct qm_seg *s = calloc(1, sizeof *s);
@@ -490,7 +490,8 @@ int qm_recover(const char *spool, unsigned n_workers, struct qm_recovered *out)
     }
     closedir(d);
     if (rc == 0) {
-        qsort(out->msgs, out->n, sizeof *out->msgs, cmp_msg);
+        if (out->n)
+            qsort(out->msgs, out->n, sizeof *out->msgs, cmp_msg);
         /* the same qid twice (a record rewritten after a resync): keep the first */
         size_t w = 0;
         for (size_t i = 0; i < out->n; i++) {
@@ -502,7 +503,8 @@ int qm_recover(const char *spool, unsigned n_workers, struct qm_recovered *out)
             out->msgs[w++] = out->msgs[i];
         }
         out->n = w;
-        qsort(jfs, n_jf, sizeof *jfs, cmp_jfile);
+        if (n_jf)
+            qsort(jfs, n_jf, sizeof *jfs, cmp_jfile);
         for (size_t i = 0; i < n_jf; i++)
             replay_journal(&sc, &jfs[i]);
         /* finished messages leave the queue; their segment may stay for others */

@@ -291,7 +291,7 @@ static int count_files(const char *dir)
     return n;
 }
 
-static char seg_path[512];
+static char seg_path[1024];
 
 /* Three records through the real writer; remember the segment's path. */
 static void three_records(struct cbstate *cs)
@@ -346,7 +346,7 @@ static void test_recover_torn_tail(void **state)
     assert_memory_equal(qm_msg_body(r.msgs[2]), "Subject: three\r\n\r\n333\r\n", 23);
     qm_recovered_free(&r);
     /* the cut bytes were kept aside, named by file and offset */
-    char kept[700];
+    char kept[2200];
     const char *fname = strrchr(seg_path, '/') + 1;
     snprintf(kept, sizeof kept, "%s/w0-%s-%zu", corrupt, fname, full);
     assert_int_equal(file_size(kept), half);
@@ -381,7 +381,7 @@ static void test_recover_corrupt_middle(void **state)
     assert_string_equal(r.msgs[1]->qid, cs.qids[2]);
     qm_recovered_free(&r);
     /* exactly the damaged record's bytes are in corrupt/ */
-    char kept[700];
+    char kept[2200];
     snprintf(kept, sizeof kept, "%s/corrupt/w0-%s-%zu", spool, strrchr(seg_path, '/') + 1, t1);
     assert_int_equal(file_size(kept), t2);
     uint8_t k[4096];
