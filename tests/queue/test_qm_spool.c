@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -459,6 +461,91 @@ static void test_recover_journal_replay(void **state)
     assert_int_equal(access(seg_path, F_OK), -1);
 }
 
+/*
+ * Disk full: on a 1 MiB tmpfs (private mount namespace, gone with the
+ * process) commits fail with -ENOSPC and are not acknowledged; once space
+ * returns the writer continues in a new segment by itself, and recovery
+ * finds every acknowledged message intact.
+ */
+static void test_disk_full(void **state)
+{
+    (void)state;
+    char mnt[300];
+    snprintf(mnt, sizeof mnt, "%s/small", tmpdir);
+    assert_int_equal(mkdir(mnt, 0750), 0);
+    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
+        printf("# no private tmpfs mount here (%s): skipped\n", strerror(errno));
+        skip();
+    }
+    char filler[400], spool[320], dir[340];
+    snprintf(filler, sizeof filler, "%s/filler", mnt);
+    snprintf(spool, sizeof spool, "%s/spool", mnt);
+    snprintf(dir, sizeof dir, "%s/w0", spool);
+    mkdir(spool, 0750);
+    int fd = open(filler, O_WRONLY | O_CREAT, 0640);
+    static char blob[256 * 1024];
+    memset(blob, 'f', sizeof blob);
+    assert_int_equal(write(fd, blob, sizeof blob), (ssize_t)sizeof blob);
+    close(fd);
+
+    struct io_uring ring;
+    assert_int_equal(io_uring_queue_init(64, &ring, 0), 0);
+    _Atomic uint64_t seq = 1;
+    struct qm_spool sp;
+    assert_int_equal(qm_spool_open(&sp, dir, &seq, &ring), 0);
+    struct cbstate cs = {.sp = &sp};
+    static char body[20000];
+    memset(body, 'b', sizeof body - 1);
+    int round = 0;
+    /* 20 KB a message: 1 MiB is full after about 40 */
+    for (; round < 200 && cs.fails == 0; round++) {
+        if (cs.calls >= 64)
+            break;
+        char qid[QM_QID_SIZE];
+        qm_make_qid(qid, 1700000000000ull, 0, (uint32_t)round);
+        struct mx_queue_msg *m = make_msg(qid, body, 1);
+        m->cb = commit_cb;
+        m->cb_arg = &cs;
+        qm_spool_add(&sp, m);
+        assert_int_equal(qm_spool_flush(&sp), 0);
+        while (sp.inflight)
+            assert_true(qm_ring_dispatch(&ring, true) >= 0);
+    }
+    assert_int_equal(cs.fails, 1); /* the first refused commit: nothing acknowledged */
+    assert_true(cs.calls > 5 && cs.calls < 64);
+    assert_int_equal(sp.n_write_errors, 1);
+    int acked = cs.calls;
+
+    /* space comes back: the next commit goes to a fresh segment and succeeds */
+    assert_int_equal(unlink(filler), 0);
+    char qid[QM_QID_SIZE];
+    qm_make_qid(qid, 1700000000000ull, 0, 999);
+    struct mx_queue_msg *m = make_msg(qid, "Subject: after\r\n\r\nok\r\n", 1);
+    m->cb = commit_cb;
+    m->cb_arg = &cs;
+    qm_spool_add(&sp, m);
+    assert_int_equal(qm_spool_flush(&sp), 0);
+    while (sp.inflight)
+        assert_true(qm_ring_dispatch(&ring, true) >= 0);
+    assert_int_equal(cs.calls, acked + 1);
+    assert_int_equal(cs.fails, 1);
+    qm_spool_close(&sp);
+    io_uring_queue_exit(&ring);
+
+    struct qm_recovered r;
+    assert_int_equal(qm_recover(spool, 1, &r), 0);
+    assert_int_equal(r.n_corrupt, 0);
+    assert_int_equal(r.n, (size_t)acked + 1);
+    for (size_t i = 0; i < (size_t)acked; i++) {
+        assert_string_equal(r.msgs[i]->qid, cs.qids[i]);
+        assert_int_equal(r.msgs[i]->body_len, sizeof body - 1);
+        assert_memory_equal(qm_msg_body(r.msgs[i]), body, sizeof body - 1);
+    }
+    qm_recovered_free(&r);
+    umount2(mnt, MNT_DETACH);
+}
+
 static void test_maildir(void **state)
 {
     (void)state;
@@ -600,6 +687,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recover_journal_replay, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_maildir, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_control_list, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_disk_full, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
