@@ -535,7 +535,8 @@ static int cache_load(struct mx_scan_engine *e, const char *path)
                         add_u32(&g->pcre, &g->npcre, g->rules[k]);
                 }
             }
-            memcpy(g->rules, keep, nr * sizeof *keep);
+            if (nr)
+                memcpy(g->rules, keep, nr * sizeof *keep);
             g->nrules = nr;
             free(keep);
         }
