@@ -138,6 +138,10 @@ int mx_queue_open(const struct mx_config *cfg, struct mx_queue **out)
         struct qm_worker *qw = &q->workers[m->dir_index % q->n_workers];
         if (m->state != QM_M_DEFERRED)
             m->state = QM_M_READY;
+        if (m->state == QM_M_DEFERRED || m->held) {
+            free(m->buf); /* read back when due: deferred mail costs no memory */
+            m->buf = NULL;
+        }
         qm_worker_add(qw, m);
         r.msgs[i] = NULL;
     }
@@ -329,6 +333,8 @@ static void on_committed(struct qm_spool *sp, struct mx_queue_msg *m, int res)
             qm->body_len = m->len - qm->body_off;
             qm->rstate = rs;
             qm->seg = m->seg; /* the spool counted it live in that segment */
+            qm->rec_off = m->seg_off;
+            qm->rec_len = m->len;
             qm->state = QM_M_READY;
             fprintf(stderr, "mxgate[queue]: %s: from=<%s>, size=%zu, nrcpt=%zu (queue active)\n",
                     qm->qid, qm->env.mail_from, qm->body_len, qm->env.n_rcpts);
@@ -544,6 +550,9 @@ static void attempt_finish(struct qm_attempt *a)
         m->state = QM_M_DEFERRED;
         qm_journal(qw, m, QM_J_DEFERRED, 0);
         qm_list_insert(qw, m);
+        /* the bytes are in the spool; a queue of deferred mail need not fit in memory */
+        free(m->buf);
+        m->buf = NULL;
     }
     free(a->tried);
     free(a->res);
@@ -591,6 +600,16 @@ static void start_delivery(struct qm_worker *qw, struct qm_msg *m)
 {
     const struct mx_config *cfg = qw->q->cfg;
     size_t n = m->env.n_rcpts;
+    int lrc = qm_msg_load(m);
+    if (lrc < 0) {
+        fprintf(stderr, "mxgate[queue]: %s: cannot read the message back from %s: %s\n", m->qid,
+                m->seg->path, strerror(-lrc));
+        snprintf(m->last_error, sizeof m->last_error, "spool read: %s", strerror(-lrc));
+        m->next_attempt_ms = qm_unix_ms() + (uint64_t)backoff_s(cfg, m->attempts + 1) * 1000;
+        m->state = QM_M_DEFERRED;
+        qm_list_insert(qw, m);
+        return;
+    }
     struct qm_attempt *a = calloc(1, sizeof *a);
     bool *tried = calloc(n ? n : 1, sizeof *tried);
     struct mx_deliver_rcpt_result *res = calloc(n ? n : 1, sizeof *res);

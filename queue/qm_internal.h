@@ -229,9 +229,12 @@ struct qm_msg {
     char qid[QM_QID_SIZE];
     struct mx_envelope env;
     uint8_t *rstate; /* per recipient */
-    uint8_t *buf;    /* whole record (or body only when body_off is 0) */
+    uint8_t *buf;    /* whole record (or body only when body_off is 0); NULL while
+                      * deferred: read back from the segment when due */
     size_t body_off, body_len;
     struct qm_seg *seg;
+    uint64_t rec_off; /* where the record lies in seg */
+    size_t rec_len;
     enum qm_mstate state;
     bool held, deleted, on_list;
     uint32_t attempts;
@@ -271,6 +274,8 @@ void qm_recovered_free(struct qm_recovered *r);
 
 /** Apply one journal entry to m. */
 void qm_msg_apply(struct qm_msg *m, const struct qm_jentry *e);
+/** Read m's record back from its segment (CRC checked) into m->buf. 0 or -errno. */
+int qm_msg_load(struct qm_msg *m);
 /** True when every recipient is done or the message was deleted. */
 bool qm_msg_finished(const struct qm_msg *m);
 

@@ -52,6 +52,47 @@ void qm_msg_apply(struct qm_msg *m, const struct qm_jentry *e)
     }
 }
 
+int qm_msg_load(struct qm_msg *m)
+{
+    if (m->buf)
+        return 0;
+    int fd = open(m->seg->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    uint8_t *buf = malloc(m->rec_len ? m->rec_len : 1);
+    if (!buf) {
+        close(fd);
+        return -ENOMEM;
+    }
+    size_t got = 0;
+    int rc = 0;
+    while (got < m->rec_len) {
+        ssize_t r = pread(fd, buf + got, m->rec_len - got, (off_t)(m->rec_off + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            rc = r < 0 ? -errno : -EIO;
+            break;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    size_t total = 0;
+    if (rc == 0 && (qm_record_check(buf, m->rec_len, &total) != 0 || total != m->rec_len ||
+                    strncmp((const char *)buf + 24, m->qid, QM_QID_SIZE) != 0))
+        rc = -EBADMSG; /* the spool changed under us: never deliver other bytes */
+    if (rc < 0) {
+        free(buf);
+        return rc;
+    }
+    uint32_t env_len = (uint32_t)buf[8] | (uint32_t)buf[9] << 8 | (uint32_t)buf[10] << 16 |
+                       (uint32_t)buf[11] << 24;
+    m->buf = buf;
+    m->body_off = QM_REC_HDR + env_len;
+    m->body_len = total - m->body_off;
+    return 0;
+}
+
 bool qm_msg_finished(const struct qm_msg *m)
 {
     if (m->deleted)
@@ -175,6 +216,8 @@ static int scan_segment(struct scan *sc, const char *dname, unsigned dir_index,
             m->body_len = rec.body_len;
             m->rstate = rs;
             m->seg = seg;
+            m->rec_off = off;
+            m->rec_len = (size_t)n;
             m->dir_index = dir_index;
             seg->live++;
             sc->r->n_records++;

@@ -276,6 +276,22 @@ static void test_group_commit(void **state)
         assert_true(r.msgs[i]->held == (i == 0));
         assert_memory_equal(qm_msg_body(r.msgs[i]), "Subject: x\r\n\r\nhello\r\n", 21);
     }
+    /* a deferred message's bytes are dropped from memory and read back when due */
+    struct qm_msg *m = r.msgs[7];
+    free(m->buf);
+    m->buf = NULL;
+    assert_int_equal(qm_msg_load(m), 0);
+    assert_int_equal(m->body_len, 21);
+    assert_memory_equal(qm_msg_body(m), "Subject: x\r\n\r\nhello\r\n", 21);
+    /* ...and never as other bytes than it was written */
+    free(m->buf);
+    m->buf = NULL;
+    int fd = open(m->seg->path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, "X", 1, (off_t)(m->rec_off + m->rec_len - 3)), 1);
+    close(fd);
+    assert_int_equal(qm_msg_load(m), -EBADMSG);
+    assert_null(m->buf);
     qm_recovered_free(&r);
 }
 
