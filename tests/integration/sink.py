@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A downstream SMTP server for tests (aiosmtpd): stores each message as
 <dir>/<n>.eml with X-Envelope-* lines; recipients starting with "reject"
-get 550, with "defer" get 451. Usage: sink.py PORT DIR"""
+get 550, with "defer" get 451. Usage: sink.py PORT DIR [HOST]"""
 import asyncio
 import os
 import sys
@@ -9,6 +9,7 @@ import sys
 from aiosmtpd.controller import Controller
 
 port, outdir = int(sys.argv[1]), sys.argv[2]
+host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 os.makedirs(outdir, exist_ok=True)
 count = [0]
 
@@ -33,7 +34,7 @@ class Handler:
         return "250 2.0.0 Message accepted"
 
 
-ctl = Controller(Handler(), hostname="127.0.0.1", port=port, decode_data=False,
+ctl = Controller(Handler(), hostname=host, port=port, decode_data=False,
                  enable_SMTPUTF8=True)
 ctl.start()
 print("sink ready", flush=True)
