@@ -406,6 +406,37 @@ static void test_stock_rules(void **state)
     mx_scan_engine_free(e);
 }
 
+static void test_default_rules(void **state)
+{
+    (void)state;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/default.rules", getenv("SCAN_RULES_DIR"));
+    const char *paths[] = {path};
+    struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = 1};
+    struct mx_scan_engine *e;
+    char *err = NULL;
+    assert_int_equal(mx_scan_engine_load(&o, &e, &err), 0);
+    struct mx_scan_stats st;
+    mx_scan_engine_stats(e, &st);
+    assert_int_equal(st.attachment, 5);
+    assert_int_equal(st.dlp, 5);
+    assert_int_equal(st.skipped, 0);
+    struct mx_scan_worker *w = mx_scan_worker_new(e);
+    struct mx_scan_msg *m = mx_scan_msg_begin(w);
+    static const char msg[] = "Subject: invoice\r\nContent-Type: application/octet-stream; "
+                              "name=\"invoice.pdf.exe\"\r\n\r\nxx\r\n";
+    mx_scan_msg_feed(m, (const uint8_t *)msg, sizeof msg - 1);
+    struct mx_scan_result r;
+    mx_scan_msg_end(m, &r);
+    assert_int_equal(r.nhits, 2);
+    assert_string_equal(r.hits[0], "MX_ATT_DOUBLE_EXT");
+    assert_string_equal(r.hits[1], "MX_ATT_EXEC_EXT");
+    assert_true(r.flags & MX_SCAN_ATTACHMENT);
+    mx_scan_msg_free(m);
+    mx_scan_worker_free(w);
+    mx_scan_engine_free(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest mime[] = {
@@ -413,6 +444,7 @@ int main(void)
         cmocka_unit_test(test_mime_limits),
         cmocka_unit_test(test_rules_parse),
         cmocka_unit_test(test_verdict_headers),
+        cmocka_unit_test(test_default_rules),
     };
     const struct CMUnitTest engine[] = {
         cmocka_unit_test(test_engine_stats),
