@@ -37,6 +37,7 @@ struct smtpd_conn {
     bool commit_pending; /* the queue still owes us an answer */
     bool stream_gone;    /* the connection closed meanwhile */
     bool greeting_pending;
+    uint64_t msg_size;
     char sid[20];
     char peer[80];
     uint64_t start_ms;
@@ -126,7 +127,7 @@ static void s_mail(void *ud, const struct mx_envelope *env, struct mx_smtpd_repl
 {
     struct smtpd_conn *c = ud;
     (void)r;
-    conn_log(c, "from=<%s> size=%lu%s", env->mail_from, (unsigned long)env->size_param,
+    conn_log(c, "helo=%s from=<%s> size=%lu%s", env->helo, env->mail_from, (unsigned long)env->size_param,
              env->smtputf8 ? " smtputf8" : "");
 }
 
@@ -180,6 +181,8 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
     return c->msg ? mx_queue_msg_write(c->msg, buf, len) : -EIO;
 }
 
+static void arm_timer(struct smtpd_conn *c);
+
 static void commit_done(void *arg, int res, const char *queue_id)
 {
     struct smtpd_conn *c = arg;
@@ -187,7 +190,8 @@ static void commit_done(void *arg, int res, const char *queue_id)
     const struct mx_envelope *env = mx_smtpd_session_envelope(c->sess);
     if (res == 0) {
         MX_STATS_INC(MSG_ACCEPTED);
-        conn_log(c, "queued as %s from=<%s> rcpts=%zu", queue_id, env->mail_from, env->n_rcpts);
+        conn_log(c, "queued as %s from=<%s> size=%lu rcpts=%zu", queue_id, env->mail_from,
+                 (unsigned long)c->msg_size, env->n_rcpts);
     } else {
         MX_STATS_INC(MSG_TEMPFAILED);
         conn_log(c, "queue commit failed: %s", strerror(-res));
@@ -197,16 +201,19 @@ static void commit_done(void *arg, int res, const char *queue_id)
         return;
     }
     mx_smtpd_session_data_done(c->sess, res, queue_id);
-    mx_stream_set_timer(c->st, (uint64_t)c->srv->cfg->smtp_timeout_command * 1000);
+    if (mx_smtpd_session_state(c->sess) == SMTPD_CLOSED)
+        return;
+    arm_timer(c);
+    mx_stream_pause(c->st, false); /* replays what arrived meanwhile */
 }
 
 static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
 {
     struct smtpd_conn *c = ud;
     (void)env;
-    (void)size;
     struct mx_queue_msg *m = c->msg;
     c->msg = NULL;
+    c->msg_size = size;
     c->commit_pending = true;
     int rc = mx_queue_msg_commit(m, commit_done, c);
     if (rc < 0) {
@@ -271,7 +278,10 @@ static void st_data(struct mx_stream *s, void *ctx, const uint8_t *buf, size_t l
     }
     MX_STATS_ADD(BYTES_IN, len);
     mx_smtpd_session_input(c->sess, buf, len);
-    if (mx_smtpd_session_state(c->sess) != SMTPD_CLOSED)
+    enum mx_smtpd_state st = mx_smtpd_session_state(c->sess);
+    if (st == SMTPD_WAIT_COMMIT)
+        mx_stream_pause(c->st, true); /* pipelined input waits in the transport */
+    if (st != SMTPD_CLOSED)
         arm_timer(c);
 }
 

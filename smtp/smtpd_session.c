@@ -28,7 +28,7 @@
 #include "smtp/smtpd_internal.h"
 
 #define OUT_MAX (64 * 1024)     /* replies of one input chunk; pipelining is bounded */
-#define IN_HOLD_MAX (256 * 1024) /* input held while a commit is pending */
+#define IN_HOLD_MAX (1024 * 1024) /* input held (the embedder pauses the stream meanwhile) */
 #define DATA_CHUNK 16384        /* unstuffed bytes handed on per write */
 
 enum data_state { D_LS = 0, D_IN, D_CR, D_DOT, D_DOTCR };
@@ -78,6 +78,7 @@ struct mx_smtpd_session {
     bool tls_active;
 
     struct mx_smtpd_counts counts;
+    bool in_process; /* process() is on the stack: data_done must not re-enter it */
 };
 
 /* ---- output ----------------------------------------------------------- */
@@ -244,6 +245,8 @@ static const char *parse_path(const char *p, char *out, size_t outsz, bool allow
             if (c == '\\') {
                 if (!p[1] || (unsigned char)p[1] < 0x20)
                     return NULL;
+                if (p[1] == '@' || p[1] == '%' || p[1] == '!')
+                    quoted_at = true;
                 out[n++] = *p++;
                 out[n++] = *p++;
                 continue;
@@ -316,7 +319,10 @@ static bool xtext_decode(const char *in, size_t len, char *out, size_t outsz)
                 !isxdigit((unsigned char)in[i + 2]))
                 return false;
             char hex[3] = {in[i + 1], in[i + 2], 0};
-            out[n++] = (char)strtoul(hex, NULL, 16);
+            unsigned long v = strtoul(hex, NULL, 16);
+            if (v < 0x20 || v > 0x7e)
+                return false; /* CR/LF/NUL would reach DSN headers */
+            out[n++] = (char)v;
             i += 2;
         } else if (c < 0x21 || c > 0x7e || c == '=') {
             return false;
@@ -418,11 +424,25 @@ static void cmd_mail(struct mx_smtpd_session *s, const char *arg)
     reset_txn(s);
     snprintf(s->env.mail_from, sizeof s->env.mail_from, "%s", addr);
     /* parameters */
-    char params[512];
+    char params[1024];
+    if (strlen(rest) >= sizeof params) {
+        reply(s, 501, "5.5.4", "Parameters too long");
+        return;
+    }
     snprintf(params, sizeof params, "%s", rest);
     char *save = NULL;
+    unsigned seen = 0; /* RFC 5321 4.1.2: each parameter at most once */
     for (char *t = strtok_r(params, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
         const char *v;
+        static const char *const names[] = {"SIZE=", "BODY=", "SMTPUTF8", "RET=", "ENVID="};
+        for (unsigned k = 0; k < 5; k++)
+            if (strncasecmp(t, names[k], strlen(names[k])) == 0) {
+                if (seen & (1u << k)) {
+                    reply(s, 501, "5.5.4", "Duplicate MAIL parameter");
+                    return;
+                }
+                seen |= 1u << k;
+            }
         if ((v = param_value(t, "SIZE"))) {
             char *end;
             errno = 0;
@@ -506,11 +526,22 @@ static void cmd_rcpt(struct mx_smtpd_session *s, const char *arg)
             return;
         }
     }
-    char params[512];
+    char params[1024];
+    if (strlen(rest) >= sizeof params) {
+        reply(s, 501, "5.5.4", "Parameters too long");
+        return;
+    }
     snprintf(params, sizeof params, "%s", rest);
     char *save = NULL;
+    bool have_notify = false, have_orcpt = false;
     for (char *t = strtok_r(params, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
         const char *v;
+        if ((param_value(t, "NOTIFY") && have_notify) || (param_value(t, "ORCPT") && have_orcpt)) {
+            reply(s, 501, "5.5.4", "Duplicate RCPT parameter");
+            return;
+        }
+        have_notify |= param_value(t, "NOTIFY") != NULL;
+        have_orcpt |= param_value(t, "ORCPT") != NULL;
         if ((v = param_value(t, "NOTIFY"))) {
             char list[64];
             snprintf(list, sizeof list, "%s", v);
@@ -800,7 +831,9 @@ static void cmd_bdat(struct mx_smtpd_session *s, const char *arg)
     errno = 0;
     unsigned long long size = strtoull(arg, &end, 10);
     if (!isdigit((unsigned char)*arg) || errno) {
+        /* the chunk size is unknown, so the byte stream cannot be resynchronised */
         reply(s, 501, "5.5.4", "Syntax: BDAT size [LAST]");
+        close_session(s);
         return;
     }
     bool last = false;
@@ -809,6 +842,7 @@ static void cmd_bdat(struct mx_smtpd_session *s, const char *arg)
     if (*end) {
         if (strcasecmp(end, "LAST") != 0) {
             reply(s, 501, "5.5.4", "Syntax: BDAT size [LAST]");
+            close_session(s);
             return;
         }
         last = true;
@@ -944,6 +978,8 @@ static void command(struct mx_smtpd_session *s, char *line)
 
 static int in_append(struct mx_smtpd_session *s, const uint8_t *p, size_t n)
 {
+    if (!n)
+        return 0;
     if (s->in_len + n > IN_HOLD_MAX)
         return -ENOBUFS;
     if (s->in_len + n > s->in_cap) {
@@ -980,6 +1016,9 @@ static size_t line_limit(const struct mx_smtpd_session *s, const uint8_t *p, siz
  */
 static void process(struct mx_smtpd_session *s)
 {
+    if (s->in_process)
+        return; /* the outer call continues with the new state */
+    s->in_process = true;
     size_t off = 0;
     while (off < s->in_len) {
         if (s->state == SMTPD_CLOSED || s->state == SMTPD_WAIT_COMMIT ||
@@ -995,20 +1034,23 @@ static void process(struct mx_smtpd_session *s)
             off += bdat_input(s, p, n);
             continue;
         }
-        /* command mode: find LF; it must be preceded by CR */
-        const uint8_t *lf = memchr(p, '\n', n);
+        /*
+         * Command mode: only CRLF ends a line. A bare LF or CR is part of the
+         * line (which is then refused whole), never a line end of its own.
+         */
+        const uint8_t *crlf = memmem(p, n, "\r\n", 2);
         size_t limit = line_limit(s, p, n);
-        if (!lf) {
+        if (!crlf) {
             if (n >= limit) {
                 /* overlong line: answer once, drop what we have, skip to its end */
                 if (!s->skip_to_crlf)
                     reply(s, 500, "5.5.6", "Error: line too long");
                 s->skip_to_crlf = true;
-                off += n;
+                off += p[n - 1] == '\r' ? n - 1 : n; /* keep a CR that may start CRLF */
             }
             break;
         }
-        size_t linelen = (size_t)(lf - p) + 1;
+        size_t linelen = (size_t)(crlf - p) + 2;
         off += linelen;
         if (s->skip_to_crlf) {
             s->skip_to_crlf = false;
@@ -1018,16 +1060,16 @@ static void process(struct mx_smtpd_session *s)
             reply(s, 500, "5.5.6", "Error: line too long");
             continue;
         }
-        if (linelen < 2 || lf[-1] != '\r') {
-            reply(s, 500, "5.5.2", "Error: bare LF in command line");
-            continue;
-        }
         char line[2048];
         size_t l = linelen - 2;
         if (l >= sizeof line)
             l = sizeof line - 1;
         memcpy(line, p, l);
         line[l] = 0;
+        if (memchr(line, '\n', l)) {
+            reply(s, 500, "5.5.2", "Error: bare LF in command line");
+            continue;
+        }
         if (memchr(line, '\r', l) || memchr(line, 0, l)) {
             reply(s, 500, "5.5.2", "Error: bare CR or NUL in command line");
             continue;
@@ -1047,6 +1089,7 @@ static void process(struct mx_smtpd_session *s)
         memmove(s->in, s->in + off, s->in_len - off);
         s->in_len -= off;
     }
+    s->in_process = false;
 }
 
 static void handshake(struct mx_smtpd_session *s)

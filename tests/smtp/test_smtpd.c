@@ -312,7 +312,9 @@ static void test_smuggling_normalized(void **st)
 static void test_bare_lf_command(void **st)
 {
     (void)st;
-    assert_string_equal(feed("EHLO c\n"), "500 5.5.2 Error: bare LF in command line\r\n");
+    /* a bare LF is not a line end: the whole thing up to CRLF is one refused line */
+    assert_string_equal(feed("EHLO c\n"), "");
+    assert_string_equal(feed("NOOP\r\n"), "500 5.5.2 Error: bare LF in command line\r\n");
     assert_string_equal(feed("NOOP\rQUIT\r\n"),
                         "500 5.5.2 Error: bare CR or NUL in command line\r\n");
     assert_false(F.closed);
@@ -433,6 +435,51 @@ static void test_queue_full(void **st)
     assert_string_equal(F.out, "452 4.3.1 Insufficient system storage\r\n");
 }
 
+/* The queue refuses at once (inside data_end): no re-entry, pipelined input still served. */
+static void f_data_end_sync(void *ud, const struct mx_envelope *env, uint64_t size)
+{
+    (void)ud, (void)env, (void)size;
+    mx_smtpd_session_data_done(S, -ENOSPC, NULL);
+}
+
+static void test_commit_fails_at_once(void **st)
+{
+    (void)st;
+    struct mx_smtpd_ops o = ops;
+    o.data_end = f_data_end_sync;
+    struct mx_smtpd_params p = params();
+    mx_smtpd_session_free(S);
+    memset(&F, 0, sizeof F);
+    S = mx_smtpd_session_new(&p, &o, &F, NULL, 0);
+    const char *r = feed("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\n"
+                         "x\r\n.\r\nNOOP\r\n");
+    assert_non_null(strstr(r, "354 End data with <CR><LF>.<CR><LF>\r\n"
+                              "452 4.3.1 Insufficient system storage\r\n250 2.0.0 Ok\r\n"));
+    /* exactly one EHLO answer: the input was not processed twice */
+    assert_int_equal(mx_smtpd_session_counts(S)->ehlo, 1);
+}
+
+static void test_hostile_parameters(void **st)
+{
+    (void)st;
+    feed("EHLO c\r\n");
+    /* xtext decoding to CR/LF would reach DSN headers */
+    assert_string_equal(feed("MAIL FROM:<a@b.test> ENVID=x+0D+0AInjected:1\r\n"),
+                        "501 5.5.4 Bad ENVID parameter\r\n");
+    assert_string_equal(feed("MAIL FROM:<a@b.test> RET=FULL RET=HDRS\r\n"),
+                        "501 5.5.4 Duplicate MAIL parameter\r\n");
+    feed("MAIL FROM:<a@b.test>\r\n");
+    assert_string_equal(feed("RCPT TO:<x@example.test> NOTIFY=FAILURE NOTIFY=NEVER\r\n"),
+                        "501 5.5.4 Duplicate RCPT parameter\r\n");
+    /* an escaped @ in a quoted local part is a relay trick too */
+    assert_string_equal(feed("RCPT TO:<\"a\\@evil.test\"@example.test>\r\n"),
+                        "554 5.7.1 Relay access denied\r\n");
+    /* a BDAT whose size cannot be read: the stream cannot be resynchronised */
+    assert_string_equal(feed("BDAT 19x\r\nRCPT TO:<v@example.test>\r\n"),
+                        "501 5.5.4 Syntax: BDAT size [LAST]\r\n");
+    assert_true(F.closed);
+}
+
 /* ---- STARTTLS with a real TLS client ---------------------------------- */
 
 static SSL_CTX *server_ctx(void)
@@ -538,6 +585,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relay_tricks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_fails_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_parameters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_starttls_and_injection, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
