@@ -20,7 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,6 +46,7 @@ static pid_t sink_pid;
 static int sink_stdin = -1, sink_stdout = -1;
 static struct mx_config *cfg;
 static struct mx_queue *q;
+static bool spool_on_tmpfs;
 
 /* ---- messages injected on the worker ------------------------------------ */
 
@@ -371,6 +375,52 @@ static void test_deferred_then_flush(void **state)
     free(out);
 }
 
+/* Spool filesystem nearly full -> begin fails with ENOSPC (452); space back -> accepted. */
+static void test_spool_full(void **state)
+{
+    (void)state;
+    if (!spool_on_tmpfs)
+        skip();
+    char filler[400], spool[300];
+    snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+    snprintf(filler, sizeof filler, "%s/filler", spool);
+    struct statvfs sv;
+    assert_int_equal(statvfs(spool, &sv), 0);
+    uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+    uint64_t total = (uint64_t)sv.f_blocks * sv.f_frsize;
+    /* leave less than the reserve (a tenth of a small filesystem) free */
+    uint64_t fill = avail - total / 20;
+    int fd = open(filler, O_WRONLY | O_CREAT, 0640);
+    static char blob[65536];
+    memset(blob, 'f', sizeof blob);
+    for (uint64_t done = 0; done < fill;) {
+        size_t n = fill - done < sizeof blob ? (size_t)(fill - done) : sizeof blob;
+        ssize_t w = write(fd, blob, n);
+        assert_true(w > 0);
+        done += (uint64_t)w;
+    }
+    close(fd);
+    usleep(1200000); /* free space is looked at once a second */
+    struct inject in = {.from = "alice@remote.test", .rcpts = {"full@local.test"},
+                        .body = "Subject: full\r\n\r\nx\r\n"};
+    atomic_store(&in.state, 1);
+    atomic_store(&want, &in);
+    for (int i = 0; i < 1000 && atomic_load(&in.state) != 2; i++)
+        usleep(5000);
+    assert_int_equal(atomic_load(&in.state), 2);
+    assert_int_equal(in.res, -ENOSPC);
+    assert_int_equal(unlink(filler), 0);
+    usleep(1200000);
+    struct inject ok = {.from = "alice@remote.test", .rcpts = {"full@local.test"},
+                        .body = "Subject: space again\r\n\r\nx\r\n"};
+    clear_maildir();
+    submit(&ok);
+    char nd[320];
+    snprintf(nd, sizeof nd, "%s/new", maildir);
+    assert_int_equal(wait_files(nd, 1), 1);
+    assert_non_null(strstr(files[0], "Subject: space again"));
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -394,6 +444,13 @@ static int setup(void **state)
         fprintf(stderr, "config: %s\n", errs.n ? errs.v[0].msg : "?");
         return -1;
     }
+    /* the spool on a private 4 MiB tmpfs, for the disk-full test (where allowed) */
+    char spool[300];
+    snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+    mkdir(spool, 0750);
+    spool_on_tmpfs = unshare(CLONE_NEWNS) == 0 &&
+                     mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0 &&
+                     mount("tmpfs", spool, "tmpfs", 0, "size=4m") == 0;
     if (mx_queue_open(cfg, &q) != 0)
         return -1;
     struct mx_dataplane_params p = {
@@ -427,6 +484,11 @@ static int teardown(void **state)
         mx_queue_close(q2);
     }
     mx_config_free(cfg);
+    if (spool_on_tmpfs) {
+        char spool[300];
+        snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+        umount2(spool, MNT_DETACH);
+    }
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0)
@@ -447,6 +509,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_maildir_delivery),
         cmocka_unit_test(test_smtp_reject_dsn),
         cmocka_unit_test(test_deferred_then_flush),
+        cmocka_unit_test(test_spool_full),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
