@@ -19,12 +19,14 @@
 #include "console/console.h"
 #include "dataplane/dataplane.h"
 #include "queue/queue.h"
+#include "scan/scan.h"
 #include "smtp/smtp.h"
 #include "smtp/smtpd_internal.h"
 
 struct mx_smtp_server {
     const struct mx_config *cfg;
     struct mx_queue *queue;
+    struct mx_scan_engine *scan; /* NULL: no rules configured */
     SSL_CTX *tls;
     struct mx_smtpd_params params;
 };
@@ -38,12 +40,32 @@ struct smtpd_conn {
     bool stream_gone;    /* the connection closed meanwhile */
     bool greeting_pending;
     uint64_t msg_size;
+    /*
+     * With scanning on, the message is held here until the verdict is known
+     * at end of data: the verdict headers go first and forged ones are
+     * removed before the bytes reach the spool.
+     */
+    struct mx_scan_msg *scan_msg;
+    uint8_t *hold;
+    size_t hold_len, hold_cap;
     char sid[20];
     char peer[80];
     uint64_t start_ms;
 };
 
 static __thread unsigned sessions_on_worker;
+static __thread struct mx_scan_worker *scan_worker; /* this worker's Hyperscan scratch */
+
+static void drop_scan(struct smtpd_conn *c)
+{
+    if (c->scan_msg) {
+        mx_scan_msg_free(c->scan_msg);
+        c->scan_msg = NULL;
+    }
+    free(c->hold);
+    c->hold = NULL;
+    c->hold_len = c->hold_cap = 0;
+}
 
 static uint64_t realtime_ms(void)
 {
@@ -66,6 +88,7 @@ static void conn_log(struct smtpd_conn *c, const char *fmt, ...)
 static void free_conn(struct smtpd_conn *c)
 {
     MX_STATS_ADD(CONN_OPEN, (uint64_t)-1);
+    drop_scan(c);
     if (c->msg)
         mx_queue_msg_abort(c->msg);
     mx_smtpd_session_free(c->sess);
@@ -172,13 +195,93 @@ static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtp
         r->code = err == ENOSPC ? 452 : 451;
         r->enh = err == ENOSPC ? "4.3.1" : "4.3.0";
         r->text = err == ENOSPC ? "Insufficient system storage" : "Error: queue not available";
+        return;
+    }
+    if (c->srv->scan) {
+        if (!scan_worker)
+            scan_worker = mx_scan_worker_new(c->srv->scan);
+        c->scan_msg = scan_worker ? mx_scan_msg_begin(scan_worker) : NULL;
+        if (!c->scan_msg) {
+            /* never let mail through unscanned: tempfail instead */
+            mx_queue_msg_abort(c->msg);
+            c->msg = NULL;
+            r->code = 451;
+            r->enh = "4.3.0";
+            r->text = "Error: scanner not available";
+            return;
+        }
+        mx_scan_msg_set_envelope(c->scan_msg, env->mail_from[0] ? env->mail_from : NULL);
     }
 }
 
 static int s_data_write(void *ud, const uint8_t *buf, size_t len)
 {
     struct smtpd_conn *c = ud;
-    return c->msg ? mx_queue_msg_write(c->msg, buf, len) : -EIO;
+    if (!c->msg)
+        return -EIO;
+    if (!c->scan_msg)
+        return mx_queue_msg_write(c->msg, buf, len);
+    mx_scan_msg_feed(c->scan_msg, buf, len);
+    if (c->hold_len + len > c->hold_cap) {
+        size_t cap = c->hold_cap ? c->hold_cap : 65536;
+        while (cap < c->hold_len + len)
+            cap *= 2;
+        uint8_t *h = realloc(c->hold, cap);
+        if (!h)
+            return -ENOMEM;
+        c->hold = h;
+        c->hold_cap = cap;
+    }
+    memcpy(c->hold + c->hold_len, buf, len);
+    c->hold_len += len;
+    return 0;
+}
+
+/* End of data with scanning: verdict headers first, forged ones removed. */
+static int write_scanned(struct smtpd_conn *c)
+{
+    struct mx_scan_result res;
+    int rc = mx_scan_msg_end(c->scan_msg, &res);
+    if (rc < 0)
+        return rc;
+    if (res.flags & MX_SCAN_SPAM)
+        MX_STATS_INC(VERDICT_SPAM);
+    else
+        MX_STATS_INC(VERDICT_CLEAN);
+    if (res.flags & MX_SCAN_DLP)
+        MX_STATS_INC(VERDICT_DLP);
+    if (res.flags & MX_SCAN_ATTACHMENT)
+        MX_STATS_INC(VERDICT_BANNED);
+    char hdr[4096];
+    int hl = mx_scan_render_headers(&res, hdr, sizeof hdr);
+    if (hl < 0)
+        return hl;
+    char tests[512] = "";
+    size_t tl = 0;
+    for (unsigned i = 0; i < res.nhits && tl + 2 < sizeof tests; i++)
+        tl += (size_t)snprintf(tests + tl, sizeof tests - tl, "%s%s", i ? "," : "", res.hits[i]);
+    conn_log(c, "verdict: %s score=%.1f required=%.1f tests=%s", res.flags & MX_SCAN_SPAM ? "spam"
+             : "clean", res.score, res.threshold, tests);
+    /* header block: up to the first empty line (or the whole message) */
+    size_t hend = c->hold_len;
+    if (c->hold_len >= 2 && c->hold[0] == '\r' && c->hold[1] == '\n')
+        hend = 0;
+    else {
+        const uint8_t *e = memmem(c->hold, c->hold_len, "\r\n\r\n", 4);
+        if (e)
+            hend = (size_t)(e - c->hold) + 2;
+    }
+    char *stripped = malloc(hend + 1);
+    if (!stripped)
+        return -ENOMEM;
+    size_t sl = mx_scan_strip_verdict_headers((const char *)c->hold, hend, stripped, hend + 1);
+    rc = mx_queue_msg_write(c->msg, hdr, (size_t)hl);
+    if (rc == 0)
+        rc = mx_queue_msg_write(c->msg, stripped, sl);
+    if (rc == 0 && c->hold_len > hend)
+        rc = mx_queue_msg_write(c->msg, c->hold + hend, c->hold_len - hend);
+    free(stripped);
+    return rc;
 }
 
 static void arm_timer(struct smtpd_conn *c);
@@ -211,6 +314,17 @@ static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
 {
     struct smtpd_conn *c = ud;
     (void)env;
+    if (c->scan_msg) {
+        int rc = write_scanned(c);
+        drop_scan(c);
+        if (rc < 0) {
+            conn_log(c, "scan failed: %s", strerror(-rc));
+            mx_queue_msg_abort(c->msg);
+            c->msg = NULL;
+            mx_smtpd_session_data_done(c->sess, -EIO, NULL);
+            return;
+        }
+    }
     struct mx_queue_msg *m = c->msg;
     c->msg = NULL;
     c->msg_size = size;
@@ -225,6 +339,7 @@ static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
 static void s_data_abort(void *ud)
 {
     struct smtpd_conn *c = ud;
+    drop_scan(c);
     if (c->msg) {
         mx_queue_msg_abort(c->msg);
         c->msg = NULL;
@@ -430,6 +545,32 @@ int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct m
             return -EINVAL;
         }
     }
+    if (cfg->n_scan_rules) {
+        char cache[4096];
+        snprintf(cache, sizeof cache, "%s/scan-cache", cfg->spool_dir);
+        struct mx_scan_opts o = {
+            .rule_paths = (const char *const *)cfg->scan_rules,
+            .n_rule_paths = cfg->n_scan_rules,
+            .cache_dir = cache,
+            .threshold = cfg->scan_spam_threshold,
+        };
+        char *err = NULL;
+        int rc = mx_scan_engine_load(&o, &srv->scan, &err);
+        if (rc < 0) {
+            fprintf(stderr, "mxgate[scan]: cannot load rules: %s\n", err ? err : strerror(-rc));
+            free(err);
+            SSL_CTX_free(srv->tls);
+            free(srv);
+            return rc;
+        }
+        struct mx_scan_stats st;
+        mx_scan_engine_stats(srv->scan, &st);
+        fprintf(stderr,
+                "mxgate[scan]: %u rules: %u regex (%u Hyperscan exact, %u prefilter+PCRE2, "
+                "%u PCRE2 only), %u meta, %u skipped; %s in %.2f s\n",
+                st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.meta,
+                st.skipped, st.from_cache ? "loaded from cache" : "compiled", st.compile_seconds);
+    }
     srv->params = (struct mx_smtpd_params){
         .hostname = cfg->smtp_hostname ? cfg->smtp_hostname : "localhost",
         .max_message_size = cfg->smtp_max_message_size,
@@ -450,5 +591,7 @@ void mx_smtp_server_free(struct mx_smtp_server *srv)
     if (!srv)
         return;
     SSL_CTX_free(srv->tls);
+    if (srv->scan)
+        mx_scan_engine_free(srv->scan);
     free(srv);
 }
