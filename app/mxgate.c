@@ -22,6 +22,7 @@
 #include "console/console.h"
 #include "dataplane/dataplane.h"
 #include "queue/queue.h"
+#include "scan/scan.h"
 #include "smtp/smtp.h"
 
 #define MAX_OVERRIDES 64
@@ -258,6 +259,40 @@ static int run(struct gateway *g)
     return 0;
 }
 
+/*
+ * --check also compiles the scan rules (a rule that does not compile is a
+ * configuration error) and lists every rule that cannot run, with why.
+ */
+static int check_rules(const struct mx_config *cfg)
+{
+    if (!cfg->n_scan_rules)
+        return 0;
+    struct mx_scan_opts o = {
+        .rule_paths = (const char *const *)cfg->scan_rules,
+        .n_rule_paths = cfg->n_scan_rules,
+        .threshold = cfg->scan_spam_threshold,
+    };
+    struct mx_scan_engine *e;
+    char *err = NULL;
+    int rc = mx_scan_engine_load(&o, &e, &err);
+    if (rc < 0) {
+        fprintf(stderr, "scan.rules: %s\n", err ? err : strerror(-rc));
+        free(err);
+        return 1;
+    }
+    struct mx_scan_stats st;
+    mx_scan_engine_stats(e, &st);
+    printf("scan rules: %u live: %u regex (%u Hyperscan exact, %u prefilter+PCRE2, %u PCRE2 "
+           "only), %u meta, %u dlp, %u attachment, %u disabled by score 0, %u skipped\n",
+           st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.meta, st.dlp,
+           st.attachment, st.zero_score, st.skipped);
+    const char *name, *why;
+    for (size_t i = 0; mx_scan_engine_skipped(e, i, &name, &why) == 0; i++)
+        printf("skipped: %s (%s)\n", name, why);
+    mx_scan_engine_free(e);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *conf = NULL;
@@ -309,9 +344,11 @@ int main(int argc, char **argv)
     }
     mx_config_errors_free(&errs);
     if (check) {
-        printf("%s: configuration ok\n", conf ? conf : "(defaults)");
+        rc = check_rules(g.cfg);
+        if (rc == 0)
+            printf("%s: configuration ok\n", conf ? conf : "(defaults)");
         mx_config_free(g.cfg);
-        return 0;
+        return rc;
     }
     rc = run(&g);
     mx_config_free(g.cfg);
