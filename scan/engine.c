@@ -69,8 +69,8 @@ struct mx_scan_engine {
     size_t ng;
     int dlp_g;         /* DLP dictionary database (block mode) */
     bool has_full;     /* some `full` rule: keep the raw message for PCRE2 */
-    uint32_t *metas, *dlps, *attachs;
-    size_t nmetas, ndlps, nattachs;
+    uint32_t *metas, *dlps, *attachs, *mimehdrs;
+    size_t nmetas, ndlps, nattachs, nmimehdrs;
     /* dlp dictionary terms: HS id = term number */
     uint32_t *term_rule;
     double *term_weight;
@@ -254,6 +254,28 @@ static int classify(struct mx_scan_engine *e)
             e->st.attachment++;
             if (add_u32(&e->attachs, &e->nattachs, (uint32_t)i))
                 return -ENOMEM;
+            continue;
+        }
+        if (r->type == MX_RULE_MIMEHEADER) {
+            /* few rules (about 60 in SA), run with PCRE2 on each part's header */
+            e->st.regex++;
+            int perr;
+            PCRE2_SIZE eoff;
+            er->pc = pcre2_compile((PCRE2_SPTR)r->re, PCRE2_ZERO_TERMINATED,
+                                   pcre_flags_for(r, SC_HEADER), &perr, &eoff, NULL);
+            if (!er->runs) {
+                e->st.zero_score++;
+            } else if (!er->pc) {
+                r->skip = "regex PCRE2 rejects";
+                if (add_skip(e, r->name, r->skip))
+                    return -ENOMEM;
+                e->st.skipped++;
+            } else {
+                er->how = HOW_PCRE;
+                e->st.pcre_only++;
+                if (add_u32(&e->mimehdrs, &e->nmimehdrs, (uint32_t)i))
+                    return -ENOMEM;
+            }
             continue;
         }
         enum scope sc = scope_of(r->type);
@@ -650,7 +672,8 @@ static int build_dbs(struct mx_scan_engine *e)
             e->has_full = true;
     }
     /* final counts */
-    e->st.hs_exact = e->st.hs_prefilter = e->st.pcre_only = 0;
+    e->st.hs_exact = e->st.hs_prefilter = 0;
+    e->st.pcre_only = (unsigned)e->nmimehdrs;
     for (size_t i = 0; i < e->rs.nrules; i++) {
         struct erule *er = &e->er[i];
         if (er->group < 0)
@@ -739,6 +762,7 @@ void mx_scan_engine_free(struct mx_scan_engine *e)
     free(e->metas);
     free(e->dlps);
     free(e->attachs);
+    free(e->mimehdrs);
     free(e->term_rule);
     free(e->term_weight);
     free(e->skips);
@@ -1242,6 +1266,22 @@ static void on_header(void *ud, const struct mx_mime_part *p, const char *name, 
                       const char *v, size_t vl)
 {
     struct mx_scan_msg *m = ud;
+    struct mx_scan_engine *e = m->w->e;
+    for (size_t k = 0; k < e->nmimehdrs; k++) {
+        uint32_t ri = e->mimehdrs[k];
+        const struct mx_rule *r = &e->rs.rules[ri];
+        const char *colon = strchr(r->target, ':');
+        size_t tl = colon ? (size_t)(colon - r->target) : strlen(r->target);
+        if (tl != nl || strncasecmp(r->target, name, nl) != 0 || m->count[ri])
+            continue;
+        if (colon && strcmp(colon, ":raw") == 0) {
+            m->count[ri] = pcre2_match(e->er[ri].pc, (PCRE2_SPTR)v, vl, 0, 0, m->w->md, NULL) >= 0;
+        } else {
+            char tmp[4096];
+            size_t n = mx_mime_decode_header(v, vl, tmp, sizeof tmp);
+            m->count[ri] = pcre2_match(e->er[ri].pc, (PCRE2_SPTR)tmp, n, 0, 0, m->w->md, NULL) >= 0;
+        }
+    }
     if (p->index != 0)
         return;
     if (m->hlen + nl + vl + 2 > m->hcap || m->nhdrs >= m->hdrcap) {
@@ -1913,7 +1953,8 @@ static double rule_value(struct mx_scan_msg *m, uint32_t ri, int depth)
         v = sp ? st[sp - 1] : 0;
     } else if (r->type == MX_RULE_HEADER || r->type == MX_RULE_BODY ||
                r->type == MX_RULE_RAWBODY || r->type == MX_RULE_URI || r->type == MX_RULE_FULL ||
-               r->type == MX_RULE_DLP || r->type == MX_RULE_ATTACH) {
+               r->type == MX_RULE_DLP || r->type == MX_RULE_ATTACH ||
+               r->type == MX_RULE_MIMEHEADER) {
         unsigned c = m->count[ri];
         if (r->tflags & MX_TF_MULTIPLE)
             v = r->maxhits && c > r->maxhits ? r->maxhits : c;
@@ -1944,6 +1985,9 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
         if (m->streams[i])
             hs_reset_stream(m->streams[i], 0, m->w->scratch, on_match, m);
     scan_headers(m);
+    for (size_t k = 0; k < e->nmimehdrs; k++)
+        if (e->rs.rules[e->mimehdrs[k]].negate)
+            m->count[e->mimehdrs[k]] = !m->count[e->mimehdrs[k]];
     for (size_t i = 0; i < e->ng; i++) {
         if (e->g[i].scope == SC_BODY)
             confirm(m, (int)i, m->body, m->blen);

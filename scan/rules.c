@@ -781,10 +781,20 @@ static int directive(struct mx_ruleset *rs, const char *s, const char *e)
     }
     if (IS("attachment"))
         return def_attach(r, s, e);
+    if (IS("mimeheader")) {
+        int rc = def_header(r, s, e);
+        if (rc == 0 && r->type == MX_RULE_HEADER && !r->exists)
+            r->type = MX_RULE_MIMEHEADER;
+        else if (rc == 0 && r->type == MX_RULE_HEADER) {
+            r->type = MX_RULE_SKIPPED;
+            r->skip = "mimeheader exists: (not implemented)";
+        }
+        return rc;
+    }
     /* rule types that need SpamAssassin plugins or DNS */
     reset_def(r);
     r->type = MX_RULE_SKIPPED;
-    r->skip = IS("mimeheader") ? "mimeheader (not implemented)" : "network rule";
+    r->skip = "network rule";
     return 0;
 #undef IS
 }

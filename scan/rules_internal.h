@@ -21,7 +21,8 @@ enum mx_rule_type {
     MX_RULE_META,
     MX_RULE_DLP,
     MX_RULE_ATTACH,
-    MX_RULE_SKIPPED, /* eval:, mimeheader, askdns, ... (reason in skip) */
+    MX_RULE_MIMEHEADER, /* header rule on every MIME part's headers */
+    MX_RULE_SKIPPED, /* eval:, askdns, ... (reason in skip) */
 };
 
 enum mx_rule_tflag {
