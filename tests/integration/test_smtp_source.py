@@ -31,6 +31,26 @@ try:
     F.check(len(msgs) == N, "all %d messages delivered to the Maildir (got %d)" % (N, len(msgs)))
     queued = gw.log().count("queued as")
     F.check(queued == N, "log shows %d 'queued as' lines (got %d)" % (N, queued))
+    # the counters moved exactly by the known load
+    import json
+    st = json.loads(gw.ctl("stats", "--json"))
+    flat = {}
+
+    def walk(prefix, v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(prefix + "." + k if prefix else k, x)
+        else:
+            flat[prefix] = v
+    walk("", st)
+
+    def find(key):
+        hits = [v for k, v in flat.items() if k.split(".")[-1] == key or k == key]
+        return hits[0] if hits else None
+    F.check(find("msg_accepted") == N, "stats: msg_accepted == %d (got %s)" % (N, find("msg_accepted")))
+    # 20 smtp-source sessions + the harness's start-up probe connection
+    F.check(find("conn_total") == 21, "stats: conn_total == 21 (got %s)" % find("conn_total"))
+    F.check(find("conn_open") == 0, "stats: conn_open back to 0 (got %s)" % find("conn_open"))
     F.check(gw.stop() == 0, "clean stop")
 finally:
     if F.items:
