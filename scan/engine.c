@@ -1323,8 +1323,18 @@ static void on_begin(void *ud, const struct mx_mime_part *p)
             paragraph_break(m);
         }
     }
-    if (p->multipart || p->message)
+    if (p->message)
         return;
+    if (p->multipart) {
+        /* The preamble is rendered as text: when no boundary ever matches
+         * (a broken or hostile message), SpamAssassin and Python read the
+         * whole body as the text, so it must not go unscanned. */
+        m->text_part = (int)p->index;
+        m->html = false;
+        mx_utf8_conv_open(&m->conv, p->charset);
+        paragraph_break(m);
+        return;
+    }
     bool body_text = p->text && !(p->attachment && p->filename[0]);
     if (p->text) {
         m->text_part = (int)p->index;
