@@ -169,6 +169,7 @@ int mx_queue_worker_init(struct mx_queue *q, struct mx_worker *w)
     }
     qw->sp.on_committed = on_committed;
     qw->sp.owner = qw;
+    qm_md_init(&qw->md, mx_worker_ring(w));
     for (size_t i = 0; i < qw->n_boot_segs; i++)
         TAILQ_INSERT_HEAD(&qw->sp.segs, qw->boot_segs[i], link);
     free(qw->boot_segs);
@@ -581,19 +582,53 @@ static void group_done(void *arg, const struct mx_deliver_result *res)
         attempt_finish(a);
 }
 
-static void deliver_maildir(struct qm_attempt *a, const struct mx_route *rt, size_t i)
+struct qm_md_arg {
+    struct qm_attempt *a;
+    size_t i;
+    const char *dir;
+};
+
+static void maildir_result(struct qm_attempt *a, size_t i, const char *dir, int rc)
 {
-    struct qm_msg *m = a->m;
-    int rc = qm_maildir_deliver(rt->maildir, m->qid, m->env.mail_from, m->env.rcpts[i].addr,
-                                qm_msg_body(m), m->body_len, NULL, 0);
     snprintf(a->remote[i], sizeof a->remote[i], "maildir");
     if (rc == 0) {
         set_res(&a->res[i], 250, "2.0.0", "delivered to maildir");
     } else {
         char t[200];
-        snprintf(t, sizeof t, "maildir %s: %s", rt->maildir, strerror(-rc));
+        snprintf(t, sizeof t, "maildir %s: %s", dir, strerror(-rc));
         set_res(&a->res[i], 451, "4.3.0", t);
     }
+}
+
+static void maildir_done(void *arg, int res)
+{
+    struct qm_md_arg *ma = arg;
+    struct qm_attempt *a = ma->a;
+    maildir_result(a, ma->i, ma->dir, res);
+    free(ma);
+    if (--a->pending == 0)
+        attempt_finish(a);
+}
+
+/* Asynchronous on the worker's ring; the result arrives in maildir_done. */
+static void deliver_maildir(struct qm_attempt *a, const struct mx_route *rt, size_t i)
+{
+    struct qm_msg *m = a->m;
+    struct qm_md_arg *ma = malloc(sizeof *ma);
+    int rc = -ENOMEM;
+    if (ma) {
+        *ma = (struct qm_md_arg){a, i, rt->maildir};
+        a->pending++;
+        rc = qm_maildir_start(&a->qw->md, rt->maildir, m->qid, m->env.mail_from,
+                              m->env.rcpts[i].addr, qm_msg_body(m), m->body_len, maildir_done,
+                              ma);
+        if (rc < 0) {
+            a->pending--;
+            free(ma);
+        }
+    }
+    if (rc < 0)
+        maildir_result(a, i, rt->maildir, rc);
 }
 
 static void start_delivery(struct qm_worker *qw, struct qm_msg *m)
@@ -740,6 +775,7 @@ void qm_tick(struct mx_worker *w, void *arg)
             start_delivery(qw, m);
         }
     }
+    qm_maildir_flush(&qw->md);
     check_space(qw, now);
     qm_spool_flush(&qw->sp);
     qm_spool_gc(&qw->sp);

@@ -289,6 +289,29 @@ bool qm_msg_finished(const struct qm_msg *m);
 int qm_maildir_deliver(const char *dir, const char *qid, const char *sender, const char *rcpt,
                        const uint8_t *msg, size_t len, char *name, size_t name_size);
 
+/** Asynchronous Maildir delivery on a worker's ring (qm_maildir.c). */
+struct qm_md_job;
+TAILQ_HEAD(qm_md_jobq, qm_md_job);
+struct qm_md {
+    struct io_uring *ring;
+    struct qm_md_jobq renamed; /* waiting for their directory's fsync */
+    unsigned inflight;         /* file chains and directory fsyncs on the ring */
+    uint64_t n_dir_fsync;
+};
+/** done: 0 once the file is durable in DIR/new, or -errno. Runs from a CQE. */
+typedef void (*qm_md_done_fn)(void *arg, int res);
+void qm_md_init(struct qm_md *md, struct io_uring *ring);
+/**
+ * Start delivering msg (valid until done runs) to the Maildir dir: same
+ * bytes and name scheme as qm_maildir_deliver(). 0 (done will run) or
+ * -errno (it will not).
+ */
+int qm_maildir_start(struct qm_md *md, const char *dir, const char *qid, const char *sender,
+                     const char *rcpt, const uint8_t *msg, size_t len, qm_md_done_fn done,
+                     void *arg);
+/** Once per loop turn: one fsync per directory for the files renamed since. */
+void qm_maildir_flush(struct qm_md *md);
+
 /* ---- queue manager ---------------------------------------------------- */
 
 struct qm_ctl_req;
@@ -299,6 +322,7 @@ struct qm_worker {
     unsigned index;
     bool started;
     struct qm_spool sp;
+    struct qm_md md;
     struct qm_mq ready;   /* due now */
     struct qm_mq waiting; /* deferred or held */
     struct qm_mq busy;    /* delivery in progress */

@@ -605,6 +605,76 @@ static void test_maildir(void **state)
     assert_memory_equal(got, "Return-Path: <>\r\n", 17);
 }
 
+static void md_done(void *arg, int res)
+{
+    int *st = arg;
+    *st = res == 0 ? 1 : res;
+}
+
+/* Asynchronous Maildir delivery: same bytes; one directory fsync for the batch. */
+static void test_maildir_async(void **state)
+{
+    (void)state;
+    struct io_uring ring;
+    assert_int_equal(io_uring_queue_init(64, &ring, 0), 0);
+    struct qm_md md;
+    qm_md_init(&md, &ring);
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/amd", tmpdir);
+    const char *msg = "Subject: a\r\n\r\nasync\r\n";
+    enum { N = 5 };
+    int st[N] = {0};
+    for (int i = 0; i < N; i++) {
+        char rcpt[64];
+        snprintf(rcpt, sizeof rcpt, "u%d@example.net", i);
+        assert_int_equal(qm_maildir_start(&md, dir, "0123456789AB0000000B", "s@example.org",
+                                          rcpt, (const uint8_t *)msg, strlen(msg), md_done,
+                                          &st[i]),
+                         0);
+    }
+    /* files written and renamed, but nobody is told before new/ is synced */
+    for (int g = 0; g < 100 && md.inflight; g++)
+        assert_true(qm_ring_dispatch(&ring, true) >= 0);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(st[i], 0);
+    qm_maildir_flush(&md);
+    for (int g = 0; g < 100 && md.inflight; g++)
+        assert_true(qm_ring_dispatch(&ring, true) >= 0);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(st[i], 1);
+    assert_int_equal(md.n_dir_fsync, 1);
+    char p[400];
+    snprintf(p, sizeof p, "%s/new", dir);
+    char got[N][8192];
+    assert_int_equal(count_files(p), N);
+    DIR *d = opendir(p);
+    struct dirent *de;
+    int n = 0, seen = 0;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char f[800];
+        snprintf(f, sizeof f, "%s/%s", p, de->d_name);
+        int fd = open(f, O_RDONLY);
+        ssize_t l = read(fd, got[n], sizeof got[n] - 1);
+        close(fd);
+        got[n][l] = 0;
+        int who = got[n][strlen("Return-Path: <s@example.org>\r\nDelivered-To: u")] - '0';
+        char want[256];
+        snprintf(want, sizeof want,
+                 "Return-Path: <s@example.org>\r\nDelivered-To: u%d@example.net\r\n%s", who,
+                 msg);
+        assert_string_equal(got[n], want);
+        seen |= 1 << who;
+        n++;
+    }
+    closedir(d);
+    assert_int_equal(seen, (1 << N) - 1);
+    snprintf(p, sizeof p, "%s/tmp", dir);
+    assert_int_equal(count_files(p), 0);
+    io_uring_queue_exit(&ring);
+}
+
 static void test_qid(void **state)
 {
     (void)state;
@@ -702,6 +772,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recover_corrupt_middle, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_recover_journal_replay, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_maildir, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_maildir_async, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_control_list, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_full, setup_dir, teardown_dir),
     };
