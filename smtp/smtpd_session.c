@@ -699,9 +699,26 @@ static void end_message(struct mx_smtpd_session *s)
  * (default) or turned into CRLF (normalize) but never a line end, so a "."
  * after it is plain text.
  */
+/*
+ * A bare CR or LF in the text (after `dot` when a line-start dot came
+ * before it): refused, or with "normalize" written as CRLF. Either way the
+ * state continues inside a line, so a following "." is text, never an end.
+ */
+static void bare_eol(struct mx_smtpd_session *s, bool dot)
+{
+    if (!s->p.bare_lf_normalize) {
+        s->data_bad_eol = true;
+    } else {
+        if (dot)
+            emit(s, '.');
+        emit(s, '\r');
+        emit(s, '\n');
+    }
+    s->ds = D_IN;
+}
+
 static size_t data_input(struct mx_smtpd_session *s, const uint8_t *p, size_t n)
 {
-    bool norm = s->p.bare_lf_normalize;
     for (size_t i = 0; i < n; i++) {
         uint8_t c = p[i];
         switch (s->ds) {
@@ -714,15 +731,8 @@ static size_t data_input(struct mx_smtpd_session *s, const uint8_t *p, size_t n)
         case D_IN:
             if (c == '\r') {
                 s->ds = D_CR;
-            } else if (c == '\n') { /* bare LF */
-                if (norm) {
-                    emit(s, '\r');
-                    emit(s, '\n');
-                    s->ds = D_IN; /* not a line start: no dot handling follows */
-                } else {
-                    s->data_bad_eol = true;
-                    s->ds = D_IN;
-                }
+            } else if (c == '\n') {
+                bare_eol(s, false);
             } else {
                 emit(s, c);
                 s->ds = D_IN;
@@ -733,14 +743,8 @@ static size_t data_input(struct mx_smtpd_session *s, const uint8_t *p, size_t n)
                 emit(s, '\r');
                 emit(s, '\n');
                 s->ds = D_LS;
-            } else { /* bare CR */
-                if (norm) {
-                    emit(s, '\r');
-                    emit(s, '\n');
-                } else {
-                    s->data_bad_eol = true;
-                }
-                s->ds = D_IN;
+            } else {
+                bare_eol(s, false);
                 i--; /* the byte after the bare CR is ordinary text */
             }
             break;
@@ -748,14 +752,7 @@ static size_t data_input(struct mx_smtpd_session *s, const uint8_t *p, size_t n)
             if (c == '\r') {
                 s->ds = D_DOTCR;
             } else if (c == '\n') { /* "\r\n.\n": not an end marker */
-                if (norm) {
-                    emit(s, '.');
-                    emit(s, '\r');
-                    emit(s, '\n');
-                } else {
-                    s->data_bad_eol = true;
-                }
-                s->ds = D_IN;
+                bare_eol(s, true);
             } else {
                 /* transparency: a leading dot is removed (RFC 5321 4.5.2) */
                 emit(s, c);
@@ -768,15 +765,8 @@ static size_t data_input(struct mx_smtpd_session *s, const uint8_t *p, size_t n)
                 end_message(s);
                 return i + 1;
             }
-            /* ".\r" then something else: bare CR after a dot */
-            if (norm) {
-                emit(s, '.');
-                emit(s, '\r');
-                emit(s, '\n');
-            } else {
-                s->data_bad_eol = true;
-            }
-            s->ds = D_IN;
+            /* ".\r" then something else: a bare CR after a dot */
+            bare_eol(s, true);
             i--;
             break;
         }
