@@ -226,9 +226,10 @@ static void *dns_thread(void *arg)
         pf[n++] = (struct pollfd){.fd = dns.efd, .events = POLLIN};
         for (int i = 0; i < ARES_GETSOCK_MAXNUM; i++) {
             short ev = 0;
-            if (ARES_GETSOCK_READABLE(bits, i))
+            /* (c-ares's own macros shift a signed 1 into the sign bit) */
+            if ((unsigned)bits >> i & 1u)
                 ev |= POLLIN;
-            if (ARES_GETSOCK_WRITABLE(bits, i))
+            if ((unsigned)bits >> (i + ARES_GETSOCK_MAXNUM) & 1u)
                 ev |= POLLOUT;
             if (ev)
                 pf[n++] = (struct pollfd){.fd = socks[i], .events = ev};

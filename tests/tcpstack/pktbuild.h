@@ -129,7 +129,8 @@ static inline size_t pb_tcp_frame(uint8_t *out, uint16_t sport, uint16_t dport, 
     th->rx_win = rte_cpu_to_be_16(win);
     th->cksum = 0;
     th->tcp_urp = 0;
-    memcpy(out + 54, opt, optlen);
+    if (optlen)
+        memcpy(out + 54, opt, optlen);
     if (len)
         memcpy(out + 34 + tl, data, len);
     th->cksum = rte_ipv4_udptcp_cksum(ip, th);
