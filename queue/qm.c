@@ -153,15 +153,15 @@ int mx_queue_open(const struct mx_config *cfg, struct mx_queue **out)
 
 static void on_committed(struct qm_spool *sp, struct mx_queue_msg *m, int res);
 
-int mx_queue_worker_init(struct mx_queue *q, struct mx_worker *w)
+int qm_worker_attach(struct mx_queue *q, unsigned idx, struct io_uring *ring,
+                     struct mx_worker *w)
 {
-    unsigned idx = mx_worker_index(w);
     if (idx >= q->n_workers)
         return -EINVAL;
     struct qm_worker *qw = &q->workers[idx];
     char dir[512];
     snprintf(dir, sizeof dir, "%s/w%u", q->spool_dir, idx);
-    int rc = qm_spool_open(&qw->sp, dir, &q->seq, mx_worker_ring(w));
+    int rc = qm_spool_open(&qw->sp, dir, &q->seq, ring);
     if (rc < 0) {
         fprintf(stderr, "mxgate[queue]: worker %u: cannot open spool %s: %s\n", idx, dir,
                 strerror(-rc));
@@ -169,20 +169,26 @@ int mx_queue_worker_init(struct mx_queue *q, struct mx_worker *w)
     }
     qw->sp.on_committed = on_committed;
     qw->sp.owner = qw;
-    qm_md_init(&qw->md, mx_worker_ring(w));
+    qm_md_init(&qw->md, ring);
     for (size_t i = 0; i < qw->n_boot_segs; i++)
         TAILQ_INSERT_HEAD(&qw->sp.segs, qw->boot_segs[i], link);
     free(qw->boot_segs);
     qw->boot_segs = NULL;
     qw->n_boot_segs = 0;
     qw->w = w;
-    rc = mx_worker_add_tick(w, qm_tick, qw);
-    if (rc < 0)
-        return rc;
     pthread_mutex_lock(&q->ctl_lock);
     qw->started = true;
     pthread_mutex_unlock(&q->ctl_lock);
     return 0;
+}
+
+int mx_queue_worker_init(struct mx_queue *q, struct mx_worker *w)
+{
+    unsigned idx = mx_worker_index(w);
+    int rc = qm_worker_attach(q, idx, mx_worker_ring(w), w);
+    if (rc < 0)
+        return rc;
+    return mx_worker_add_tick(w, qm_tick, &q->workers[idx]);
 }
 
 void mx_queue_close(struct mx_queue *q)
@@ -208,8 +214,10 @@ void mx_queue_close(struct mx_queue *q)
         if (qw->started) {
             qm_spool_close(&qw->sp);
         } else {
-            for (size_t k = 0; k < qw->n_boot_segs; k++)
+            for (size_t k = 0; k < qw->n_boot_segs; k++) {
+                free(qw->boot_segs[k]->done);
                 free(qw->boot_segs[k]);
+            }
             free(qw->boot_segs);
         }
     }
@@ -373,8 +381,13 @@ void qm_journal(struct qm_worker *qw, const struct qm_msg *m, enum qm_jtype type
 void qm_worker_finish(struct qm_worker *qw, struct qm_msg *m)
 {
     qm_list_remove(qw, m);
-    if (m->seg && m->seg->live)
+    if (m->seg && m->seg->live) {
         m->seg->live--;
+        /* for journal snapshots while the segment lives on (if this fails, a
+         * snapshot could bring the message back: delivered twice, never lost) */
+        if (m->seg->live && qm_seg_add_done(m->seg, m->qid) < 0)
+            fprintf(stderr, "mxgate[queue]: %s: out of memory noting it finished\n", m->qid);
+    }
     qw->n_msgs--;
     fprintf(stderr, "mxgate[queue]: %s: removed\n", m->qid);
     qm_msg_free(m);
@@ -725,6 +738,83 @@ static void start_delivery(struct qm_worker *qw, struct qm_msg *m)
         attempt_finish(a);
 }
 
+/* ---- journal snapshot -------------------------------------------------------------- */
+
+static int snap_msg(struct qm_worker *qw, const struct qm_msg *m)
+{
+    struct qm_jentry e = {0};
+    memcpy(e.qid, m->qid, sizeof e.qid);
+    int rc = 0;
+    if (m->deleted) {
+        e.type = QM_J_DELETED;
+        return qm_spool_journal(&qw->sp, &e);
+    }
+    for (size_t k = 0; k < m->env.n_rcpts && rc == 0; k++) {
+        if (m->rstate[k] == QM_R_PENDING)
+            continue;
+        e.type = m->rstate[k] == QM_R_DELIVERED ? QM_J_DELIVERED : QM_J_FAILED;
+        e.rcpt = (uint32_t)k;
+        rc = qm_spool_journal(&qw->sp, &e);
+    }
+    if (rc == 0 && m->attempts) {
+        e.type = QM_J_DEFERRED;
+        e.rcpt = 0;
+        e.attempts = m->attempts;
+        e.when_ms = m->next_attempt_ms;
+        snprintf(e.err, sizeof e.err, "%s", m->last_error);
+        rc = qm_spool_journal(&qw->sp, &e);
+    }
+    if (rc == 0 && m->held) {
+        struct qm_jentry h = {.type = QM_J_HELD};
+        memcpy(h.qid, m->qid, sizeof h.qid);
+        rc = qm_spool_journal(&qw->sp, &h);
+    }
+    return rc;
+}
+
+/*
+ * The journal only grows while the gateway runs; past sp.j_max it starts a
+ * new file holding a snapshot of everything still true: the state of every
+ * queued message and "finished" for every message whose segment is still
+ * on disk. Once that batch is durable the old journals are removed.
+ */
+int qm_journal_snapshot(struct qm_worker *qw)
+{
+    int rc = qm_spool_journal_rotate(&qw->sp);
+    if (rc < 0)
+        return rc;
+    struct qm_mq *lists[3] = {&qw->ready, &qw->waiting, &qw->busy};
+    for (int k = 0; k < 3 && rc == 0; k++) {
+        struct qm_msg *m;
+        TAILQ_FOREACH(m, lists[k], link)
+        if (rc == 0)
+            rc = snap_msg(qw, m);
+    }
+    struct qm_seg *s;
+    TAILQ_FOREACH(s, &qw->sp.segs, link)
+    for (size_t i = 0; i < s->n_done && rc == 0; i++) {
+        struct qm_jentry e = {.type = QM_J_DELETED};
+        memcpy(e.qid, s->done[i], sizeof e.qid);
+        rc = qm_spool_journal(&qw->sp, &e);
+    }
+    if (rc < 0) {
+        /* keep the old journals: replaying them and a partial snapshot is harmless */
+        qw->sp.n_j_old = 0;
+        qw->sp.j_snapshot_pending = false;
+        return rc;
+    }
+    if (qw->sp.jlen == 0) {
+        /* nothing is live and nothing finished lingers: the old ones say nothing needed */
+        for (unsigned i = 0; i < qw->sp.n_j_old; i++)
+            unlink(qw->sp.j_old[i]);
+        qw->sp.n_j_old = 0;
+        qw->sp.j_snapshot_pending = false;
+    }
+    fprintf(stderr, "mxgate[queue]: worker %u: journal rotated to %s (%zu bytes of snapshot)\n",
+            qw->index, qw->sp.j_path, qw->sp.jlen);
+    return 0;
+}
+
 /* ---- the tick ------------------------------------------------------------------------ */
 
 static void make_due(struct qm_worker *qw, bool all)
@@ -777,6 +867,8 @@ void qm_tick(struct mx_worker *w, void *arg)
     }
     qm_maildir_flush(&qw->md);
     check_space(qw, now);
+    if (qw->sp.j_off > qw->sp.j_max && !qw->sp.inflight && !qw->sp.jlen)
+        qm_journal_snapshot(qw);
     qm_spool_flush(&qw->sp);
     qm_spool_gc(&qw->sp);
 }

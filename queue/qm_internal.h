@@ -156,6 +156,9 @@ struct qm_seg {
     unsigned live;
     int fd;       /* writer's descriptor, -1 when closed or recovered */
     bool current; /* still appended to */
+    /* finished messages still in this file: a journal snapshot must say so */
+    char (*done)[QM_QID_SIZE];
+    size_t n_done, cap_done;
 };
 TAILQ_HEAD(qm_segq, qm_seg);
 
@@ -182,6 +185,11 @@ struct qm_spool {
     uint8_t *jbuf; /* journal entries not yet written */
     size_t jlen, jcap;
     unsigned inflight; /* batches submitted, not completed */
+    uint64_t j_max;    /* rotate the journal (with a snapshot) beyond this size */
+    char j_path[1024];
+    char j_old[4][1024]; /* journals to remove once the snapshot is durable */
+    unsigned n_j_old;
+    bool j_snapshot_pending;
     qm_committed_fn on_committed;
     qm_jdone_fn on_jdone;
     void *owner;
@@ -207,6 +215,14 @@ int qm_spool_journal(struct qm_spool *sp, const struct qm_jentry *e);
  * 0, or -errno (then the pending records' callbacks ran with the error).
  */
 int qm_spool_flush(struct qm_spool *sp);
+/** Remember that message qid in seg is finished. 0 or -ENOMEM. */
+int qm_seg_add_done(struct qm_seg *seg, const char *qid);
+/**
+ * Start a new journal file; the caller then queues a snapshot of every
+ * live state with qm_spool_journal(). The old journal files of this
+ * directory are removed once the batch carrying the snapshot is durable.
+ */
+int qm_spool_journal_rotate(struct qm_spool *sp);
 /** Unlink finished segments (live 0, not current) when no batch is in flight. */
 void qm_spool_gc(struct qm_spool *sp);
 /**
@@ -362,6 +378,14 @@ void qm_make_qid(char out[QM_QID_SIZE], uint64_t unix_ms, unsigned worker, uint3
 /** Unix time in ms (CLOCK_REALTIME). */
 uint64_t qm_unix_ms(void);
 
+/**
+ * Attach worker idx of q to ring (w may be NULL in tests: then drive it
+ * with qm_tick(NULL, qw) and qm_ring_dispatch()). Opens its spool.
+ */
+int qm_worker_attach(struct mx_queue *q, unsigned idx, struct io_uring *ring,
+                     struct mx_worker *w);
+/** Write a snapshot of the worker's state into a fresh journal (see qm_spool_journal_rotate). */
+int qm_journal_snapshot(struct qm_worker *qw);
 /** Queue manager tick (registered per worker). */
 void qm_tick(struct mx_worker *w, void *arg);
 /** Run a control request on the worker (under ctl_lock). */

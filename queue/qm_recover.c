@@ -570,8 +570,13 @@ int qm_recover(const char *spool, unsigned n_workers, struct qm_recovered *out)
             out->n = w;
             rc = write_compacted(&sc, n_workers, out->max_seq + 1, fin, n_fin);
             out->max_seq += n_workers + 1;
-            for (size_t i = 0; i < n_fin; i++)
+            for (size_t i = 0; i < n_fin; i++) {
+                /* the segment stays for others: later journal snapshots must
+                 * still say this one is finished */
+                if (fin[i]->seg->live > 0 && qm_seg_add_done(fin[i]->seg, fin[i]->qid) < 0)
+                    rc = -ENOMEM;
                 qm_msg_free(fin[i]);
+            }
             free(fin);
         }
     }
@@ -584,6 +589,7 @@ int qm_recover(const char *spool, unsigned n_workers, struct qm_recovered *out)
             if (segs[i]->live == 0) {
                 unlink(segs[i]->path);
                 out->n_segs_deleted++;
+                free(segs[i]->done);
                 free(segs[i]);
                 continue;
             }
@@ -605,8 +611,11 @@ void qm_recovered_free(struct qm_recovered *r)
 {
     for (size_t i = 0; i < r->n; i++)
         qm_msg_free(r->msgs[i]);
-    for (size_t i = 0; i < r->n_segs; i++)
+    for (size_t i = 0; i < r->n_segs; i++) {
+        if (r->segs[i])
+            free(r->segs[i]->done);
         free(r->segs[i]);
+    }
     free(r->msgs);
     free(r->segs);
     free(r->seg_dir);

@@ -497,6 +497,7 @@ struct qm_batch {
     bool had[2];
     struct qm_wop *ops;
     unsigned n_ops;
+    bool snapshot; /* its journal part is a snapshot after a rotation */
 };
 
 static int dir_fsync(int dirfd)
@@ -561,8 +562,8 @@ int qm_spool_open(struct qm_spool *sp, const char *dir, _Atomic uint64_t *seq,
     sp->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (sp->dirfd < 0)
         return -errno;
-    char path[512];
-    int fd = open_new_file(sp, "journal", atomic_fetch_add(seq, 1), path, sizeof path);
+    sp->j_max = 16u << 20;
+    int fd = open_new_file(sp, "journal", atomic_fetch_add(seq, 1), sp->j_path, sizeof sp->j_path);
     if (fd < 0) {
         qm_spool_close(sp);
         return fd;
@@ -595,6 +596,7 @@ void qm_spool_close(struct qm_spool *sp)
         TAILQ_REMOVE(&sp->segs, s, link);
         if (s->fd >= 0)
             close(s->fd);
+        free(s->done);
         free(s);
     }
     sp->seg = NULL;
@@ -652,6 +654,13 @@ static void batch_part_done(struct qm_batch *b, int part)
         if (b->err[1] < 0)
             fprintf(stderr, "mxgate[queue]: spool %s: journal write failed: %s\n", sp->dir,
                     strerror(-b->err[1]));
+        if (b->snapshot) {
+            /* the snapshot is durable: the journals it replaces can go */
+            if (b->err[1] == 0)
+                for (unsigned i = 0; i < sp->n_j_old; i++)
+                    unlink(sp->j_old[i]);
+            sp->n_j_old = 0;
+        }
         if (sp->on_jdone)
             sp->on_jdone(sp, b->err[1]);
     }
@@ -776,6 +785,8 @@ int qm_spool_flush(struct qm_spool *sp)
         b->had[0] = true;
     }
     if (sp->jlen) {
+        b->snapshot = sp->j_snapshot_pending;
+        sp->j_snapshot_pending = false;
         b->jbuf = sp->jbuf;
         size_t jl = sp->jlen;
         sp->jbuf = NULL;
@@ -825,19 +836,69 @@ void qm_spool_gc(struct qm_spool *sp)
                 fprintf(stderr, "mxgate[queue]: cannot remove %s: %s\n", s->path,
                         strerror(errno));
             TAILQ_REMOVE(&sp->segs, s, link);
+            free(s->done);
             free(s);
         }
     }
 }
 
+int qm_seg_add_done(struct qm_seg *seg, const char *qid)
+{
+    if (seg->n_done == seg->cap_done) {
+        size_t cap = seg->cap_done ? seg->cap_done * 2 : 64;
+        char(*nd)[QM_QID_SIZE] = realloc(seg->done, cap * sizeof *nd);
+        if (!nd)
+            return -ENOMEM;
+        seg->done = nd;
+        seg->cap_done = cap;
+    }
+    snprintf(seg->done[seg->n_done++], QM_QID_SIZE, "%s", qid);
+    return 0;
+}
+
+int qm_spool_journal_rotate(struct qm_spool *sp)
+{
+    if (sp->inflight || sp->jlen || sp->j_snapshot_pending)
+        return -EBUSY; /* the old journal must be complete on disk first */
+    char path[1024];
+    int fd = open_new_file(sp, "journal", atomic_fetch_add(sp->seq, 1), path, sizeof path);
+    if (fd < 0)
+        return fd;
+    int rc = dir_fsync(sp->dirfd);
+    if (rc < 0) {
+        close(fd);
+        unlink(path);
+        return rc;
+    }
+    /* every other journal of this directory is superseded by the snapshot */
+    sp->n_j_old = 0;
+    DIR *d = opendir(sp->dir);
+    struct dirent *de;
+    while (d && (de = readdir(d)) && sp->n_j_old < 4) {
+        if (strncmp(de->d_name, "journal-", 8) != 0)
+            continue;
+        char p[1024];
+        snprintf(p, sizeof p, "%s/%s", sp->dir, de->d_name);
+        if (strcmp(p, path) != 0)
+            snprintf(sp->j_old[sp->n_j_old++], sizeof sp->j_old[0], "%s", p);
+    }
+    if (d)
+        closedir(d);
+    close(sp->j_fd);
+    sp->j_fd = fd;
+    sp->j_off = 0;
+    snprintf(sp->j_path, sizeof sp->j_path, "%s", path);
+    sp->j_snapshot_pending = true;
+    return 0;
+}
+
 int qm_ring_dispatch(struct io_uring *ring, bool wait)
 {
     struct io_uring_cqe *cqe;
-    if (wait) {
-        int rc = io_uring_submit_and_wait(ring, 1);
-        if (rc < 0 && rc != -EINTR)
-            return rc;
-    }
+    /* like the worker loop: whatever was prepared is submitted first */
+    int rc = wait ? io_uring_submit_and_wait(ring, 1) : io_uring_submit(ring);
+    if (rc < 0 && rc != -EINTR && rc != -EBUSY)
+        return rc;
     unsigned head, seen = 0;
     io_uring_for_each_cqe(ring, head, cqe)
     {

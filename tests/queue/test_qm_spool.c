@@ -759,6 +759,117 @@ static void test_control_list(void **state)
     mx_queue_close(q);
 }
 
+/*
+ * The manager without EAL: worker 0 attached to a plain ring and driven by
+ * hand. Two messages delivered to a Maildir, one deferred (its Maildir
+ * cannot be created); then the journal is rotated: the snapshot must keep
+ * the delivered ones finished (their segment lives on for the deferred one)
+ * and the deferred one's attempts, and the old journals are gone.
+ */
+static void run_until(struct qm_worker *qw, struct io_uring *ring, bool (*cond)(struct qm_worker *))
+{
+    for (int i = 0; i < 500 && !cond(qw); i++) {
+        qm_tick(NULL, qw);
+        qm_ring_dispatch(ring, false);
+        usleep(2000);
+    }
+    assert_true(cond(qw));
+}
+
+static bool settled(struct qm_worker *qw)
+{
+    return qw->n_msgs == 1 && TAILQ_EMPTY(&qw->busy) && TAILQ_EMPTY(&qw->ready) &&
+           !qw->sp.inflight && !qw->sp.jlen && !qw->md.inflight;
+}
+
+static char journal_before[1024];
+
+static bool rotated(struct qm_worker *qw)
+{
+    return strcmp(qw->sp.j_path, journal_before) != 0 && !qw->sp.inflight && !qw->sp.jlen &&
+           !qw->sp.j_snapshot_pending && qw->sp.n_j_old == 0 && qw->sp.j_off > 0;
+}
+
+static void test_journal_rotation(void **state)
+{
+    (void)state;
+    char spool[300], md[300];
+    snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+    snprintf(md, sizeof md, "%s/md", tmpdir);
+    struct mx_route routes[2] = {
+        {.domain = "bad.test", .scheme = MX_ROUTE_MAILDIR, .maildir = "/proc/no/such/dir"},
+        {.domain = "*", .scheme = MX_ROUTE_MAILDIR, .maildir = md},
+    };
+    struct mx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.spool_dir = spool;
+    cfg.dp_workers = 1;
+    cfg.smtp_max_message_size = 1 << 20;
+    cfg.routes = routes;
+    cfg.n_routes = 2;
+    struct mx_queue *q;
+    assert_int_equal(mx_queue_open(&cfg, &q), 0);
+    struct io_uring ring;
+    assert_int_equal(io_uring_queue_init(64, &ring, 0), 0);
+    assert_int_equal(qm_worker_attach(q, 0, &ring, NULL), 0);
+    struct qm_worker *qw = &q->workers[0];
+    const char *to[3] = {"a@ok.test", "b@bad.test", "c@ok.test"};
+    char qids[3][QM_QID_SIZE];
+    for (int i = 0; i < 3; i++) {
+        struct mx_envelope env = make_env(1);
+        snprintf(rcpts[0].addr, sizeof rcpts[0].addr, "%s", to[i]);
+        env.arrival_ms = qm_unix_ms();
+        qm_make_qid(qids[i], qm_unix_ms(), 0, (uint32_t)i);
+        struct mx_queue_msg *m = qm_msgbuf_new(&env, qids[i], 1 << 20);
+        assert_int_equal(qm_msgbuf_append(m, "Subject: r\r\n\r\nx\r\n", 18), 0);
+        qm_msgbuf_seal(m);
+        m->qw = qw;
+        qm_spool_add(&qw->sp, m);
+    }
+    run_until(qw, &ring, settled);
+    struct qm_msg *b = TAILQ_FIRST(&qw->waiting);
+    assert_non_null(b);
+    assert_string_equal(b->qid, qids[1]);
+    assert_int_equal(b->attempts, 1);
+    char w0[320];
+    snprintf(w0, sizeof w0, "%s/w0", spool);
+    int journals_before = 0;
+    DIR *d = opendir(w0);
+    struct dirent *de;
+    while ((de = readdir(d)))
+        journals_before += strncmp(de->d_name, "journal-", 8) == 0;
+    closedir(d);
+    assert_int_equal(journals_before, 2); /* start-up compaction + this run's */
+    snprintf(journal_before, sizeof journal_before, "%s", qw->sp.j_path);
+    qw->sp.j_max = 1;
+    run_until(qw, &ring, rotated);
+    int journals_after = 0;
+    d = opendir(w0);
+    while ((de = readdir(d)))
+        journals_after += strncmp(de->d_name, "journal-", 8) == 0;
+    closedir(d);
+    assert_int_equal(journals_after, 1);
+    mx_queue_close(q);
+    io_uring_queue_exit(&ring);
+
+    /* a restart sees exactly the deferred message, attempts kept */
+    assert_int_equal(mx_queue_open(&cfg, &q), 0);
+    char *out = NULL;
+    assert_int_equal(mx_queue_control(q, "list", NULL, true, &out), 0);
+    json_error_t err;
+    json_t *arr = json_loads(out, 0, &err);
+    free(out);
+    assert_int_equal(json_array_size(arr), 1);
+    json_t *o = json_array_get(arr, 0);
+    assert_string_equal(json_string_value(json_object_get(o, "id")), qids[1]);
+    assert_int_equal(json_integer_value(json_object_get(o, "attempts")), 1);
+    json_decref(arr);
+    mx_queue_close(q);
+    char nd[320];
+    snprintf(nd, sizeof nd, "%s/new", md);
+    assert_int_equal(count_files(nd), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -774,6 +885,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_maildir, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_maildir_async, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_control_list, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_journal_rotation, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_full, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
