@@ -537,7 +537,12 @@ static void attempt_finish(struct qm_attempt *a)
             }
             m->rstate[i] = QM_R_FAILED;
             log_rcpt(m, rcpt, a->remote[i], now, "bounced", r);
-            if (st)
+            qm_journal(qw, m, QM_J_FAILED, (uint32_t)i);
+            /* RFC 3461 4.1: a failure DSN unless NOTIFY said NEVER or left FAILURE out */
+            uint8_t nf = m->env.rcpts[i].notify;
+            bool wants = nf == MX_NOTIFY_DEFAULT ||
+                         (!(nf & MX_NOTIFY_NEVER) && (nf & MX_NOTIFY_FAILURE));
+            if (st && wants)
                 st[n_fail++] = (struct mx_dsn_rcpt){i, r, false, a->remote[i]};
         } else {
             n_defer++;
@@ -547,12 +552,11 @@ static void attempt_finish(struct qm_attempt *a)
             log_rcpt(m, rcpt, a->remote[i], now, "deferred", r);
         }
     }
-    /* The DSN record is queued before the failures are journalled: both go
-     * out in the same batch, the segment's fdatasync first. */
+    /* The DSN record and the failures' journal entries go out in the same
+     * batch, whose chain syncs the segment before it writes the journal: a
+     * failure is never on record without its DSN. */
     if (n_fail && m->env.mail_from[0])
         send_dsn(qw, m, st, n_fail, now);
-    for (size_t k = 0; k < n_fail; k++)
-        qm_journal(qw, m, QM_J_FAILED, (uint32_t)st[k].rcpt_idx);
     free(st);
     qw->active--;
     if (m->deleted || qm_msg_finished(m)) {

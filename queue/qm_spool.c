@@ -736,6 +736,9 @@ int qm_spool_flush(struct qm_spool *sp)
     size_t nrec = sp->n_pending;
     if (nrec > space - 3)
         nrec = space - 3;
+    /* journal entries may refer to records still pending (a failure and its
+     * DSN): they wait until every pending record rides in the same chain */
+    bool with_journal = nrec == sp->n_pending;
     if (sp->seg_fd < 0 || sp->seg_off >= sp->seg_max) {
         int rc = seg_roll(sp);
         if (rc < 0) {
@@ -784,7 +787,7 @@ int qm_spool_flush(struct qm_spool *sp)
         b->outstanding[0]++;
         b->had[0] = true;
     }
-    if (sp->jlen) {
+    if (sp->jlen && with_journal) {
         b->snapshot = sp->j_snapshot_pending;
         sp->j_snapshot_pending = false;
         b->jbuf = sp->jbuf;

@@ -870,6 +870,83 @@ static void test_journal_rotation(void **state)
     assert_int_equal(count_files(nd), 2);
 }
 
+static bool all_done(struct qm_worker *qw)
+{
+    return qw->n_msgs == 0 && !qw->sp.inflight && !qw->sp.jlen && !qw->md.inflight &&
+           qw->sp.n_pending == 0;
+}
+
+/*
+ * Failed recipients (no route: 550 5.1.2) get one DSN to the sender, only
+ * where NOTIFY asks for failures; the DSN itself comes from <> and is
+ * delivered to the sender's Maildir.
+ */
+static void test_dsn_notify(void **state)
+{
+    (void)state;
+    char spool[300], md[300];
+    snprintf(spool, sizeof spool, "%s/spool", tmpdir);
+    snprintf(md, sizeof md, "%s/md", tmpdir);
+    struct mx_route routes[1] = {
+        {.domain = "example.org", .scheme = MX_ROUTE_MAILDIR, .maildir = md},
+    };
+    struct mx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.spool_dir = spool;
+    cfg.dp_workers = 1;
+    cfg.smtp_max_message_size = 1 << 20;
+    cfg.smtp_hostname = "mx.test.invalid";
+    cfg.routes = routes;
+    cfg.n_routes = 1;
+    struct mx_queue *q;
+    assert_int_equal(mx_queue_open(&cfg, &q), 0);
+    struct io_uring ring;
+    assert_int_equal(io_uring_queue_init(64, &ring, 0), 0);
+    assert_int_equal(qm_worker_attach(q, 0, &ring, NULL), 0);
+    struct qm_worker *qw = &q->workers[0];
+    const uint8_t notify[3] = {MX_NOTIFY_DEFAULT, MX_NOTIFY_NEVER, MX_NOTIFY_SUCCESS};
+    for (int i = 0; i < 3; i++) {
+        struct mx_envelope env = make_env(1);
+        snprintf(rcpts[0].addr, sizeof rcpts[0].addr, "user%d@nowhere.test", i);
+        rcpts[0].notify = notify[i];
+        env.arrival_ms = qm_unix_ms();
+        char qid[QM_QID_SIZE];
+        qm_make_qid(qid, qm_unix_ms(), 0, (uint32_t)i);
+        struct mx_queue_msg *m = qm_msgbuf_new(&env, qid, 1 << 20);
+        assert_int_equal(qm_msgbuf_append(m, "Subject: n\r\n\r\nx\r\n", 18), 0);
+        qm_msgbuf_seal(m);
+        m->qw = qw;
+        qm_spool_add(&qw->sp, m);
+    }
+    run_until(qw, &ring, all_done);
+    mx_queue_close(q);
+    io_uring_queue_exit(&ring);
+    char nd[320];
+    snprintf(nd, sizeof nd, "%s/new", md);
+    assert_int_equal(count_files(nd), 1);
+    char f[8][8192];
+    DIR *d = opendir(nd);
+    struct dirent *de;
+    int n = 0;
+    while ((de = readdir(d)) && n < 1) {
+        if (de->d_name[0] == '.')
+            continue;
+        char p[800];
+        snprintf(p, sizeof p, "%s/%s", nd, de->d_name);
+        int fd = open(p, O_RDONLY);
+        ssize_t l = read(fd, f[n], sizeof f[n] - 1);
+        close(fd);
+        f[n][l > 0 ? l : 0] = 0;
+        n++;
+    }
+    closedir(d);
+    assert_memory_equal(f[0], "Return-Path: <>\r\nDelivered-To: alice@example.org\r\n", 50);
+    assert_non_null(strstr(f[0], "Final-Recipient: rfc822; user0@nowhere.test"));
+    assert_null(strstr(f[0], "user1@nowhere.test"));
+    assert_null(strstr(f[0], "user2@nowhere.test"));
+    assert_non_null(strstr(f[0], "5.1.2"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -886,6 +963,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_maildir_async, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_control_list, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_journal_rotation, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_dsn_notify, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_full, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
