@@ -213,6 +213,63 @@ void qm_ctl_run(struct qm_worker *qw, struct qm_ctl_req *r)
     }
 }
 
+static int cmp_json_id(const void *a, const void *b)
+{
+    const char *x = json_string_value(json_object_get(*(json_t *const *)a, "id"));
+    const char *y = json_string_value(json_object_get(*(json_t *const *)b, "id"));
+    return strcmp(x ? x : "", y ? y : "");
+}
+
+static int cmp_line(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Workers answer in turn; ids sort by arrival, so sorting gives queue order. */
+static void sort_listing(struct qm_ctl_req *r)
+{
+    if (r->arr) {
+        size_t n = json_array_size(r->arr);
+        json_t **v = n ? malloc(n * sizeof *v) : NULL;
+        if (!v)
+            return;
+        for (size_t i = 0; i < n; i++)
+            v[i] = json_incref(json_array_get(r->arr, i));
+        qsort(v, n, sizeof *v, cmp_json_id);
+        json_array_clear(r->arr);
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(r->arr, v[i]);
+        free(v);
+        return;
+    }
+    if (!r->text || !r->tlen)
+        return;
+    size_t n = 0;
+    for (size_t i = 0; i < r->tlen; i++)
+        n += r->text[i] == '\n';
+    char **lines = malloc((n + 1) * sizeof *lines);
+    char *sorted = malloc(r->tlen + 1);
+    if (!lines || !sorted) {
+        free(lines);
+        free(sorted);
+        return;
+    }
+    size_t k = 0;
+    for (char *p = r->text, *nl; k < n && (nl = strchr(p, '\n')); p = nl + 1) {
+        *nl = 0;
+        lines[k++] = p;
+    }
+    qsort(lines, k, sizeof *lines, cmp_line);
+    size_t off = 0;
+    for (size_t i = 0; i < k; i++)
+        off += (size_t)sprintf(sorted + off, "%s\n", lines[i]);
+    free(lines);
+    free(r->text);
+    r->text = sorted;
+    r->tlen = off;
+    r->tcap = r->tlen + 1;
+}
+
 static int dispatch(struct mx_queue *q, struct qm_ctl_req *r)
 {
     pthread_mutex_lock(&q->ctl_lock);
@@ -322,6 +379,7 @@ int mx_queue_control(struct mx_queue *q, const char *cmd, const char *arg, bool 
             *out = NULL;
         rc = -ENOENT;
     } else if (rc == 0 && strcmp(cmd, "list") == 0) {
+        sort_listing(&r);
         if (json) {
             *out = json_dumps(r.arr, JSON_COMPACT);
         } else {

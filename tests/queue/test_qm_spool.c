@@ -737,7 +737,19 @@ static void test_control_list(void **state)
     assert_string_equal(json_string_value(json_array_get(json_object_get(d, "rcpts"), 0)),
                         "user0@example.net");
     assert_int_equal(json_integer_value(json_object_get(d, "size")), 19);
+    /* in queue order: ids sort by arrival */
+    assert_true(strcmp(json_string_value(json_object_get(json_array_get(arr, 0), "id")),
+                       json_string_value(json_object_get(json_array_get(arr, 1), "id"))) < 0);
     json_decref(arr);
+    free(out);
+    assert_int_equal(mx_queue_control(q, "list", NULL, false, &out), 0);
+    char want0[64], want1[64];
+    snprintf(want0, sizeof want0, "%s ", cs.qids[0]);
+    snprintf(want1, sizeof want1, "\n%s ", cs.qids[1]);
+    assert_memory_equal(out, want0, strlen(want0));
+    assert_non_null(strstr(out, want1));
+    assert_non_null(strstr(out, "deferred attempts=2 next_attempt=1800000000 <alice@example.org> "
+                                "user0@example.net last_error=421 4.4.2 timeout\n"));
     free(out);
 
     assert_int_equal(mx_queue_control(q, "show", cs.qids[1], false, &out), 0);
