@@ -23,6 +23,7 @@
 #define SA_VERSION 4.001000
 #define MAX_IF_DEPTH 64
 #define MAX_RULES 200000
+#define MAX_EXPANDED (64 * 1024) /* bytes of one regex after replace_tags */
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -1034,6 +1035,8 @@ static int expand_tags(const struct mx_ruleset *rs, struct mx_rule *r)
             first = false;
             if (!tag)
                 break;
+            if (out.n > MAX_EXPANDED)
+                break;
             if (pre)
                 sb_add(&out, pre, strlen(pre));
             const char *v = tag_value(rs, 't', tag + 1, (size_t)(tag_end - tag - 2));
@@ -1050,6 +1053,15 @@ static int expand_tags(const struct mx_ruleset *rs, struct mx_rule *r)
         }
         if (out.oom)
             return -ENOMEM;
+        if (out.n > MAX_EXPANDED) {
+            /* tags whose values hold tags can grow exponentially */
+            free(out.s);
+            free(r->re);
+            r->re = NULL;
+            r->type = MX_RULE_SKIPPED;
+            r->skip = "replace_tags expansion too large";
+            return 0;
+        }
         free(r->re);
         r->re = out.s ? out.s : xstrndup("", 0);
         if (!r->re)
@@ -1229,7 +1241,7 @@ int mx_rules_finish(struct mx_ruleset *rs)
 {
     for (size_t i = 0; i < rs->nreplace; i++) {
         long ri = mx_rules_find(rs, rs->replace_rules[i]);
-        if (ri < 0 || !rs->rules[ri].re)
+        if (ri < 0 || !rs->rules[ri].re || rs->rules[ri].type == MX_RULE_SKIPPED)
             continue;
         int rc = expand_tags(rs, &rs->rules[ri]);
         if (rc)
