@@ -268,11 +268,9 @@ struct mx_queue_msg *mx_queue_msg_begin(struct mx_queue *q, struct mx_worker *w,
         return NULL;
     }
     check_space(qw, mono_ms());
-    if (qw->spool_full || qw->sp.n_write_errors > 0) {
-        if (qw->spool_full) {
-            errno = ENOSPC;
-            return NULL;
-        }
+    if (qw->spool_full) {
+        errno = ENOSPC; /* the server answers 452 4.3.1 */
+        return NULL;
     }
     char qid[QM_QID_SIZE];
     qm_make_qid(qid, qm_unix_ms(), qw->index, qw->counter++);
