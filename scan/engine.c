@@ -2081,8 +2081,10 @@ int mx_scan_render_headers(const struct mx_scan_result *r, char *buf, size_t cap
     size_t col = o;
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1) {
-            n = snprintf(buf + o, cap - o, "%sversion=mxgate-0.1\r\nX-Spam-Score: %.1f\r\nX-Spam-Rules: ",
-                         r->nhits ? " " : "", r->score);
+            /* SpamAssassin writes "tests=none" when nothing hit */
+            n = snprintf(buf + o, cap - o,
+                         "%sversion=mxgate-0.1\r\nX-Spam-Score: %.1f\r\nX-Spam-Rules: %s",
+                         r->nhits ? " " : "none ", r->score, r->nhits ? "" : "none");
             if (n < 0 || (size_t)n >= cap - o)
                 return -ENOSPC;
             o += (size_t)n;

@@ -337,6 +337,10 @@ static void test_verdict_headers(void **state)
                              "X-Spam-Rules: A_RULE,B_RULE\r\n");
     assert_int_equal(n, (int)strlen(buf));
     assert_int_equal(mx_scan_render_headers(&r, buf, 20), -28);
+    struct mx_scan_result none = {.score = 0, .threshold = 5};
+    mx_scan_render_headers(&none, buf, sizeof buf);
+    assert_string_equal(buf, "X-Spam-Status: No, score=0.0 required=5.0 tests=none "
+                             "version=mxgate-0.1\r\nX-Spam-Score: 0.0\r\nX-Spam-Rules: none\r\n");
     static const char in[] = "From: a\r\nX-Spam-Status: Yes,\r\n\tscore=99\r\nx-spam-score : 9\r\n"
                              "Subject: s\r\nX-Spam-Rulesx: keep\r\n";
     char out[sizeof in];
