@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """A downstream SMTP server for tests (aiosmtpd): stores each message as
 <dir>/<n>.eml with X-Envelope-* lines; recipients starting with "reject"
-get 550, with "defer" get 451. Usage: sink.py PORT DIR [HOST]"""
+get 550, with "defer" get 451. Usage: sink.py PORT DIR [HOST [--until-killed]]
+Without --until-killed it stops when its standard input is closed."""
 import asyncio
 import os
+import signal
 import sys
 
 from aiosmtpd.controller import Controller
@@ -34,11 +36,15 @@ class Handler:
         return "250 2.0.0 Message accepted"
 
 
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
 ctl = Controller(Handler(), hostname=host, port=port, decode_data=False,
                  enable_SMTPUTF8=True)
 ctl.start()
 print("sink ready", flush=True)
 try:
-    sys.stdin.read()  # runs until the test closes our stdin or kills us
+    if "--until-killed" in sys.argv:
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    else:
+        sys.stdin.read()  # runs until the test closes our stdin
 finally:
     ctl.stop()

@@ -35,7 +35,7 @@ ip netns exec $NS1 ethtool -K $V1 tx off tso off gso off gro off >/dev/null 2>&1
 
 # downstream in the kernel namespace
 mkdir -p "$TMP/sink"
-ip netns exec $NS2 /usr/bin/python3 "$HERE/sink.py" 2626 "$TMP/sink" 10.98.0.1 < <(sleep 600) > "$TMP/sink.out" 2>&1 &
+ip netns exec $NS2 /usr/bin/python3 "$HERE/sink.py" 2626 "$TMP/sink" 10.98.0.1 --until-killed </dev/null > "$TMP/sink.out" 2>&1 &
 SPID=$!
 cat > "$TMP/mxgate.conf" <<CONF
 listen { smtp = [ "10.98.0.2:2525" ]; }
