@@ -24,7 +24,7 @@ struct mx_smtpd_params {
     unsigned max_recipients;
     unsigned max_line_length; /* command line incl. CRLF */
     unsigned max_errors;
-    unsigned max_commands;
+    unsigned max_commands;     /* commands that move no mail (NOOP, RSET, VRFY, ...) */
     bool bare_lf_normalize;        /* else reject (554 5.6.11) */
     struct ssl_ctx_st *tls_ctx;    /* STARTTLS offered when set */
 };

@@ -78,6 +78,7 @@ struct mx_smtpd_session {
     bool tls_active;
 
     struct mx_smtpd_counts counts;
+    unsigned junk_commands; /* commands that moved no mail, against max_commands */
     bool in_process; /* process() is on the stack: data_done must not re-enter it */
 };
 
@@ -899,15 +900,25 @@ static void cmd_starttls(struct mx_smtpd_session *s, const char *arg)
 static void command(struct mx_smtpd_session *s, char *line)
 {
     s->counts.commands++;
-    if (s->counts.commands > s->p.max_commands) {
-        reply(s, 421, "4.7.0", "%s Error: too many commands", s->p.hostname);
-        close_session(s);
-        return;
-    }
     size_t vl = strcspn(line, " ");
     char *arg = line + vl;
     if (*arg)
         *arg++ = 0;
+    /*
+     * The command limit is for commands that move no mail (NOOP, RSET, VRFY,
+     * HELP, unknown ...), like Postfix's junk command limit: a client that
+     * sends thousands of messages over one connection is doing nothing wrong.
+     */
+    static const char *const mail_verbs[] = {"EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT",
+                                             "QUIT", "STARTTLS"};
+    bool moves_mail = false;
+    for (size_t i = 0; i < sizeof mail_verbs / sizeof mail_verbs[0]; i++)
+        moves_mail |= strcasecmp(line, mail_verbs[i]) == 0;
+    if (!moves_mail && ++s->junk_commands > s->p.max_commands) {
+        reply(s, 421, "4.7.0", "%s Error: too many commands", s->p.hostname);
+        close_session(s);
+        return;
+    }
     unsigned errors_before = s->counts.errors;
     if (strcasecmp(line, "EHLO") == 0) {
         s->counts.ehlo++;

@@ -305,6 +305,7 @@ class Mxgate:
     comms = set()
 
     def __init__(self, tmp, port, sink, binary, workers):
+        self.port = port
         self.d = os.path.join(tmp, "mxgate")
         os.makedirs(os.path.join(self.d, "spool"))
         conf = os.path.join(self.d, "mxgate.conf")

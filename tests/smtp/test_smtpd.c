@@ -320,6 +320,22 @@ static void test_bare_lf_command(void **st)
     assert_false(F.closed);
 }
 
+/* max_commands (100 here) limits commands that move no mail, not transactions */
+static void test_command_limit(void **st)
+{
+    (void)st;
+    feed("EHLO c\r\n");
+    for (int i = 0; i < 60; i++) {
+        feed("MAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\nx\r\n.\r\n");
+        commit_ok();
+    }
+    assert_false(F.closed);
+    for (int i = 0; i < 100; i++)
+        assert_string_equal(feed("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+    assert_string_equal(feed("NOOP\r\n"), "421 4.7.0 mx.test Error: too many commands\r\n");
+    assert_true(F.closed);
+}
+
 static void test_line_too_long(void **st)
 {
     (void)st;
@@ -580,6 +596,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_smuggling_normalized, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bare_lf_command, setup, teardown),
         cmocka_unit_test_setup_teardown(test_line_too_long, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_command_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bdat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dsn_params, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
