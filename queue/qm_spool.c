@@ -492,6 +492,8 @@ struct qm_batch {
     struct qm_spool *sp;
     struct qm_msgq recs;
     uint8_t *jbuf;
+    size_t jlen;       /* bytes of jbuf written at j_at */
+    uint64_t j_at;     /* journal offset of that write */
     unsigned outstanding[2];
     int err[2];
     bool had[2];
@@ -625,6 +627,35 @@ int qm_spool_journal(struct qm_spool *sp, const struct qm_jentry *e)
     return 0;
 }
 
+/*
+ * A journal write failed (or was cancelled because the segment write before
+ * it in the chain failed). Its entries must not be lost, and the range must
+ * not stay a hole in front of later entries, or recovery would stop there
+ * and forget them. Only one batch is in flight per spool, so nothing was
+ * written after it: rewind to where it started and put its entries back in
+ * front of the ones gathered since; the next flush writes them again over
+ * the same range (replaying an entry twice is harmless).
+ */
+static void journal_retry(struct qm_spool *sp, struct qm_batch *b)
+{
+    size_t total = b->jlen + sp->jlen;
+    uint8_t *nb = malloc(total + QM_J_HDR + QM_J_ERR_MAX);
+    if (!nb) {
+        fprintf(stderr, "mxgate[queue]: spool %s: %zu journal bytes lost (no memory)\n",
+                sp->dir, b->jlen);
+        return;
+    }
+    memcpy(nb, b->jbuf, b->jlen);
+    if (sp->jlen)
+        memcpy(nb + b->jlen, sp->jbuf, sp->jlen);
+    free(sp->jbuf);
+    sp->jbuf = nb;
+    sp->jlen = total;
+    sp->jcap = total + QM_J_HDR + QM_J_ERR_MAX;
+    if (sp->j_off == b->j_at + b->jlen)
+        sp->j_off = b->j_at;
+}
+
 static void batch_part_done(struct qm_batch *b, int part)
 {
     struct qm_spool *sp = b->sp;
@@ -654,6 +685,8 @@ static void batch_part_done(struct qm_batch *b, int part)
         if (b->err[1] < 0)
             fprintf(stderr, "mxgate[queue]: spool %s: journal write failed: %s\n", sp->dir,
                     strerror(-b->err[1]));
+        if (b->err[1] < 0 && !b->snapshot && b->jlen)
+            journal_retry(sp, b);
         if (b->snapshot) {
             /* the snapshot is durable: the journals it replaces can go */
             if (b->err[1] == 0)
@@ -792,6 +825,8 @@ int qm_spool_flush(struct qm_spool *sp)
         sp->j_snapshot_pending = false;
         b->jbuf = sp->jbuf;
         size_t jl = sp->jlen;
+        b->jlen = jl;
+        b->j_at = sp->j_off;
         sp->jbuf = NULL;
         sp->jlen = sp->jcap = 0;
         sqe = io_uring_get_sqe(sp->ring);
