@@ -118,64 +118,25 @@ void mx_control_serve_one(int lfd, mx_control_fn fn, void *arg)
 
 int mx_control_request(const char *path, int argc, char **argv)
 {
-    struct sockaddr_un sun;
-    if (fill_addr(path, &sun) < 0) {
-        fprintf(stderr, "mxctl: socket path too long: %s\n", path);
-        return 2;
-    }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof sun) != 0) {
-        fprintf(stderr, "mxctl: cannot reach mxgate at %s: %s\n", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return 2;
-    }
     char req[REQ_MAX];
     size_t len = 0;
     for (int i = 0; i < argc; i++) {
         int n = snprintf(req + len, sizeof req - len, "%s%s", i ? " " : "", argv[i]);
         if (n < 0 || (size_t)n >= sizeof req - len - 1) {
             fprintf(stderr, "mxctl: request too long\n");
-            close(fd);
             return 2;
         }
         len += (size_t)n;
     }
-    req[len++] = '\n';
-    write_all(fd, req, len);
-    /* First line is the status; the rest is the body. */
-    char buf[65536];
-    bool first = true;
-    int code = 1;
-    size_t have = 0;
-    for (;;) {
-        ssize_t r = recv(fd, buf + have, sizeof buf - have, 0);
-        if (r <= 0)
-            break;
-        have += (size_t)r;
-        if (first) {
-            char *nl = memchr(buf, '\n', have);
-            if (!nl && have < sizeof buf)
-                continue;
-            size_t l = nl ? (size_t)(nl - buf) + 1 : have;
-            if (strncmp(buf, "OK", 2) == 0) {
-                code = 0;
-            } else {
-                fprintf(stderr, "mxctl: %.*s", (int)l, buf);
-                code = 1;
-            }
-            memmove(buf, buf + l, have - l);
-            have -= l;
-            first = false;
-        }
-        fwrite(buf, 1, have, code == 0 ? stdout : stderr);
-        have = 0;
-    }
-    if (first) {
-        fprintf(stderr, "mxctl: no answer from mxgate\n");
-        code = 2;
-    }
-    close(fd);
+    char *body;
+    int code = mx_control_fetch(path, req, &body);
+    if (code == 2)
+        fprintf(stderr, "mxctl: cannot reach mxgate at %s\n", path);
+    else if (code == 1)
+        fprintf(stderr, "mxctl: %s", body);
+    else
+        fputs(body, stdout);
+    free(body);
     return code;
 }
 
@@ -223,7 +184,9 @@ int mx_control_fetch(const char *path, const char *request, char **body)
         free(buf);
         return 2;
     }
-    memmove(buf, nl + 1, len - (size_t)(nl + 1 - buf) + 1);
+    /* OK: the body follows the status line; ERR: the reason is on it */
+    char *from = code == 0 ? nl + 1 : buf + (strncmp(buf, "ERR ", 4) == 0 ? 4 : 0);
+    memmove(buf, from, len - (size_t)(from - buf) + 1);
     *body = buf;
     return code;
 }

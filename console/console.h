@@ -41,6 +41,10 @@
       "reason=\"maintenance\"", "SMTP connections refused, by reason")                             \
     X(CONN_REJ_OTHER, CONN, C, "mxgate_connections_rejected_total", "reason=\"other\"",           \
       "SMTP connections refused, by reason")                                                       \
+    X(ACCEPT_ERRORS, CONN, C, "mxgate_accept_errors_total", "",                                   \
+      "accept(2) failures on the listeners (EMFILE, ENOBUFS, ...)")                                \
+    X(RECV_NOBUFS, CONN, C, "mxgate_recv_nobufs_total", "",                                        \
+      "Receives re-armed because the provided-buffer ring ran dry")                                \
     X(REPLY_2XX, SMTP, C, "mxgate_smtp_replies_total", "class=\"2xx\"",                            \
       "SMTP replies sent, by class")                                                               \
     X(REPLY_3XX, SMTP, C, "mxgate_smtp_replies_total", "class=\"3xx\"",                            \

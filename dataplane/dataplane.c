@@ -360,7 +360,7 @@ static int worker_main(void *arg)
         w->wake_within_ms = LOOP_MAX_WAIT_MS;
         if (mx_dp.dpdk) {
             /* Poll the port; only an idle port lets the loop sleep (1 ms). */
-            unsigned got = mx_dpdk_poll(w->index, mx_dp_monotonic_ms());
+            unsigned got = mx_dpdk_poll(w->index, w->now_ms);
             w->wake_within_ms = got ? 0 : 1;
         }
         wait_for_work(w);
@@ -422,22 +422,6 @@ void mx_dataplane_stop(unsigned grace_ms)
     rte_eal_mp_wait_lcore();
     mx_dp.started = false;
     atomic_store(&mx_dp.stopped, true);
-}
-
-void mx_dataplane_stats(struct mx_dataplane_stats *st)
-{
-    memset(st, 0, sizeof *st);
-    for (unsigned i = 0; i < mx_dp.n_workers; i++) {
-        const volatile struct mx_worker *w = mx_dp.workers[i];
-        if (!w)
-            continue;
-        st->accepted += w->accepted;
-        st->accept_errors += w->accept_errors;
-        st->open_streams += w->n_conns;
-        st->recv_nobufs += w->recv_nobufs;
-        st->bytes_in += w->bytes_in;
-        st->bytes_out += w->bytes_out;
-    }
 }
 
 void mx_dataplane_cleanup(void)

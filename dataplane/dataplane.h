@@ -157,19 +157,6 @@ int mx_dataplane_start(void);
  */
 void mx_dataplane_stop(unsigned grace_ms);
 
-/** Transport counters, summed over the workers (racy but monotonic reads). */
-struct mx_dataplane_stats {
-    uint64_t accepted;
-    uint64_t accept_errors;
-    uint64_t open_streams;
-    uint64_t recv_nobufs;
-    uint64_t bytes_in;
-    uint64_t bytes_out;
-};
-
-/** Fill st with the current counters; callable from any thread. */
-void mx_dataplane_stats(struct mx_dataplane_stats *st);
-
 /** Release EAL and everything mx_dataplane_init() created. */
 void mx_dataplane_cleanup(void);
 

@@ -43,13 +43,6 @@ struct mx_worker {
     struct mx_kconn *dirty;   /* connections with output to flush (singly linked) */
     unsigned n_conns;
     bool listeners_closed;
-
-    /* counters (read by the control thread; written only here) */
-    uint64_t accepted;
-    uint64_t accept_errors;
-    uint64_t recv_nobufs;
-    uint64_t bytes_in;
-    uint64_t bytes_out;
 };
 
 extern struct mx_dataplane_state {

@@ -43,7 +43,6 @@ static struct {
     ares_channel ch;
     struct rte_ring *in;
     struct rte_ring *out[MX_MAX_WORKERS + 1]; /* per worker; last = non-worker callers */
-    unsigned in_flight;
 } dns;
 
 static int status_from_ares(int st)
@@ -196,7 +195,6 @@ static void query_done(void *arg, int status, int timeouts, unsigned char *abuf,
         mx_dns_parse(abuf, (size_t)alen, q->r.type, &q->r);
     else
         q->r.status = status_from_ares(status);
-    dns.in_flight--;
     /* The out ring has room for every query that can be in flight. */
     while (rte_ring_sp_enqueue(out_ring_for(q->w), q) != 0)
         sched_yield();
@@ -209,7 +207,6 @@ static void start_queries(void)
     while ((n = rte_ring_sc_dequeue_burst(dns.in, batch, 64, NULL)) > 0) {
         for (unsigned i = 0; i < n; i++) {
             struct dns_query *q = batch[i];
-            dns.in_flight++;
             ares_query(dns.ch, q->r.name, 1 /* ns_c_in */, (int)q->r.type, query_done, q);
         }
     }

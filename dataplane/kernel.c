@@ -28,6 +28,7 @@
 #include <rte_lcore.h>
 #include <rte_timer.h>
 
+#include "console/console.h"
 #include "dataplane/dataplane_internal.h"
 
 #define RECV_BUF_SIZE (16 * 1024)
@@ -59,7 +60,6 @@ struct mx_kconn {
     bool paused;
     bool recv_armed;
     bool recv_stopped; /* cancelled because held is full */
-    bool connecting;
     bool close_requested; /* the application is done */
     bool shut;            /* shutdown(2) issued */
     bool ended;           /* closed() delivered */
@@ -279,7 +279,6 @@ static void deliver(struct mx_kconn *c, const uint8_t *p, size_t n)
 {
     if (c->close_requested || c->ended || !c->s.cb || !c->s.cb->data)
         return;
-    c->w->bytes_in += n;
     if (c->paused || c->held.len) {
         if (outbuf_append(&c->held, p, n, HELD_LIMIT * 4) < 0) {
             conn_end(c, -ENOBUFS);
@@ -323,7 +322,7 @@ static void conn_recv_done(struct mx_uring_op *op, int res, uint32_t flags)
     if (c->close_requested || c->shut)
         conn_end(c, c->close_requested ? 0 : res);
     else if (res == -ENOBUFS) {
-        w->recv_nobufs++;
+        MX_STATS_INC(RECV_NOBUFS);
         arm_recv(c);
     } else if (res == -ECANCELED && c->recv_stopped)
         ; /* stopped on purpose while paused; k_pause() re-arms */
@@ -370,7 +369,6 @@ static void conn_send_done(struct mx_uring_op *op, int res, uint32_t flags)
         conn_end(c, res);
         return;
     }
-    c->w->bytes_out += (uint64_t)res;
     c->sent += (size_t)res;
     if (c->sent < c->sending.len) {
         start_send(c);
@@ -508,9 +506,8 @@ static void accept_done(struct mx_uring_op *op, int res, uint32_t flags)
             struct mx_kconn *c = conn_new(w, res);
             if (!c) {
                 close(res);
-                w->accept_errors++;
+                MX_STATS_INC(ACCEPT_ERRORS);
             } else {
-                w->accepted++;
                 set_addrs(c);
                 arm_recv(c);
                 mx_dp.p.on_accept(&c->s, mx_dp.p.accept_arg);
@@ -519,7 +516,7 @@ static void accept_done(struct mx_uring_op *op, int res, uint32_t flags)
             }
         }
     } else if (res != -ECANCELED && !w->listeners_closed) {
-        w->accept_errors++;
+        MX_STATS_INC(ACCEPT_ERRORS);
         if (res != -EMFILE && res != -ENFILE && res != -ENOBUFS && res != -ENOMEM)
             fprintf(stderr, "mxgate[dataplane]: worker %u: accept: %s\n", w->index,
                     strerror(-res));
@@ -533,7 +530,6 @@ static void conn_connect_done(struct mx_uring_op *op, int res, uint32_t flags)
     (void)flags;
     struct mx_kconn *c = CONN_OF(op, conn_op);
     c->refs--;
-    c->connecting = false;
     if (c->ended) {
         conn_free_if_done(c);
         return;
@@ -571,7 +567,6 @@ int mx_stream_connect(struct mx_worker *w, const struct sockaddr *addr, socklen_
         conn_free_if_done(c);
         return -EBUSY;
     }
-    c->connecting = true;
     io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&c->s.peer, len);
     io_uring_sqe_set_data(sqe, &c->conn_op);
     c->refs++;

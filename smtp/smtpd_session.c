@@ -40,9 +40,7 @@ struct mx_smtpd_session {
     enum mx_smtpd_state state;
 
     /* protocol state */
-    bool greeted;
     bool have_helo;
-    bool esmtp;
     bool in_txn;          /* MAIL accepted */
     bool bdat_used;       /* this transaction used BDAT */
     bool quit_after_out;  /* close once the current output is flushed */
@@ -362,7 +360,6 @@ static void cmd_ehlo(struct mx_smtpd_session *s, const char *arg, bool ehlo)
     reset_txn(s);
     snprintf(s->env.helo, sizeof s->env.helo, "%s", arg);
     s->have_helo = true;
-    s->esmtp = ehlo;
     if (!ehlo) {
         reply(s, 250, "2.0.0", "%s", s->p.hostname);
         return;
@@ -620,7 +617,7 @@ static void cmd_rcpt(struct mx_smtpd_session *s, const char *arg)
 }
 
 /* Common checks before DATA/BDAT; opens the message. Returns false after replying. */
-static bool begin_message(struct mx_smtpd_session *s, const char *verb)
+static bool begin_message(struct mx_smtpd_session *s)
 {
     if (!s->in_txn) {
         reply(s, 503, "5.5.1", "Error: need MAIL command");
@@ -641,7 +638,6 @@ static bool begin_message(struct mx_smtpd_session *s, const char *verb)
     s->msg_size = 0;
     s->chunk_len = 0;
     s->data_failed = s->data_bad_eol = s->data_too_big = false;
-    (void)verb;
     return true;
 }
 
@@ -843,7 +839,7 @@ static void cmd_bdat(struct mx_smtpd_session *s, const char *arg)
     s->bdat_last = last;
     /* The chunk follows whatever we answer; a refused chunk is read and dropped. */
     if (!s->bdat_used) {
-        if (!begin_message(s, "BDAT")) {
+        if (!begin_message(s)) {
             s->bdat_discard = true;
             s->state = size ? SMTPD_BDAT : SMTPD_CMD;
             if (!size)
@@ -936,7 +932,7 @@ static void command(struct mx_smtpd_session *s, char *line)
             reply(s, 501, "5.5.4", "Syntax: DATA");
         else if (s->bdat_used)
             reply(s, 503, "5.5.1", "Error: DATA after BDAT");
-        else if (begin_message(s, "DATA")) {
+        else if (begin_message(s)) {
             reply(s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
             s->state = SMTPD_DATA;
             s->ds = D_LS;
@@ -1107,7 +1103,6 @@ static void handshake(struct mx_smtpd_session *s)
         /* RFC 3207 4.2: forget everything learned before TLS */
         reset_txn(s);
         s->have_helo = false;
-        s->esmtp = false;
         s->env.helo[0] = 0;
         snprintf(s->env.tls, sizeof s->env.tls, "%s %s", SSL_get_version(s->ssl),
                  SSL_get_cipher_name(s->ssl));
@@ -1243,7 +1238,6 @@ void mx_smtpd_session_pregreet(struct mx_smtpd_session *s)
 
 void mx_smtpd_session_greet(struct mx_smtpd_session *s)
 {
-    s->greeted = true;
     char line[300];
     int n = snprintf(line, sizeof line, "220 %s ESMTP mxgate\r\n", s->p.hostname);
     out_raw(s, line, (size_t)n);
