@@ -68,13 +68,23 @@ struct key {
 
 static const struct key keys[] = {
     {"listen", K_SECTION, NONE},
-    {"listen.smtp", K_LISTEN, F(listen_smtp), F(n_listen_smtp), 0, 0, NULL},
+    {"listen.smtp", K_LISTEN, F(listen_smtp), F(n_listen_smtp), 1, 0, NULL},
     {"dataplane", K_SECTION, NONE},
     {"dataplane.backend", K_ENUM, F(dp_backend), 0, 0, 0, "kernel|dpdk"},
     {"dataplane.workers", K_UINT, F(dp_workers), 0, 1, 128, NULL},
     {"dataplane.eal", K_STRING, F(dp_eal), 0, 0, 0, NULL},
     {"dataplane.address", K_IFADDR, F(dp_address), 0, 0, 0, NULL},
     {"dataplane.gateway", K_IPADDR, F(dp_gateway), 0, 0, 0, NULL},
+    {"dataplane.impair", K_SECTION, NONE},
+    {"dataplane.impair.drop", K_DOUBLE, F(dp_impair.drop), 0, 0, 100, NULL},
+    {"dataplane.impair.reorder", K_DOUBLE, F(dp_impair.reorder), 0, 0, 100, NULL},
+    {"dataplane.impair.duplicate", K_DOUBLE, F(dp_impair.duplicate), 0, 0, 100, NULL},
+    {"dataplane.impair.delay_ms", K_UINT, F(dp_impair.delay_ms), 0, 0, 10000, NULL},
+    {"dataplane.impair.seed", K_U64, F(dp_impair.seed), 0, 0, UINT64_MAX, NULL},
+    {"dns", K_SECTION, NONE},
+    {"dns.servers", K_LISTEN, F(dns_servers), F(n_dns_servers), 0, 0, NULL},
+    {"dns.timeout", K_MSEC, F(dns_timeout_ms), 0, 100, 60000, NULL},
+    {"dns.tries", K_UINT, F(dns_tries), 0, 1, 10, NULL},
     {"spool", K_SECTION, NONE},
     {"spool.dir", K_PATH, F(spool_dir), 0, 0, 0, NULL},
     {"control", K_SECTION, NONE},
@@ -105,6 +115,9 @@ static const struct key keys[] = {
     {"queue.retry_max", K_SECONDS, F(queue_retry_max), 0, 1, 7 * 86400, NULL},
     {"queue.max_lifetime", K_SECONDS, F(queue_max_lifetime), 0, 60, 60 * 86400, NULL},
     {"queue.dest_concurrency", K_UINT, F(queue_dest_concurrency), 0, 1, 10000, NULL},
+    {"queue.dest_fail_ttl", K_SECONDS, F(queue_dest_fail_ttl), 0, 0, 86400, NULL},
+    {"queue.delay_warning", K_SECONDS, F(queue_delay_warning), 0, 0, 60 * 86400, NULL},
+    {"queue.compact_after", K_SECONDS, F(queue_compact_after), 0, 60, 60 * 86400, NULL},
     {"scan", K_SECTION, NONE},
     {"scan.rules", K_STR_LIST, F(scan_rules), F(n_scan_rules), 0, 0, NULL},
     {"scan.clamav", K_SECTION, NONE},
@@ -387,6 +400,12 @@ static int set_defaults(struct mx_config *c)
     c->queue_retry_max = 3600;
     c->queue_max_lifetime = 432000;
     c->queue_dest_concurrency = 20;
+    c->queue_dest_fail_ttl = 60;
+    c->queue_delay_warning = 4 * 3600;
+    c->queue_compact_after = 3600;
+    c->dns_timeout_ms = 2000;
+    c->dns_tries = 2;
+    c->dp_impair.seed = 1;
     c->scan_clamav_enabled = false;
     c->scan_clamav_database = strdup("/var/lib/clamav");
     c->scan_spam_threshold = 5.0;
@@ -420,6 +439,7 @@ void mx_config_free(struct mx_config *c)
         return;
     free(c->path);
     free(c->listen_smtp);
+    free(c->dns_servers);
     free(c->dp_backend);
     free(c->dp_eal);
     free(c->dp_address);
@@ -645,11 +665,11 @@ static size_t list_count(const struct mx_ucl *v)
 static void apply_listen(struct loader *L, const struct key *k, const struct mx_ucl *v)
 {
     size_t n = list_count(v);
-    if (n == 0) {
+    if (n < k->min) {
         VERR(L, v, "%s needs at least one address", k->path);
         return;
     }
-    struct mx_sockaddr *a = calloc(n, sizeof(*a));
+    struct mx_sockaddr *a = calloc(n ? n : 1, sizeof(*a));
     if (!a) {
         L->oom = true;
         return;
@@ -670,9 +690,10 @@ static void apply_listen(struct loader *L, const struct key *k, const struct mx_
         free(a);
         return;
     }
-    free(L->cfg->listen_smtp);
-    L->cfg->listen_smtp = a;
-    L->cfg->n_listen_smtp = n;
+    struct mx_sockaddr **dst = (struct mx_sockaddr **)((char *)L->cfg + k->off);
+    free(*dst);
+    *dst = a;
+    *(size_t *)((char *)L->cfg + k->off_n) = n;
 }
 
 static void apply_str_list(struct loader *L, const struct key *k, const struct mx_ucl *v)
@@ -977,8 +998,13 @@ static void apply(struct loader *L, size_t ki, const struct mx_ucl *v)
             *(double *)dst = (double)v->u.i;
         else if (v->type == MX_UCL_FLOAT)
             *(double *)dst = v->u.f;
-        else
+        else {
             VERR(L, v, "%s: expected a number, got %s", k->path, article_type(v->type));
+            return;
+        }
+        if (k->max && !(*(double *)dst >= (double)k->min && *(double *)dst <= (double)k->max))
+            VERR(L, v, "%s: %g is out of range [%llu, %llu]", k->path, *(double *)dst,
+                 (unsigned long long)k->min, (unsigned long long)k->max);
         return;
     default:
         return;
@@ -1443,7 +1469,22 @@ char *mx_config_export(const struct mx_config *c)
     put_kv_str(f, 4, "eal", c->dp_eal);
     put_kv_str(f, 4, "address", c->dp_address);
     put_kv_str(f, 4, "gateway", c->dp_gateway);
-    fputs("}\n", f);
+    fputs("    impair {\n        drop = ", f);
+    put_double(f, c->dp_impair.drop);
+    fputs(";\n        reorder = ", f);
+    put_double(f, c->dp_impair.reorder);
+    fputs(";\n        duplicate = ", f);
+    put_double(f, c->dp_impair.duplicate);
+    fprintf(f, ";\n        delay_ms = %u;\n        seed = %llu;\n    }\n}\n",
+            c->dp_impair.delay_ms, (unsigned long long)c->dp_impair.seed);
+
+    fputs("dns {\n    servers = [", f);
+    for (size_t i = 0; i < c->n_dns_servers; i++) {
+        fputs(i ? ", " : " ", f);
+        put_quoted(f, c->dns_servers[i].text);
+    }
+    fputs(c->n_dns_servers ? " ];\n" : "];\n", f);
+    fprintf(f, "    timeout = %ums;\n    tries = %u;\n}\n", c->dns_timeout_ms, c->dns_tries);
 
     fputs("spool {\n", f);
     put_kv_str(f, 4, "dir", c->spool_dir);
@@ -1506,6 +1547,9 @@ char *mx_config_export(const struct mx_config *c)
     fprintf(f, "    retry_max = %us;\n", c->queue_retry_max);
     fprintf(f, "    max_lifetime = %us;\n", c->queue_max_lifetime);
     fprintf(f, "    dest_concurrency = %u;\n", c->queue_dest_concurrency);
+    fprintf(f, "    dest_fail_ttl = %us;\n", c->queue_dest_fail_ttl);
+    fprintf(f, "    delay_warning = %us;\n", c->queue_delay_warning);
+    fprintf(f, "    compact_after = %us;\n", c->queue_compact_after);
     fputs("}\n", f);
 
     fputs("scan {\n    rules = [", f);

@@ -55,6 +55,20 @@ struct mx_config {
     char *dp_eal;
     char *dp_address; /**< dpdk: "10.0.0.2/24" */
     char *dp_gateway;
+    /** Seeded fault injection on the dpdk port, both directions; off when all 0. */
+    struct mx_impair {
+        double drop;      /**< percent of frames dropped */
+        double reorder;   /**< percent held back behind the next frame */
+        double duplicate; /**< percent sent twice */
+        unsigned delay_ms; /**< added one-way delay */
+        uint64_t seed;
+    } dp_impair;
+
+    /* dns: resolver for MX routes and DNS lists (c-ares); empty = /etc/resolv.conf */
+    struct mx_sockaddr *dns_servers;
+    size_t n_dns_servers;
+    unsigned dns_timeout_ms; /**< per try, default 2000 */
+    unsigned dns_tries;      /**< default 2 */
 
     /* spool */
     char *spool_dir;
@@ -92,6 +106,9 @@ struct mx_config {
     unsigned queue_retry_max;    /**< seconds, default 3600 */
     unsigned queue_max_lifetime; /**< seconds, default 5 days */
     unsigned queue_dest_concurrency;
+    unsigned queue_dest_fail_ttl;  /**< seconds a failed destination is skipped; 0 = off */
+    unsigned queue_delay_warning;  /**< seconds before a delay DSN (NOTIFY=DELAY); 0 = off */
+    unsigned queue_compact_after;  /**< deferred this long → moved to the deferred store */
 
     /* scan */
     char **scan_rules;
