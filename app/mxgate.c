@@ -145,6 +145,25 @@ static int make_dirs(const char *path)
     return 0;
 }
 
+/*
+ * The DNS service thread (MX routes, DNS lists) talks to dns.servers, or to
+ * the resolvers of /etc/resolv.conf when none are configured. Nothing is
+ * queried until a route or a check needs it.
+ */
+static int start_dns(const struct mx_config *cfg)
+{
+    char list[1024] = "";
+    size_t off = 0;
+    for (size_t i = 0; i < cfg->n_dns_servers; i++) {
+        int n = snprintf(list + off, sizeof list - off, "%s%s", i ? "," : "",
+                         cfg->dns_servers[i].text);
+        if (n < 0 || (size_t)n >= sizeof list - off)
+            return -E2BIG;
+        off += (size_t)n;
+    }
+    return mx_dns_start(cfg->n_dns_servers ? list : NULL, cfg->dns_timeout_ms, cfg->dns_tries);
+}
+
 static int run(struct gateway *g)
 {
     const struct mx_config *cfg = g->cfg;
@@ -192,6 +211,12 @@ static int run(struct gateway *g)
     rc = mx_dataplane_init(&p);
     if (rc < 0) {
         fprintf(stderr, "mxgate: dataplane start failed: %s\n", strerror(-rc));
+        mx_dataplane_cleanup();
+        return 1;
+    }
+    rc = start_dns(cfg);
+    if (rc < 0) {
+        fprintf(stderr, "mxgate: DNS service: %s\n", strerror(-rc));
         mx_dataplane_cleanup();
         return 1;
     }
@@ -249,6 +274,7 @@ static int run(struct gateway *g)
         unlink(cfg->control_socket);
     }
     mx_dataplane_stop(STOP_GRACE_MS);
+    mx_dns_stop();
     if (g->http)
         mx_console_http_stop(g->http);
     mx_queue_close(g->queue);
