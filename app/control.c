@@ -108,9 +108,13 @@ void mx_control_serve_one(int lfd, mx_control_fn fn, void *arg)
         if (out)
             write_all(fd, out, strlen(out));
     } else {
-        char line[512];
-        int n = snprintf(line, sizeof line, "ERR %s\n", out ? out : strerror(-rc));
-        write_all(fd, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+        /* the reason may span lines (a refused reload lists every error) */
+        const char *why = out ? out : strerror(-rc);
+        size_t wl = strlen(why);
+        write_all(fd, "ERR ", 4);
+        write_all(fd, why, wl);
+        if (wl == 0 || why[wl - 1] != '\n')
+            write_all(fd, "\n", 1);
     }
     free(out);
     close(fd);

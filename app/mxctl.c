@@ -6,6 +6,7 @@
  *   mxctl [-s SOCKET] queue freeze|thaw
  *   mxctl [-s SOCKET] maintenance on|off
  *   mxctl [-s SOCKET] config export
+ *   mxctl [-s SOCKET] reload
  */
 #include <errno.h>
 #include <stdio.h>
@@ -30,6 +31,8 @@ static void usage(FILE *f)
                "  queue freeze|thaw            stop / resume delivery\n"
                "  maintenance on|off           refuse new mail with 421 / accept again\n"
                "  config export                the effective configuration as UCL\n"
+               "  reload                       re-read the configuration file; applied only\n"
+               "                               if valid (exit 1 and every error otherwise)\n"
                "default socket: " DEFAULT_SOCKET "\n");
 }
 

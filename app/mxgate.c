@@ -1,6 +1,7 @@
 /*
  * mxgate.c - the gateway: load the configuration, recover the queue, start
- * the workers and serve the control socket until SIGTERM/SIGINT.
+ * the workers and serve the control socket until SIGTERM/SIGINT; SIGHUP and
+ * `mxctl reload` re-read the configuration (app/reload.c).
  *
  *   mxgate -c FILE [-o key.path=value ...] [--check]
  */
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "app/control.h"
+#include "app/reload.h"
 #include "config/config.h"
 #include "console/console.h"
 #include "dataplane/dataplane.h"
@@ -29,9 +31,12 @@
 #define STOP_GRACE_MS 10000
 
 struct gateway {
-    struct mx_config *cfg;
+    struct mx_config *cfg; /* as loaded at start: queue, listeners, dataplane */
+    const char *conf;      /* -c FILE, re-read on reload with the same -o overrides */
+    const char *const *overrides;
+    size_t n_over;
     struct mx_queue *queue;
-    struct mx_smtp_server *smtp;
+    struct mx_reload *reload; /* the SMTP server generations */
     struct mx_console_http *http;
 };
 
@@ -109,9 +114,11 @@ static int control(void *arg, int argc, char **argv, char **out)
         return mx_queue_control(g->queue, cmd, NULL, json, out);
     }
     if (strcmp(args[0], "config") == 0 && n >= 2 && strcmp(args[1], "export") == 0) {
-        *out = mx_config_export(g->cfg);
+        *out = mx_config_export(mx_reload_config(g->reload));
         return *out ? 0 : -ENOMEM;
     }
+    if (strcmp(args[0], "reload") == 0 && n == 1)
+        return mx_reload_apply(g->reload, out);
     if (strcmp(args[0], "stats") == 0) {
         struct mx_stats_snapshot *snap = malloc(sizeof *snap);
         if (!snap)
@@ -175,7 +182,14 @@ static int run(struct gateway *g)
                 strerror(-rc));
         return 1;
     }
-    rc = mx_smtp_server_new(cfg, g->queue, &g->smtp);
+    struct mx_reload_params rp = {
+        .path = g->conf,
+        .overrides = g->overrides,
+        .n_over = g->n_over,
+        .boot = g->cfg,
+        .queue = g->queue,
+    };
+    rc = mx_reload_new(&rp, &g->reload);
     if (rc < 0) {
         fprintf(stderr, "mxgate: SMTP server set-up failed: %s\n", strerror(-rc));
         return 1;
@@ -196,8 +210,8 @@ static int run(struct gateway *g)
         .eal_extra = cfg->dp_eal,
         .listen = cfg->listen_smtp,
         .n_listen = cfg->n_listen_smtp,
-        .on_accept = mx_smtp_server_accept,
-        .accept_arg = g->smtp,
+        .on_accept = mx_smtp_server_accept_current,
+        .accept_arg = mx_reload_current(g->reload),
         .on_worker_init = worker_init,
         .init_arg = g,
         .dpdk_address = cfg->dp_address,
@@ -250,15 +264,19 @@ static int run(struct gateway *g)
 
     for (;;) {
         struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN}, {.fd = cfd, .events = POLLIN}};
-        int r = poll(pf, cfd >= 0 ? 2 : 1, 1000);
+        /* old generations are freed from here: look often while some wait */
+        int r = poll(pf, cfd >= 0 ? 2 : 1, mx_reload_retired(g->reload) ? 50 : 1000);
         if (r < 0 && errno != EINTR)
             break;
         if (pf[0].revents & POLLIN) {
             struct signalfd_siginfo si;
             if (read(sfd, &si, sizeof si) == sizeof si) {
                 if (si.ssi_signo == SIGHUP) {
-                    fprintf(stderr, "mxgate: SIGHUP: configuration reload is not available "
-                                    "in this version; restart to apply changes\n");
+                    fprintf(stderr, "mxgate: SIGHUP: reloading %s\n",
+                            g->conf ? g->conf : "(defaults)");
+                    char *report = NULL;
+                    mx_reload_apply(g->reload, &report); /* it logs every outcome */
+                    free(report);
                     continue;
                 }
                 fprintf(stderr, "mxgate: %s: stopping (finishing sessions, at most %u s)\n",
@@ -268,6 +286,7 @@ static int run(struct gateway *g)
         }
         if (cfd >= 0 && (pf[1].revents & POLLIN))
             mx_control_serve_one(cfd, control, g);
+        mx_reload_reap(g->reload);
     }
     if (cfd >= 0) {
         close(cfd);
@@ -278,7 +297,7 @@ static int run(struct gateway *g)
     if (g->http)
         mx_console_http_stop(g->http);
     mx_queue_close(g->queue);
-    mx_smtp_server_free(g->smtp);
+    mx_reload_free(g->reload);
     mx_dataplane_cleanup();
     mx_stats_fini();
     fprintf(stderr, "mxgate: stopped\n");
@@ -358,7 +377,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 1;
     }
-    struct gateway g = {0};
+    struct gateway g = {.conf = conf, .overrides = overrides, .n_over = n_over};
     struct mx_config_errors errs = {0};
     int rc = mx_config_load(conf, overrides, n_over, &g.cfg, &errs);
     if (rc < 0) {

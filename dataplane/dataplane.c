@@ -27,7 +27,9 @@
 #include <rte_cycles.h>
 #include <rte_lcore.h>
 #include <rte_log.h>
+#include <rte_malloc.h>
 #include <rte_per_lcore.h>
+#include <rte_rcu_qsbr.h>
 #include <rte_timer.h>
 
 #include "console/console.h"
@@ -37,6 +39,13 @@
 struct mx_dataplane_state mx_dp;
 
 static RTE_DEFINE_PER_LCORE(struct mx_worker *, cur_worker);
+
+/*
+ * Quiescent-state variable of the workers (thread id = worker index): lets
+ * the main thread free a configuration generation once no worker can still
+ * be looking at it (app/reload.c). NULL before mx_dataplane_init().
+ */
+static struct rte_rcu_qsbr *rcu;
 
 /* Longest sleep in one wait: bounds timer lateness (rte_timer runs from the loop). */
 #define LOOP_MAX_WAIT_MS 5
@@ -175,6 +184,35 @@ int mx_dp_dpdk_connect(struct mx_worker *w, const struct sockaddr *addr,
                           cb, ctx, out);
 }
 
+/*
+ * Every worker is registered here, on the main thread, before any of them
+ * runs; each goes online when its loop starts and offline when it ends, so
+ * a check never waits for a worker that is not looping.
+ */
+static int rcu_init(unsigned workers)
+{
+    size_t sz = rte_rcu_qsbr_get_memsize(workers);
+    rcu = rte_zmalloc("mx_rcu", sz, RTE_CACHE_LINE_SIZE);
+    if (!rcu)
+        return -ENOMEM;
+    if (rte_rcu_qsbr_init(rcu, workers) != 0)
+        return -rte_errno;
+    for (unsigned i = 0; i < workers; i++)
+        if (rte_rcu_qsbr_thread_register(rcu, i) != 0)
+            return -rte_errno;
+    return 0;
+}
+
+uint64_t mx_dataplane_rcu_start(void)
+{
+    return rcu ? rte_rcu_qsbr_start(rcu) : 0;
+}
+
+bool mx_dataplane_rcu_check(uint64_t token)
+{
+    return !rcu || rte_rcu_qsbr_check(rcu, token, false) == 1;
+}
+
 int mx_dataplane_init(const struct mx_dataplane_params *p)
 {
     if (!p || p->workers == 0 || p->workers >= MX_MAX_WORKERS || p->n_listen > MX_MAX_LISTEN)
@@ -230,6 +268,9 @@ int mx_dataplane_init(const struct mx_dataplane_params *p)
     }
     mx_dp.eal_up = true;
     rte_timer_subsystem_init();
+    rc = rcu_init(p->workers);
+    if (rc < 0)
+        return rc;
 
     for (unsigned i = 0; i < p->workers; i++) {
         struct mx_worker *w = calloc(1, sizeof *w);
@@ -356,7 +397,10 @@ static int worker_main(void *arg)
         return rc;
 
     bool told_stop = false;
+    rte_rcu_qsbr_thread_online(rcu, w->index);
     for (;;) {
+        /* between iterations this worker holds no pointer loaded from shared state */
+        rte_rcu_qsbr_quiescent(rcu, w->index);
         w->wake_within_ms = LOOP_MAX_WAIT_MS;
         if (mx_dp.dpdk) {
             /* Poll the port; only an idle port lets the loop sleep (1 ms). */
@@ -397,6 +441,7 @@ static int worker_main(void *arg)
             }
         }
     }
+    rte_rcu_qsbr_thread_offline(rcu, w->index);
     mx_kernel_worker_fini(w);
     return 0;
 }
@@ -438,6 +483,8 @@ void mx_dataplane_cleanup(void)
     }
     if (mx_dp.dpdk && mx_dp.eal_up)
         mx_dpdk_fini();
+    rte_free(rcu);
+    rcu = NULL;
     if (mx_dp.eal_up) {
         rte_timer_subsystem_finalize();
         rte_eal_cleanup();

@@ -184,6 +184,33 @@ void mx_worker_wake_within(struct mx_worker *w, uint64_t ms);
 /** True once mx_dataplane_stop() began (stop accepting new work). */
 bool mx_worker_stopping(const struct mx_worker *w);
 
+/*
+ * Read-copy-update between the main thread and the workers (DPDK
+ * rte_rcu_qsbr): every worker reports a quiescent state once per loop
+ * iteration, never in the middle of a callback. An object that workers may
+ * have loaded from a shared pointer can be freed once the pointer was
+ * replaced, a token taken with mx_dataplane_rcu_start(), and
+ * mx_dataplane_rcu_check() answered true for that token: no worker still
+ * holds a reference it picked up before the swap (references it kept on
+ * purpose, e.g. a session's refcount, are the owner's business).
+ */
+
+/**
+ * Begin a grace period. Call after publishing the new pointer (the token
+ * update releases that store to the workers).
+ * @return the token to pass to mx_dataplane_rcu_check(); 0 when the
+ *         dataplane is not initialised (then every check succeeds).
+ */
+uint64_t mx_dataplane_rcu_start(void);
+
+/**
+ * Has every worker passed a quiescent state since the token was taken?
+ * Never blocks; workers that are not running (not started yet, or
+ * finished) do not hold it up.
+ * @return true when the grace period of token is over.
+ */
+bool mx_dataplane_rcu_check(uint64_t token);
+
 /**
  * Active open from worker w to addr (delivery). cb->connected reports the
  * result. Kernel backend: a non-blocking connect through io_uring.

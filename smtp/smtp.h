@@ -11,6 +11,7 @@
 #ifndef MX_SMTP_H
 #define MX_SMTP_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,10 +29,42 @@ struct mx_smtp_server;
 int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q,
                        struct mx_smtp_server **out);
 
+/**
+ * Free a server. Every session started on it must be over
+ * (mx_smtp_server_refs() == 0), or the workers stopped. NULL is accepted.
+ */
 void mx_smtp_server_free(struct mx_smtp_server *srv);
 
-/** mx_accept_fn for the dataplane: starts an SMTP session on the stream. */
+/**
+ * mx_accept_fn for the dataplane: starts an SMTP session on the stream.
+ * The session holds a reference to srv until it ends, so it keeps the
+ * settings it started with across configuration reloads.
+ */
 void mx_smtp_server_accept(struct mx_stream *s, void *srv);
+
+/**
+ * The server new sessions start on, swapped by configuration reload. The
+ * main thread stores a new one (memory_order_release); workers load it at
+ * accept time and may use it until their next RCU quiescent report
+ * (dataplane.h, mx_dataplane_rcu_start()).
+ */
+struct mx_smtp_current {
+    _Atomic(struct mx_smtp_server *) srv;
+};
+
+/**
+ * mx_accept_fn for the dataplane when the configuration can be reloaded:
+ * current is a struct mx_smtp_current *; the session starts on (and holds a
+ * reference to) the server published there at this moment.
+ */
+void mx_smtp_server_accept_current(struct mx_stream *s, void *current);
+
+/**
+ * Sessions still holding srv (any worker). Once srv is no longer published
+ * and the RCU grace period is over, the count only goes down; at 0 the
+ * server may be freed.
+ */
+unsigned mx_smtp_server_refs(const struct mx_smtp_server *srv);
 
 /** Number of sessions open on the calling worker (graceful shutdown). */
 unsigned mx_smtp_server_sessions(void);

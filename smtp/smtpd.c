@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,12 +24,23 @@
 #include "smtp/smtp.h"
 #include "smtp/smtpd_internal.h"
 
+#define SCAN_WORKERS_MAX 128 /* as dataplane's MX_MAX_WORKERS */
+
 struct mx_smtp_server {
     const struct mx_config *cfg;
     struct mx_queue *queue;
     struct mx_scan_engine *scan; /* NULL: no rules configured */
     SSL_CTX *tls;
     struct mx_smtpd_params params;
+    /*
+     * Sessions started on this server (a configuration generation): taken at
+     * accept, dropped when the session is freed. The reload code frees an old
+     * server only once this is 0 and no worker can still find it.
+     */
+    atomic_uint refs;
+    /* Hyperscan scratch of each worker for this server's engine (made lazily,
+     * on the worker; freed with the server, since it belongs to the engine). */
+    struct mx_scan_worker *scan_workers[SCAN_WORKERS_MAX];
 };
 
 struct smtpd_conn {
@@ -54,7 +66,18 @@ struct smtpd_conn {
 };
 
 static __thread unsigned sessions_on_worker;
-static __thread struct mx_scan_worker *scan_worker; /* this worker's Hyperscan scratch */
+
+/* This worker's scan state for srv's engine; only ever touched from worker w. */
+static struct mx_scan_worker *server_scan_worker(struct mx_smtp_server *srv,
+                                                 struct mx_worker *w)
+{
+    unsigned i = w ? mx_worker_index(w) : 0;
+    if (i >= SCAN_WORKERS_MAX)
+        return NULL;
+    if (!srv->scan_workers[i])
+        srv->scan_workers[i] = mx_scan_worker_new(srv->scan);
+    return srv->scan_workers[i];
+}
 
 static void drop_scan(struct smtpd_conn *c)
 {
@@ -92,8 +115,11 @@ static void free_conn(struct smtpd_conn *c)
     if (c->msg)
         mx_queue_msg_abort(c->msg);
     mx_smtpd_session_free(c->sess);
+    struct mx_smtp_server *srv = c->srv;
     free(c);
     sessions_on_worker--;
+    /* last touch of srv: release orders everything above before the reaper's free */
+    atomic_fetch_sub_explicit(&srv->refs, 1, memory_order_release);
 }
 
 /* ---- session callbacks ------------------------------------------------- */
@@ -198,9 +224,8 @@ static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtp
         return;
     }
     if (c->srv->scan) {
-        if (!scan_worker)
-            scan_worker = mx_scan_worker_new(c->srv->scan);
-        c->scan_msg = scan_worker ? mx_scan_msg_begin(scan_worker) : NULL;
+        struct mx_scan_worker *sw = server_scan_worker(c->srv, c->st->worker);
+        c->scan_msg = sw ? mx_scan_msg_begin(sw) : NULL;
         if (!c->scan_msg) {
             /* never let mail through unscanned: tempfail instead */
             mx_queue_msg_abort(c->msg);
@@ -478,6 +503,12 @@ void mx_smtp_server_accept(struct mx_stream *s, void *arg)
         free(c);
         return;
     }
+    /*
+     * The session keeps its server (config generation) until free_conn(),
+     * whatever reloads happen meanwhile. Relaxed is enough: the reaper looks
+     * only after this worker's next quiescent report, which releases it.
+     */
+    atomic_fetch_add_explicit(&srv->refs, 1, memory_order_relaxed);
     sessions_on_worker++;
     MX_STATS_INC(CONN_OPEN);
     MX_STATS_INC(CONN_TOTAL);
@@ -502,6 +533,18 @@ void mx_smtp_server_accept(struct mx_stream *s, void *arg)
     }
     mx_smtpd_session_greet(c->sess);
     arm_timer(c);
+}
+
+void mx_smtp_server_accept_current(struct mx_stream *s, void *current)
+{
+    struct mx_smtp_current *cur = current;
+    /* RCU read side: the generation stays valid until this worker's next quiescent report */
+    mx_smtp_server_accept(s, atomic_load_explicit(&cur->srv, memory_order_acquire));
+}
+
+unsigned mx_smtp_server_refs(const struct mx_smtp_server *srv)
+{
+    return atomic_load_explicit(&srv->refs, memory_order_acquire);
 }
 
 unsigned mx_smtp_server_sessions(void)
@@ -591,6 +634,8 @@ void mx_smtp_server_free(struct mx_smtp_server *srv)
     if (!srv)
         return;
     SSL_CTX_free(srv->tls);
+    for (unsigned i = 0; i < SCAN_WORKERS_MAX; i++)
+        mx_scan_worker_free(srv->scan_workers[i]);
     if (srv->scan)
         mx_scan_engine_free(srv->scan);
     free(srv);
