@@ -102,14 +102,16 @@ def tree(root):
 
 
 def tree_cpu_s(root):
-    """Cumulative CPU seconds of root's tree (live + reaped children)."""
+    """Cumulative CPU seconds of root's tree: every live process's own time plus
+    the time of the children it reaped. A finished process's time moves into its
+    parent's cutime when the parent waits for it, so each process is counted
+    once whichever process of the tree reaps it (Postfix's master reaps smtpd,
+    spamass-milter its spamc, spamd and rspamd their workers)."""
     ticks = 0
     for p in tree(root):
         st = proc_stat(p)
         if st:
-            ticks += st[2]
-            if p == root:
-                ticks += st[3]
+            ticks += st[2] + st[3]
     return ticks / CLK_TCK
 
 
@@ -161,10 +163,13 @@ class FsyncCounter:
 class Sink:
     """Postfix's smtp-sink with its message counter (-c) read from its stdout."""
 
-    def __init__(self, port):
+    def __init__(self, port, dump_dir=None):
+        """dump_dir: also write every message (envelope + content) to a file there
+        (smtp-sink -d), for scripts that check what was delivered."""
         self.port, self.mesg = port, 0
-        self.proc = subprocess.Popen(["/usr/sbin/smtp-sink", "-c", "-u", "nobody",
-                                      "127.0.0.1:%d" % port, "1024"],
+        dump = ["-d", os.path.join(dump_dir, "msg.")] if dump_dir else []
+        self.proc = subprocess.Popen(["/usr/sbin/smtp-sink", "-c", "-u", "nobody"] + dump +
+                                     ["127.0.0.1:%d" % port, "1024"],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         threading.Thread(target=self._read, daemon=True).start()
         if not wait_port(port):
@@ -260,14 +265,18 @@ class Postfix:
     name = "postfix"
     comms = POSTFIX_DAEMONS
 
-    def __init__(self, tmp, port, sink):
-        self.d = os.path.join(tmp, "postfix")
+    def __init__(self, tmp, port, sink, name="postfix", extra_main_cf=""):
+        """A private instance in tmp/<name>; extra_main_cf: more main.cf lines
+        (milters, for instance)."""
+        self.name = name
+        self.d = os.path.join(tmp, name)
         self.cfg = os.path.join(self.d, "etc")
         os.makedirs(self.cfg)
         for sub in ("queue", "data"):
             os.makedirs(os.path.join(self.d, sub))
         shutil.chown(os.path.join(self.d, "data"), "postfix", "postfix")
-        open(os.path.join(self.cfg, "main.cf"), "w").write(MAIN_CF.format(d=self.d, sink=sink))
+        open(os.path.join(self.cfg, "main.cf"), "w").write(MAIN_CF.format(d=self.d, sink=sink) +
+                                                         extra_main_cf)
         open(os.path.join(self.cfg, "master.cf"), "w").write(MASTER_CF.format(port=port))
         self.port = port
         r = subprocess.run(["postfix", "-c", self.cfg, "start"], capture_output=True, text=True,
@@ -304,16 +313,20 @@ class Mxgate:
     name = "mxgate"
     comms = set()
 
-    def __init__(self, tmp, port, sink, binary, workers):
-        self.port = port
-        self.d = os.path.join(tmp, "mxgate")
-        os.makedirs(os.path.join(self.d, "spool"))
+    def __init__(self, tmp, port, sink, binary, workers, name="mxgate", extra_conf="",
+                 start_timeout=20.0):
+        """extra_conf: more config lines (scan rules, for instance); start_timeout:
+        seconds to wait for the listener (rule compilation happens before it)."""
+        self.name, self.port = name, port
+        self.d = os.path.join(tmp, name)
+        os.makedirs(os.path.join(self.d, "spool"), exist_ok=True)
         conf = os.path.join(self.d, "mxgate.conf")
-        open(conf, "w").write(MXGATE_CONF.format(d=self.d, port=port, sink=sink, workers=workers))
+        open(conf, "w").write(MXGATE_CONF.format(d=self.d, port=port, sink=sink, workers=workers)
+                              + extra_conf)
         self.log = open(os.path.join(self.d, "mxgate.log"), "w")
         self.proc = subprocess.Popen([binary, "-c", conf], stdout=self.log, stderr=self.log)
         self.pid = self.proc.pid
-        if not wait_port(port):
+        if not wait_port(port, start_timeout):
             self.stop()
             raise RuntimeError("mxgate did not listen; see %s/mxgate.log" % self.d)
 
