@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "console/console.h"
 #include "queue/deliver.h"
 #include "queue/qm_internal.h"
 
@@ -53,22 +54,49 @@ void qm_make_qid(char out[QM_QID_SIZE], uint64_t unix_ms, unsigned worker, uint3
 
 /*
  * Which list a message is on follows from its state alone: busy while a
- * delivery runs, waiting while deferred or held, ready otherwise. Change the
- * state only between qm_list_remove() and qm_list_insert().
+ * delivery runs, waiting while deferred, held or quarantined, ready
+ * otherwise. Change the state only between qm_list_remove() and
+ * qm_list_insert().
  */
 static struct qm_mq *list_of(struct qm_worker *qw, const struct qm_msg *m)
 {
     if (m->state == QM_M_ACTIVE)
         return &qw->busy;
-    if (m->held || m->state == QM_M_DEFERRED)
+    if (m->held || m->quarantined || m->state == QM_M_DEFERRED)
         return &qw->waiting;
     return &qw->ready;
+}
+
+/*
+ * The queue-size gauges follow the lists: a message is counted in exactly
+ * one of them while it is on a list, so every state change (which happens
+ * between qm_list_remove() and qm_list_insert()) moves it from one gauge to
+ * the next on the worker that made the change.
+ */
+static const enum mx_stat gauge_ids[] = {
+    MX_STAT_QUEUE_INCOMING, MX_STAT_QUEUE_ACTIVE, MX_STAT_QUEUE_DEFERRED,
+    MX_STAT_QUEUE_HOLD,     MX_STAT_QUEUE_QUARANTINE,
+};
+
+static uint8_t gauge_of(const struct qm_msg *m)
+{
+    if (m->state == QM_M_ACTIVE)
+        return 2;
+    if (m->quarantined)
+        return 5;
+    if (m->held)
+        return 4;
+    if (m->state == QM_M_DEFERRED)
+        return 3;
+    return 1; /* ready: committed, waiting for a delivery slot */
 }
 
 void qm_list_insert(struct qm_worker *qw, struct qm_msg *m)
 {
     TAILQ_INSERT_TAIL(list_of(qw, m), m, link);
     m->on_list = true;
+    m->gauge = gauge_of(m);
+    mx_stats_add(gauge_ids[m->gauge - 1], 1);
 }
 
 void qm_list_remove(struct qm_worker *qw, struct qm_msg *m)
@@ -77,6 +105,9 @@ void qm_list_remove(struct qm_worker *qw, struct qm_msg *m)
         return;
     TAILQ_REMOVE(list_of(qw, m), m, link);
     m->on_list = false;
+    if (m->gauge)
+        mx_stats_add(gauge_ids[m->gauge - 1], (uint64_t)-1);
+    m->gauge = 0;
 }
 
 void qm_worker_add(struct qm_worker *qw, struct qm_msg *m)
@@ -138,7 +169,7 @@ int mx_queue_open(const struct mx_config *cfg, struct mx_queue **out)
         struct qm_worker *qw = &q->workers[m->dir_index % q->n_workers];
         if (m->state != QM_M_DEFERRED)
             m->state = QM_M_READY;
-        if (m->state == QM_M_DEFERRED || m->held) {
+        if (m->state == QM_M_DEFERRED || m->held || m->quarantined) {
             free(m->buf); /* read back when due: deferred mail costs no memory */
             m->buf = NULL;
         }
@@ -198,18 +229,13 @@ void mx_queue_close(struct mx_queue *q)
     for (unsigned i = 0; i < q->n_workers; i++) {
         struct qm_worker *qw = &q->workers[i];
         struct qm_msg *m;
-        while ((m = TAILQ_FIRST(&qw->ready))) {
-            TAILQ_REMOVE(&qw->ready, m, link);
-            qm_msg_free(m);
-        }
-        while ((m = TAILQ_FIRST(&qw->waiting))) {
-            TAILQ_REMOVE(&qw->waiting, m, link);
-            qm_msg_free(m);
-        }
         /* the workers are gone: no delivery in flight can come back any more */
-        while ((m = TAILQ_FIRST(&qw->busy))) {
-            TAILQ_REMOVE(&qw->busy, m, link);
-            qm_msg_free(m);
+        struct qm_mq *lists[3] = {&qw->ready, &qw->waiting, &qw->busy};
+        for (int k = 0; k < 3; k++) {
+            while ((m = TAILQ_FIRST(lists[k]))) {
+                qm_list_remove(qw, m); /* the gauges drop with the queue */
+                qm_msg_free(m);
+            }
         }
         if (qw->started) {
             qm_spool_close(&qw->sp);
@@ -275,7 +301,13 @@ struct mx_queue_msg *mx_queue_msg_begin(struct mx_queue *q, struct mx_worker *w,
     char qid[QM_QID_SIZE];
     qm_make_qid(qid, qm_unix_ms(), qw->index, qw->counter++);
     uint64_t max = q->cfg->smtp_max_message_size ? q->cfg->smtp_max_message_size : (64u << 20);
-    struct mx_queue_msg *m = qm_msgbuf_new(env, qid, (size_t)max + QM_SLACK);
+    /* quarantine is set through mx_queue_msg_quarantine() only, never by
+     * whatever a caller's envelope struct happened to hold */
+    struct mx_envelope e = *env;
+    e.quarantine = false;
+    e.quarantine_retention_s = 0;
+    e.quarantine_reason[0] = 0;
+    struct mx_queue_msg *m = qm_msgbuf_new(&e, qid, (size_t)max + QM_SLACK);
     if (!m) {
         errno = ENOMEM;
         return NULL;
@@ -312,6 +344,50 @@ int mx_queue_msg_commit(struct mx_queue_msg *m, mx_queue_commit_fn cb, void *arg
     return 0;
 }
 
+int mx_queue_msg_quarantine(struct mx_queue_msg *m, const char *reason, unsigned retention_s)
+{
+    if (!m || !reason)
+        return -EINVAL;
+    struct mx_envelope env = m->env;
+    env.quarantine = true;
+    env.quarantine_retention_s = retention_s;
+    snprintf(env.quarantine_reason, sizeof env.quarantine_reason, "%s", reason);
+    return qm_msgbuf_set_env(m, &env);
+}
+
+int mx_queue_msg_set_rcpts(struct mx_queue_msg *m, const struct mx_rcpt *rcpts, size_t n)
+{
+    if (!m || !rcpts || n == 0 || n > UINT32_MAX / sizeof *rcpts)
+        return -EINVAL;
+    struct mx_envelope env = m->env;
+    env.rcpts = malloc(n * sizeof *rcpts);
+    if (!env.rcpts)
+        return -ENOMEM;
+    memcpy(env.rcpts, rcpts, n * sizeof *rcpts);
+    env.n_rcpts = n;
+    int rc = qm_msgbuf_set_env(m, &env);
+    if (rc < 0)
+        free(env.rcpts);
+    return rc;
+}
+
+int mx_queue_msg_add_rcpt(struct mx_queue_msg *m, const struct mx_rcpt *rcpt)
+{
+    if (!m || !rcpt || m->env.n_rcpts >= UINT32_MAX / sizeof *rcpt)
+        return -EINVAL;
+    struct mx_envelope env = m->env;
+    env.rcpts = malloc((env.n_rcpts + 1) * sizeof *rcpt);
+    if (!env.rcpts)
+        return -ENOMEM;
+    if (env.n_rcpts)
+        memcpy(env.rcpts, m->env.rcpts, env.n_rcpts * sizeof *rcpt);
+    env.rcpts[env.n_rcpts++] = *rcpt;
+    int rc = qm_msgbuf_set_env(m, &env);
+    if (rc < 0)
+        free(env.rcpts);
+    return rc;
+}
+
 void mx_queue_msg_abort(struct mx_queue_msg *m)
 {
     qm_msgbuf_free(m);
@@ -343,8 +419,19 @@ static void on_committed(struct qm_spool *sp, struct mx_queue_msg *m, int res)
             qm->rec_off = m->seg_off;
             qm->rec_len = m->len;
             qm->state = QM_M_READY;
-            fprintf(stderr, "mxgate[queue]: %s: from=<%s>, size=%zu, nrcpt=%zu (queue active)\n",
-                    qm->qid, qm->env.mail_from, qm->body_len, qm->env.n_rcpts);
+            qm->quarantined = qm->env.quarantine;
+            if (qm->quarantined) {
+                fprintf(stderr,
+                        "mxgate[queue]: %s: from=<%s>, size=%zu, nrcpt=%zu (quarantine: %s)\n",
+                        qm->qid, qm->env.mail_from, qm->body_len, qm->env.n_rcpts,
+                        qm->env.quarantine_reason);
+                free(qm->buf); /* read back if it is ever released */
+                qm->buf = NULL;
+            } else {
+                fprintf(stderr,
+                        "mxgate[queue]: %s: from=<%s>, size=%zu, nrcpt=%zu (queue active)\n",
+                        qm->qid, qm->env.mail_from, qm->body_len, qm->env.n_rcpts);
+            }
             qm_worker_add(qw, qm);
         } else {
             /* durable on disk all the same: delivered after the next start */
@@ -766,6 +853,12 @@ static int snap_msg(struct qm_worker *qw, const struct qm_msg *m)
         snprintf(e.err, sizeof e.err, "%s", m->last_error);
         rc = qm_spool_journal(&qw->sp, &e);
     }
+    if (rc == 0 && m->env.quarantine && !m->quarantined) {
+        /* the record says quarantine: the snapshot must keep the release */
+        struct qm_jentry r = {.type = QM_J_RELEASED};
+        memcpy(r.qid, m->qid, sizeof r.qid);
+        rc = qm_spool_journal(&qw->sp, &r);
+    }
     if (rc == 0 && m->held) {
         struct qm_jentry h = {.type = QM_J_HELD};
         memcpy(h.qid, m->qid, sizeof h.qid);
@@ -819,20 +912,36 @@ int qm_journal_snapshot(struct qm_worker *qw)
 
 /* ---- the tick ------------------------------------------------------------------------ */
 
+/* A quarantined message past its retention is deleted (journaled). */
+static bool quarantine_expired(struct qm_worker *qw, struct qm_msg *m, uint64_t now)
+{
+    uint64_t keep = (uint64_t)m->env.quarantine_retention_s * 1000;
+    if (!keep || now < m->env.arrival_ms + keep)
+        return false;
+    fprintf(stderr, "mxgate[queue]: %s: quarantine retention (%us) over, deleting\n", m->qid,
+            (unsigned)m->env.quarantine_retention_s);
+    m->deleted = true;
+    qm_journal(qw, m, QM_J_DELETED, 0);
+    qm_worker_finish(qw, m);
+    return true;
+}
+
 static void make_due(struct qm_worker *qw, bool all)
 {
     uint64_t now = qm_unix_ms();
     struct qm_msg *m, *next;
     for (m = TAILQ_FIRST(&qw->waiting); m; m = next) {
         next = TAILQ_NEXT(m, link);
-        if (m->held)
+        if (m->quarantined && quarantine_expired(qw, m, now))
+            continue;
+        if (m->held || m->quarantined)
             continue;
         if (all || m->next_attempt_ms <= now) {
-            TAILQ_REMOVE(&qw->waiting, m, link);
+            qm_list_remove(qw, m);
             if (all)
                 m->next_attempt_ms = now;
             m->state = QM_M_READY;
-            TAILQ_INSERT_TAIL(&qw->ready, m, link);
+            qm_list_insert(qw, m);
         }
     }
 }
@@ -862,8 +971,7 @@ void qm_tick(struct mx_worker *w, void *arg)
         !(w && mx_worker_stopping(w))) {
         struct qm_msg *m;
         while (qw->active < QM_MAX_ACTIVE && (m = TAILQ_FIRST(&qw->ready))) {
-            TAILQ_REMOVE(&qw->ready, m, link);
-            m->on_list = false;
+            qm_list_remove(qw, m);
             start_delivery(qw, m);
         }
     }

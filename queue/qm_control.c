@@ -60,6 +60,8 @@ static const char *state_name(const struct qm_msg *m)
 {
     if (m->deleted)
         return "deleted";
+    if (m->quarantined)
+        return "quarantine";
     if (m->held)
         return "hold";
     switch (m->state) {
@@ -96,6 +98,8 @@ static json_t *msg_json(const struct qm_msg *m, bool detail)
     json_object_set_new(o, "attempts", json_integer(m->attempts));
     json_object_set_new(o, "next_attempt", json_integer((json_int_t)(m->next_attempt_ms / 1000)));
     json_object_set_new(o, "last_error", json_string(m->last_error));
+    if (m->quarantined)
+        json_object_set_new(o, "reason", json_string(m->env.quarantine_reason));
     if (detail) {
         json_object_set_new(o, "arrival", json_integer((json_int_t)(m->env.arrival_ms / 1000)));
         json_object_set_new(o, "client", json_string(m->env.client_text));
@@ -115,7 +119,9 @@ static void msg_text(struct qm_ctl_req *r, const struct qm_msg *m, bool detail)
         for (size_t i = 0; i < m->env.n_rcpts; i++)
             if (m->rstate[i] == QM_R_PENDING)
                 out_printf(r, " %s", m->env.rcpts[i].addr);
-        out_printf(r, "%s%s\n", m->last_error[0] ? " last_error=" : "", m->last_error);
+        out_printf(r, "%s%s", m->last_error[0] ? " last_error=" : "", m->last_error);
+        out_printf(r, "%s%s\n", m->quarantined ? " reason=" : "",
+                   m->quarantined ? m->env.quarantine_reason : "");
         return;
     }
     out_printf(r,
@@ -125,6 +131,9 @@ static void msg_text(struct qm_ctl_req *r, const struct qm_msg *m, bool detail)
                m->qid, state_name(m), m->body_len, m->env.mail_from, m->env.arrival_ms / 1000,
                m->env.client_text, m->env.helo, m->env.tls, m->attempts,
                m->next_attempt_ms / 1000, m->last_error);
+    if (m->quarantined)
+        out_printf(r, "reason: %s\nretention: %u\n", m->env.quarantine_reason,
+                   (unsigned)m->env.quarantine_retention_s);
     for (size_t i = 0; i < m->env.n_rcpts; i++)
         out_printf(r, "rcpt: <%s> %s\n", m->env.rcpts[i].addr, rstate_name(m->rstate[i]));
 }
@@ -141,11 +150,16 @@ static struct qm_msg *find(struct qm_worker *qw, const char *id)
     return NULL;
 }
 
-/* Hold or release; a message being delivered keeps its list until the attempt ends. */
+/*
+ * Hold or release (release also lets a quarantined message go); a message
+ * being delivered keeps its list until the attempt ends.
+ */
 static void set_held(struct qm_worker *qw, struct qm_msg *m, bool held)
 {
     qm_list_remove(qw, m);
     m->held = held;
+    if (!held)
+        m->quarantined = false;
     if (!held && m->state == QM_M_DEFERRED)
         m->state = QM_M_READY; /* released: try now */
     qm_list_insert(qw, m);
@@ -173,12 +187,12 @@ void qm_ctl_run(struct qm_worker *qw, struct qm_ctl_req *r)
         struct qm_msg *m, *next;
         for (m = TAILQ_FIRST(&qw->waiting); m; m = next) {
             next = TAILQ_NEXT(m, link);
-            if (m->held)
+            if (m->held || m->quarantined)
                 continue;
-            TAILQ_REMOVE(&qw->waiting, m, link);
+            qm_list_remove(qw, m);
             m->state = QM_M_READY;
             m->next_attempt_ms = now;
-            TAILQ_INSERT_TAIL(&qw->ready, m, link);
+            qm_list_insert(qw, m);
             r->found++;
         }
         return;
@@ -198,7 +212,7 @@ void qm_ctl_run(struct qm_worker *qw, struct qm_ctl_req *r)
             qm_journal(qw, m, QM_J_HELD, 0);
         }
     } else if (strcmp(cmd, "release") == 0) {
-        if (m->held) {
+        if (m->held || m->quarantined) {
             set_held(qw, m, false);
             qm_journal(qw, m, QM_J_RELEASED, 0);
         }

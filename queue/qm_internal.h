@@ -47,6 +47,13 @@ uint32_t qm_crc32c(uint32_t crc, const void *buf, size_t len);
 #define QM_REC_MAX_ENV (64u << 20)
 #define QM_REC_MAX_BODY (1ull << 32)
 
+/*
+ * Envelope flags (the u16 after the session id, written as 0 before
+ * quarantine existed, so old records still read). QUARANTINE: a string
+ * (reason) and a u32 (retention in seconds) follow the recipients.
+ */
+#define QM_ENV_F_QUARANTINE 1u
+
 /** Serialized size of an envelope. */
 size_t qm_env_size(const struct mx_envelope *env);
 /** Serialize env into out (qm_env_size bytes). Returns bytes written. */
@@ -145,6 +152,13 @@ struct mx_queue_msg *qm_msgbuf_new(const struct mx_envelope *env, const char *qi
 /** Append message bytes: 0, -EFBIG over the cap, -ENOMEM. */
 int qm_msgbuf_append(struct mx_queue_msg *m, const void *buf, size_t len);
 void qm_msgbuf_free(struct mx_queue_msg *m);
+/**
+ * Replace m's envelope by *env (before sealing): the record is re-encoded
+ * and the body bytes received so far move behind it. On success m owns
+ * env->rcpts (the old array is freed unless it is the same); on failure
+ * nothing changed. 0, the sticky write error, or -ENOMEM.
+ */
+int qm_msgbuf_set_env(struct mx_queue_msg *m, struct mx_envelope *env);
 
 /* ---- spool writer ----------------------------------------------------- */
 
@@ -253,6 +267,8 @@ struct qm_msg {
     size_t rec_len;
     enum qm_mstate state;
     bool held, deleted, on_list;
+    bool quarantined; /* from env.quarantine, until released */
+    uint8_t gauge;    /* the MX_STAT_QUEUE_* gauge it is counted in (0: none) */
     uint32_t attempts;
     uint64_t next_attempt_ms; /* unix ms */
     char last_error[QM_J_ERR_MAX + 1];

@@ -45,6 +45,7 @@ void qm_msg_apply(struct qm_msg *m, const struct qm_jentry *e)
         break;
     case QM_J_RELEASED:
         m->held = false;
+        m->quarantined = false; /* `release` lets a quarantined message go too */
         break;
     case QM_J_DELETED:
         m->deleted = true;
@@ -215,6 +216,7 @@ static int scan_segment(struct scan *sc, const char *dname, unsigned dir_index,
             m->body_off = 0;
             m->body_len = rec.body_len;
             m->rstate = rs;
+            m->quarantined = m->env.quarantine;
             m->seg = seg;
             m->rec_off = off;
             m->rec_len = (size_t)n;
@@ -375,6 +377,10 @@ static int write_compacted(struct scan *sc, unsigned n_workers, uint64_t seq,
                 e.err[0] = 0;
                 e.attempts = 0;
                 e.when_ms = 0;
+            }
+            if (m->env.quarantine && !m->quarantined) {
+                e.type = QM_J_RELEASED; /* the record alone would quarantine it again */
+                len += qm_jentry_encode(&e, buf + len);
             }
             if (m->held) {
                 e.type = QM_J_HELD;

@@ -142,6 +142,8 @@ size_t qm_env_size(const struct mx_envelope *env)
     for (size_t i = 0; i < env->n_rcpts; i++)
         n += str_size(env->rcpts[i].addr, MX_ADDR_MAX) + 1 +
              str_size(env->rcpts[i].orcpt, MX_DSN_ORCPT_MAX);
+    if (env->quarantine)
+        n += str_size(env->quarantine_reason, sizeof env->quarantine_reason) + 4;
     return n;
 }
 
@@ -164,7 +166,7 @@ size_t qm_env_encode(const struct mx_envelope *env, uint8_t *out)
     put64(p, env->arrival_ms);
     p += 8;
     p = put_str(p, env->session_id, sizeof env->session_id);
-    put16(p, 0); /* reserved */
+    put16(p, env->quarantine ? QM_ENV_F_QUARANTINE : 0); /* flags: what follows the rcpts */
     p += 2;
     put32(p, (uint32_t)env->n_rcpts);
     p += 4;
@@ -172,6 +174,11 @@ size_t qm_env_encode(const struct mx_envelope *env, uint8_t *out)
         p = put_str(p, env->rcpts[i].addr, MX_ADDR_MAX);
         *p++ = env->rcpts[i].notify;
         p = put_str(p, env->rcpts[i].orcpt, MX_DSN_ORCPT_MAX);
+    }
+    if (env->quarantine) {
+        p = put_str(p, env->quarantine_reason, sizeof env->quarantine_reason);
+        put32(p, env->quarantine_retention_s);
+        p += 4;
     }
     return (size_t)(p - out);
 }
@@ -245,8 +252,9 @@ int qm_env_decode(const uint8_t *buf, size_t len, struct mx_envelope *env)
     get_str(&r, env->tls, sizeof env->tls);
     env->arrival_ms = get_u(&r, 8);
     get_str(&r, env->session_id, sizeof env->session_id);
-    if (get_u(&r, 2) != 0)
-        return -EBADMSG; /* reserved */
+    unsigned flags = (unsigned)get_u(&r, 2);
+    if (flags & ~(unsigned)QM_ENV_F_QUARANTINE)
+        return -EBADMSG; /* a flag we never write */
     uint32_t n = (uint32_t)get_u(&r, 4);
     if (r.bad)
         return -EBADMSG;
@@ -263,6 +271,11 @@ int qm_env_decode(const uint8_t *buf, size_t len, struct mx_envelope *env)
         get_str(&r, env->rcpts[i].addr, MX_ADDR_MAX);
         env->rcpts[i].notify = (uint8_t)get_u(&r, 1);
         get_str(&r, env->rcpts[i].orcpt, MX_DSN_ORCPT_MAX);
+    }
+    if (flags & QM_ENV_F_QUARANTINE) {
+        env->quarantine = true;
+        get_str(&r, env->quarantine_reason, sizeof env->quarantine_reason);
+        env->quarantine_retention_s = (uint32_t)get_u(&r, 4);
     }
     if (r.bad || r.p != r.end) {
         qm_env_free(env);
@@ -454,6 +467,32 @@ int qm_msgbuf_append(struct mx_queue_msg *m, const void *buf, size_t len)
     }
     memcpy(m->buf + m->len, buf, len);
     m->len += len;
+    return 0;
+}
+
+int qm_msgbuf_set_env(struct mx_queue_msg *m, struct mx_envelope *env)
+{
+    if (m->error)
+        return m->error;
+    size_t old_env = m->env_len, new_env = qm_env_size(env);
+    size_t body = m->len - QM_REC_HDR - old_env;
+    size_t len = QM_REC_HDR + new_env + body;
+    if (len > m->cap) {
+        uint8_t *nb = realloc(m->buf, len);
+        if (!nb)
+            return -ENOMEM;
+        m->buf = nb;
+        m->cap = len;
+    }
+    /* the bytes received so far move with the envelope's end */
+    memmove(m->buf + QM_REC_HDR + new_env, m->buf + QM_REC_HDR + old_env, body);
+    qm_env_encode(env, m->buf + QM_REC_HDR);
+    m->max_len = m->max_len - old_env + new_env;
+    m->len = len;
+    m->env_len = new_env;
+    if (m->env.rcpts != env->rcpts)
+        free(m->env.rcpts);
+    m->env = *env;
     return 0;
 }
 

@@ -22,6 +22,7 @@ struct mx_queue_msg;
 
 #define MX_ADDR_MAX 512     /* RFC 5321 path + slack; SMTPUTF8 allowed */
 #define MX_DSN_ORCPT_MAX 500
+#define MX_QUARANTINE_REASON_MAX 256 /* with the NUL */
 
 enum mx_dsn_notify {
     MX_NOTIFY_DEFAULT = 0, /* not given: failure + delay */
@@ -56,6 +57,11 @@ struct mx_envelope {
     char tls[128];         /**< "TLSv1.3 TLS_AES_256_GCM_SHA384" or "" */
     uint64_t arrival_ms;   /**< CLOCK_REALTIME milliseconds */
     char session_id[24];   /**< for log correlation */
+    /* set by mx_queue_msg_quarantine(); stored in the record itself, so a
+     * quarantined message can never come back as deliverable after a crash */
+    bool quarantine;
+    uint32_t quarantine_retention_s; /**< 0 = kept until released or deleted */
+    char quarantine_reason[MX_QUARANTINE_REASON_MAX];
 };
 
 /** Commit result callback: res 0 and the queue id, or -errno (then no 250). */
@@ -90,6 +96,28 @@ int mx_queue_msg_write(struct mx_queue_msg *m, const void *buf, size_t len);
  * from here on. Returns 0, or -errno (then cb is not called, m is freed).
  */
 int mx_queue_msg_commit(struct mx_queue_msg *m, mx_queue_commit_fn cb, void *arg);
+
+/**
+ * Before commit: keep the message in quarantine (durable, never delivered
+ * until `mxctl queue release ID`; deleted after retention_s, 0 = kept).
+ * reason (cut to MX_QUARANTINE_REASON_MAX - 1 bytes) is shown by
+ * `mxctl queue list/show` (state "quarantine"). The quarantine is part of
+ * the spool record, so it is exactly as durable as the message.
+ * 0 or -errno (-EINVAL: m or reason NULL, -ENOMEM).
+ */
+int mx_queue_msg_quarantine(struct mx_queue_msg *m, const char *reason, unsigned retention_s);
+
+/**
+ * Before commit: replace the recipients (redirect); rcpts is copied.
+ * 0 or -errno (-EINVAL: n == 0 or NULL arguments, -ENOMEM).
+ */
+int mx_queue_msg_set_rcpts(struct mx_queue_msg *m, const struct mx_rcpt *rcpts, size_t n);
+
+/**
+ * Before commit: add one recipient (BCC copy); rcpt is copied.
+ * 0 or -errno (-EINVAL, -ENOMEM).
+ */
+int mx_queue_msg_add_rcpt(struct mx_queue_msg *m, const struct mx_rcpt *rcpt);
 
 /** Drop an unfinished message (client went away, policy reject). */
 void mx_queue_msg_abort(struct mx_queue_msg *m);
