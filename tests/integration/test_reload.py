@@ -104,15 +104,19 @@ try:
 
     # smtp-source rounds in the background until the reloads are over
     reloads_done = threading.Event()
-    rounds = []  # (returncode, stderr tail)
+    rounds = []  # (returncode, stderr tail, start, end)
+    running = [None]  # start time of the round in progress
 
     def load():
         while not reloads_done.is_set() or not rounds:
+            t0 = time.monotonic()
+            running[0] = t0
             r = subprocess.run([source, "-s", "10", "-m", str(ROUND_MSGS), "-l", "1024",
                                 "-f", "src@remote.invalid", "-t", "user@example.test",
                                 "-M", "client.test", "127.0.0.1:%d" % gw.port],
                                capture_output=True, timeout=400)
-            rounds.append((r.returncode, r.stderr.decode()[-300:], reloads_done.is_set()))
+            rounds.append((r.returncode, r.stderr.decode()[-300:], t0, time.monotonic()))
+            running[0] = None
     loader = threading.Thread(target=load)
     loader.start()
     time.sleep(0.3)
@@ -145,11 +149,16 @@ try:
             continue
         nxt = "b" if current == "a" else "a"
         write_conf(config_text(nxt))
+        t0 = time.monotonic()
         r = mxctl("reload")
+        t1 = time.monotonic()
         if r.returncode != 0 or ("reloaded: generation %d" % (generation + 1)) not in r.stdout:
             bad_answers.append((i, r.returncode, r.stdout, r.stderr))
             continue
-        if not rounds:
+        # a round still running, or one that ran at any moment of this reload
+        now_running = running[0]
+        if (now_running is not None and now_running <= t1) or any(
+                a <= t1 and t0 <= b for _, _, a, b in rounds):
             during_load += 1
         generation += 1
         ok_reloads += 1
@@ -245,9 +254,9 @@ try:
     reloads_done.set()
     loader.join(450)
     F.check(not loader.is_alive(), "smtp-source rounds finished")
-    F.check(rounds and all(rc == 0 for rc, _, _ in rounds),
+    F.check(rounds and all(x[0] == 0 for x in rounds),
             "smtp-source exits 0 in every round (%d rounds: %s)"
-            % (len(rounds), [(rc, err) for rc, err, _ in rounds if rc != 0][:2]))
+            % (len(rounds), [x[:2] for x in rounds if x[0] != 0][:2]))
     want = len(rounds) * ROUND_MSGS + extra_msgs
     msgs = gw.wait_maildir(want, timeout=180)
     F.check(len(msgs) == want, "every message is in the Maildir: %d (got %d)"
