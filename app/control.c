@@ -153,7 +153,9 @@ int mx_control_fetch(const char *path, const char *request, char **body)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return 2;
-    struct timeval tv = {.tv_sec = 5};
+    /* a reload may compile a large rule set first (minutes without the cache) */
+    bool slow = strncmp(request, "reload", 6) == 0;
+    struct timeval tv = {.tv_sec = slow ? 600 : 5};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     if (connect(fd, (struct sockaddr *)&sun, sizeof sun) != 0) {
         close(fd);

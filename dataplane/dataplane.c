@@ -47,6 +47,9 @@ static RTE_DEFINE_PER_LCORE(struct mx_worker *, cur_worker);
  */
 static struct rte_rcu_qsbr *rcu;
 
+/* The extra EAL arguments' text: EAL may keep pointers into it until rte_eal_cleanup(). */
+static char *eal_arg_text;
+
 /* Longest sleep in one wait: bounds timer lateness (rte_timer runs from the loop). */
 #define LOOP_MAX_WAIT_MS 5
 
@@ -267,6 +270,7 @@ int mx_dataplane_init(const struct mx_dataplane_params *p)
         return -rte_errno;
     }
     mx_dp.eal_up = true;
+    eal_arg_text = store;
     rte_timer_subsystem_init();
     rc = rcu_init(p->workers);
     if (rc < 0)
@@ -490,4 +494,6 @@ void mx_dataplane_cleanup(void)
         rte_eal_cleanup();
         mx_dp.eal_up = false;
     }
+    free(eal_arg_text);
+    eal_arg_text = NULL;
 }
