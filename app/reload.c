@@ -16,8 +16,8 @@
  * see the count at 0 and the server freed under it.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,46 +44,6 @@ struct mx_reload {
     unsigned n_retired;
     unsigned next_id;
 };
-
-/* A growing text buffer for reports; on allocation failure it stays NULL. */
-struct text {
-    char *s;
-    size_t len, cap;
-    bool failed;
-};
-
-static void text_add(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void text_add(struct text *t, const char *fmt, ...)
-{
-    if (t->failed)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->s ? t->s + t->len : NULL, t->s ? t->cap - t->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->failed = true;
-            return;
-        }
-        if (t->s && t->len + (size_t)n < t->cap) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap ? t->cap * 2 : 256;
-        while (cap <= t->len + (size_t)n)
-            cap *= 2;
-        char *ns = realloc(t->s, cap);
-        if (!ns) {
-            free(t->s);
-            t->s = NULL;
-            t->failed = true;
-            return;
-        }
-        t->s = ns;
-        t->cap = cap;
-    }
-}
 
 static void gen_free(struct mx_reload *r, struct generation *g)
 {
@@ -241,7 +201,7 @@ int mx_reload_restart_diff(const struct mx_config *a, const struct mx_config *b,
  * the reason again: the rules (compiled without the cache, so a broken
  * file is not masked), else the TLS files.
  */
-static void explain_server_failure(const struct mx_config *cfg, int rc, struct text *t)
+static void explain_server_failure(const struct mx_config *cfg, int rc, FILE *t)
 {
     if (cfg->n_scan_rules) {
         struct mx_scan_opts o = {
@@ -253,18 +213,18 @@ static void explain_server_failure(const struct mx_config *cfg, int rc, struct t
         char *err = NULL;
         int src = mx_scan_engine_load(&o, &e, &err);
         if (src < 0) {
-            text_add(t, "scan.rules: %s\n", err ? err : strerror(-src));
+            fprintf(t, "scan.rules: %s\n", err ? err : strerror(-src));
             free(err);
             return;
         }
         mx_scan_engine_free(e);
     }
     if (cfg->smtp_tls_cert && *cfg->smtp_tls_cert)
-        text_add(t, "smtp.tls: certificate %s / key %s not usable (%s; details in the log)\n",
+        fprintf(t, "smtp.tls: certificate %s / key %s not usable (%s; details in the log)\n",
                  cfg->smtp_tls_cert, cfg->smtp_tls_key ? cfg->smtp_tls_key : "",
                  strerror(-rc));
     else
-        text_add(t, "smtp: server set-up failed: %s\n", strerror(-rc));
+        fprintf(t, "smtp: server set-up failed: %s\n", strerror(-rc));
 }
 
 /* The operator's report, into the log: the first line says what happened. */
@@ -278,57 +238,85 @@ static void log_report(const char *text)
     }
 }
 
-int mx_reload_apply(struct mx_reload *r, char **report)
+/*
+ * Close the report stream, log it; the text, or NULL when memory ran out.
+ * *buf is only valid once the stream is closed (open_memstream).
+ */
+static char *finish_report(FILE *t, char **buf)
 {
-    struct text t = {0};
-    struct mx_config *cfg = NULL;
-    struct mx_config_errors errs = {0};
-    const char *name = r->p.path ? r->p.path : "(defaults)";
-    *report = NULL;
-    int rc = mx_config_load(r->p.path, r->p.overrides, r->p.n_over, &cfg, &errs);
-    if (rc < 0) {
-        text_add(&t, "reload refused: %s is not valid; generation %u stays in effect\n", name,
-                 r->gen->id);
-        for (size_t i = 0; i < errs.n; i++) {
-            const struct mx_config_error *e = &errs.v[i];
-            if (e->line)
-                text_add(&t, "%s:%u: %s\n", e->file, e->line, e->msg);
-            else
-                text_add(&t, "%s: %s\n", e->file[0] ? e->file : name, e->msg);
-        }
-        if (errs.n == 0)
-            text_add(&t, "%s: %s\n", name, strerror(-rc));
-        mx_config_errors_free(&errs);
-        log_report(t.s);
-        *report = t.s;
-        return rc == -ENOMEM ? rc : -EINVAL;
+    if (fclose(t) != 0) {
+        free(*buf);
+        return NULL;
     }
-    mx_config_errors_free(&errs);
+    log_report(*buf);
+    return *buf;
+}
 
-    char restart[2048];
-    int n_restart = mx_reload_restart_diff(r->p.boot, cfg, restart, sizeof restart);
+/* The next generation from cfg (consumed), or the reasons why not on t. */
+static int build(struct mx_reload *r, struct mx_config *cfg, FILE *t, struct generation **out)
+{
+    const char *name = r->p.path ? r->p.path : "(defaults)";
     /* The spool cannot take bigger messages than at start: keep SMTP's SIZE honest. */
     if (size_raised(r->p.boot->smtp_max_message_size, cfg->smtp_max_message_size))
         cfg->smtp_max_message_size = r->p.boot->smtp_max_message_size;
-
     struct generation *g = calloc(1, sizeof *g);
     if (!g) {
         mx_config_free(cfg);
         return -ENOMEM;
     }
     g->cfg = cfg;
-    rc = mx_smtp_server_new(cfg, r->p.queue, &g->srv);
+    int rc = mx_smtp_server_new(cfg, r->p.queue, &g->srv);
     if (rc < 0) {
-        text_add(&t, "reload refused: %s cannot be applied; generation %u stays in effect\n",
-                 name, r->gen->id);
-        explain_server_failure(cfg, rc, &t);
-        log_report(t.s);
+        fprintf(t, "reload refused: %s cannot be applied; generation %u stays in effect\n", name,
+                r->gen->id);
+        explain_server_failure(cfg, rc, t);
         mx_config_free(cfg);
         free(g);
-        *report = t.s;
         return rc == -ENOMEM ? rc : -EINVAL;
     }
     g->id = r->next_id++;
+    *out = g;
+    return 0;
+}
+
+int mx_reload_apply(struct mx_reload *r, char **report)
+{
+    *report = NULL;
+    char *buf = NULL;
+    size_t blen = 0;
+    FILE *t = open_memstream(&buf, &blen);
+    if (!t)
+        return -ENOMEM;
+    const char *name = r->p.path ? r->p.path : "(defaults)";
+    struct mx_config *cfg = NULL;
+    struct mx_config_errors errs = {0};
+    int rc = mx_config_load(r->p.path, r->p.overrides, r->p.n_over, &cfg, &errs);
+    if (rc < 0) {
+        fprintf(t, "reload refused: %s is not valid; generation %u stays in effect\n", name,
+                r->gen->id);
+        for (size_t i = 0; i < errs.n; i++) {
+            const struct mx_config_error *e = &errs.v[i];
+            if (e->line)
+                fprintf(t, "%s:%u: %s\n", e->file, e->line, e->msg);
+            else
+                fprintf(t, "%s: %s\n", e->file[0] ? e->file : name, e->msg);
+        }
+        if (errs.n == 0)
+            fprintf(t, "%s: %s\n", name, strerror(-rc));
+        mx_config_errors_free(&errs);
+        *report = finish_report(t, &buf);
+        return rc == -ENOMEM ? rc : -EINVAL;
+    }
+    mx_config_errors_free(&errs);
+
+    char restart[2048];
+    int n_restart = mx_reload_restart_diff(r->p.boot, cfg, restart, sizeof restart);
+    struct generation *g = NULL;
+    rc = build(r, cfg, t, &g);
+    if (rc < 0) {
+        *report = finish_report(t, &buf);
+        return rc;
+    }
 
     /* Publish, then start the grace period: the token update releases the store. */
     struct generation *old = r->gen;
@@ -339,12 +327,11 @@ int mx_reload_apply(struct mx_reload *r, char **report)
     r->retired = old;
     r->n_retired++;
 
-    text_add(&t, "reloaded: generation %u\n", g->id);
+    fprintf(t, "reloaded: generation %u\n", g->id);
     if (n_restart)
-        text_add(&t, "%s", restart);
-    log_report(t.s);
+        fprintf(t, "%s", restart);
+    *report = finish_report(t, &buf);
     mx_reload_reap(r);
-    *report = t.s;
     return 0;
 }
 
