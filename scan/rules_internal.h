@@ -161,4 +161,61 @@ static inline bool mx_rule_is_sub(const struct mx_rule *r)
     return r->name[0] == '_' && r->name[1] == '_';
 }
 
+/* ---- engine introspection, for the profiling tool (tests/scan/scan_prof.c)
+ * and the layout-parity test; not part of the public API ------------------ */
+
+struct mx_scan_engine;
+struct mx_scan_worker;
+
+/** One compiled database as the engine organised it. */
+struct mx_scan_dbview {
+    const char *scope;    /* "header", "body", "rawbody", "uri", "full", "dlp" */
+    const char *target;   /* header target, "" otherwise */
+    const char *kind;     /* organisation class (see engine.c: "main", "hot", ...) */
+    const void *db;       /* hs_database_t *, NULL when nothing runs in Hyperscan */
+    bool stream;          /* streaming mode (else block mode) */
+    size_t npatterns;     /* patterns in db */
+    const uint32_t *ids;  /* rule index of each pattern (pattern id) */
+    size_t npcre;         /* rules of this database run by PCRE2 alone */
+};
+
+/** Number of databases (groups) of the engine. */
+size_t mx_scan_engine_ndbs(const struct mx_scan_engine *e);
+
+/** Describe database i. Returns 0 or -ENOENT. */
+int mx_scan_engine_dbview(const struct mx_scan_engine *e, size_t i, struct mx_scan_dbview *v);
+
+/**
+ * Pattern k of database i exactly as compiled: *expr (malloc'd, caller
+ * frees) and Hyperscan flags. Returns 0, -ENOENT or -ENOMEM.
+ */
+int mx_scan_engine_dbpattern(const struct mx_scan_engine *e, size_t i, size_t k, char **expr,
+                             unsigned *flags);
+
+/** The engine's rule set (names, types, tflags). */
+const struct mx_ruleset *mx_scan_engine_rules(const struct mx_scan_engine *e);
+
+/**
+ * Per-worker profile: time and bytes per database scan call, match
+ * callbacks per rule, and (if capture) a copy of each database's input so
+ * a tool can replay it rule by rule. Arrays are sized by the caller:
+ * ndbs entries for the per-database ones, nrules for r_matches.
+ */
+struct mx_scan_prof {
+    uint64_t *db_ns, *db_calls, *db_bytes;
+    uint64_t *r_matches;
+    bool capture;
+    /* per database: input bytes and the end offset of each scan unit (one
+     * message's stream, or one block) */
+    struct mx_scan_capture {
+        char *buf;
+        size_t len, cap;
+        size_t *ends;
+        size_t nends, ecap;
+    } *cap;
+};
+
+/** Attach (or detach with NULL) a profile to a worker. */
+void mx_scan_worker_set_prof(struct mx_scan_worker *w, struct mx_scan_prof *p);
+
 #endif

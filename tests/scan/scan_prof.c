@@ -1,0 +1,276 @@
+/*
+ * scan_prof.c - developer tool: where does the scan engine spend its time?
+ *
+ * Loads rules (from the cache), scans every message file under the corpus
+ * folders (fed in 16 KiB chunks) with a profile attached, and prints per
+ * Hyperscan database: scope, organisation class, pattern count, stream state
+ * size, calls, bytes, time, MB/s and match callbacks. The engine's input to
+ * each database is captured, so the tool then replays it:
+ *   - through each database alone (no MIME, no rendering: pure Hyperscan);
+ *   - with -s, through every pattern compiled alone with the same flags and
+ *     mode, printing the slowest patterns and those with the most callbacks.
+ *
+ * usage: scan_prof [-c CACHE] [-s] [-n TOP] -r RULES [-r RULES...] CORPUS...
+ */
+#include "scan/rules_internal.h"
+#include "scan/scan.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <hs/hs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct file {
+    char *b;
+    size_t n;
+};
+
+static struct file *files;
+static size_t nfiles, capfiles;
+
+static int add_file(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+    (void)sb;
+    if (type != FTW_F || path[ftw->base] == '.')
+        return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (n <= 0) {
+        fclose(f);
+        return 0;
+    }
+    if (nfiles == capfiles) {
+        capfiles = capfiles ? capfiles * 2 : 512;
+        files = realloc(files, capfiles * sizeof *files);
+        if (!files)
+            return -1;
+    }
+    files[nfiles].b = malloc((size_t)n);
+    files[nfiles].n = files[nfiles].b ? fread(files[nfiles].b, 1, (size_t)n, f) : 0;
+    fclose(f);
+    nfiles++;
+    return 0;
+}
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static int count_cb(unsigned id, unsigned long long from, unsigned long long to, unsigned fl,
+                    void *ctx)
+{
+    (void)id;
+    (void)from;
+    (void)to;
+    (void)fl;
+    ++*(uint64_t *)ctx;
+    return 0;
+}
+
+/* Replay a capture through db the way the engine called it; returns seconds
+ * and the number of match callbacks in *matches. */
+static double replay(const hs_database_t *db, bool stream, const struct mx_scan_capture *c,
+                     hs_scratch_t *scratch, uint64_t *matches)
+{
+    *matches = 0;
+    double t0 = now();
+    size_t start = 0;
+    for (size_t u = 0; u < c->nends; u++) {
+        size_t end = c->ends[u];
+        if (stream) {
+            hs_stream_t *st;
+            if (hs_open_stream(db, 0, &st) != HS_SUCCESS)
+                return -1;
+            /* the engine writes in chunks; one write per unit is close
+             * enough for comparing databases with each other */
+            if (end > start)
+                hs_scan_stream(st, c->buf + start, (unsigned)(end - start), 0, scratch,
+                               count_cb, matches);
+            hs_close_stream(st, scratch, count_cb, matches);
+        } else {
+            hs_scan(db, c->buf + start, (unsigned)(end - start), 0, scratch, count_cb, matches);
+        }
+        start = end;
+    }
+    return now() - t0;
+}
+
+struct single {
+    const char *name;
+    size_t db;
+    double s;
+    uint64_t matches;
+    size_t state;
+};
+
+static int by_time(const void *a, const void *b)
+{
+    double x = ((const struct single *)a)->s, y = ((const struct single *)b)->s;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int by_matches(const void *a, const void *b)
+{
+    uint64_t x = ((const struct single *)a)->matches, y = ((const struct single *)b)->matches;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *rules[16];
+    size_t nr = 0;
+    const char *cache = NULL;
+    int singles = 0, top = 25, c;
+    while ((c = getopt(argc, argv, "r:c:sn:")) != -1) {
+        if (c == 'r' && nr < 16)
+            rules[nr++] = optarg;
+        else if (c == 'c')
+            cache = optarg;
+        else if (c == 's')
+            singles = 1;
+        else if (c == 'n')
+            top = atoi(optarg);
+        else
+            return 2;
+    }
+    for (int i = optind; i < argc; i++)
+        nftw(argv[i], add_file, 32, FTW_PHYS);
+    struct mx_scan_opts o = {.rule_paths = rules, .n_rule_paths = nr, .cache_dir = cache};
+    struct mx_scan_engine *e;
+    char *err = NULL;
+    if (mx_scan_engine_load(&o, &e, &err) != 0) {
+        fprintf(stderr, "load: %s\n", err ? err : "?");
+        return 1;
+    }
+    const struct mx_ruleset *rs = mx_scan_engine_rules(e);
+    size_t ndb = mx_scan_engine_ndbs(e);
+    struct mx_scan_prof p = {0};
+    p.db_ns = calloc(ndb, sizeof *p.db_ns);
+    p.db_calls = calloc(ndb, sizeof *p.db_calls);
+    p.db_bytes = calloc(ndb, sizeof *p.db_bytes);
+    p.r_matches = calloc(rs->nrules + 1, sizeof *p.r_matches);
+    p.cap = calloc(ndb, sizeof *p.cap);
+    p.capture = true;
+    struct mx_scan_worker *w = mx_scan_worker_new(e);
+    if (!w || !p.db_ns || !p.db_calls || !p.db_bytes || !p.r_matches || !p.cap)
+        return 1;
+    mx_scan_worker_set_prof(w, &p);
+    size_t bytes = 0;
+    double t0 = now();
+    for (size_t i = 0; i < nfiles; i++) {
+        struct mx_scan_msg *m = mx_scan_msg_begin(w);
+        for (size_t off = 0; off < files[i].n; off += 16384) {
+            size_t k = files[i].n - off < 16384 ? files[i].n - off : 16384;
+            mx_scan_msg_feed(m, (const uint8_t *)files[i].b + off, k);
+        }
+        struct mx_scan_result r;
+        mx_scan_msg_end(m, &r);
+        mx_scan_msg_free(m);
+        bytes += files[i].n;
+    }
+    double total = now() - t0;
+    double hs_total = 0;
+    for (size_t i = 0; i < ndb; i++)
+        hs_total += (double)p.db_ns[i] / 1e9;
+    printf("%zu messages, %.2f MB, %.3f s (%.2f MB/s); in Hyperscan calls %.3f s, elsewhere %.3f s\n",
+           nfiles, (double)bytes / 1e6, total, (double)bytes / 1e6 / total, hs_total,
+           total - hs_total);
+
+    hs_scratch_t *scratch = NULL;
+    for (size_t i = 0; i < ndb; i++) {
+        struct mx_scan_dbview v;
+        mx_scan_engine_dbview(e, i, &v);
+        if (v.db)
+            hs_alloc_scratch(v.db, &scratch);
+    }
+    printf("%-3s %-7s %-18s %-8s %4s %4s %6s %8s %9s %8s %9s %9s %10s\n", "db", "scope",
+           "target", "kind", "pats", "pcre", "state", "calls", "MB", "ms", "replay-ms",
+           "MB/s", "callbacks");
+    for (size_t i = 0; i < ndb; i++) {
+        struct mx_scan_dbview v;
+        mx_scan_engine_dbview(e, i, &v);
+        size_t state = 0;
+        if (v.db && v.stream)
+            hs_stream_size(v.db, &state);
+        uint64_t cbs = 0, rm = 0;
+        for (size_t k = 0; v.ids && k < v.npatterns; k++)
+            cbs += p.r_matches[v.ids[k]];
+        double rs_s = v.db ? replay(v.db, v.stream, &p.cap[i], scratch, &rm) : 0;
+        printf("%-3zu %-7s %-18.18s %-8s %4zu %4zu %6zu %8llu %9.3f %8.2f %9.2f %9.1f %10llu\n", i,
+               v.scope, v.target, v.kind, v.npatterns, v.npcre, state,
+               (unsigned long long)p.db_calls[i], (double)p.db_bytes[i] / 1e6,
+               (double)p.db_ns[i] / 1e6, rs_s * 1e3,
+               rs_s > 0 ? (double)p.cap[i].len / 1e6 / rs_s : 0.0, (unsigned long long)cbs);
+    }
+    if (!singles)
+        return 0;
+
+    /* every pattern alone, same flags and mode, same input */
+    struct single *sg = NULL;
+    size_t nsg = 0;
+    for (size_t i = 0; i < ndb; i++) {
+        struct mx_scan_dbview v;
+        mx_scan_engine_dbview(e, i, &v);
+        if (!v.db || !v.ids)
+            continue;
+        for (size_t k = 0; k < v.npatterns; k++) {
+            char *expr;
+            unsigned fl, id = 0;
+            if (mx_scan_engine_dbpattern(e, i, k, &expr, &fl) != 0)
+                continue;
+            hs_database_t *db = NULL;
+            hs_compile_error_t *cerr = NULL;
+            if (hs_compile_multi((const char *const *)&expr, &fl, &id, 1,
+                                 v.stream ? HS_MODE_STREAM : HS_MODE_BLOCK, NULL, &db,
+                                 &cerr) != HS_SUCCESS) {
+                hs_free_compile_error(cerr);
+                free(expr);
+                continue;
+            }
+            free(expr);
+            hs_alloc_scratch(db, &scratch);
+            struct single *ns = realloc(sg, (nsg + 1) * sizeof *ns);
+            if (!ns)
+                return 1;
+            sg = ns;
+            sg[nsg].name = rs->rules[v.ids[k]].name;
+            sg[nsg].db = i;
+            sg[nsg].state = 0;
+            if (v.stream)
+                hs_stream_size(db, &sg[nsg].state);
+            sg[nsg].s = replay(db, v.stream, &p.cap[i], scratch, &sg[nsg].matches);
+            nsg++;
+            hs_free_database(db);
+        }
+    }
+    double sum = 0;
+    for (size_t i = 0; i < nsg; i++)
+        sum += sg[i].s;
+    printf("\n%zu patterns alone: sum %.1f ms\n", nsg, sum * 1e3);
+    qsort(sg, nsg, sizeof *sg, by_time);
+    printf("slowest alone:\n");
+    for (size_t i = 0; i < nsg && (int)i < top; i++)
+        printf("  %-30s db %-3zu %8.2f ms %10llu callbacks state %zu\n", sg[i].name, sg[i].db,
+               sg[i].s * 1e3, (unsigned long long)sg[i].matches, sg[i].state);
+    qsort(sg, nsg, sizeof *sg, by_matches);
+    printf("most callbacks alone:\n");
+    for (size_t i = 0; i < nsg && (int)i < top; i++)
+        printf("  %-30s db %-3zu %8.2f ms %10llu callbacks state %zu\n", sg[i].name, sg[i].db,
+               sg[i].s * 1e3, (unsigned long long)sg[i].matches, sg[i].state);
+    free(sg);
+    hs_free_scratch(scratch);
+    mx_scan_worker_free(w);
+    mx_scan_engine_free(e);
+    return 0;
+}
