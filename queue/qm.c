@@ -440,6 +440,13 @@ static void on_committed(struct qm_spool *sp, struct mx_queue_msg *m, int res)
             fprintf(stderr, "mxgate[queue]: %s: out of memory, delivery waits for a restart\n",
                     m->qid);
         }
+    } else if (m->internal) {
+        /* a DSN nobody else holds: write it again; the journal entries of
+         * the failure it reports wait for it (qm_spool_flush) */
+        fprintf(stderr, "mxgate[queue]: %s: not queued: %s (retrying)\n", m->qid,
+                strerror(-res));
+        qm_spool_retry(sp, m);
+        return;
     } else {
         fprintf(stderr, "mxgate[queue]: %s: not queued: %s\n", m->qid, strerror(-res));
     }
@@ -466,13 +473,10 @@ void qm_journal(struct qm_worker *qw, const struct qm_msg *m, enum qm_jtype type
 void qm_worker_finish(struct qm_worker *qw, struct qm_msg *m)
 {
     qm_list_remove(qw, m);
-    if (m->seg && m->seg->live) {
-        m->seg->live--;
-        /* for journal snapshots while the segment lives on (if this fails, a
-         * snapshot could bring the message back: delivered twice, never lost) */
-        if (m->seg->live && qm_seg_add_done(m->seg, m->qid) < 0)
-            fprintf(stderr, "mxgate[queue]: %s: out of memory noting it finished\n", m->qid);
-    }
+    /* not before its finishing journal entries (and its DSN) are durable:
+     * if they fail, the record is still there for a restart to redo it */
+    if (m->seg)
+        qm_spool_release(&qw->sp, m->seg, m->qid);
     qw->n_msgs--;
     fprintf(stderr, "mxgate[queue]: %s: removed\n", m->qid);
     qm_msg_free(m);
@@ -488,6 +492,7 @@ static int enqueue_local(struct qm_worker *qw, const struct mx_envelope *env, co
     if (!m)
         return -ENOMEM;
     m->qw = qw;
+    m->internal = true;
     int rc = qm_msgbuf_append(m, bytes, len);
     if (rc < 0) {
         qm_msgbuf_free(m);

@@ -539,6 +539,8 @@ struct qm_batch {
     struct qm_wop *ops;
     unsigned n_ops;
     bool snapshot; /* its journal part is a snapshot after a rotation */
+    struct qm_release *rel; /* segment releases that wait for its journal part */
+    size_t n_rel;
 };
 
 static int dir_fsync(int dirfd)
@@ -597,6 +599,7 @@ int qm_spool_open(struct qm_spool *sp, const char *dir, _Atomic uint64_t *seq,
     sp->seg_max = 64u << 20;
     TAILQ_INIT(&sp->segs);
     TAILQ_INIT(&sp->pending);
+    TAILQ_INIT(&sp->retry);
     snprintf(sp->dir, sizeof sp->dir, "%s", dir);
     if (mkdir(dir, 0750) < 0 && errno != EEXIST)
         return -errno;
@@ -627,6 +630,15 @@ void qm_spool_close(struct qm_spool *sp)
         TAILQ_REMOVE(&sp->pending, m, link);
         qm_msgbuf_free(m);
     }
+    /* a DSN never written: its original is still on disk and unfinished
+     * there (its journal entries waited too), so a restart makes it again */
+    while ((m = TAILQ_FIRST(&sp->retry))) {
+        TAILQ_REMOVE(&sp->retry, m, link);
+        qm_msgbuf_free(m);
+    }
+    free(sp->rel);
+    sp->rel = NULL;
+    sp->n_rel = sp->cap_rel = 0;
     if (sp->j_fd >= 0)
         close(sp->j_fd);
     if (sp->dirfd >= 0)
@@ -695,6 +707,45 @@ static void journal_retry(struct qm_spool *sp, struct qm_batch *b)
         sp->j_off = b->j_at;
 }
 
+static void seg_release(struct qm_seg *seg, const char *qid)
+{
+    if (!seg || !seg->live)
+        return;
+    seg->live--;
+    /* for journal snapshots while the segment lives on (if this fails, a
+     * snapshot could bring the message back: delivered twice, never lost) */
+    if (seg->live && qm_seg_add_done(seg, qid) < 0)
+        fprintf(stderr, "mxgate[queue]: %s: out of memory noting it finished\n", qid);
+}
+
+/*
+ * The journal part of b completed. Durable: the finished messages give up
+ * their segments. Failed: the releases go back in front of the ones
+ * gathered since, to ride with the journal entries journal_retry() put back.
+ */
+static void releases_done(struct qm_spool *sp, struct qm_batch *b, bool durable)
+{
+    if (durable) {
+        for (size_t i = 0; i < b->n_rel; i++)
+            seg_release(b->rel[i].seg, b->rel[i].qid);
+        return;
+    }
+    size_t n = b->n_rel + sp->n_rel;
+    struct qm_release *nr = malloc(n * sizeof *nr);
+    if (!nr) {
+        /* the segments stay on disk: a restart finds them finished in the journal */
+        fprintf(stderr, "mxgate[queue]: spool %s: %zu segment releases dropped (no memory)\n",
+                sp->dir, b->n_rel);
+        return;
+    }
+    memcpy(nr, b->rel, b->n_rel * sizeof *nr);
+    if (sp->n_rel)
+        memcpy(nr + b->n_rel, sp->rel, sp->n_rel * sizeof *nr);
+    free(sp->rel);
+    sp->rel = nr;
+    sp->n_rel = sp->cap_rel = n;
+}
+
 static void batch_part_done(struct qm_batch *b, int part)
 {
     struct qm_spool *sp = b->sp;
@@ -726,6 +777,8 @@ static void batch_part_done(struct qm_batch *b, int part)
                     strerror(-b->err[1]));
         if (b->err[1] < 0 && !b->snapshot && b->jlen)
             journal_retry(sp, b);
+        if (b->n_rel)
+            releases_done(sp, b, b->err[1] == 0);
         if (b->snapshot) {
             /* the snapshot is durable: the journals it replaces can go */
             if (b->err[1] == 0)
@@ -743,6 +796,7 @@ static void batch_maybe_free(struct qm_batch *b)
     if (b->outstanding[0] || b->outstanding[1])
         return;
     b->sp->inflight--;
+    free(b->rel);
     free(b->jbuf);
     free(b->ops);
     free(b);
@@ -784,10 +838,61 @@ static void fail_pending(struct qm_spool *sp, int err)
     }
 }
 
+static uint64_t mono_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+#define QM_RETRY_MS 1000 /* how soon a failed DSN write is tried again */
+
+void qm_spool_retry(struct qm_spool *sp, struct mx_queue_msg *m)
+{
+    if (TAILQ_EMPTY(&sp->retry))
+        sp->retry_at = mono_now_ms() + QM_RETRY_MS;
+    m->seg = NULL;
+    TAILQ_INSERT_TAIL(&sp->retry, m, link);
+}
+
+void qm_spool_release(struct qm_spool *sp, struct qm_seg *seg, const char *qid)
+{
+    if (sp->n_rel == sp->cap_rel) {
+        size_t cap = sp->cap_rel ? sp->cap_rel * 2 : 32;
+        struct qm_release *nr = realloc(sp->rel, cap * sizeof *nr);
+        if (!nr) {
+            /* keeping the segment is always safe; recovery sees it finished */
+            fprintf(stderr, "mxgate[queue]: %s: segment kept (no memory)\n", qid);
+            return;
+        }
+        sp->rel = nr;
+        sp->cap_rel = cap;
+    }
+    sp->rel[sp->n_rel].seg = seg;
+    snprintf(sp->rel[sp->n_rel].qid, QM_QID_SIZE, "%s", qid);
+    sp->n_rel++;
+}
+
 int qm_spool_flush(struct qm_spool *sp)
 {
-    if (!sp->n_pending && !sp->jlen)
+    if (!TAILQ_EMPTY(&sp->retry) && !sp->inflight && mono_now_ms() >= sp->retry_at) {
+        /* failed DSN writes go first, ahead of what came since */
+        struct mx_queue_msg *m;
+        while ((m = TAILQ_LAST(&sp->retry, qm_msgq))) {
+            TAILQ_REMOVE(&sp->retry, m, link);
+            TAILQ_INSERT_HEAD(&sp->pending, m, link);
+            sp->n_pending++;
+        }
+    }
+    if (!sp->n_pending && !sp->jlen) {
+        /* releases without journal entries of their own wait for nothing */
+        if (sp->n_rel && !sp->inflight && TAILQ_EMPTY(&sp->retry)) {
+            for (size_t i = 0; i < sp->n_rel; i++)
+                seg_release(sp->rel[i].seg, sp->rel[i].qid);
+            sp->n_rel = 0;
+        }
         return 0;
+    }
     /*
      * One batch at a time: what arrives meanwhile waits for the next one,
      * which is group commit at its best (the kernel serializes fsyncs of a
@@ -809,8 +914,11 @@ int qm_spool_flush(struct qm_spool *sp)
     if (nrec > space - 3)
         nrec = space - 3;
     /* journal entries may refer to records still pending (a failure and its
-     * DSN): they wait until every pending record rides in the same chain */
-    bool with_journal = nrec == sp->n_pending;
+     * DSN): they wait until every pending record rides in the same chain,
+     * and while a DSN whose write failed waits for its retry */
+    bool with_journal = nrec == sp->n_pending && TAILQ_EMPTY(&sp->retry);
+    if (nrec == 0 && !with_journal)
+        return 0; /* only journal entries, and they must wait */
     if (sp->seg_fd < 0 || sp->seg_off >= sp->seg_max) {
         int rc = seg_roll(sp);
         if (rc < 0) {
@@ -868,6 +976,12 @@ int qm_spool_flush(struct qm_spool *sp)
         b->j_at = sp->j_off;
         sp->jbuf = NULL;
         sp->jlen = sp->jcap = 0;
+        /* the finished messages whose entries these are give up their
+         * segments only once this part is durable */
+        b->rel = sp->rel;
+        b->n_rel = sp->n_rel;
+        sp->rel = NULL;
+        sp->n_rel = sp->cap_rel = 0;
         sqe = io_uring_get_sqe(sp->ring);
         io_uring_prep_write(sqe, sp->j_fd, b->jbuf, (unsigned)jl, sp->j_off);
         sp->j_off += jl;

@@ -974,6 +974,147 @@ static void test_dsn_notify(void **state)
     assert_non_null(strstr(f[0], "5.1.2"));
 }
 
+static bool dsn_attempt_over(struct qm_worker *qw)
+{
+    return qw->n_msgs == 0 && qw->sp.n_write_errors > 0;
+}
+
+static bool dsn_delivered(struct qm_worker *qw)
+{
+    char nd[400];
+    snprintf(nd, sizeof nd, "%s/md/new", tmpdir);
+    return count_files(nd) == 1 && all_done(qw) && TAILQ_EMPTY(&qw->sp.retry);
+}
+
+/*
+ * A bounce whose DSN cannot be written (disk full) must not lose the
+ * original: its segment stays until the DSN and the failure's journal
+ * entries are durable, a crash meanwhile brings the original back
+ * unfinished, and once space returns the DSN is written and delivered.
+ */
+static void test_dsn_disk_full(void **state)
+{
+    (void)state;
+    char mnt[300];
+    snprintf(mnt, sizeof mnt, "%s/small", tmpdir);
+    assert_int_equal(mkdir(mnt, 0750), 0);
+    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
+        printf("# no private tmpfs mount here (%s): skipped\n", strerror(errno));
+        skip();
+    }
+    char spool[320], md[300], filler[400];
+    snprintf(spool, sizeof spool, "%s/spool", mnt);
+    snprintf(md, sizeof md, "%s/md", tmpdir);
+    snprintf(filler, sizeof filler, "%s/filler", mnt);
+    struct mx_route routes[1] = {
+        {.domain = "example.org", .scheme = MX_ROUTE_MAILDIR, .maildir = md},
+    };
+    struct mx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.spool_dir = spool;
+    cfg.dp_workers = 1;
+    cfg.smtp_max_message_size = 64 << 10;
+    cfg.smtp_hostname = "mx.test.invalid";
+    cfg.routes = routes;
+    cfg.n_routes = 1;
+    struct mx_queue *q;
+    assert_int_equal(mx_queue_open(&cfg, &q), 0);
+    struct io_uring ring;
+    assert_int_equal(io_uring_queue_init(64, &ring, 0), 0);
+    assert_int_equal(qm_worker_attach(q, 0, &ring, NULL), 0);
+    struct qm_worker *qw = &q->workers[0];
+    qw->sp.seg_max = 1; /* every batch in a new segment: the original's can be freed */
+    atomic_store(&q->frozen, true);
+    struct mx_envelope env = make_env(1);
+    snprintf(rcpts[0].addr, sizeof rcpts[0].addr, "user0@nowhere.test"); /* no route: 550 */
+    rcpts[0].notify = MX_NOTIFY_DEFAULT;
+    env.arrival_ms = qm_unix_ms();
+    char qid[QM_QID_SIZE], seg[1024];
+    qm_make_qid(qid, qm_unix_ms(), 0, 1);
+    struct mx_queue_msg *m = qm_msgbuf_new(&env, qid, 1 << 20);
+    assert_int_equal(qm_msgbuf_append(m, "Subject: lost?\r\n\r\nx\r\n", 21), 0);
+    qm_msgbuf_seal(m);
+    m->qw = qw;
+    qm_spool_add(&qw->sp, m);
+    for (int i = 0; i < 500 && (qw->n_msgs != 1 || qw->sp.inflight); i++) {
+        qm_tick(NULL, qw);
+        qm_ring_dispatch(&ring, false);
+        usleep(1000);
+    }
+    assert_int_equal(qw->n_msgs, 1);
+    snprintf(seg, sizeof seg, "%s", TAILQ_FIRST(&qw->ready)->seg->path);
+
+    /* fill the disk to the last byte */
+    int fd = open(filler, O_WRONLY | O_CREAT, 0640);
+    static char blob[64 * 1024];
+    memset(blob, 'f', sizeof blob);
+    while (write(fd, blob, sizeof blob) > 0)
+        ;
+    while (write(fd, blob, 1) > 0)
+        ;
+    close(fd);
+
+    /* the delivery fails (550), the DSN's write fails (ENOSPC) */
+    atomic_store(&q->frozen, false);
+    run_until(qw, &ring, dsn_attempt_over);
+    for (int i = 0; i < 100; i++) { /* more turns: journal flushes and gc get their chance */
+        qm_tick(NULL, qw);
+        qm_ring_dispatch(&ring, false);
+        usleep(1000);
+    }
+    for (int i = 0; i < 100 && qw->sp.inflight; i++) /* a retry may be under way */
+        qm_ring_dispatch(&ring, true);
+    assert_int_equal(qw->sp.inflight, 0);
+    assert_int_equal(access(seg, F_OK), 0); /* the original is still on disk */
+
+    /* a crash now: the original comes back, not finished */
+    char copy[320], cmd[800];
+    snprintf(copy, sizeof copy, "%s/crashcopy", tmpdir);
+    snprintf(cmd, sizeof cmd, "cp -a %s %s", spool, copy);
+    assert_int_equal(system(cmd), 0);
+    struct qm_recovered r;
+    assert_int_equal(qm_recover(copy, 1, &r), 0);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.msgs[0]->qid, qid);
+    assert_int_equal(r.msgs[0]->rstate[0], QM_R_PENDING);
+    qm_recovered_free(&r);
+
+    /* space returns: the DSN is written and delivered, then the original's segment goes */
+    assert_int_equal(unlink(filler), 0);
+    run_until(qw, &ring, dsn_delivered);
+    for (int i = 0; i < 50; i++) {
+        qm_tick(NULL, qw);
+        qm_ring_dispatch(&ring, false);
+        usleep(1000);
+    }
+    assert_int_equal(access(seg, F_OK), -1);
+    mx_queue_close(q);
+    io_uring_queue_exit(&ring);
+    char f[8192], nd[400];
+    snprintf(nd, sizeof nd, "%s/new", md);
+    DIR *d = opendir(nd);
+    struct dirent *de;
+    while ((de = readdir(d)) && de->d_name[0] == '.')
+        ;
+    assert_non_null(de);
+    char p[900];
+    snprintf(p, sizeof p, "%s/%s", nd, de->d_name);
+    closedir(d);
+    fd = open(p, O_RDONLY);
+    ssize_t l = read(fd, f, sizeof f - 1);
+    close(fd);
+    assert_true(l > 0);
+    f[l] = 0;
+    assert_memory_equal(f, "Return-Path: <>\r\nDelivered-To: alice@example.org\r\n", 50);
+    assert_non_null(strstr(f, "Final-Recipient: rfc822; user0@nowhere.test"));
+    /* and a restart finds nothing left */
+    assert_int_equal(qm_recover(spool, 1, &r), 0);
+    assert_int_equal(r.n, 0);
+    qm_recovered_free(&r);
+    umount2(mnt, MNT_DETACH);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -992,6 +1133,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_journal_rotation, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_dsn_notify, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_full, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_dsn_disk_full, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
