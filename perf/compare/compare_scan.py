@@ -69,7 +69,6 @@ log = compare.log
 SA_RULE_DIRS = ["/etc/spamassassin", "/usr/share/spamassassin"]
 GTUBE_FILE = "/usr/share/doc/spamassassin/examples/sample-spam.txt"
 HAM_FILE = "/usr/share/doc/spamassassin/examples/sample-nonspam.txt"
-SPAMC_MAX_SIZE = 8 * 1024 * 1024   # spamc skips bigger messages unscanned (default 500 KB)
 SYSTEMS = ["mxgate", "postfix-sa", "postfix-rspamd", "spamd-scan", "mxbench-scan"]
 
 
@@ -240,7 +239,7 @@ class PostfixSA:
                              "--init-groups", "spamass-milter",
                              "-p", "inet:%d@127.0.0.1" % mport, "-m",
                              "--", "-d", "127.0.0.1", "-p", str(spamd.port),
-                             "-s", str(SPAMC_MAX_SIZE), "-x"],
+                             "-s", str(args.spamc_max_size), "-x"],
                             os.path.join(tmp, "spamass-milter.log"))
         if not compare.wait_port(mport, 20):
             stop_proc(self.milter, "spamass-milter")
@@ -507,7 +506,7 @@ def run_spamc(args, spamd):
             return None
         with open(path, "rb") as f:
             r = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(spamd.port), "-x", "-c",
-                                "-s", str(SPAMC_MAX_SIZE)], stdin=f, capture_output=True,
+                                "-s", str(args.spamc_max_size)], stdin=f, capture_output=True,
                                timeout=600)
         out = r.stdout.decode(errors="replace").strip()
         if r.returncode not in (0, 1) or "/" not in out:
@@ -560,6 +559,11 @@ def fmt_table(rows):
     return "\n".join(out)
 
 
+def sink_dump_dir(tmp):
+    """Where smtp-sink writes its copies: memory, not the disk the spools are on."""
+    return os.path.join("/dev/shm", os.path.basename(tmp) + "-sink")
+
+
 # ---- inside the namespaces -----------------------------------------------------------
 
 def inner(args):
@@ -571,7 +575,7 @@ def inner(args):
     subprocess.run(["mount", "--bind", conf, "/etc/resolv.conf"], check=True)
     rows, checks = [], {}
     started = []
-    resolver = sink = spamd = None
+    resolver = sink = spamd = dump_dir = None
     try:
         resolver = Resolver(tmp)
         started.append(resolver)
@@ -580,7 +584,8 @@ def inner(args):
             subprocess.run([args.mxbench, "gen", "--seed", str(args.seed), "--count",
                             str(args.count), "--out", args.corpus], check=True,
                            stdout=subprocess.DEVNULL)
-        dump_dir = owned_dir(os.path.join(tmp, "sink"), "nobody")
+        # the sink's copies go to memory, not to the disk the spools are on
+        dump_dir = owned_dir(sink_dump_dir(tmp), "nobody")
         sink = compare.Sink(compare.free_port(), dump_dir=dump_dir)
         systems = args.systems.split(",")
         for name in systems:
@@ -619,6 +624,8 @@ def inner(args):
             sink.stop()
         if resolver:
             resolver.stop()
+        if dump_dir:
+            shutil.rmtree(dump_dir, ignore_errors=True)
     vers = versions()
     print(fmt_table(rows))
     for r in rows:
@@ -680,6 +687,7 @@ def outer(args, argv):
                 pass
         subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(sink_dump_dir(tmp), ignore_errors=True)
     return rc
 
 
@@ -696,6 +704,8 @@ def main():
     ap.add_argument("--conns", type=int, default=10, help="SMTP connections")
     ap.add_argument("--children", type=int, default=2,
                     help="spamd children, and spamc clients in the scan-only run")
+    ap.add_argument("--spamc-max-size", type=int, default=8 * 1024 * 1024,
+                    help="spamc -s: bigger messages pass unscanned (spamc's default: 500 KB)")
     ap.add_argument("--max-seconds", type=int, default=600, help="bound of each timed run")
     ap.add_argument("--deliver-timeout", type=float, default=300)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
