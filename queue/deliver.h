@@ -34,6 +34,8 @@ struct mx_deliver_req {
     const uint8_t *msg; size_t len;          /* whole message, CRLF line ends */
     const char *helo_name;                   /* our EHLO name */
     const char *queue_id;                    /* for log lines */
+    unsigned fail_ttl_ms;                    /* skip a host:port whose connect failed for
+                                              * this long (0: no connection-failure cache) */
 };
 
 typedef void (*mx_deliver_done_fn)(void *arg, const struct mx_deliver_result *res);
@@ -43,11 +45,18 @@ typedef void (*mx_deliver_done_fn)(void *arg, const struct mx_deliver_result *re
 int mx_deliver_smtp_start(struct mx_worker *w, const struct mx_deliver_req *req,
                           mx_deliver_done_fn done, void *arg);
 
+/* Why the calling worker's last mx_deliver_smtp_start() returned an error without
+ * calling done ("host X unreachable (cached, 42s left)", "connect to X: ..."), or "". */
+const char *mx_deliver_smtp_start_error(void);
+
 /* At most per_worker SMTP connections to one destination host on each worker (busy and
  * idle together; e.g. queue_dest_concurrency divided by the workers, rounded up); more
  * attempts wait for a connection to finish. 0 (the default) = no limit. Call before the
  * workers start. */
 void mx_deliver_smtp_set_dest_limit(unsigned per_worker);
+
+/* Forget every cached connection failure of the calling worker (`mxctl queue flush`). */
+void mx_deliver_smtp_clear_fail_cache(void);
 
 /* Build an RFC 3464 multipart/report DSN for the failed (or delayed) recipients.
  * status[i] describes env->rcpts[rcpt_idx[i]]. ret FULL → whole message, HDRS/default → headers only.

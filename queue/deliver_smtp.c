@@ -84,6 +84,7 @@ struct dlv {
 
 static void conn_pump(struct dconn *k);
 static void dlv_try(struct dlv *d);
+static const struct mx_sockaddr *cur_host(const struct dlv *d);
 
 /* ---- per-destination connection limit --------------------------------- */
 
@@ -129,6 +130,33 @@ static struct dest_slot *dest_find(const struct sockaddr_storage *a, socklen_t l
     return free_slot;
 }
 
+/* ---- connection-failure cache ------------------------------------------ */
+
+/*
+ * A host:port whose connect was refused or timed out is not tried again by
+ * this worker for req->fail_ttl_ms: the attempts meanwhile skip it (the
+ * next host of the route, or a deferral that says so), so a dead host is
+ * not hammered by every queued message and fail-over does not wait for its
+ * timeout each time. Per worker, like the rest of this file: no locks.
+ */
+#define FAIL_SLOTS 128
+
+struct fail_slot {
+    struct sockaddr_storage a;
+    socklen_t len; /* 0: free */
+    uint64_t until_ms;
+};
+
+static _Thread_local struct fail_slot fail_tab[FAIL_SLOTS];
+
+void mx_deliver_smtp_clear_fail_cache(void)
+{
+    memset(fail_tab, 0, sizeof fail_tab);
+}
+
+static void fail_note(const struct dlv *d, const struct mx_sockaddr *a);
+static uint64_t fail_left_ms(const struct dlv *d, const struct mx_sockaddr *a);
+
 /* ---- TLS context ------------------------------------------------------ */
 
 static SSL_CTX *client_ctx;
@@ -165,6 +193,46 @@ static void add_error(struct dlv *d, const char *fmt, const char *a, const char 
 static const char *host_text(const struct dlv *d, size_t i)
 {
     return d->req->route->hosts[i].text;
+}
+
+static const struct mx_sockaddr *cur_host(const struct dlv *d)
+{
+    return &d->req->route->hosts[d->host];
+}
+
+static void fail_note(const struct dlv *d, const struct mx_sockaddr *a)
+{
+    if (!d->req->fail_ttl_ms || !a->len)
+        return;
+    uint64_t now = mx_worker_now_ms(d->w);
+    struct fail_slot *use = NULL;
+    for (size_t i = 0; i < FAIL_SLOTS; i++) {
+        struct fail_slot *t = &fail_tab[i];
+        if (t->len == a->len && memcmp(&t->a, &a->ss, a->len) == 0) {
+            use = t;
+            break;
+        }
+        /* a free or expired slot, else the one closest to expiry */
+        if (!use || (use->len && use->until_ms > now && (!t->len || t->until_ms < use->until_ms)))
+            use = t;
+    }
+    memcpy(&use->a, &a->ss, a->len);
+    use->len = a->len;
+    use->until_ms = now + d->req->fail_ttl_ms;
+}
+
+/** Milliseconds until host a may be tried again (0: now). */
+static uint64_t fail_left_ms(const struct dlv *d, const struct mx_sockaddr *a)
+{
+    if (!d->req->fail_ttl_ms)
+        return 0;
+    uint64_t now = mx_worker_now_ms(d->w);
+    for (size_t i = 0; i < FAIL_SLOTS; i++) {
+        struct fail_slot *t = &fail_tab[i];
+        if (t->len == a->len && memcmp(&t->a, &a->ss, a->len) == 0)
+            return t->until_ms > now ? t->until_ms - now : 0;
+    }
+    return 0;
 }
 
 /** Report and free the attempt. Results not set by anyone are temporary. */
@@ -330,6 +398,7 @@ static void on_connected(struct mx_stream *s, void *ctx, int res)
         k->ended = true;
         k->d = NULL;
         d->conn = NULL;
+        fail_note(d, cur_host(d));
         add_error(d, "connect to %s: %s", host_text(d, d->host), strerror(-res));
         d->host++;
         d->tls_off = false;
@@ -359,6 +428,7 @@ static void on_timeout(struct mx_stream *s, void *ctx)
     }
     if (!k->connected) {
         if (d) {
+            fail_note(d, cur_host(d));
             add_error(d, "connect to %s: %s", host_text(d, d->host), "Connection timed out");
             dlv_next_host(d, false);
         }
@@ -390,6 +460,7 @@ static void on_closed(struct mx_stream *s, void *ctx, int res)
         struct dlv *d = k->d;
         k->d = NULL;
         d->conn = NULL;
+        fail_note(d, cur_host(d));
         add_error(d, "connect to %s: %s", host_text(d, d->host),
                   res ? strerror(-res) : "connection closed");
         d->host++;
@@ -538,6 +609,14 @@ static void dlv_try(struct dlv *d)
             mx_stream_set_timer(k->s, 1);
             return;
         }
+        uint64_t left = fail_left_ms(d, a);
+        if (left) {
+            /* failed a moment ago: no connect attempt until its entry expires */
+            char secs[32];
+            snprintf(secs, sizeof secs, "%llus", (unsigned long long)((left + 999) / 1000));
+            add_error(d, "host %s unreachable (cached, %s left)", a->text, secs);
+            continue;
+        }
         struct dest_slot *slot = dest_limit ? dest_find(&a->ss, a->len, true) : NULL;
         if (slot && slot->conns >= dest_limit) {
             /* Busy, not broken: wait for one of its connections. */
@@ -577,6 +656,7 @@ static void dlv_try(struct dlv *d)
             d->conn = NULL;
             mx_smtp_client_free(k->c);
             free(k);
+            fail_note(d, a);
             add_error(d, "connect to %s: %s", a->text, strerror(-rc));
             d->early_rc = rc;
             continue;
@@ -595,9 +675,18 @@ static void dlv_try(struct dlv *d)
     dlv_finish(d);
 }
 
+/* Why the last mx_deliver_smtp_start() of this worker failed early. */
+static _Thread_local char early_error[256];
+
+const char *mx_deliver_smtp_start_error(void)
+{
+    return early_error;
+}
+
 int mx_deliver_smtp_start(struct mx_worker *w, const struct mx_deliver_req *req,
                           mx_deliver_done_fn done, void *arg)
 {
+    early_error[0] = 0;
     if (!w || !req || !done || !req->route || !req->env || !req->n_rcpt || !req->rcpt_idx ||
         !req->helo_name || (req->len && !req->msg))
         return -EINVAL;
@@ -632,6 +721,7 @@ int mx_deliver_smtp_start(struct mx_worker *w, const struct mx_deliver_req *req,
     dlv_try(d);
     if (d->failed_early) {
         int rc = d->early_rc;
+        snprintf(early_error, sizeof early_error, "%s", d->error);
         free(d->res);
         free(d);
         return rc;

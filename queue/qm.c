@@ -813,15 +813,20 @@ static void start_delivery(struct qm_worker *qw, struct qm_msg *m)
             .len = m->body_len,
             .helo_name = cfg->smtp_hostname ? cfg->smtp_hostname : "localhost",
             .queue_id = m->qid,
+            .fail_ttl_ms = cfg->queue_dest_fail_ttl * 1000u,
         };
         a->pending++;
         int rc = mx_deliver_smtp_start(qw->w, &g->req, group_done, g);
         if (rc < 0) {
             a->pending--;
-            char t[128];
-            snprintf(t, sizeof t, "cannot start delivery: %s", strerror(-rc));
+            char t[256];
+            const char *why = mx_deliver_smtp_start_error();
+            if (why[0])
+                snprintf(t, sizeof t, "%s", why); /* e.g. every host in the failure cache */
+            else
+                snprintf(t, sizeof t, "cannot start delivery: %s", strerror(-rc));
             for (size_t k = 0; k < g->n; k++) {
-                set_res(&res[idx[k]], 451, "4.4.0", t);
+                set_res(&res[idx[k]], 451, why[0] ? "4.4.1" : "4.4.0", t);
                 snprintf(remote[idx[k]], sizeof remote[idx[k]], "none");
             }
             free(idx);

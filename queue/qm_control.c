@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "queue/deliver.h"
 #include "queue/qm_internal.h"
 
 struct qm_ctl_req {
@@ -183,6 +184,8 @@ void qm_ctl_run(struct qm_worker *qw, struct qm_ctl_req *r)
         return;
     }
     if (strcmp(cmd, "flush") == 0) {
+        /* "retry now" means every host too, also the ones that just failed */
+        mx_deliver_smtp_clear_fail_cache();
         uint64_t now = qm_unix_ms();
         struct qm_msg *m, *next;
         for (m = TAILQ_FIRST(&qw->waiting); m; m = next) {

@@ -47,6 +47,8 @@ struct job {
     char error[256];
     struct job *chain; /* started from inside this job's done() */
     struct mx_worker *w;
+    bool clear_fail_cache; /* like `mxctl queue flush`, on the worker, before the start */
+    char start_error[256];
 };
 
 #define MAX_PENDING 4
@@ -78,9 +80,13 @@ static void tick(struct mx_worker *w, void *arg)
         if (!j)
             continue;
         j->w = w;
+        if (j->clear_fail_cache)
+            mx_deliver_smtp_clear_fail_cache();
         j->start_rc = mx_deliver_smtp_start(w, &j->req, job_done, j);
-        if (j->start_rc)
+        if (j->start_rc) {
+            snprintf(j->start_error, sizeof j->start_error, "%s", mx_deliver_smtp_start_error());
             __atomic_store_n(&j->finished, 1, __ATOMIC_SEQ_CST);
+        }
     }
 }
 
@@ -668,6 +674,94 @@ static void test_dest_concurrency_limit(void **state)
 }
 
 /** Requests the agent cannot run are refused up front (done never runs). */
+/* "host 127.0.0.1:P unreachable (cached, Ns left)" with 0 < N <= max_s */
+static void assert_cached(const char *text, unsigned port, unsigned max_s)
+{
+    char pre[96];
+    snprintf(pre, sizeof pre, "host 127.0.0.1:%u unreachable (cached, ", port);
+    assert_memory_equal(text, pre, strlen(pre));
+    unsigned s = 0;
+    char tail[16] = "";
+    assert_int_equal(sscanf(text + strlen(pre), "%u%15s", &s, tail), 2);
+    assert_string_equal(tail, "s");
+    assert_string_equal(text + strlen(text) - 7, "s left)");
+    assert_true(s >= 1 && s <= max_s);
+}
+
+/*
+ * Connection-failure cache: a refused host is skipped (no connect attempt,
+ * so no "Connection refused" in the error) while its entry lives; fail-over
+ * goes straight to the next host; a route of only cached hosts fails at
+ * start with the reason; clearing (flush) and expiry bring connects back.
+ */
+static void test_fail_cache(void **state)
+{
+    (void)state;
+    struct script ok = {.greeting = "220 script ESMTP\r\n"};
+    script_start(&ok);
+    unsigned dead = free_port();
+    unsigned ports[2] = {dead, ok.port};
+    struct fixture f, only_dead;
+    fixture_init(&f, ports, 2);
+    fixture_init(&only_dead, ports, 1);
+    char exp[256];
+    snprintf(exp, sizeof exp, "connect to 127.0.0.1:%u: Connection refused", dead);
+
+    struct job j;
+    job_init(&j, &f, 1, "x\r\n", 3);
+    j.req.fail_ttl_ms = 60000;
+    run_job(&j);
+    assert_int_equal(j.res[0].code, 250);
+    assert_string_equal(j.error, exp); /* it was tried once */
+
+    job_init(&j, &f, 1, "x\r\n", 3);
+    j.req.fail_ttl_ms = 60000;
+    run_job(&j);
+    assert_int_equal(j.res[0].code, 250); /* fail-over without trying the dead one */
+    assert_cached(j.error, dead, 60);
+    assert_true(j.remote[0] != 0);
+
+    job_init(&j, &only_dead, 1, "x\r\n", 3);
+    j.req.fail_ttl_ms = 60000;
+    run_job(&j);
+    assert_int_equal(j.start_rc, -EHOSTUNREACH);
+    assert_cached(j.start_error, dead, 60);
+
+    /* flush: tried again */
+    job_init(&j, &only_dead, 1, "x\r\n", 3);
+    j.req.fail_ttl_ms = 60000;
+    j.clear_fail_cache = true;
+    run_job(&j);
+    assert_int_equal(j.start_rc, 0);
+    assert_string_equal(j.error, exp);
+    assert_int_equal(j.res[0].code, 0);
+
+    /* expiry: a short TTL runs out */
+    job_init(&j, &only_dead, 1, "x\r\n", 3);
+    j.req.fail_ttl_ms = 300;
+    j.clear_fail_cache = true;
+    run_job(&j); /* noted for 300 ms (run_job waits 100 ms after) */
+    job_init(&j, &only_dead, 1, "x\r\n", 3);
+    j.req.fail_ttl_ms = 300;
+    run_job(&j);
+    assert_int_equal(j.start_rc, -EHOSTUNREACH);
+    assert_cached(j.start_error, dead, 1);
+    usleep(400 * 1000);
+    job_init(&j, &only_dead, 1, "x\r\n", 3);
+    j.req.fail_ttl_ms = 300;
+    run_job(&j);
+    assert_int_equal(j.start_rc, 0);
+    assert_string_equal(j.error, exp);
+
+    /* without a TTL nothing is cached */
+    job_init(&j, &f, 1, "x\r\n", 3);
+    run_job(&j);
+    assert_int_equal(j.res[0].code, 250);
+    assert_string_equal(j.error, exp);
+    script_stop(&ok);
+    assert_int_equal(ok.served, 1); /* one connection, reused by every delivery */
+}
+
 static void test_bad_requests(void **state)
 {
     (void)state;
@@ -722,6 +816,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_chained_start_reuses),
         cmocka_unit_test(test_tls_failure_retries_plaintext),
         cmocka_unit_test(test_dest_concurrency_limit),
+        cmocka_unit_test(test_fail_cache),
         cmocka_unit_test(test_bad_requests),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
