@@ -216,6 +216,11 @@ static int run(struct gateway *g)
         .init_arg = g,
         .dpdk_address = cfg->dp_address,
         .dpdk_gateway = cfg->dp_gateway,
+        .impair = {.drop = cfg->dp_impair.drop,
+                   .reorder = cfg->dp_impair.reorder,
+                   .duplicate = cfg->dp_impair.duplicate,
+                   .delay_ms = cfg->dp_impair.delay_ms,
+                   .seed = cfg->dp_impair.seed},
     };
     rc = mx_stats_init(cfg->dp_workers);
     if (rc < 0) {

@@ -134,6 +134,59 @@ static int parse_ipv4_prefix(const char *text, uint32_t *addr, uint8_t *prefix)
     return 0;
 }
 
+/*
+ * Backend "dpdk": the stack and port counters already given to the console,
+ * per worker, so that each loop turn adds only what is new (the console's
+ * counters are per-core sums; the stack's are running totals). Each entry is
+ * written by its own worker only, one cache line apart.
+ */
+struct dpdk_fed {
+    uint64_t retrans, drops, cookies, rx, tx, missed;
+    uint64_t next_port_ms; /* worker 0: next read of the port-wide counters */
+} __attribute__((aligned(64)));
+static struct dpdk_fed dpdk_fed[64];
+
+static uint64_t tcp_drops_of(const struct mx_tcp_stats *t)
+{
+    /* segments the stack threw away, whatever the reason (docs/TCPSTACK.md) */
+    return t->tcp_bad_csum + t->tcp_bad_hdr + t->tcp_no_port + t->tcp_ooo_drop +
+           t->tcp_paws_drop + t->tcp_syn_drop + t->tcp_mem_drop;
+}
+
+/* Add to the console what this worker's stack and queue counted since last time. */
+static void dpdk_feed_stats(struct mx_worker *w)
+{
+    if (w->index >= sizeof dpdk_fed / sizeof dpdk_fed[0])
+        return;
+    struct dpdk_fed *f = &dpdk_fed[w->index];
+    struct mx_tcp_stack *st = mx_dpdk_stack(w->index);
+    if (!st)
+        return;
+    const struct mx_tcp_stats *t = mx_tcp_stack_stats(st);
+    struct mx_dpdk_queue_stats q;
+    mx_dpdk_queue_stats(w->index, &q);
+    uint64_t drops = tcp_drops_of(t);
+    MX_STATS_ADD(TCP_RETRANSMITS, t->tcp_retrans - f->retrans);
+    MX_STATS_ADD(TCP_DROPS, drops - f->drops);
+    MX_STATS_ADD(TCP_SYNCOOKIES, t->tcp_syn_cookie_tx - f->cookies);
+    MX_STATS_ADD(NIC_RX_PACKETS, q.rx - f->rx);
+    MX_STATS_ADD(NIC_TX_PACKETS, q.tx - f->tx);
+    f->retrans = t->tcp_retrans;
+    f->drops = drops;
+    f->cookies = t->tcp_syn_cookie_tx;
+    f->rx = q.rx;
+    f->tx = q.tx;
+    /* The port's missed count is port-wide and a driver call: worker 0, once a second. */
+    if (w->index == 0 && w->now_ms >= f->next_port_ms) {
+        f->next_port_ms = w->now_ms + 1000;
+        uint64_t missed;
+        if (mx_dpdk_port_rx_missed(&missed) == 0 && missed >= f->missed) {
+            MX_STATS_ADD(NIC_RX_MISSED, missed - f->missed);
+            f->missed = missed;
+        }
+    }
+}
+
 /* Backend "dpdk": the port (from EAL arguments) and one TCP stack per worker. */
 static int mx_dpdk_backend_init(const struct mx_dataplane_params *p)
 {
@@ -157,6 +210,25 @@ static int mx_dpdk_backend_init(const struct mx_dataplane_params *p)
             return -EAFNOSUPPORT;
         }
     mx_tcp_config_default(&dp.tcp);
+    const struct mx_dataplane_impair *im = &p->impair;
+    if (im->drop < 0 || im->drop > 100 || im->reorder < 0 || im->reorder > 100 ||
+        im->duplicate < 0 || im->duplicate > 100) {
+        fprintf(stderr, "mxgate[dataplane]: dataplane.impair percentages must be 0..100\n");
+        return -EINVAL;
+    }
+    dp.impair = (struct mx_dpdk_impair){.drop = im->drop / 100.0,
+                                        .reorder = im->reorder / 100.0,
+                                        .duplicate = im->duplicate / 100.0,
+                                        .delay_ms = im->delay_ms,
+                                        .seed = im->seed};
+    if (im->drop > 0 || im->reorder > 0 || im->duplicate > 0 || im->delay_ms)
+        /* loud on purpose: an impaired port must never pass for a healthy one */
+        fprintf(stderr,
+                "mxgate[dataplane]: IMPAIRMENT ON (tests only): drop %.2f%% reorder %.2f%% "
+                "duplicate %.2f%% delay %u ms seed %llu, both directions\n",
+                im->drop, im->reorder, im->duplicate, im->delay_ms,
+                (unsigned long long)im->seed);
+    memset(dpdk_fed, 0, sizeof dpdk_fed);
     int rc = mx_dpdk_init(&dp);
     if (rc < 0)
         fprintf(stderr, "mxgate[dataplane]: DPDK port set-up failed: %s\n", strerror(-rc));
@@ -410,6 +482,7 @@ static int worker_main(void *arg)
             /* Poll the port; only an idle port lets the loop sleep (1 ms). */
             unsigned got = mx_dpdk_poll(w->index, w->now_ms);
             w->wake_within_ms = got ? 0 : 1;
+            dpdk_feed_stats(w);
         }
         wait_for_work(w);
         uint64_t busy_from = mx_dp_monotonic_us();

@@ -137,6 +137,17 @@ struct mx_dataplane_params {
     unsigned uring_entries; /**< per worker; 0 = 1024 */
     const char *dpdk_address; /**< backend "dpdk": our IPv4 "10.0.0.2/24" */
     const char *dpdk_gateway; /**< backend "dpdk": next hop, or NULL */
+    /**
+     * Backend "dpdk": seeded fault injection on the port, both directions
+     * (config dataplane.impair). Percentages 0..100; all zero = off.
+     */
+    struct mx_dataplane_impair {
+        double drop;       /**< percent of frames dropped */
+        double reorder;    /**< percent held back behind the next frame */
+        double duplicate;  /**< percent sent twice */
+        unsigned delay_ms; /**< added one-way delay */
+        uint64_t seed;     /**< generator seed; 0 counts as 1 */
+    } impair;
 };
 
 struct mx_sockaddr;

@@ -500,6 +500,18 @@ void mx_dpdk_queue_stats(unsigned q, struct mx_dpdk_queue_stats *out)
         memset(out, 0, sizeof *out);
 }
 
+int mx_dpdk_port_rx_missed(uint64_t *out)
+{
+    if (!g.up)
+        return -ENODEV;
+    struct rte_eth_stats es;
+    int rc = rte_eth_stats_get(g.port, &es);
+    if (rc)
+        return rc;
+    *out = es.imissed;
+    return 0;
+}
+
 void mx_dpdk_fini(void)
 {
     if (g.up) {

@@ -236,6 +236,13 @@ unsigned mx_dpdk_poll(unsigned q, uint64_t now_ms);
 /** Counters of queue q. */
 void mx_dpdk_queue_stats(unsigned q, struct mx_dpdk_queue_stats *out);
 
+/**
+ * Frames the port itself dropped on receive (rte_eth_stats imissed: no free
+ * RX descriptor), port-wide since start.
+ * @return 0 with *out set, or -errno from the driver (-ENODEV when not up)
+ */
+int mx_dpdk_port_rx_missed(uint64_t *out);
+
 /** Stop the port, free the stacks and pools. */
 void mx_dpdk_fini(void);
 
