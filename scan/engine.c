@@ -51,12 +51,21 @@ struct group {
     size_t nexists;
 };
 
+/* value kinds for the end-of-message evaluation */
+enum vkind { VK_ZERO, VK_COUNT, VK_META };
+
 struct erule {
     uint8_t scope;
     uint8_t how;
     bool runs;              /* counts in the verdict (score != 0 or sub rule) */
+    uint8_t vkind;          /* enum vkind */
+    bool multiple;          /* tflags multiple: the value is the count */
+    uint32_t maxhits;
     int group;
     pcre2_code *pc;
+    /* meta program (points into the rule set) */
+    const struct mx_meta_tok *meta;
+    uint32_t nmeta;
 };
 
 struct skipped {
@@ -69,9 +78,14 @@ struct mx_scan_engine {
     struct group *g;
     size_t ng;
     int dlp_g;         /* DLP dictionary database (block mode) */
+    bool legacy_layout; /* layout 1 (for the parity test): 48 per scope, no classes */
     bool has_full;     /* some `full` rule: keep the raw message for PCRE2 */
     uint32_t *metas, *dlps, *attachs, *mimehdrs;
     size_t nmetas, ndlps, nattachs, nmimehdrs;
+    uint16_t *mh_namelen; /* per mimeheader rule: length of the header name */
+    bool *mh_raw;         /* per mimeheader rule: ":raw" (no decoding) */
+    uint32_t *report; /* rules a verdict can report (not sub, not skipped, running) */
+    size_t nreport;
     /* dlp dictionary terms: HS id = term number */
     uint32_t *term_rule;
     double *term_weight;
@@ -144,16 +158,42 @@ static int add_u32(uint32_t **a, size_t *n, uint32_t v)
     return 0;
 }
 
-/* Patterns per database: compile time grows much faster than linearly with
- * the pattern count (and a "pattern too large" retry recompiles the group),
- * so scopes are split into databases of at most this many patterns. */
+/*
+ * Database organisation (LAYOUT_VERSION goes into the cache key, so a cache
+ * written for another organisation is never loaded).
+ *
+ * Measured with tests/scan/scan_prof on the shared corpus (docs/SCAN.md):
+ * every stream database costs a pass over the text however few of its
+ * patterns are benign, and the cost of a database is close to the sum of
+ * its slowest members. So stream scopes (body, raw body, full) sort their
+ * patterns into classes, each in databases of its own size:
+ *   "main"      exact patterns counted once: most are literal-led and cheap
+ *               together, so few large databases (fewer passes);
+ *   "prefilter" prefilter approximations (lookaround, backreferences, big
+ *               bounded repeats): literal-poor automata, slow, quarantined;
+ *   "count"     exact `multiple` rules: a callback per match (one matched
+ *               35,000 times per corpus pass), kept apart so the others'
+ *               databases stay callback-free.
+ * Header targets and URIs are scanned in block mode over short strings:
+ * one class, databases of GROUP_MAX.
+ * Compile time grows much faster than linearly with the pattern count (and a
+ * "pattern too large" retry recompiles the group), which bounds the sizes.
+ */
+#define LAYOUT_VERSION 2
 #define GROUP_MAX 48
+#define GROUP_MAX_MAIN 160
 
-static int group_for(struct mx_scan_engine *e, enum scope sc, const char *target)
+static int group_for(struct mx_scan_engine *e, enum scope sc, const char *target,
+                     const char *kind)
 {
+    bool stream = sc == SC_BODY || sc == SC_RAWBODY || sc == SC_FULL;
+    if (!stream || e->legacy_layout)
+        kind = NULL;
+    size_t max = kind && strcmp(kind, "main") == 0 ? GROUP_MAX_MAIN : GROUP_MAX;
     for (size_t i = 0; i < e->ng; i++)
-        if (e->g[i].scope == sc && (sc == SC_DLP || e->g[i].nrules + e->g[i].npcre < GROUP_MAX) &&
-            (sc != SC_HEADER || strcmp(e->g[i].target, target) == 0))
+        if (e->g[i].scope == sc && (sc == SC_DLP || e->g[i].nrules + e->g[i].npcre < max) &&
+            (sc != SC_HEADER || strcmp(e->g[i].target, target) == 0) &&
+            (e->g[i].kind == kind || (kind && e->g[i].kind && strcmp(e->g[i].kind, kind) == 0)))
             return (int)i;
     struct group *ng = realloc(e->g, (e->ng + 1) * sizeof *ng);
     if (!ng)
@@ -162,6 +202,7 @@ static int group_for(struct mx_scan_engine *e, enum scope sc, const char *target
     memset(&e->g[e->ng], 0, sizeof *ng);
     e->g[e->ng].scope = sc;
     e->g[e->ng].target = dupz(target ? target : "");
+    e->g[e->ng].kind = kind;
     return (int)e->ng++;
 }
 
@@ -216,6 +257,85 @@ static unsigned long big_repeat(const char *re)
             worst = lo > worst ? lo : hi > worst ? hi : worst;
     }
     return worst;
+}
+
+char *mx_scan_relax_repeats(const char *re, unsigned max, bool extended)
+{
+    size_t n = strlen(re);
+    char *out = malloc(n + 1); /* never longer: "{m,n}" -> "{k,}" with k <= m */
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    bool in_class = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = re[i];
+        if (c == '\\' && i + 1 < n) {
+            /* \Q...\E quotes a literal run */
+            if (re[i + 1] == 'Q') {
+                const char *e = strstr(re + i + 2, "\\E");
+                size_t end = e ? (size_t)(e - re) + 2 : n;
+                memcpy(out + o, re + i, end - i);
+                o += end - i;
+                i = end - 1;
+                continue;
+            }
+            out[o++] = c;
+            out[o++] = re[++i];
+            continue;
+        }
+        if (in_class) {
+            /* "[]" and "[^]" start with a literal ']' */
+            if (c == ']')
+                in_class = false;
+            out[o++] = c;
+            continue;
+        }
+        if (c == '[') {
+            out[o++] = c;
+            if (i + 1 < n && re[i + 1] == '^')
+                out[o++] = re[++i];
+            if (i + 1 < n && re[i + 1] == ']')
+                out[o++] = re[++i];
+            in_class = true;
+            continue;
+        }
+        if (c == '(' && i + 2 < n && re[i + 1] == '?' && re[i + 2] == '#') {
+            const char *e = strchr(re + i, ')');
+            size_t end = e ? (size_t)(e - re) + 1 : n;
+            memcpy(out + o, re + i, end - i);
+            o += end - i;
+            i = end - 1;
+            continue;
+        }
+        if (extended && c == '#') {
+            const char *e = strchr(re + i, '\n');
+            size_t end = e ? (size_t)(e - re) : n;
+            memcpy(out + o, re + i, end - i);
+            o += end - i;
+            i = end - 1;
+            continue;
+        }
+        if (c == '{' && i + 1 < n && isdigit((unsigned char)re[i + 1])) {
+            char *end;
+            unsigned long lo = strtoul(re + i + 1, &end, 10), hi = lo;
+            bool open = false;
+            if (*end == ',') {
+                if (isdigit((unsigned char)end[1]))
+                    hi = strtoul(end + 1, &end, 10);
+                else
+                    open = true, end++;
+            }
+            if (*end == '}' && (open ? false : hi > max)) {
+                unsigned long k = lo < max ? lo : max;
+                o += (size_t)sprintf(out + o, "{%lu,}", k);
+                i = (size_t)(end - re);
+                continue;
+            }
+        }
+        out[o++] = c;
+    }
+    out[o] = 0;
+    return out;
 }
 
 /* Decide how each regex rule runs. */
@@ -286,11 +406,11 @@ static int classify(struct mx_scan_engine *e)
             e->st.zero_score++;
             continue;
         }
-        int g = group_for(e, sc, r->target);
-        if (g < 0)
-            return g;
-        er->group = g;
+        int g;
         if (r->exists) {
+            if ((g = group_for(e, sc, r->target, "main")) < 0)
+                return g;
+            er->group = g;
             er->how = HOW_NONE;
             if (add_u32(&e->g[g].exists, &e->g[g].nexists, (uint32_t)i))
                 return -ENOMEM;
@@ -337,6 +457,12 @@ static int classify(struct mx_scan_engine *e)
             e->st.skipped++;
             continue;
         }
+        const char *kind = er->how == HOW_PREFILTER                          ? "prefilter"
+                           : er->how == HOW_HS && (r->tflags & MX_TF_MULTIPLE) ? "count"
+                                                                               : "main";
+        if ((g = group_for(e, sc, r->target, kind)) < 0)
+            return g;
+        er->group = g;
         if (er->how == HOW_HS || er->how == HOW_PREFILTER) {
             if (add_u32(&e->g[g].rules, &e->g[g].nrules, (uint32_t)i))
                 return -ENOMEM;
@@ -344,6 +470,35 @@ static int classify(struct mx_scan_engine *e)
             if (add_u32(&e->g[g].pcre, &e->g[g].npcre, (uint32_t)i))
                 return -ENOMEM;
         }
+    }
+    e->mh_namelen = calloc(e->nmimehdrs + 1, sizeof *e->mh_namelen);
+    e->mh_raw = calloc(e->nmimehdrs + 1, sizeof *e->mh_raw);
+    if (!e->mh_namelen || !e->mh_raw)
+        return -ENOMEM;
+    for (size_t k = 0; k < e->nmimehdrs; k++) {
+        const char *t = rs->rules[e->mimehdrs[k]].target;
+        const char *colon = strchr(t, ':');
+        size_t tl = colon ? (size_t)(colon - t) : strlen(t);
+        e->mh_namelen[k] = (uint16_t)(tl < UINT16_MAX ? tl : UINT16_MAX);
+        e->mh_raw[k] = colon && strcmp(colon, ":raw") == 0;
+    }
+    /* compact evaluation data (see rule_value()) */
+    for (size_t i = 0; i < rs->nrules; i++) {
+        struct mx_rule *r = &rs->rules[i];
+        struct erule *er = &e->er[i];
+        er->multiple = (r->tflags & MX_TF_MULTIPLE) != 0;
+        er->maxhits = r->maxhits;
+        if (!er->runs || r->type == MX_RULE_NONE || r->type == MX_RULE_SKIPPED)
+            er->vkind = VK_ZERO;
+        else if (r->type == MX_RULE_META)
+            er->vkind = r->meta ? VK_META : VK_ZERO;
+        else
+            er->vkind = VK_COUNT;
+        er->meta = r->meta;
+        er->nmeta = (uint32_t)r->nmeta;
+        if (r->type != MX_RULE_NONE && r->type != MX_RULE_SKIPPED && !mx_rule_is_sub(r) &&
+            er->runs && add_u32(&e->report, &e->nreport, (uint32_t)i))
+            return -ENOMEM;
     }
     return 0;
 }
@@ -490,7 +645,10 @@ static void cache_key(struct mx_scan_engine *e, char hex[65])
     unsigned mdl = 0;
     EVP_DigestInit_ex(c, EVP_sha256(), NULL);
     const char *v = hs_version();
-    EVP_DigestUpdate(c, "mxscan-db-v1", 12);
+    /* the organisation's version: a cache of another layout never loads */
+    char lv[32];
+    int lvn = snprintf(lv, sizeof lv, "mxscan-db-v1 layout %d", e->legacy_layout ? 1 : LAYOUT_VERSION);
+    EVP_DigestUpdate(c, lv, (size_t)lvn);
     EVP_DigestUpdate(c, v, strlen(v));
     for (size_t i = 0; i < e->ng; i++) {
         struct pats p = {0};
@@ -498,6 +656,8 @@ static void cache_key(struct mx_scan_engine *e, char hex[65])
         unsigned hdr[2] = {(unsigned)e->g[i].scope, group_mode(&e->g[i])};
         EVP_DigestUpdate(c, hdr, sizeof hdr);
         EVP_DigestUpdate(c, e->g[i].target, strlen(e->g[i].target) + 1);
+        const char *kind = e->g[i].kind ? e->g[i].kind : "";
+        EVP_DigestUpdate(c, kind, strlen(kind) + 1);
         for (size_t k = 0; k < p.n; k++) {
             EVP_DigestUpdate(c, &p.flags[k], sizeof p.flags[k]);
             EVP_DigestUpdate(c, &p.ids[k], sizeof p.ids[k]);
@@ -618,6 +778,24 @@ static void cache_store(struct mx_scan_engine *e, const char *path)
         unlink(tmp);
 }
 
+/* mkdir -p: a cache dir such as <repo>/build-cache/hs may lack its parent */
+static void mkdir_parents(const char *dir)
+{
+    char p[4096];
+    size_t n = strlen(dir);
+    if (n >= sizeof p)
+        return;
+    memcpy(p, dir, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (p[i] == '/' || p[i] == 0) {
+            char c = p[i];
+            p[i] = 0;
+            mkdir(p, 0755);
+            p[i] = c;
+        }
+    }
+}
+
 static int build_dbs(struct mx_scan_engine *e)
 {
     /* DLP dictionary terms share one block database */
@@ -636,7 +814,7 @@ static int build_dbs(struct mx_scan_engine *e)
                 e->term_weight[k] = r->terms[t].weight;
             }
         }
-        int g = group_for(e, SC_DLP, NULL);
+        int g = group_for(e, SC_DLP, NULL, NULL);
         if (g < 0)
             return g;
     }
@@ -661,7 +839,7 @@ static int build_dbs(struct mx_scan_engine *e)
                 return rc;
         }
         if (e->o.cache_dir) {
-            mkdir(e->o.cache_dir, 0755);
+            mkdir_parents(e->o.cache_dir);
             cache_store(e, path);
         }
     }
@@ -705,11 +883,20 @@ static int fail(char **err, int rc, const char *fmt, const char *a)
 
 int mx_scan_engine_load(const struct mx_scan_opts *o, struct mx_scan_engine **out, char **err)
 {
+    return mx_scan_engine_load_layout(o, LAYOUT_VERSION, out, err);
+}
+
+int mx_scan_engine_load_layout(const struct mx_scan_opts *o, int layout,
+                               struct mx_scan_engine **out, char **err)
+{
     if (err)
         *err = NULL;
+    if (layout != 1 && layout != LAYOUT_VERSION)
+        return fail(err, -EINVAL, "%s", "unknown database layout");
     struct mx_scan_engine *e = calloc(1, sizeof *e);
     if (!e)
         return -ENOMEM;
+    e->legacy_layout = layout == 1;
     e->o = *o;
     if (e->o.threshold == 0)
         e->o.threshold = 5.0;
@@ -768,6 +955,9 @@ void mx_scan_engine_free(struct mx_scan_engine *e)
     free(e->dlps);
     free(e->attachs);
     free(e->mimehdrs);
+    free(e->report);
+    free(e->mh_namelen);
+    free(e->mh_raw);
     free(e->term_rule);
     free(e->term_weight);
     free(e->skips);
@@ -837,6 +1027,17 @@ int mx_scan_engine_dbpattern(const struct mx_scan_engine *e, size_t i, size_t k,
     }
     pats_free(&p);
     return rc;
+}
+
+const void *mx_scan_engine_rule_pcre(const struct mx_scan_engine *e, size_t ri)
+{
+    return ri < e->rs.nrules ? e->er[ri].pc : NULL;
+}
+
+int mx_scan_engine_rule_how(const struct mx_scan_engine *e, size_t ri)
+{
+    static const char how[] = {0, 'h', 'f', 'p'};
+    return ri < e->rs.nrules ? how[e->er[ri].how] : 0;
 }
 
 const struct mx_ruleset *mx_scan_engine_rules(const struct mx_scan_engine *e)
@@ -1019,10 +1220,10 @@ void mx_scan_worker_set_prof(struct mx_scan_worker *w, struct mx_scan_prof *p)
     w->prof = p;
 }
 
-static uint64_t mono_ns(void)
+static uint64_t cpu_ns(void)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
@@ -1053,6 +1254,9 @@ static void cap_end(struct mx_scan_capture *c)
     c->ends[c->nends++] = c->len;
 }
 
+/* (thread CPU time: the profile must not count time other processes held
+ * the core) */
+
 /* One Hyperscan call on database gi: a stream write (stream != NULL), a
  * stream end (s == NULL) or a block scan; timed and captured when a profile
  * is attached, so the tool sees exactly the calls the engine makes. */
@@ -1062,7 +1266,7 @@ static void hs_call(struct mx_scan_msg *m, size_t gi, hs_stream_t *stream, const
     struct mx_scan_worker *w = m->w;
     const hs_database_t *db = w->e->g[gi].db;
     struct mx_scan_prof *p = w->prof;
-    uint64_t t0 = p ? mono_ns() : 0;
+    uint64_t t0 = p ? cpu_ns() : 0;
     if (stream && s)
         hs_scan_stream(stream, s, (unsigned)n, 0, w->scratch, cb, m);
     else if (stream)
@@ -1071,7 +1275,7 @@ static void hs_call(struct mx_scan_msg *m, size_t gi, hs_stream_t *stream, const
         hs_scan(db, s, (unsigned)n, 0, w->scratch, cb, m);
     if (!p)
         return;
-    p->db_ns[gi] += mono_ns() - t0;
+    p->db_ns[gi] += cpu_ns() - t0;
     p->db_calls[gi]++;
     p->db_bytes[gi] += s ? n : 0;
     if (p->capture && s)
@@ -1427,11 +1631,11 @@ static void on_header(void *ud, const struct mx_mime_part *p, const char *name, 
     for (size_t k = 0; k < e->nmimehdrs; k++) {
         uint32_t ri = e->mimehdrs[k];
         const struct mx_rule *r = &e->rs.rules[ri];
-        const char *colon = strchr(r->target, ':');
-        size_t tl = colon ? (size_t)(colon - r->target) : strlen(r->target);
-        if (tl != nl || strncasecmp(r->target, name, nl) != 0 || m->count[ri])
+        /* every header of every part meets every mimeheader rule: compare
+         * the precomputed name length first */
+        if (e->mh_namelen[k] != nl || m->count[ri] || strncasecmp(r->target, name, nl) != 0)
             continue;
-        if (colon && strcmp(colon, ":raw") == 0) {
+        if (e->mh_raw[k]) {
             m->count[ri] = pcre2_match(e->er[ri].pc, (PCRE2_SPTR)v, vl, 0, 0, m->w->md, NULL) >= 0;
         } else {
             char tmp[4096];
@@ -1690,7 +1894,13 @@ static bool pcre_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_t n
     pcre2_code *pc = m->w->e->er[ri].pc;
     if (!pc)
         return false;
+    struct mx_scan_prof *p = m->w->prof;
+    uint64_t t0 = p ? cpu_ns() : 0;
     int rc = pcre2_match(pc, (PCRE2_SPTR)s, n, 0, 0, m->w->md, NULL);
+    if (p) {
+        p->r_pcre_ns[ri] += cpu_ns() - t0;
+        p->r_pcre_calls[ri]++;
+    }
     return rc >= 0;
 }
 
@@ -2047,23 +2257,23 @@ static void run_dlp(struct mx_scan_msg *m)
     }
 }
 
+/* Reads only the compact erule array (not the rule set's big structs):
+ * evaluated for every rule of every message, it was the hottest function
+ * outside Hyperscan. */
 static double rule_value(struct mx_scan_msg *m, uint32_t ri, int depth)
 {
-    struct mx_scan_engine *e = m->w->e;
-    const struct mx_rule *r = &e->rs.rules[ri];
+    const struct erule *er = &m->w->e->er[ri];
     if (m->vstate[ri] == 2)
         return m->val[ri];
     if (m->vstate[ri] == 1 || depth > 64)
         return 0; /* cycle */
     double v = 0;
-    if (!e->er[ri].runs) {
-        v = 0;
-    } else if (r->type == MX_RULE_META && r->meta) {
+    if (er->vkind == VK_META) {
         m->vstate[ri] = 1;
         double st[128];
         int sp = 0;
-        for (size_t k = 0; k < r->nmeta && sp < 128; k++) {
-            const struct mx_meta_tok *t = &r->meta[k];
+        for (size_t k = 0; k < er->nmeta && sp < 128; k++) {
+            const struct mx_meta_tok *t = &er->meta[k];
             double a, b;
             switch (t->op) {
             case MX_MOP_RULE:
@@ -2122,19 +2332,36 @@ static double rule_value(struct mx_scan_msg *m, uint32_t ri, int depth)
             st[sp - 1] = a;
         }
         v = sp ? st[sp - 1] : 0;
-    } else if (r->type == MX_RULE_HEADER || r->type == MX_RULE_BODY ||
-               r->type == MX_RULE_RAWBODY || r->type == MX_RULE_URI || r->type == MX_RULE_FULL ||
-               r->type == MX_RULE_DLP || r->type == MX_RULE_ATTACH ||
-               r->type == MX_RULE_MIMEHEADER) {
+    } else if (er->vkind == VK_COUNT) {
         unsigned c = m->count[ri];
-        if (r->tflags & MX_TF_MULTIPLE)
-            v = r->maxhits && c > r->maxhits ? r->maxhits : c;
+        if (er->multiple)
+            v = er->maxhits && c > er->maxhits ? er->maxhits : c;
         else
             v = c > 0;
     }
     m->val[ri] = (float)v;
     m->vstate[ri] = 2;
     return v;
+}
+
+double mx_scan_msg_rule_value(struct mx_scan_msg *m, size_t ri)
+{
+    if (!m->ended || ri >= m->w->e->rs.nrules)
+        return 0;
+    return rule_value(m, (uint32_t)ri, 0);
+}
+
+int mx_scan_msg_kept(const struct mx_scan_msg *m, const char *scope, const char **s, size_t *n)
+{
+    if (strcmp(scope, "body") == 0)
+        *s = m->body, *n = m->blen;
+    else if (strcmp(scope, "rawbody") == 0)
+        *s = m->raw, *n = m->rlen;
+    else if (strcmp(scope, "full") == 0 && m->full)
+        *s = m->full, *n = m->flen;
+    else
+        return -ENOENT;
+    return 0;
 }
 
 static int cmp_hit(const void *a, const void *b)
@@ -2175,12 +2402,10 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
     double score = 0;
     unsigned flags = m->flags;
     m->nhits = 0;
-    for (size_t i = 0; i < e->rs.nrules; i++) {
+    for (size_t k = 0; k < e->nreport; k++) {
+        uint32_t i = e->report[k];
         const struct mx_rule *r = &e->rs.rules[i];
-        if (r->type == MX_RULE_NONE || r->type == MX_RULE_SKIPPED || mx_rule_is_sub(r) ||
-            !e->er[i].runs)
-            continue;
-        if (rule_value(m, (uint32_t)i, 0) == 0)
+        if (rule_value(m, i, 0) == 0)
             continue;
         m->hits[m->nhits++] = r->name;
         score += r->score;

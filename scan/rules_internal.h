@@ -166,6 +166,8 @@ static inline bool mx_rule_is_sub(const struct mx_rule *r)
 
 struct mx_scan_engine;
 struct mx_scan_worker;
+struct mx_scan_opts;
+struct mx_scan_msg;
 
 /** One compiled database as the engine organised it. */
 struct mx_scan_dbview {
@@ -178,6 +180,24 @@ struct mx_scan_dbview {
     const uint32_t *ids;  /* rule index of each pattern (pattern id) */
     size_t npcre;         /* rules of this database run by PCRE2 alone */
 };
+
+/**
+ * A necessary condition for regex `re`, for Hyperscan: every bounded repeat
+ * whose upper bound is above `max` becomes unbounded ({m,n} -> {min(m,max),}),
+ * and {m} with m above max becomes {max,}. Anything `re` matches, the result
+ * matches too. Escapes, character classes and (/x) comments are left alone.
+ * Returns a malloc'd string, or NULL on allocation failure.
+ */
+char *mx_scan_relax_repeats(const char *re, unsigned max, bool extended);
+
+/**
+ * mx_scan_engine_load() with a chosen database organisation: 1 is the
+ * original one (databases of 48 patterns per scope, no classes), kept so a
+ * test can prove the current one (2) gives exactly the same hits.
+ * Returns what mx_scan_engine_load() does, or -EINVAL for another layout.
+ */
+int mx_scan_engine_load_layout(const struct mx_scan_opts *o, int layout,
+                               struct mx_scan_engine **out, char **err);
 
 /** Number of databases (groups) of the engine. */
 size_t mx_scan_engine_ndbs(const struct mx_scan_engine *e);
@@ -192,6 +212,12 @@ int mx_scan_engine_dbview(const struct mx_scan_engine *e, size_t i, struct mx_sc
 int mx_scan_engine_dbpattern(const struct mx_scan_engine *e, size_t i, size_t k, char **expr,
                              unsigned *flags);
 
+/** The PCRE2 program (pcre2_code *) of rule ri, or NULL. */
+const void *mx_scan_engine_rule_pcre(const struct mx_scan_engine *e, size_t ri);
+
+/** How rule ri runs: 'h' Hyperscan exact, 'f' prefilter + PCRE2, 'p' PCRE2 only, 0 not a regex. */
+int mx_scan_engine_rule_how(const struct mx_scan_engine *e, size_t ri);
+
 /** The engine's rule set (names, types, tflags). */
 const struct mx_ruleset *mx_scan_engine_rules(const struct mx_scan_engine *e);
 
@@ -204,6 +230,7 @@ const struct mx_ruleset *mx_scan_engine_rules(const struct mx_scan_engine *e);
 struct mx_scan_prof {
     uint64_t *db_ns, *db_calls, *db_bytes;
     uint64_t *r_matches;
+    uint64_t *r_pcre_ns, *r_pcre_calls; /* PCRE2 confirmations per rule */
     bool capture;
     /* per database: input bytes and the end offset of each scan unit (one
      * message's stream, or one block) */
@@ -214,6 +241,19 @@ struct mx_scan_prof {
         size_t nends, ecap;
     } *cap;
 };
+
+/**
+ * After mx_scan_msg_end(): the value of rule ri for this message (a hit
+ * count, or a meta's value; 0 for rules that did not hit or do not run),
+ * sub-rules (`__`) included.
+ */
+double mx_scan_msg_rule_value(struct mx_scan_msg *m, size_t ri);
+
+/**
+ * After mx_scan_msg_end(): the text kept for PCRE2 of a stream scope,
+ * "body" (rendered text), "rawbody" or "full". Returns 0, or -ENOENT.
+ */
+int mx_scan_msg_kept(const struct mx_scan_msg *m, const char *scope, const char **s, size_t *n);
 
 /** Attach (or detach with NULL) a profile to a worker. */
 void mx_scan_worker_set_prof(struct mx_scan_worker *w, struct mx_scan_prof *p);

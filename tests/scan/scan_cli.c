@@ -2,8 +2,12 @@
  * scan_cli.c - developer tool: loads rule paths, prints the load statistics
  * and the skipped rules (-v), then scans each message file (fed in 4 KiB
  * chunks) and prints score, verdict and rules hit.
- * usage: scan_cli [-c CACHE_DIR] [-v] -r RULES [-r RULES...] FILE...
+ * usage: scan_cli [-c CACHE_DIR] [-v] [-l] -r RULES [-r RULES...] FILE...
+ *   -l: also list every rule as "rule NAME KIND", KIND one of header body
+ *       rawbody uri full mimeheader meta dlp attachment skipped (does not
+ *       run: eval, network, ...) or zero (score 0, does not run)
  */
+#include "scan/rules_internal.h"
 #include "scan/scan.h"
 
 #include <stdio.h>
@@ -16,14 +20,16 @@ int main(int argc, char **argv)
     const char *rules[16];
     size_t nr = 0;
     const char *cache = NULL;
-    int verbose = 0, c;
-    while ((c = getopt(argc, argv, "r:c:v")) != -1) {
+    int verbose = 0, list = 0, c;
+    while ((c = getopt(argc, argv, "r:c:vl")) != -1) {
         if (c == 'r' && nr < 16)
             rules[nr++] = optarg;
         else if (c == 'c')
             cache = optarg;
         else if (c == 'v')
             verbose++;
+        else if (c == 'l')
+            list = 1;
         else
             return 2;
     }
@@ -46,6 +52,25 @@ int main(int argc, char **argv)
         const char *n, *why;
         for (size_t i = 0; mx_scan_engine_skipped(e, i, &n, &why) == 0; i++)
             printf("skipped %s: %s\n", n, why);
+    }
+    if (list) {
+        static const char *const kinds[] = {"none", "header", "body", "rawbody", "uri", "full",
+                                            "meta", "dlp", "attachment", "mimeheader", "skipped"};
+        const struct mx_ruleset *rs = mx_scan_engine_rules(e);
+        for (size_t i = 0; i < rs->nrules; i++) {
+            const struct mx_rule *r = &rs->rules[i];
+            bool regex = r->type == MX_RULE_HEADER || r->type == MX_RULE_BODY ||
+                         r->type == MX_RULE_RAWBODY || r->type == MX_RULE_URI ||
+                         r->type == MX_RULE_FULL || r->type == MX_RULE_MIMEHEADER;
+            const char *k = r->type <= MX_RULE_SKIPPED ? kinds[r->type] : "?";
+            if (r->skip)
+                k = "skipped";
+            else if (r->score == 0 && !mx_rule_is_sub(r))
+                k = "zero";
+            else if (regex && !mx_scan_engine_rule_how(e, i) && !r->exists)
+                k = "skipped";
+            printf("rule %s %s\n", r->name, k);
+        }
     }
     struct mx_scan_worker *w = mx_scan_worker_new(e);
     if (!w)

@@ -10,12 +10,16 @@
  *   - with -s, through every pattern compiled alone with the same flags and
  *     mode, printing the slowest patterns and those with the most callbacks.
  *
- * usage: scan_prof [-c CACHE] [-s] [-n TOP] -r RULES [-r RULES...] CORPUS...
+ * usage: scan_prof [-c CACHE] [-L LAYOUT] [-s] [-n TOP] [-x RULE] -r RULES [-r RULES...] CORPUS...
+ *   -L 1: the original database organisation (see engine.c LAYOUT_VERSION)
+ *   -x RULE: that rule's pattern alone as is, exact, relaxed, relaxed prefilter
  */
 #include "scan/rules_internal.h"
 #include "scan/scan.h"
 
+#define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
+#include <pcre2.h>
 #include <ftw.h>
 #include <hs/hs.h>
 #include <stdio.h>
@@ -60,10 +64,12 @@ static int add_file(const char *path, const struct stat *sb, int type, struct FT
     return 0;
 }
 
+/* CPU time of this thread: the machine is shared, and wall time counts the
+ * time other processes held the core */
 static double now(void)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
@@ -80,8 +86,8 @@ static int count_cb(unsigned id, unsigned long long from, unsigned long long to,
 
 /* Replay a capture through db the way the engine called it; returns seconds
  * and the number of match callbacks in *matches. */
-static double replay(const hs_database_t *db, bool stream, const struct mx_scan_capture *c,
-                     hs_scratch_t *scratch, uint64_t *matches)
+static double replay1(const hs_database_t *db, bool stream, const struct mx_scan_capture *c,
+                      hs_scratch_t *scratch, uint64_t *matches)
 {
     *matches = 0;
     double t0 = now();
@@ -106,9 +112,41 @@ static double replay(const hs_database_t *db, bool stream, const struct mx_scan_
     return now() - t0;
 }
 
+/* PCRE2 over the same units (a match or not per unit, as the engine
+ * confirms); returns seconds, units matched in *hits */
+static double replay_pcre(const pcre2_code *pc, const struct mx_scan_capture *c,
+                          pcre2_match_data *md, uint64_t *hits)
+{
+    *hits = 0;
+    double t0 = now();
+    size_t start = 0;
+    for (size_t u = 0; u < c->nends; u++) {
+        size_t end = c->ends[u];
+        *hits += pcre2_match(pc, (PCRE2_SPTR)c->buf + start, end - start, 0, 0, md, NULL) >= 0;
+        start = end;
+    }
+    return now() - t0;
+}
+
+/* best of three replays: the least disturbed one */
+static double replay(const hs_database_t *db, bool stream, const struct mx_scan_capture *c,
+                     hs_scratch_t *scratch, uint64_t *matches)
+{
+    double best = -1;
+    for (int i = 0; i < 3; i++) {
+        double t = replay1(db, stream, c, scratch, matches);
+        if (best < 0 || t < best)
+            best = t;
+    }
+    return best;
+}
+
 struct single {
     const char *name;
     size_t db;
+    int how;
+    double pcre_s;
+    uint64_t pcre_hits;
     double s;
     uint64_t matches;
     size_t state;
@@ -132,7 +170,9 @@ int main(int argc, char **argv)
     size_t nr = 0;
     const char *cache = NULL;
     int singles = 0, top = 25, c;
-    while ((c = getopt(argc, argv, "r:c:sn:")) != -1) {
+    const char *exact = NULL;
+    int layout = 2;
+    while ((c = getopt(argc, argv, "r:c:sn:x:L:")) != -1) {
         if (c == 'r' && nr < 16)
             rules[nr++] = optarg;
         else if (c == 'c')
@@ -141,6 +181,10 @@ int main(int argc, char **argv)
             singles = 1;
         else if (c == 'n')
             top = atoi(optarg);
+        else if (c == 'x')
+            exact = optarg;
+        else if (c == 'L')
+            layout = atoi(optarg);
         else
             return 2;
     }
@@ -149,7 +193,7 @@ int main(int argc, char **argv)
     struct mx_scan_opts o = {.rule_paths = rules, .n_rule_paths = nr, .cache_dir = cache};
     struct mx_scan_engine *e;
     char *err = NULL;
-    if (mx_scan_engine_load(&o, &e, &err) != 0) {
+    if (mx_scan_engine_load_layout(&o, layout, &e, &err) != 0) {
         fprintf(stderr, "load: %s\n", err ? err : "?");
         return 1;
     }
@@ -160,10 +204,13 @@ int main(int argc, char **argv)
     p.db_calls = calloc(ndb, sizeof *p.db_calls);
     p.db_bytes = calloc(ndb, sizeof *p.db_bytes);
     p.r_matches = calloc(rs->nrules + 1, sizeof *p.r_matches);
+    p.r_pcre_ns = calloc(rs->nrules + 1, sizeof *p.r_pcre_ns);
+    p.r_pcre_calls = calloc(rs->nrules + 1, sizeof *p.r_pcre_calls);
     p.cap = calloc(ndb, sizeof *p.cap);
     p.capture = true;
     struct mx_scan_worker *w = mx_scan_worker_new(e);
-    if (!w || !p.db_ns || !p.db_calls || !p.db_bytes || !p.r_matches || !p.cap)
+    if (!w || !p.db_ns || !p.db_calls || !p.db_bytes || !p.r_matches || !p.cap || !p.r_pcre_ns ||
+        !p.r_pcre_calls)
         return 1;
     mx_scan_worker_set_prof(w, &p);
     size_t bytes = 0;
@@ -183,9 +230,27 @@ int main(int argc, char **argv)
     double hs_total = 0;
     for (size_t i = 0; i < ndb; i++)
         hs_total += (double)p.db_ns[i] / 1e9;
-    printf("%zu messages, %.2f MB, %.3f s (%.2f MB/s); in Hyperscan calls %.3f s, elsewhere %.3f s\n",
+    printf("%zu messages, %.2f MB, %.3f s (%.2f MB/s); CPU; in Hyperscan calls %.3f s, elsewhere %.3f s\n",
            nfiles, (double)bytes / 1e6, total, (double)bytes / 1e6 / total, hs_total,
            total - hs_total);
+
+    /* PCRE2 confirmations, costliest first */
+    uint64_t pcre_total = 0;
+    for (size_t i = 0; i < rs->nrules; i++)
+        pcre_total += p.r_pcre_ns[i];
+    printf("PCRE2 confirmations: %.2f ms in all; costliest rules:\n", (double)pcre_total / 1e6);
+    for (int t = 0; t < top; t++) {
+        size_t best = 0;
+        for (size_t i = 1; i < rs->nrules; i++)
+            if (p.r_pcre_ns[i] > p.r_pcre_ns[best])
+                best = i;
+        if (!p.r_pcre_ns[best])
+            break;
+        printf("  %-30s %c %8.2f ms %8llu calls\n", rs->rules[best].name,
+               mx_scan_engine_rule_how(e, best), (double)p.r_pcre_ns[best] / 1e6,
+               (unsigned long long)p.r_pcre_calls[best]);
+        p.r_pcre_ns[best] = 0;
+    }
 
     hs_scratch_t *scratch = NULL;
     for (size_t i = 0; i < ndb; i++) {
@@ -213,10 +278,62 @@ int main(int argc, char **argv)
                (double)p.db_ns[i] / 1e6, rs_s * 1e3,
                rs_s > 0 ? (double)p.cap[i].len / 1e6 / rs_s : 0.0, (unsigned long long)cbs);
     }
+    if (exact) {
+        /* try one rule's pattern in exact mode (without the prefilter flag),
+         * alone: compile time, state size, scan time on the same input */
+        for (size_t i = 0; i < ndb; i++) {
+            struct mx_scan_dbview v;
+            mx_scan_engine_dbview(e, i, &v);
+            for (size_t k = 0; v.ids && k < v.npatterns; k++) {
+                if (strcmp(rs->rules[v.ids[k]].name, exact) != 0)
+                    continue;
+                char *expr;
+                unsigned fl, id = 0;
+                mx_scan_engine_dbpattern(e, i, k, &expr, &fl);
+                char *relaxed = mx_scan_relax_repeats(expr, 10, false);
+                printf("relaxed: %s\n", relaxed);
+                for (int mode = 0; mode < 4; mode++) {
+                    unsigned f = mode ? fl & ~(unsigned)HS_FLAG_PREFILTER : fl;
+                    if (mode == 3)
+                        f |= HS_FLAG_PREFILTER;
+                    if (mode >= 2) {
+                        free(expr);
+                        expr = strdup(relaxed);
+                    }
+                    hs_database_t *db = NULL;
+                    hs_compile_error_t *cerr = NULL;
+                    double c0 = now();
+                    hs_error_t hr = hs_compile_multi((const char *const *)&expr, &f, &id, 1,
+                                                     v.stream ? HS_MODE_STREAM : HS_MODE_BLOCK,
+                                                     NULL, &db, &cerr);
+                    double c1 = now();
+                    if (hr != HS_SUCCESS) {
+                        printf("%s mode %d: compile fails after %.2f s: %s\n", exact,
+                               mode, c1 - c0, cerr ? cerr->message : "?");
+                        hs_free_compile_error(cerr);
+                        continue;
+                    }
+                    size_t st = 0;
+                    if (v.stream)
+                        hs_stream_size(db, &st);
+                    hs_alloc_scratch(db, &scratch);
+                    uint64_t mt;
+                    double t = replay(db, v.stream, &p.cap[i], scratch, &mt);
+                    printf("%s mode %d: compile %.2f s, state %zu, scan %.2f ms, %llu matches\n", exact,
+                           mode, c1 - c0, st, t * 1e3,
+                           (unsigned long long)mt);
+                    hs_free_database(db);
+                }
+                free(expr);
+                free(relaxed);
+            }
+        }
+    }
     if (!singles)
         return 0;
 
     /* every pattern alone, same flags and mode, same input */
+    pcre2_match_data *md = pcre2_match_data_create(4, NULL);
     struct single *sg = NULL;
     size_t nsg = 0;
     for (size_t i = 0; i < ndb; i++) {
@@ -250,6 +367,9 @@ int main(int argc, char **argv)
             if (v.stream)
                 hs_stream_size(db, &sg[nsg].state);
             sg[nsg].s = replay(db, v.stream, &p.cap[i], scratch, &sg[nsg].matches);
+            sg[nsg].how = mx_scan_engine_rule_how(e, v.ids[k]);
+            const pcre2_code *pc = mx_scan_engine_rule_pcre(e, v.ids[k]);
+            sg[nsg].pcre_s = pc ? replay_pcre(pc, &p.cap[i], md, &sg[nsg].pcre_hits) : -1;
             nsg++;
             hs_free_database(db);
         }
@@ -259,16 +379,19 @@ int main(int argc, char **argv)
         sum += sg[i].s;
     printf("\n%zu patterns alone: sum %.1f ms\n", nsg, sum * 1e3);
     qsort(sg, nsg, sizeof *sg, by_time);
-    printf("slowest alone:\n");
+    printf("slowest alone (how: h exact, f prefilter; PCRE2 time and units matched):\n");
     for (size_t i = 0; i < nsg && (int)i < top; i++)
-        printf("  %-30s db %-3zu %8.2f ms %10llu callbacks state %zu\n", sg[i].name, sg[i].db,
-               sg[i].s * 1e3, (unsigned long long)sg[i].matches, sg[i].state);
+        printf("  %-30s db %-3zu %c %8.2f ms %10llu callbacks state %-4zu pcre2 %8.2f ms %llu\n",
+               sg[i].name, sg[i].db, sg[i].how ? sg[i].how : '-', sg[i].s * 1e3,
+               (unsigned long long)sg[i].matches, sg[i].state, sg[i].pcre_s * 1e3,
+               (unsigned long long)sg[i].pcre_hits);
     qsort(sg, nsg, sizeof *sg, by_matches);
     printf("most callbacks alone:\n");
     for (size_t i = 0; i < nsg && (int)i < top; i++)
         printf("  %-30s db %-3zu %8.2f ms %10llu callbacks state %zu\n", sg[i].name, sg[i].db,
                sg[i].s * 1e3, (unsigned long long)sg[i].matches, sg[i].state);
     free(sg);
+    pcre2_match_data_free(md);
     hs_free_scratch(scratch);
     mx_scan_worker_free(w);
     mx_scan_engine_free(e);
