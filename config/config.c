@@ -823,6 +823,28 @@ static const char *route_parse(const char *text, struct mx_route *r, char *why, 
         r->scheme = MX_ROUTE_MX;
         return NULL;
     }
+    if (strncmp(text, "mx:", 3) == 0) {
+        /* "mx:PORT": MX lookup, delivery to another port than 25 (tests,
+         * submission set-ups). The port rides in hosts[0] (0.0.0.0:PORT),
+         * which is all of hosts an MX route uses. */
+        char *end;
+        unsigned long port = strtoul(text + 3, &end, 10);
+        if (*end || port == 0 || port > 65535 || text[3] < '0' || text[3] > '9') {
+            snprintf(why, wl, "bad port in '%s' (expected mx or mx:PORT)", text);
+            return why;
+        }
+        r->scheme = MX_ROUTE_MX;
+        r->hosts = calloc(1, sizeof(*r->hosts));
+        if (!r->hosts)
+            return "out of memory";
+        struct sockaddr_in *sin = (struct sockaddr_in *)&r->hosts[0].ss;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        r->hosts[0].len = sizeof(*sin);
+        snprintf(r->hosts[0].text, sizeof(r->hosts[0].text), "%lu", port);
+        r->n_hosts = 1;
+        return NULL;
+    }
     const char *colon = strchr(text, ':');
     snprintf(why, wl, "unknown route scheme '%.*s' (expected smtp:, maildir: or mx)",
              colon ? (int)(colon - text) : (int)strlen(text), text);
@@ -1431,6 +1453,8 @@ static char *route_text(const struct mx_route *r)
             fprintf(m, "%s%s", j ? "," : "", r->hosts[j].text);
     } else if (r->scheme == MX_ROUTE_MAILDIR) {
         fprintf(m, "maildir:%s", r->maildir);
+    } else if (r->n_hosts == 1) {
+        fprintf(m, "mx:%s", r->hosts[0].text);
     } else {
         fputs("mx", m);
     }

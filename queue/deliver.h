@@ -49,6 +49,17 @@ int mx_deliver_smtp_start(struct mx_worker *w, const struct mx_deliver_req *req,
  * calling done ("host X unreachable (cached, 42s left)", "connect to X: ..."), or "". */
 const char *mx_deliver_smtp_start_error(void);
 
+/* Set the text mx_deliver_smtp_start_error() returns (for the other agents). */
+void mx_deliver_set_start_error(const char *text);
+
+/* Deliver over an MX route (qm_mx.c): look up domain's MX (sorted by preference, random
+ * among equal ones; the domain's own A/AAAA without MX; null MX bounced 556 5.1.10;
+ * SERVFAIL/timeout deferred), then run the SMTP agent over the hosts found, with
+ * req->route's port (hosts[0] of "mx:PORT", else 25). done runs on w exactly once, never
+ * inside this call. 0 or -errno (done not called; mx_deliver_smtp_start_error() says why). */
+int mx_deliver_mx_start(struct mx_worker *w, const struct mx_deliver_req *req,
+                        const char *domain, mx_deliver_done_fn done, void *arg);
+
 /* At most per_worker SMTP connections to one destination host on each worker (busy and
  * idle together; e.g. queue_dest_concurrency divided by the workers, rounded up); more
  * attempts wait for a connection to finish. 0 (the default) = no limit. Call before the

@@ -683,6 +683,11 @@ const char *mx_deliver_smtp_start_error(void)
     return early_error;
 }
 
+void mx_deliver_set_start_error(const char *text)
+{
+    snprintf(early_error, sizeof early_error, "%s", text);
+}
+
 int mx_deliver_smtp_start(struct mx_worker *w, const struct mx_deliver_req *req,
                           mx_deliver_done_fn done, void *arg)
 {

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -522,10 +523,15 @@ struct qm_group {
     size_t n;
 };
 
-static const struct mx_route *route_for(const struct mx_config *cfg, const char *addr)
+static const char *domain_of(const char *addr)
 {
     const char *at = strrchr(addr, '@');
-    return mx_config_route(cfg, at ? at + 1 : "");
+    return at ? at + 1 : "";
+}
+
+static const struct mx_route *route_for(const struct mx_config *cfg, const char *addr)
+{
+    return mx_config_route(cfg, domain_of(addr));
 }
 
 static void set_res(struct mx_deliver_rcpt_result *r, int code, const char *enh, const char *text)
@@ -799,6 +805,10 @@ static void start_delivery(struct qm_worker *qw, struct qm_msg *m)
                 continue;
             if (j != i && route_for(cfg, m->env.rcpts[j].addr) != rt)
                 continue;
+            /* over MX, one transaction per recipient domain (its own exchangers) */
+            if (j != i && rt->scheme == MX_ROUTE_MX &&
+                strcasecmp(domain_of(m->env.rcpts[j].addr), domain_of(m->env.rcpts[i].addr)))
+                continue;
             tried[j] = true;
             idx[g->n++] = j;
         }
@@ -816,7 +826,10 @@ static void start_delivery(struct qm_worker *qw, struct qm_msg *m)
             .fail_ttl_ms = cfg->queue_dest_fail_ttl * 1000u,
         };
         a->pending++;
-        int rc = mx_deliver_smtp_start(qw->w, &g->req, group_done, g);
+        int rc = rt->scheme == MX_ROUTE_MX
+                     ? mx_deliver_mx_start(qw->w, &g->req, domain_of(m->env.rcpts[i].addr),
+                                           group_done, g)
+                     : mx_deliver_smtp_start(qw->w, &g->req, group_done, g);
         if (rc < 0) {
             a->pending--;
             char t[256];
