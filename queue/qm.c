@@ -571,7 +571,7 @@ static void log_rcpt(const struct qm_msg *m, const char *rcpt, const char *relay
 }
 
 static void send_dsn(struct qm_worker *qw, struct qm_msg *m, const struct mx_dsn_rcpt *st,
-                     size_t n, uint64_t now)
+                     size_t n, uint64_t now, bool delayed)
 {
     const struct mx_config *cfg = qw->q->cfg;
     const char *host = cfg->smtp_hostname ? cfg->smtp_hostname : "localhost";
@@ -601,7 +601,40 @@ static void send_dsn(struct qm_worker *qw, struct qm_msg *m, const struct mx_dsn
     if (rc < 0)
         fprintf(stderr, "mxgate[queue]: %s: cannot queue the DSN: %s\n", m->qid, strerror(-rc));
     else
-        fprintf(stderr, "mxgate[queue]: %s: sender non-delivery notification: %s\n", m->qid, qid);
+        fprintf(stderr, "mxgate[queue]: %s: sender %s notification: %s\n", m->qid,
+                delayed ? "delay" : "non-delivery", qid);
+}
+
+/*
+ * Still not delivered after queue.delay_warning: one "delayed" DSN (RFC
+ * 3464 Action: delayed) for the recipients whose NOTIFY asks for delays
+ * (DELAY, or no NOTIFY at all, like Postfix's delay_warning_time), once per
+ * message (journaled), never to the null sender.
+ */
+static void maybe_warn_delay(struct qm_attempt *a, uint64_t now)
+{
+    struct qm_worker *qw = a->qw;
+    struct qm_msg *m = a->m;
+    uint64_t after = (uint64_t)qw->q->cfg->queue_delay_warning * 1000;
+    if (!after || m->delay_warned || !m->env.mail_from[0] || m->deleted ||
+        now < m->env.arrival_ms + after)
+        return;
+    size_t n = m->env.n_rcpts, k = 0;
+    struct mx_dsn_rcpt *st = calloc(n ? n : 1, sizeof *st);
+    if (!st)
+        return; /* next attempt */
+    for (size_t i = 0; i < n; i++) {
+        uint8_t nf = m->env.rcpts[i].notify;
+        bool wants = nf == MX_NOTIFY_DEFAULT || (!(nf & MX_NOTIFY_NEVER) && (nf & MX_NOTIFY_DELAY));
+        if (m->rstate[i] == QM_R_PENDING && wants)
+            st[k++] = (struct mx_dsn_rcpt){i, &a->res[i], true, a->remote[i]};
+    }
+    if (k)
+        send_dsn(qw, m, st, k, now, true);
+    free(st);
+    /* also when nobody asked: the question is settled for this message */
+    m->delay_warned = true;
+    qm_journal(qw, m, QM_J_WARNED, 0);
 }
 
 static void attempt_finish(struct qm_attempt *a)
@@ -652,12 +685,13 @@ static void attempt_finish(struct qm_attempt *a)
      * batch, whose chain syncs the segment before it writes the journal: a
      * failure is never on record without its DSN. */
     if (n_fail && m->env.mail_from[0])
-        send_dsn(qw, m, st, n_fail, now);
+        send_dsn(qw, m, st, n_fail, now, false);
     free(st);
     qw->active--;
     if (m->deleted || qm_msg_finished(m)) {
         qm_worker_finish(qw, m);
     } else {
+        maybe_warn_delay(a, now);
         qm_list_remove(qw, m);
         m->attempts++;
         m->next_attempt_ms = now + (uint64_t)backoff_s(cfg, m->attempts) * 1000;
@@ -884,6 +918,11 @@ static int snap_msg(struct qm_worker *qw, const struct qm_msg *m)
     }
     if (rc == 0 && m->held) {
         struct qm_jentry h = {.type = QM_J_HELD};
+        memcpy(h.qid, m->qid, sizeof h.qid);
+        rc = qm_spool_journal(&qw->sp, &h);
+    }
+    if (rc == 0 && m->delay_warned) {
+        struct qm_jentry h = {.type = QM_J_WARNED};
         memcpy(h.qid, m->qid, sizeof h.qid);
         rc = qm_spool_journal(&qw->sp, &h);
     }

@@ -100,6 +100,7 @@ enum qm_jtype {
     QM_J_HELD = 4,
     QM_J_RELEASED = 5,
     QM_J_DELETED = 6,
+    QM_J_WARNED = 7,    /* the delay DSN went out (once per message) */
 };
 
 /*
@@ -293,6 +294,7 @@ struct qm_msg {
     enum qm_mstate state;
     bool held, deleted, on_list;
     bool quarantined; /* from env.quarantine, until released */
+    bool delay_warned; /* its delay DSN was sent (QM_J_WARNED) */
     uint8_t gauge;    /* the MX_STAT_QUEUE_* gauge it is counted in (0: none) */
     uint32_t attempts;
     uint64_t next_attempt_ms; /* unix ms */

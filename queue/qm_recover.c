@@ -50,6 +50,9 @@ void qm_msg_apply(struct qm_msg *m, const struct qm_jentry *e)
     case QM_J_DELETED:
         m->deleted = true;
         break;
+    case QM_J_WARNED:
+        m->delay_warned = true;
+        break;
     }
 }
 
@@ -349,7 +352,7 @@ static int write_compacted(struct scan *sc, unsigned n_workers, uint64_t seq,
                 continue;
             struct qm_jentry e = {0};
             memcpy(e.qid, m->qid, sizeof e.qid);
-            size_t need = (m->env.n_rcpts + 3) * (QM_J_HDR + QM_J_ERR_MAX);
+            size_t need = (m->env.n_rcpts + 4) * (QM_J_HDR + QM_J_ERR_MAX);
             if (len + need > cap) {
                 while (len + need > cap)
                     cap *= 2;
@@ -384,6 +387,10 @@ static int write_compacted(struct scan *sc, unsigned n_workers, uint64_t seq,
             }
             if (m->held) {
                 e.type = QM_J_HELD;
+                len += qm_jentry_encode(&e, buf + len);
+            }
+            if (m->delay_warned) {
+                e.type = QM_J_WARNED;
                 len += qm_jentry_encode(&e, buf + len);
             }
         }

@@ -400,7 +400,7 @@ long qm_jentry_decode(const uint8_t *buf, size_t len, struct qm_jentry *e)
     if (len < QM_J_HDR)
         return -EAGAIN;
     size_t el = get16(buf + 6);
-    if (el > QM_J_ERR_MAX || buf[4] < QM_J_DELIVERED || buf[4] > QM_J_DELETED || buf[5])
+    if (el > QM_J_ERR_MAX || buf[4] < QM_J_DELIVERED || buf[4] > QM_J_WARNED || buf[5])
         return -EBADMSG;
     if (len < QM_J_HDR + el)
         return -EAGAIN;

@@ -117,6 +117,8 @@ struct inject {
     unsigned retention;
     const char *redirect[2]; /* set_rcpts */
     const char *bcc;         /* add_rcpt */
+    const char *from;        /* NULL: sender@a.test */
+    uint8_t notify;
     _Atomic int state;
     int res;
     char qid[QM_QID_SIZE];
@@ -136,9 +138,10 @@ static void do_inject(struct inject *in)
     struct mx_rcpt r;
     memset(&r, 0, sizeof r);
     snprintf(r.addr, sizeof r.addr, "%s", in->rcpt);
+    r.notify = in->notify;
     struct mx_envelope env;
     memset(&env, 0, sizeof env);
-    snprintf(env.mail_from, sizeof env.mail_from, "sender@a.test");
+    snprintf(env.mail_from, sizeof env.mail_from, "%s", in->from ? in->from : "sender@a.test");
     env.rcpts = &r;
     env.n_rcpts = 1;
     /* a caller's stray quarantine fields must not quarantine anything */
@@ -451,6 +454,106 @@ static void test_quarantine_retention(void **state)
     assert_int_equal(count_files(md_a_new), 0);
 }
 
+/* ---- delay DSNs ------------------------------------------------------------------ */
+
+/* Every queued message deferred with at least k attempts. */
+static bool all_deferred(size_t n, unsigned k)
+{
+    char *out = NULL;
+    assert_int_equal(mx_queue_control(q, "list", NULL, true, &out), 0);
+    json_error_t err;
+    json_t *arr = json_loads(out, 0, &err);
+    free(out);
+    bool ok = json_array_size(arr) == n;
+    for (size_t i = 0; ok && i < n; i++) {
+        json_t *o = json_array_get(arr, i);
+        ok = strcmp(json_string_value(json_object_get(o, "state")), "deferred") == 0 &&
+             json_integer_value(json_object_get(o, "attempts")) >= k;
+    }
+    json_decref(arr);
+    return ok;
+}
+
+static void flush_until_attempts(size_t n, unsigned k)
+{
+    char *out = NULL;
+    assert_int_equal(mx_queue_control(q, "flush", NULL, false, &out), 0);
+    free(out);
+    for (int i = 0; i < 3000 && !all_deferred(n, k); i++)
+        usleep(1000);
+    assert_true(all_deferred(n, k));
+}
+
+static void test_delay_warning(void **state)
+{
+    (void)state;
+    snprintf(md_a_new, sizeof md_a_new, "%s/new", md_a);
+    cfg.queue_delay_warning = 1;
+    start();
+    struct inject in[5] = {
+        {.rcpt = "dflt@bad.test", .body = "Subject: d1\r\n\r\nx\r\n"},
+        {.rcpt = "never@bad.test", .body = "Subject: d2\r\n\r\nx\r\n",
+         .notify = MX_NOTIFY_NEVER},
+        {.rcpt = "failonly@bad.test", .body = "Subject: d3\r\n\r\nx\r\n",
+         .notify = MX_NOTIFY_FAILURE},
+        {.rcpt = "nullsender@bad.test", .body = "Subject: d4\r\n\r\nx\r\n", .from = ""},
+        {.rcpt = "delay@bad.test", .body = "Subject: d5\r\n\r\nx\r\n",
+         .notify = MX_NOTIFY_DELAY | MX_NOTIFY_FAILURE},
+    };
+    for (int i = 0; i < 5; i++)
+        submit(&in[i]);
+    for (int i = 0; i < 3000 && !all_deferred(5, 1); i++)
+        usleep(1000);
+    assert_true(all_deferred(5, 1));
+    assert_int_equal(count_files(md_a_new), 0); /* younger than delay_warning */
+    usleep(1100 * 1000);
+    flush_until_attempts(5, 2);
+    for (int i = 0; i < 3000 && count_files(md_a_new) < 2; i++)
+        usleep(1000);
+    assert_int_equal(count_files(md_a_new), 2);
+    DIR *d = opendir(md_a_new);
+    struct dirent *de;
+    int seen = 0;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char p[800], f[8192];
+        snprintf(p, sizeof p, "%s/%s", md_a_new, de->d_name);
+        int fd = open(p, O_RDONLY);
+        ssize_t l = read(fd, f, sizeof f - 1);
+        close(fd);
+        f[l > 0 ? l : 0] = 0;
+        const char *head = "Return-Path: <>\r\nDelivered-To: sender@a.test\r\n";
+        assert_memory_equal(f, head, strlen(head));
+        assert_non_null(strstr(f, "Subject: Delayed Mail (still being retried)\r\n"));
+        assert_non_null(strstr(f, "Action: delayed\r\n"));
+        assert_non_null(strstr(f, "Status: 4.3.0\r\n"));
+        assert_null(strstr(f, "Action: failed"));
+        if (strstr(f, "Final-Recipient: rfc822; dflt@bad.test\r\n"))
+            seen |= 1;
+        if (strstr(f, "Final-Recipient: rfc822; delay@bad.test\r\n"))
+            seen |= 2;
+    }
+    closedir(d);
+    assert_int_equal(seen, 3);
+    /* once per message: not again on the next attempt, nor after a restart */
+    flush_until_attempts(5, 3);
+    usleep(100 * 1000);
+    assert_int_equal(count_files(md_a_new), 2);
+    stop();
+    start();
+    flush_until_attempts(5, 4);
+    usleep(100 * 1000);
+    assert_int_equal(count_files(md_a_new), 2);
+    for (int i = 0; i < 5; i++) {
+        char *out = NULL;
+        assert_int_equal(mx_queue_control(q, "delete", in[i].qid, false, &out), 0);
+        free(out);
+    }
+    assert_int_equal(list_count(), 0);
+    stop();
+}
+
 /* ---- redirect and BCC ------------------------------------------------------ */
 
 static bool one_in_each(void)
@@ -546,6 +649,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quarantine_release_survives, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quarantine_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redirect_and_bcc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delay_warning, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
