@@ -29,9 +29,17 @@ struct mx_smtpd_params {
     struct ssl_ctx_st *tls_ctx;    /* STARTTLS offered when set */
 };
 
+/**
+ * A callback's answer "not yet": set r->code to this in connect, mail or rcpt
+ * and answer later with mx_smtpd_session_reply(). Meanwhile the session holds
+ * pipelined input (as during a commit) and answers it in order afterwards.
+ */
+#define MX_SMTPD_PENDING 1
+
 /** A reply decided by the embedding code (policy, queue). */
 struct mx_smtpd_reply {
-    int code;         /* 0 = accept (the session uses its default 250 text) */
+    int code;         /* 0 = accept (the session uses its default 250 text);
+                         MX_SMTPD_PENDING = answered later */
     const char *enh;  /* "5.7.1" */
     const char *text; /* "Relay access denied" */
 };
@@ -66,6 +74,11 @@ struct mx_smtpd_ops {
     void (*replied)(void *ud, int code);
     /** STARTTLS finished (true) or failed (false). */
     void (*tls_done)(void *ud, bool ok, const char *info);
+    /**
+     * Policy for the connection, before the greeting (client address in
+     * env). A code >= 400 is sent instead of the 220 and the session closes.
+     */
+    void (*connect)(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r);
 };
 
 enum mx_smtpd_state {
@@ -75,6 +88,7 @@ enum mx_smtpd_state {
     SMTPD_WAIT_COMMIT,
     SMTPD_TLS_HANDSHAKE,
     SMTPD_CLOSED,
+    SMTPD_WAIT_REPLY, /* a connect/mail/rcpt answer is pending (mx_smtpd_session_reply) */
 };
 
 struct mx_smtpd_session;
@@ -97,6 +111,16 @@ void mx_smtpd_session_input(struct mx_smtpd_session *s, const uint8_t *buf, size
  * 452 4.3.1, other → 451 4.3.0). Resumes processing of held input.
  */
 void mx_smtpd_session_data_done(struct mx_smtpd_session *s, int res, const char *queue_id);
+
+/**
+ * The late answer to a connect, mail or rcpt callback that returned
+ * MX_SMTPD_PENDING: code 0 accepts (220 greeting, 250 for MAIL/RCPT), any
+ * other code is sent with r->enh and r->text (copied at once). Then held
+ * input is processed. Ignored unless an answer is pending (e.g. the session
+ * closed on a timeout meanwhile). Must not be called from inside the
+ * callback that returned MX_SMTPD_PENDING.
+ */
+void mx_smtpd_session_reply(struct mx_smtpd_session *s, const struct mx_smtpd_reply *r);
 
 /** Timer expired: 421 4.4.2 and close. */
 void mx_smtpd_session_timeout(struct mx_smtpd_session *s);

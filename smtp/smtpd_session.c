@@ -10,6 +10,8 @@
  * answered into one output buffer, written once at the end of the chunk.
  * The end of a message is asynchronous (the queue has to make it durable),
  * so input that arrives meanwhile is held and processed after the answer.
+ * The embedder may answer the connection, MAIL and RCPT late too (DNS
+ * checks, recipient callouts): the same holding keeps replies in order.
  *
  * STARTTLS (RFC 3207) runs OpenSSL over memory BIOs: the session encrypts
  * and decrypts, the transport only moves bytes, so it works on any stream.
@@ -32,6 +34,9 @@
 #define DATA_CHUNK 16384        /* unstuffed bytes handed on per write */
 
 enum data_state { D_LS = 0, D_IN, D_CR, D_DOT, D_DOTCR };
+
+/* Which callback's answer the session waits for in SMTPD_WAIT_REPLY. */
+enum pending_kind { PEND_NONE = 0, PEND_GREET, PEND_MAIL, PEND_RCPT };
 
 struct mx_smtpd_session {
     struct mx_smtpd_params p;
@@ -78,6 +83,10 @@ struct mx_smtpd_session {
     struct mx_smtpd_counts counts;
     unsigned junk_commands; /* commands that moved no mail, against max_commands */
     bool in_process; /* process() is on the stack: data_done must not re-enter it */
+
+    /* a late policy answer (MX_SMTPD_PENDING) */
+    enum pending_kind pend;
+    struct mx_rcpt pend_rcpt; /* the recipient asked about */
 };
 
 /* ---- output ----------------------------------------------------------- */
@@ -386,6 +395,45 @@ static void cmd_ehlo(struct mx_smtpd_session *s, const char *arg, bool ehlo)
         s->ops->replied(s->ud, 250);
 }
 
+/* The policy answer to MAIL (now or late). */
+static void mail_answer(struct mx_smtpd_session *s, const struct mx_smtpd_reply *r)
+{
+    if (r->code) {
+        reply(s, r->code, r->enh, "%s", r->text ? r->text : "");
+        return;
+    }
+    s->in_txn = true;
+    s->counts.mail++;
+    reply(s, 250, "2.1.0", "Ok");
+}
+
+/* The policy answer to RCPT (now or late): add the recipient or refuse it. */
+static void rcpt_answer(struct mx_smtpd_session *s, const struct mx_rcpt *rc,
+                        const struct mx_smtpd_reply *r)
+{
+    if (r->code) {
+        const char *text = r->text ? r->text : "";
+        reply(s, r->code, r->enh, "%s", text);
+        logf_(s, "reject: RCPT <%s>: %d %s %s", rc->addr, r->code, r->enh ? r->enh : "", text);
+        return;
+    }
+    if (s->env.n_rcpts == s->rcpt_cap) {
+        size_t cap = s->rcpt_cap ? s->rcpt_cap * 2 : 4;
+        if (cap > s->p.max_recipients)
+            cap = s->p.max_recipients;
+        struct mx_rcpt *v = realloc(s->env.rcpts, cap * sizeof *v);
+        if (!v) {
+            reply(s, 452, "4.3.0", "Error: insufficient resources");
+            return;
+        }
+        s->env.rcpts = v;
+        s->rcpt_cap = cap;
+    }
+    s->env.rcpts[s->env.n_rcpts++] = *rc;
+    s->counts.rcpt++;
+    reply(s, 250, "2.1.5", "Ok");
+}
+
 static void cmd_mail(struct mx_smtpd_session *s, const char *arg)
 {
     if (!s->have_helo) {
@@ -487,13 +535,12 @@ static void cmd_mail(struct mx_smtpd_session *s, const char *arg)
     struct mx_smtpd_reply r = {0};
     if (s->ops->mail)
         s->ops->mail(s->ud, &s->env, &r);
-    if (r.code) {
-        reply(s, r.code, r.enh, "%s", r.text);
+    if (r.code == MX_SMTPD_PENDING) {
+        s->pend = PEND_MAIL;
+        s->state = SMTPD_WAIT_REPLY;
         return;
     }
-    s->in_txn = true;
-    s->counts.mail++;
-    reply(s, 250, "2.1.0", "Ok");
+    mail_answer(s, &r);
 }
 
 static void cmd_rcpt(struct mx_smtpd_session *s, const char *arg)
@@ -594,26 +641,13 @@ static void cmd_rcpt(struct mx_smtpd_session *s, const char *arg)
     struct mx_smtpd_reply r = {0};
     if (s->ops->rcpt)
         s->ops->rcpt(s->ud, &s->env, &rc, tricky, &r);
-    if (r.code) {
-        reply(s, r.code, r.enh, "%s", r.text);
-        logf_(s, "reject: RCPT <%s>: %d %s %s", rc.addr, r.code, r.enh, r.text);
+    if (r.code == MX_SMTPD_PENDING) {
+        s->pend_rcpt = rc;
+        s->pend = PEND_RCPT;
+        s->state = SMTPD_WAIT_REPLY;
         return;
     }
-    if (s->env.n_rcpts == s->rcpt_cap) {
-        size_t cap = s->rcpt_cap ? s->rcpt_cap * 2 : 4;
-        if (cap > s->p.max_recipients)
-            cap = s->p.max_recipients;
-        struct mx_rcpt *v = realloc(s->env.rcpts, cap * sizeof *v);
-        if (!v) {
-            reply(s, 452, "4.3.0", "Error: insufficient resources");
-            return;
-        }
-        s->env.rcpts = v;
-        s->rcpt_cap = cap;
-    }
-    s->env.rcpts[s->env.n_rcpts++] = rc;
-    s->counts.rcpt++;
-    reply(s, 250, "2.1.5", "Ok");
+    rcpt_answer(s, &rc, &r);
 }
 
 /* Common checks before DATA/BDAT; opens the message. Returns false after replying. */
@@ -1019,7 +1053,7 @@ static void process(struct mx_smtpd_session *s)
     size_t off = 0;
     while (off < s->in_len) {
         if (s->state == SMTPD_CLOSED || s->state == SMTPD_WAIT_COMMIT ||
-            s->state == SMTPD_TLS_HANDSHAKE)
+            s->state == SMTPD_WAIT_REPLY || s->state == SMTPD_TLS_HANDSHAKE)
             break;
         const uint8_t *p = s->in + off;
         size_t n = s->in_len - off;
@@ -1205,6 +1239,59 @@ void mx_smtpd_session_data_done(struct mx_smtpd_session *s, int res, const char 
     end_chunk(s);
 }
 
+static void send_greeting(struct mx_smtpd_session *s)
+{
+    char line[300];
+    int n = snprintf(line, sizeof line, "220 %s ESMTP mxgate\r\n", s->p.hostname);
+    out_raw(s, line, (size_t)n);
+    if (s->ops->replied)
+        s->ops->replied(s->ud, 220);
+}
+
+/* The connect policy's answer: greet, or refuse and close. */
+static void greet_answer(struct mx_smtpd_session *s, const struct mx_smtpd_reply *r)
+{
+    if (!r->code) {
+        send_greeting(s);
+        return;
+    }
+    const char *text = r->text ? r->text : "";
+    reply(s, r->code, r->enh, "%s", text);
+    logf_(s, "reject: connect from %s: %d %s %s", s->env.client_text, r->code,
+          r->enh ? r->enh : "", text);
+    close_session(s);
+}
+
+void mx_smtpd_session_reply(struct mx_smtpd_session *s, const struct mx_smtpd_reply *r)
+{
+    if (s->state != SMTPD_WAIT_REPLY)
+        return;
+    begin_chunk(s);
+    enum pending_kind k = s->pend;
+    s->pend = PEND_NONE;
+    s->state = SMTPD_CMD;
+    struct mx_smtpd_reply ans = *r;
+    if (ans.code == MX_SMTPD_PENDING) /* not an answer: refuse temporarily rather than hang */
+        ans = (struct mx_smtpd_reply){451, "4.3.0", "Error: policy answer missing"};
+    if (k == PEND_GREET)
+        greet_answer(s, &ans);
+    else if (k == PEND_MAIL)
+        mail_answer(s, &ans);
+    else if (k == PEND_RCPT)
+        rcpt_answer(s, &s->pend_rcpt, &ans);
+    if (s->state == SMTPD_CMD) {
+        /* what the answered command still owes: the error limit, then held input */
+        if (s->counts.errors > s->p.max_errors && ans.code >= 400) {
+            reply(s, 421, "4.7.0", "%s Error: too many errors", s->p.hostname);
+            logf_(s, "too many errors (%u), closing", s->counts.errors);
+            close_session(s);
+        } else {
+            process(s);
+        }
+    }
+    end_chunk(s);
+}
+
 void mx_smtpd_session_reject_and_close(struct mx_smtpd_session *s, const char *line)
 {
     out_raw(s, line, strlen(line));
@@ -1238,11 +1325,18 @@ void mx_smtpd_session_pregreet(struct mx_smtpd_session *s)
 
 void mx_smtpd_session_greet(struct mx_smtpd_session *s)
 {
-    char line[300];
-    int n = snprintf(line, sizeof line, "220 %s ESMTP mxgate\r\n", s->p.hostname);
-    out_raw(s, line, (size_t)n);
-    if (s->ops->replied)
-        s->ops->replied(s->ud, 220);
+    if (s->state != SMTPD_CMD)
+        return;
+    struct mx_smtpd_reply r = {0};
+    if (s->ops->connect)
+        s->ops->connect(s->ud, &s->env, &r);
+    if (r.code == MX_SMTPD_PENDING) {
+        /* input that arrives meanwhile is held and answered after the greeting */
+        s->pend = PEND_GREET;
+        s->state = SMTPD_WAIT_REPLY;
+        return;
+    }
+    greet_answer(s, &r);
     flush_out(s);
 }
 
