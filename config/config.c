@@ -124,6 +124,29 @@ static const struct key keys[] = {
     {"scan.clamav.enabled", K_BOOL, F(scan_clamav_enabled), 0, 0, 0, NULL},
     {"scan.clamav.database", K_PATH, F(scan_clamav_database), 0, 0, 0, NULL},
     {"scan.spam_threshold", K_DOUBLE, F(scan_spam_threshold), 0, 0, 0, NULL},
+    /* DNS checks and recipient verification (smtp/checks.c) */
+    {"dnsbl", K_SECTION, NONE},
+    {"dnsbl.lists", K_STR_LIST, F(dnsbl_lists), F(n_dnsbl_lists), 0, 0, NULL},
+    {"dnsbl.threshold", K_DOUBLE, F(dnsbl_threshold), 0, 0, 0, NULL},
+    {"uribl", K_SECTION, NONE},
+    {"uribl.lists", K_STR_LIST, F(uribl_lists), F(n_uribl_lists), 0, 0, NULL},
+    {"sender_domain_check", K_ENUM, F(sender_domain_check), 0, 0, 0, "off|reject"},
+    {"recipient_verification", K_SECTION, NONE},
+    {"recipient_verification.static_domains", K_DOMAIN_LIST, F(rv_static_domains),
+     F(n_rv_static_domains), 0, 0, NULL},
+    {"recipient_verification.users", K_STR_LIST, F(rv_users), F(n_rv_users), 0, 0, NULL},
+    {"recipient_verification.callout_domains", K_DOMAIN_LIST, F(rv_callout_domains),
+     F(n_rv_callout_domains), 0, 0, NULL},
+    {"recipient_verification.positive_expire", K_SECONDS, F(rv_positive_expire), 0, 1,
+     400 * 86400, NULL},
+    {"recipient_verification.positive_refresh", K_SECONDS, F(rv_positive_refresh), 0, 1,
+     400 * 86400, NULL},
+    {"recipient_verification.negative_expire", K_SECONDS, F(rv_negative_expire), 0, 1,
+     400 * 86400, NULL},
+    {"recipient_verification.negative_refresh", K_SECONDS, F(rv_negative_refresh), 0, 1,
+     400 * 86400, NULL},
+    {"recipient_verification.cache_size", K_UINT, F(rv_cache_size), 0, 16, 10000000, NULL},
+    {"recipient_verification.timeout", K_SECONDS, F(rv_timeout), 0, 1, 600, NULL},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -409,6 +432,17 @@ static int set_defaults(struct mx_config *c)
     c->scan_clamav_enabled = false;
     c->scan_clamav_database = strdup("/var/lib/clamav");
     c->scan_spam_threshold = 5.0;
+    /* DNS checks and recipient verification */
+    c->dnsbl_threshold = 5.0;
+    c->rv_positive_expire = 31 * 86400;
+    c->rv_positive_refresh = 7 * 86400;
+    c->rv_negative_expire = 3 * 86400;
+    c->rv_negative_refresh = 3 * 3600;
+    c->rv_cache_size = 10000;
+    c->rv_timeout = 30;
+    c->sender_domain_check = strdup("off");
+    if (!c->sender_domain_check)
+        return -ENOMEM;
     if (!c->dp_backend || !c->dp_eal || !c->dp_address || !c->dp_gateway || !c->spool_dir ||
         !c->control_socket || !c->control_http || !c->smtp_hostname || !c->smtp_bare_lf ||
         !c->smtp_tls_cert || !c->smtp_tls_key || !c->scan_clamav_database)
@@ -456,6 +490,13 @@ void mx_config_free(struct mx_config *c)
     free(c->trusted_networks);
     free_strv(c->scan_rules, c->n_scan_rules);
     free(c->scan_clamav_database);
+    /* DNS checks and recipient verification */
+    free_strv(c->dnsbl_lists, c->n_dnsbl_lists);
+    free_strv(c->uribl_lists, c->n_uribl_lists);
+    free(c->sender_domain_check);
+    free_strv(c->rv_static_domains, c->n_rv_static_domains);
+    free_strv(c->rv_users, c->n_rv_users);
+    free_strv(c->rv_callout_domains, c->n_rv_callout_domains);
     free(c);
 }
 
@@ -1424,6 +1465,17 @@ static void put_kv_str(FILE *f, int indent, const char *k, const char *v)
     fputs(";\n", f);
 }
 
+/* "    name = [ "a", "b" ];" (the DNS-check and recipient-verification lists) */
+static void put_list(FILE *f, const char *name, char *const *v, size_t n)
+{
+    fprintf(f, "%s = [", name);
+    for (size_t i = 0; i < n; i++) {
+        fputs(i ? ", " : " ", f);
+        put_quoted(f, v[i]);
+    }
+    fputs(n ? " ];\n" : "];\n", f);
+}
+
 static void put_double(FILE *f, double d)
 {
     char buf[64];
@@ -1587,6 +1639,25 @@ char *mx_config_export(const struct mx_config *c)
     fputs("    }\n    spam_threshold = ", f);
     put_double(f, c->scan_spam_threshold);
     fputs(";\n}\n", f);
+
+    /* DNS checks and recipient verification */
+    fputs("dnsbl {\n", f);
+    put_list(f, "    lists", c->dnsbl_lists, c->n_dnsbl_lists);
+    fputs("    threshold = ", f);
+    put_double(f, c->dnsbl_threshold);
+    fputs(";\n}\nuribl {\n", f);
+    put_list(f, "    lists", c->uribl_lists, c->n_uribl_lists);
+    fputs("}\n", f);
+    put_kv_str(f, 0, "sender_domain_check", c->sender_domain_check);
+    fputs("recipient_verification {\n", f);
+    put_list(f, "    static_domains", c->rv_static_domains, c->n_rv_static_domains);
+    put_list(f, "    users", c->rv_users, c->n_rv_users);
+    put_list(f, "    callout_domains", c->rv_callout_domains, c->n_rv_callout_domains);
+    fprintf(f, "    positive_expire = %us;\n    positive_refresh = %us;\n", c->rv_positive_expire,
+            c->rv_positive_refresh);
+    fprintf(f, "    negative_expire = %us;\n    negative_refresh = %us;\n", c->rv_negative_expire,
+            c->rv_negative_refresh);
+    fprintf(f, "    cache_size = %u;\n    timeout = %us;\n}\n", c->rv_cache_size, c->rv_timeout);
     if (fclose(f) != 0) {
         free(buf);
         return NULL;

@@ -116,6 +116,26 @@ struct mx_config {
     bool scan_clamav_enabled;
     char *scan_clamav_database;
     double scan_spam_threshold;
+
+    /* DNS checks and recipient verification (smtp/checks.c) */
+    char **dnsbl_lists;       /**< "ZONE[=A.B.C.D] reject|score=N", in order */
+    size_t n_dnsbl_lists;
+    double dnsbl_threshold;   /**< summed scores at or above this reject; default 5 */
+    char **uribl_lists;       /**< same syntax, queried with MAIL FROM/HELO domains */
+    size_t n_uribl_lists;
+    char *sender_domain_check; /**< "off" (default) or "reject" */
+    char **rv_static_domains; /**< recipient_verification.static_domains */
+    size_t n_rv_static_domains;
+    char **rv_users;          /**< recipient_verification.users: known addresses */
+    size_t n_rv_users;
+    char **rv_callout_domains; /**< recipient_verification.callout_domains */
+    size_t n_rv_callout_domains;
+    unsigned rv_positive_expire;  /**< seconds, default 31 days */
+    unsigned rv_positive_refresh; /**< seconds, default 7 days */
+    unsigned rv_negative_expire;  /**< seconds, default 3 days */
+    unsigned rv_negative_refresh; /**< seconds, default 3 hours */
+    unsigned rv_cache_size;       /**< entries per worker, default 10000 */
+    unsigned rv_timeout;          /**< callout timeout, seconds, default 30 */
 };
 
 /** One problem found while loading: file:line and a reason. */
