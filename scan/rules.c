@@ -431,10 +431,29 @@ static const char *parse_regex(const char *s, const char *e, char **re, unsigned
 
 /* ---- directives --------------------------------------------------------- */
 
+/* The one MIME eval mxgate computes natively (EMPTY_MESSAGE and other metas
+ * need it); other evals do not run. */
+static bool mime_attachment_eval(const char *s, const char *e)
+{
+    static const char *const forms[] = {"eval:check_for_mime('mime_attachment')",
+                                        "eval:check_for_mime(\"mime_attachment\")"};
+    const char *we = s;
+    while (we < e && !isspace((unsigned char)*we))
+        we++;
+    for (size_t k = 0; k < 2; k++)
+        if ((size_t)(we - s) == strlen(forms[k]) && memcmp(s, forms[k], (size_t)(we - s)) == 0)
+            return true;
+    return false;
+}
+
 static int def_regex(struct mx_rule *r, enum mx_rule_type t, const char *s, const char *e)
 {
     s = skip_ws(s, e);
     reset_def(r);
+    if (t == MX_RULE_BODY && mime_attachment_eval(s, e)) {
+        r->type = MX_RULE_MIMEEVAL;
+        return 0;
+    }
     if ((size_t)(e - s) >= 5 && memcmp(s, "eval:", 5) == 0) {
         r->type = MX_RULE_SKIPPED;
         r->skip = "eval";
@@ -527,6 +546,8 @@ static int def_tflags(struct mx_rule *r, const char *s, const char *e)
             r->tflags |= MX_TF_LEARN;
         else if (n == 11 && memcmp(w, "noautolearn", 11) == 0)
             r->tflags |= MX_TF_NOAUTOLEARN;
+        else if (n == 9 && memcmp(w, "nosubject", 9) == 0)
+            r->tflags |= MX_TF_NOSUBJECT;
         else if (n > 8 && memcmp(w, "maxhits=", 8) == 0)
             r->maxhits = (unsigned)strtoul(w + 8, NULL, 10), r->tflags |= MX_TF_MULTIPLE;
     }
@@ -1237,6 +1258,122 @@ static int compile_meta(struct mx_ruleset *rs, size_t ri)
     return 0;
 }
 
+/* SpamAssassin matches body and raw-body rules paragraph by paragraph (line
+ * by line), so \z and \Z there mean "end of the paragraph"; mxgate scans the
+ * text as one multi-line string, where that is `$`. Rewritten in place
+ * (shorter), outside character classes. */
+void mx_rules_paragraph_anchors(char *re)
+{
+    bool in_class = false;
+    char *o = re;
+    for (char *p = re; *p; p++) {
+        if (*p == '\\' && p[1]) {
+            if (!in_class && (p[1] == 'z' || p[1] == 'Z')) {
+                *o++ = '$';
+                p++;
+                continue;
+            }
+            *o++ = *p++;
+            *o++ = *p;
+            continue;
+        }
+        if (*p == '[' && !in_class) {
+            in_class = true;
+            *o++ = *p;
+            if (p[1] == '^')
+                *o++ = *++p;
+            if (p[1] == ']')
+                *o++ = *++p;
+            continue;
+        }
+        if (*p == ']')
+            in_class = false;
+        *o++ = *p;
+    }
+    *o = 0;
+}
+
+char *mx_rules_relax_repeats(const char *re, unsigned max, bool extended)
+{
+    size_t n = strlen(re);
+    /* "{m,n}" -> "{k,}" never grows, "{11}" -> "{10,}" grows by one: a
+     * quantifier is at least 3 bytes, so twice the input is plenty */
+    char *out = malloc(2 * n + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    bool in_class = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = re[i];
+        if (c == '\\' && i + 1 < n) {
+            /* \Q...\E quotes a literal run */
+            if (re[i + 1] == 'Q') {
+                const char *e = strstr(re + i + 2, "\\E");
+                size_t end = e ? (size_t)(e - re) + 2 : n;
+                memcpy(out + o, re + i, end - i);
+                o += end - i;
+                i = end - 1;
+                continue;
+            }
+            out[o++] = c;
+            out[o++] = re[++i];
+            continue;
+        }
+        if (in_class) {
+            /* "[]" and "[^]" start with a literal ']' */
+            if (c == ']')
+                in_class = false;
+            out[o++] = c;
+            continue;
+        }
+        if (c == '[') {
+            out[o++] = c;
+            if (i + 1 < n && re[i + 1] == '^')
+                out[o++] = re[++i];
+            if (i + 1 < n && re[i + 1] == ']')
+                out[o++] = re[++i];
+            in_class = true;
+            continue;
+        }
+        if (c == '(' && i + 2 < n && re[i + 1] == '?' && re[i + 2] == '#') {
+            const char *e = strchr(re + i, ')');
+            size_t end = e ? (size_t)(e - re) + 1 : n;
+            memcpy(out + o, re + i, end - i);
+            o += end - i;
+            i = end - 1;
+            continue;
+        }
+        if (extended && c == '#') {
+            const char *e = strchr(re + i, '\n');
+            size_t end = e ? (size_t)(e - re) : n;
+            memcpy(out + o, re + i, end - i);
+            o += end - i;
+            i = end - 1;
+            continue;
+        }
+        if (c == '{' && i + 1 < n && isdigit((unsigned char)re[i + 1])) {
+            char *end;
+            unsigned long lo = strtoul(re + i + 1, &end, 10), hi = lo;
+            bool open = false;
+            if (*end == ',') {
+                if (isdigit((unsigned char)end[1]))
+                    hi = strtoul(end + 1, &end, 10);
+                else
+                    open = true, end++;
+            }
+            if (*end == '}' && (open ? false : hi > max)) {
+                unsigned long k = lo < max ? lo : max;
+                o += (size_t)sprintf(out + o, "{%lu,}", k);
+                i = (size_t)(end - re);
+                continue;
+            }
+        }
+        out[o++] = c;
+    }
+    out[o] = 0;
+    return out;
+}
+
 int mx_rules_finish(struct mx_ruleset *rs)
 {
     for (size_t i = 0; i < rs->nreplace; i++) {
@@ -1247,6 +1384,10 @@ int mx_rules_finish(struct mx_ruleset *rs)
         if (rc)
             return rc;
     }
+    for (size_t i = 0; i < rs->nrules; i++)
+        if ((rs->rules[i].type == MX_RULE_BODY || rs->rules[i].type == MX_RULE_RAWBODY) &&
+            rs->rules[i].re)
+            mx_rules_paragraph_anchors(rs->rules[i].re);
     size_t n = rs->nrules; /* metas may add placeholder rules */
     for (size_t i = 0; i < n; i++) {
         if (rs->rules[i].type == MX_RULE_META && !rs->rules[i].meta) {

@@ -23,6 +23,8 @@ enum mx_rule_type {
     MX_RULE_ATTACH,
     MX_RULE_MIMEHEADER, /* header rule on every MIME part's headers */
     MX_RULE_SKIPPED, /* eval:, askdns, ... (reason in skip) */
+    MX_RULE_MIMEEVAL, /* eval:check_for_mime('mime_attachment'): any part's
+                       * Content-Disposition contains "attachment" */
 };
 
 enum mx_rule_tflag {
@@ -31,6 +33,7 @@ enum mx_rule_tflag {
     MX_TF_NET = 1u << 2,
     MX_TF_LEARN = 1u << 3,
     MX_TF_NOAUTOLEARN = 1u << 4,
+    MX_TF_NOSUBJECT = 1u << 5, /* body rule: the text without the Subject line */
 };
 
 /* regex flags as given after the closing delimiter */
@@ -152,6 +155,25 @@ int mx_rules_load_path(struct mx_ruleset *rs, const char *path);
  */
 int mx_rules_finish(struct mx_ruleset *rs);
 
+/**
+ * A necessary condition for regex `re`, for Hyperscan: every bounded repeat
+ * whose upper bound is above `max` becomes unbounded ({m,n} -> {min(m,max),}),
+ * and {m} with m above max becomes {max,}. Anything `re` matches, the result
+ * matches too. Escapes, character classes and (/x) comments are left alone.
+ * The result is at most twice as long. Returns a malloc'd string, or NULL on
+ * allocation failure.
+ */
+char *mx_rules_relax_repeats(const char *re, unsigned max, bool extended);
+
+/**
+ * SpamAssassin matches body and raw-body rules paragraph by paragraph, so
+ * \z and \Z there mean "end of the paragraph"; mxgate scans the text as one
+ * multi-line string, where that is `$`. Rewrites re in place (it only
+ * shrinks), outside character classes. mx_rules_finish() applies it to
+ * every body and rawbody rule.
+ */
+void mx_rules_paragraph_anchors(char *re);
+
 /** Index of rule `name`, or -1. */
 long mx_rules_find(const struct mx_ruleset *rs, const char *name);
 
@@ -181,14 +203,6 @@ struct mx_scan_dbview {
     size_t npcre;         /* rules of this database run by PCRE2 alone */
 };
 
-/**
- * A necessary condition for regex `re`, for Hyperscan: every bounded repeat
- * whose upper bound is above `max` becomes unbounded ({m,n} -> {min(m,max),}),
- * and {m} with m above max becomes {max,}. Anything `re` matches, the result
- * matches too. Escapes, character classes and (/x) comments are left alone.
- * Returns a malloc'd string, or NULL on allocation failure.
- */
-char *mx_scan_relax_repeats(const char *re, unsigned max, bool extended);
 
 /**
  * mx_scan_engine_load() with a chosen database organisation: 1 is the
@@ -251,7 +265,8 @@ double mx_scan_msg_rule_value(struct mx_scan_msg *m, size_t ri);
 
 /**
  * After mx_scan_msg_end(): the text kept for PCRE2 of a stream scope,
- * "body" (rendered text), "rawbody" or "full". Returns 0, or -ENOENT.
+ * "body" (rendered text), "body:nosubject" (the same without the leading
+ * Subject line), "rawbody" or "full". Returns 0, or -ENOENT.
  */
 int mx_scan_msg_kept(const struct mx_scan_msg *m, const char *scope, const char **s, size_t *n);
 

@@ -4,7 +4,7 @@
  * chunks) and prints score, verdict and rules hit.
  * usage: scan_cli [-c CACHE_DIR] [-v] [-l] -r RULES [-r RULES...] FILE...
  *   -l: also list every rule as "rule NAME KIND", KIND one of header body
- *       rawbody uri full mimeheader meta dlp attachment skipped (does not
+ *       rawbody uri full mimeheader mimeeval meta dlp attachment skipped (does not
  *       run: eval, network, ...) or zero (score 0, does not run)
  */
 #include "scan/rules_internal.h"
@@ -55,14 +55,15 @@ int main(int argc, char **argv)
     }
     if (list) {
         static const char *const kinds[] = {"none", "header", "body", "rawbody", "uri", "full",
-                                            "meta", "dlp", "attachment", "mimeheader", "skipped"};
+                                            "meta", "dlp", "attachment", "mimeheader", "skipped",
+                                            "mimeeval"};
         const struct mx_ruleset *rs = mx_scan_engine_rules(e);
         for (size_t i = 0; i < rs->nrules; i++) {
             const struct mx_rule *r = &rs->rules[i];
             bool regex = r->type == MX_RULE_HEADER || r->type == MX_RULE_BODY ||
                          r->type == MX_RULE_RAWBODY || r->type == MX_RULE_URI ||
                          r->type == MX_RULE_FULL || r->type == MX_RULE_MIMEHEADER;
-            const char *k = r->type <= MX_RULE_SKIPPED ? kinds[r->type] : "?";
+            const char *k = r->type <= MX_RULE_MIMEEVAL ? kinds[r->type] : "?";
             if (r->skip)
                 k = "skipped";
             else if (r->score == 0 && !mx_rule_is_sub(r))

@@ -290,7 +290,7 @@ int main(int argc, char **argv)
                 char *expr;
                 unsigned fl, id = 0;
                 mx_scan_engine_dbpattern(e, i, k, &expr, &fl);
-                char *relaxed = mx_scan_relax_repeats(expr, 10, false);
+                char *relaxed = mx_rules_relax_repeats(expr, 10, false);
                 printf("relaxed: %s\n", relaxed);
                 for (int mode = 0; mode < 4; mode++) {
                     unsigned f = mode ? fl & ~(unsigned)HS_FLAG_PREFILTER : fl;
