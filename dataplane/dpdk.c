@@ -538,6 +538,25 @@ void mx_dpdk_fini(void)
                 rte_pktmbuf_free(m);
             rte_ring_free(d->steer);
         }
+        if (d->st) {
+            /* the totals at exit, for the log: what the console showed, in detail */
+            const struct mx_tcp_stats *t = mx_tcp_stack_stats(d->st);
+            fprintf(stderr,
+                    "mxgate[dataplane]: queue %u: rx=%llu tx=%llu rx_drop=%llu tx_drop=%llu "
+                    "nombuf=%llu impair_drop=%llu impair_dup=%llu impair_reorder=%llu "
+                    "tcp_retrans=%llu tcp_rto=%llu tcp_fast_retrans=%llu tcp_dupack=%llu "
+                    "tcp_ooo=%llu syn_cookies=%llu accepts=%llu connects=%llu aborts=%llu\n",
+                    q, (unsigned long long)d->stats.rx, (unsigned long long)d->stats.tx,
+                    (unsigned long long)d->stats.rx_drop, (unsigned long long)d->stats.tx_drop,
+                    (unsigned long long)d->stats.nombuf, (unsigned long long)d->stats.impair_drop,
+                    (unsigned long long)d->stats.impair_dup,
+                    (unsigned long long)d->stats.impair_reorder,
+                    (unsigned long long)t->tcp_retrans, (unsigned long long)t->tcp_rto,
+                    (unsigned long long)t->tcp_fast_retrans, (unsigned long long)t->tcp_dupack,
+                    (unsigned long long)t->tcp_ooo, (unsigned long long)t->tcp_syn_cookie_tx,
+                    (unsigned long long)t->tcp_accepts, (unsigned long long)t->tcp_connects,
+                    (unsigned long long)t->tcp_aborts);
+        }
         mx_tcp_stack_destroy(d->st);
         rte_free(d);
         g.q[q] = NULL;

@@ -547,7 +547,11 @@ static void tcp_output(struct tcp_conn *c)
         return;
     }
     bool sent = false;
-    uint32_t win = umin32(c->snd_wnd, c->cwnd);
+    /* RFC 3042 limited transmit: the first two duplicate ACKs each let one
+     * new segment out, so a small window still gathers the three dupacks
+     * that fast retransmit needs instead of waiting for the RTO. */
+    uint32_t lt = !c->in_recovery && c->dupacks < 3 ? c->dupacks * c->mss : 0;
+    uint32_t win = umin32(c->snd_wnd, c->cwnd + lt);
     for (;;) {
         uint32_t avail = SEQ_LT(c->snd_nxt, c->snd_end) ? c->snd_end - c->snd_nxt : 0;
         int32_t usable = (int32_t)(c->snd_una + win - c->snd_nxt);
@@ -1047,7 +1051,10 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
             if (c->cwnd < c->ssthresh)
                 c->cwnd += umin32(acked, c->mss);
             else
-                c->cwnd += umax32(1, (uint32_t)((uint64_t)c->mss * c->mss / c->cwnd));
+                /* byte counting (RFC 3465, L = 1): a delayed ACK covering two
+                 * segments grows the window as much as two ACKs would */
+                c->cwnd += umax32(1, (uint32_t)((uint64_t)c->mss * umin32(acked, 2u * c->mss) /
+                                                c->cwnd));
         }
         if (c->snd_una == c->snd_max) {
             c->t_rexmt = 0;
