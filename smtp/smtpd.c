@@ -21,6 +21,7 @@
 #include "dataplane/dataplane.h"
 #include "queue/queue.h"
 #include "scan/scan.h"
+#include "smtp/checks_internal.h"
 #include "smtp/smtp.h"
 #include "smtp/smtpd_internal.h"
 
@@ -41,6 +42,7 @@ struct mx_smtp_server {
     /* Hyperscan scratch of each worker for this server's engine (made lazily,
      * on the worker; freed with the server, since it belongs to the engine). */
     struct mx_scan_worker *scan_workers[SCAN_WORKERS_MAX];
+    struct mx_checks *checks; /* DNS checks, recipient verification; NULL: none */
 };
 
 struct smtpd_conn {
@@ -62,6 +64,7 @@ struct smtpd_conn {
     size_t hold_len, hold_cap;
     char sid[20];
     char peer[80];
+    struct mx_checks_conn *chk; /* DNS checks and recipient verification (checks.c) */
     uint64_t start_ms;
 };
 
@@ -111,6 +114,7 @@ static void conn_log(struct smtpd_conn *c, const char *fmt, ...)
 static void free_conn(struct smtpd_conn *c)
 {
     MX_STATS_ADD(CONN_OPEN, (uint64_t)-1);
+    mx_smtp_checks_conn_free(c->chk); /* answers still in flight are dropped */
     drop_scan(c);
     if (c->msg)
         mx_queue_msg_abort(c->msg);
@@ -178,6 +182,7 @@ static void s_mail(void *ud, const struct mx_envelope *env, struct mx_smtpd_repl
     (void)r;
     conn_log(c, "helo=%s from=<%s> size=%lu%s", env->helo, env->mail_from, (unsigned long)env->size_param,
              env->smtputf8 ? " smtputf8" : "");
+    mx_smtp_checks_mail(c->chk, env, r); /* DNSBL, URIBL, sender domain; maybe answered later */
 }
 
 static bool is_ip_literal(const char *domain)
@@ -206,6 +211,7 @@ static void s_rcpt(void *ud, const struct mx_envelope *env, const struct mx_rcpt
         return;
     }
     conn_log(c, "rcpt=<%s>%s", rcpt->addr, trusted ? " (trusted client)" : "");
+    mx_smtp_checks_rcpt(c->chk, rcpt, r); /* recipient verification; maybe answered later */
 }
 
 static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r)
@@ -419,7 +425,7 @@ static void st_data(struct mx_stream *s, void *ctx, const uint8_t *buf, size_t l
     MX_STATS_ADD(BYTES_IN, len);
     mx_smtpd_session_input(c->sess, buf, len);
     enum mx_smtpd_state st = mx_smtpd_session_state(c->sess);
-    if (st == SMTPD_WAIT_COMMIT)
+    if (st == SMTPD_WAIT_COMMIT || st == SMTPD_WAIT_REPLY)
         mx_stream_pause(c->st, true); /* pipelined input waits in the transport */
     if (st != SMTPD_CLOSED)
         arm_timer(c);
@@ -488,6 +494,18 @@ static void format_peer(const struct sockaddr_storage *ss, char *out, size_t len
     snprintf(out, len, "[%s]:%u", ip, port);
 }
 
+/* A late answer of the checks (DNS, callout): the session goes on with held input. */
+static void checks_answer(void *ud, const struct mx_smtpd_reply *r)
+{
+    struct smtpd_conn *c = ud;
+    mx_smtpd_session_reply(c->sess, r);
+    enum mx_smtpd_state st = mx_smtpd_session_state(c->sess);
+    if (st == SMTPD_CLOSED || st == SMTPD_WAIT_COMMIT || st == SMTPD_WAIT_REPLY)
+        return;
+    arm_timer(c);
+    mx_stream_pause(c->st, false); /* replays what arrived meanwhile */
+}
+
 void mx_smtp_server_accept(struct mx_stream *s, void *arg)
 {
     struct mx_smtp_server *srv = arg;
@@ -516,6 +534,9 @@ void mx_smtp_server_accept(struct mx_stream *s, void *arg)
     format_peer(&s->peer, c->peer, sizeof c->peer);
     mx_stream_bind(s, &stream_cb, c);
     conn_log(c, "connect from %s", c->peer);
+    /* DNS lists on the client start now, so their answers are in by MAIL */
+    c->chk = mx_smtp_checks_conn_new(srv->checks, s->worker, (struct sockaddr *)&s->peer, c->sid,
+                                     checks_answer, c);
     if (mx_queue_inbound_paused(srv->queue)) {
         char line[300];
         snprintf(line, sizeof line, "421 4.3.2 %s Service not available, maintenance\r\n",
@@ -614,6 +635,14 @@ int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct m
                 st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.meta,
                 st.skipped, st.from_cache ? "loaded from cache" : "compiled", st.compile_seconds);
     }
+    int crc = mx_smtp_checks_new(cfg, &srv->checks);
+    if (crc < 0) {
+        if (srv->scan)
+            mx_scan_engine_free(srv->scan);
+        SSL_CTX_free(srv->tls);
+        free(srv);
+        return crc;
+    }
     srv->params = (struct mx_smtpd_params){
         .hostname = cfg->smtp_hostname ? cfg->smtp_hostname : "localhost",
         .max_message_size = cfg->smtp_max_message_size,
@@ -634,6 +663,7 @@ void mx_smtp_server_free(struct mx_smtp_server *srv)
     if (!srv)
         return;
     SSL_CTX_free(srv->tls);
+    mx_smtp_checks_free(srv->checks);
     for (unsigned i = 0; i < SCAN_WORKERS_MAX; i++)
         mx_scan_worker_free(srv->scan_workers[i]);
     if (srv->scan)

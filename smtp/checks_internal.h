@@ -1,0 +1,112 @@
+/*
+ * checks_internal.h - asynchronous DNS-based checks (DNSBL on the client
+ * address, URIBL on the sender's domains, unknown sender domain) and
+ * recipient verification (static list or SMTP callout with a per-worker
+ * cache), internal to smtp/. smtpd.c calls them from its session callbacks;
+ * an answer that needs the network comes back later through the answer
+ * function given at mx_smtp_checks_conn_new() (MX_SMTPD_PENDING in between).
+ */
+#ifndef MX_SMTP_CHECKS_INTERNAL_H
+#define MX_SMTP_CHECKS_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "smtp/smtpd_internal.h"
+
+struct mx_config;
+struct mx_worker;
+struct mx_cidr;
+struct mx_checks;
+struct mx_checks_conn;
+
+/** One DNS list as configured: "ZONE[=A.B.C.D] reject|score=N". */
+struct mx_checks_list {
+    char zone[200];
+    bool has_match;   /**< only this returned address counts as listed */
+    uint8_t match[4];
+    bool reject;      /**< listed → 554 5.7.1 */
+    double score;     /**< else added up against dnsbl.threshold */
+};
+
+/**
+ * Parse one list entry.
+ * @return 0, or -EINVAL with a reason in err.
+ */
+int mx_smtp_checks_parse_list(const char *spec, struct mx_checks_list *out, char *err,
+                              size_t errlen);
+
+/**
+ * The DNSBL query name for an address: "2.0.0.127.ZONE" for IPv4,
+ * 32 nibbles reversed for IPv6.
+ * @return 0, -EAFNOSUPPORT, or -ENAMETOOLONG.
+ */
+int mx_smtp_checks_query_name(const struct sockaddr *sa, const char *zone, char *out,
+                              size_t outlen);
+
+/**
+ * The "logical IP": the first external hop in the Received headers of a
+ * message header block (newest first), skipping hops in trusted networks.
+ * Reads at most len bytes; only the header block (up to the first empty
+ * line) is looked at.
+ * @param trusted  ordered CIDR list (mx_config trusted_networks), may be empty
+ * @param out      receives the address (sa_family AF_INET or AF_INET6)
+ * @return 0 when found, -ENOENT when no Received header names an external hop.
+ */
+int mx_smtp_checks_received_ip(const uint8_t *hdr, size_t len, const struct mx_cidr *trusted,
+                               size_t n_trusted, struct sockaddr_storage *out);
+
+/**
+ * Compile the checks of a configuration (list syntax checked here).
+ * @return 0 (*out may be NULL when nothing is configured), -EINVAL with a
+ *         log line saying which entry, -ENOMEM.
+ */
+int mx_smtp_checks_new(const struct mx_config *cfg, struct mx_checks **out);
+
+/** Free what mx_smtp_checks_new() made. NULL is accepted. */
+void mx_smtp_checks_free(struct mx_checks *ck);
+
+/** How a late answer reaches the session owner (smtpd.c). */
+typedef void (*mx_checks_answer_fn)(void *ud, const struct mx_smtpd_reply *r);
+
+/**
+ * Start the checks of one connection on worker w: the DNSBL queries on the
+ * client address start now (trusted clients are not looked up).
+ * @return the connection's state, or NULL when ck is NULL (no checks) or
+ *         out of memory (then no checks run for it).
+ */
+struct mx_checks_conn *mx_smtp_checks_conn_new(struct mx_checks *ck, struct mx_worker *w,
+                                               const struct sockaddr *client, const char *sid,
+                                               mx_checks_answer_fn answer, void *ud);
+
+/**
+ * The connection is gone. Safe while queries are in flight: their answers
+ * are dropped and the state freed with the last of them. NULL is accepted.
+ */
+void mx_smtp_checks_conn_free(struct mx_checks_conn *cc);
+
+/**
+ * Checks at MAIL FROM: DNSBL verdict on the client, URIBL on the sender's
+ * and HELO domains, unknown sender domain. Fills r now, or sets
+ * MX_SMTPD_PENDING and answers later through the answer function.
+ */
+void mx_smtp_checks_mail(struct mx_checks_conn *cc, const struct mx_envelope *env,
+                         struct mx_smtpd_reply *r);
+
+/**
+ * Recipient verification at RCPT TO (static list or callout, cached per
+ * worker). Fills r now, or sets MX_SMTPD_PENDING and answers later.
+ */
+void mx_smtp_checks_rcpt(struct mx_checks_conn *cc, const struct mx_rcpt *rcpt,
+                         struct mx_smtpd_reply *r);
+
+/**
+ * Empty the recipient verification cache of every worker (mxctl cache
+ * clear). Callable from any thread: it bumps a generation that each worker
+ * compares at its next lookup, so no worker data is touched from here.
+ */
+void mx_smtp_checks_cache_clear(void);
+
+#endif
