@@ -241,10 +241,8 @@ void mx_queue_close(struct mx_queue *q)
         if (qw->started) {
             qm_spool_close(&qw->sp);
         } else {
-            for (size_t k = 0; k < qw->n_boot_segs; k++) {
-                free(qw->boot_segs[k]->done);
-                free(qw->boot_segs[k]);
-            }
+            for (size_t k = 0; k < qw->n_boot_segs; k++)
+                qm_seg_free(qw->boot_segs[k]);
             free(qw->boot_segs);
         }
     }
@@ -399,10 +397,96 @@ bool mx_queue_inbound_paused(const struct mx_queue *q)
     return atomic_load_explicit(&q->inbound_paused, memory_order_relaxed);
 }
 
+/*
+ * The copy of a long-deferred message reached the deferred store (or did
+ * not): from now on the message lives there, and its old segment's claim
+ * is given up (as a move, so a journal snapshot does not call it finished
+ * there while it is still queued).
+ */
+static void move_done(struct qm_worker *qw, struct mx_queue_msg *c, int res)
+{
+    struct qm_msg *m = c->move_of;
+    if (res == 0) {
+        struct qm_seg *old = m->seg;
+        m->seg = c->seg;
+        m->rec_off = c->seg_off;
+        m->rec_len = c->len;
+        if (m->deleted)
+            qm_spool_release(&qw->sp, old, m->qid);
+        else
+            qm_spool_release_moved(&qw->sp, old, m->qid);
+        fprintf(stderr, "mxgate[queue]: %s: moved to the deferred store %s\n", m->qid,
+                m->seg->path);
+    } else {
+        m->compact_after_ms = qm_unix_ms() + 60 * 1000; /* the next try */
+        fprintf(stderr, "mxgate[queue]: %s: copy to the deferred store failed: %s\n", m->qid,
+                strerror(-res));
+    }
+    qm_list_remove(qw, m);
+    m->moving = false;
+    m->state = m->pre_move;
+    if (m->deleted)
+        qm_worker_finish(qw, m);
+    else
+        qm_list_insert(qw, m);
+    qm_msgbuf_free(c);
+}
+
+/*
+ * Waiting messages older than queue.compact_after that still pin a segment
+ * are copied to the deferred store, a few per scan (each is one blocking
+ * read of its record). While the copy is under way the message sits on the
+ * busy list, so nothing else starts on it and a `delete` waits for the end.
+ */
+#define QM_COMPACT_PER_SCAN 16
+
+static void compact_scan(struct qm_worker *qw, uint64_t now)
+{
+    uint64_t after = (uint64_t)qw->q->cfg->queue_compact_after * 1000;
+    if (!after || !qw->started)
+        return;
+    unsigned done = 0;
+    struct qm_msg *m, *next;
+    for (m = TAILQ_FIRST(&qw->waiting); m && done < QM_COMPACT_PER_SCAN; m = next) {
+        next = TAILQ_NEXT(m, link);
+        if (!m->seg || m->seg->store || m->moving || now < m->env.arrival_ms + after ||
+            now < m->compact_after_ms)
+            continue;
+        free(m->buf); /* the whole record, header included, exactly as on disk */
+        m->buf = NULL;
+        int rc = qm_msg_load(m);
+        struct mx_queue_msg *c = rc == 0 ? calloc(1, sizeof *c) : NULL;
+        if (!c) {
+            free(m->buf);
+            m->buf = NULL;
+            m->compact_after_ms = now + 60 * 1000;
+            continue;
+        }
+        c->qw = qw;
+        memcpy(c->qid, m->qid, sizeof c->qid);
+        c->buf = m->buf;
+        c->len = c->cap = c->max_len = m->rec_len;
+        c->to_store = true;
+        c->move_of = m;
+        m->buf = NULL;
+        qm_list_remove(qw, m);
+        m->pre_move = m->state;
+        m->state = QM_M_ACTIVE;
+        m->moving = true;
+        qm_list_insert(qw, m);
+        qm_spool_add(&qw->sp, c);
+        done++;
+    }
+}
+
 /* A record became durable (or failed): hand it to the manager, then tell the sender. */
 static void on_committed(struct qm_spool *sp, struct mx_queue_msg *m, int res)
 {
     struct qm_worker *qw = sp->owner;
+    if (m->move_of) {
+        move_done(qw, m, res);
+        return;
+    }
     if (res == 0) {
         struct qm_msg *qm = calloc(1, sizeof *qm);
         uint8_t *rs = calloc(m->env.n_rcpts ? m->env.n_rcpts : 1, 1);
@@ -929,6 +1013,49 @@ static int snap_msg(struct qm_worker *qw, const struct qm_msg *m)
     return rc;
 }
 
+static int cmp_qid(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/*
+ * Old copies of messages moved to the deferred store: "finished" once the
+ * message is no longer queued, so a recovery never brings the old copy back.
+ */
+static int snap_moved(struct qm_worker *qw)
+{
+    size_t n_moved = 0;
+    struct qm_seg *s;
+    TAILQ_FOREACH(s, &qw->sp.segs, link)
+    n_moved += s->n_moved;
+    if (!n_moved)
+        return 0;
+    const char **live = malloc((qw->n_msgs + 1) * sizeof *live);
+    if (!live)
+        return -ENOMEM;
+    size_t n = 0;
+    struct qm_mq *lists[3] = {&qw->ready, &qw->waiting, &qw->busy};
+    for (int k = 0; k < 3; k++) {
+        struct qm_msg *m;
+        TAILQ_FOREACH(m, lists[k], link)
+        if (n <= qw->n_msgs)
+            live[n++] = m->qid;
+    }
+    qsort(live, n, sizeof *live, cmp_qid);
+    int rc = 0;
+    TAILQ_FOREACH(s, &qw->sp.segs, link)
+    for (size_t i = 0; i < s->n_moved && rc == 0; i++) {
+        const char *key = s->moved[i];
+        if (n && bsearch(&key, live, n, sizeof *live, cmp_qid))
+            continue; /* still queued: its state entries say enough */
+        struct qm_jentry e = {.type = QM_J_DELETED};
+        memcpy(e.qid, s->moved[i], sizeof e.qid);
+        rc = qm_spool_journal(&qw->sp, &e);
+    }
+    free(live);
+    return rc;
+}
+
 /*
  * The journal only grows while the gateway runs; past sp.j_max it starts a
  * new file holding a snapshot of everything still true: the state of every
@@ -954,6 +1081,8 @@ int qm_journal_snapshot(struct qm_worker *qw)
         memcpy(e.qid, s->done[i], sizeof e.qid);
         rc = qm_spool_journal(&qw->sp, &e);
     }
+    if (rc == 0)
+        rc = snap_moved(qw);
     if (rc < 0) {
         /* keep the old journals: replaying them and a partial snapshot is harmless */
         qw->sp.n_j_old = 0;
@@ -1028,6 +1157,7 @@ void qm_tick(struct mx_worker *w, void *arg)
     if (now >= qw->next_scan_ms) {
         qw->next_scan_ms = now + QM_SCAN_MS;
         make_due(qw, false);
+        compact_scan(qw, qm_unix_ms());
     }
     if (!atomic_load_explicit(&q->frozen, memory_order_relaxed) &&
         !(w && mx_worker_stopping(w))) {

@@ -65,7 +65,8 @@ static const char *state_name(const struct qm_msg *m)
         return "quarantine";
     if (m->held)
         return "hold";
-    switch (m->state) {
+    /* a copy to the deferred store is bookkeeping, not a delivery */
+    switch (m->moving ? m->pre_move : m->state) {
     case QM_M_ACTIVE:
         return "active";
     case QM_M_DEFERRED:

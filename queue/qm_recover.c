@@ -397,7 +397,9 @@ static int write_compacted(struct scan *sc, unsigned n_workers, uint64_t seq,
         /* finished messages in segments that stay: say so, or they come back */
         for (size_t i = 0; i < n_fin; i++) {
             struct qm_msg *m = fin[i];
-            if (m->dir_index % n_workers != wi || m->seg->live == 0)
+            /* also when its own file goes: a copy elsewhere (deferred store
+             * or its old segment) must not come back */
+            if (m->dir_index % n_workers != wi)
                 continue;
             if (len + QM_J_HDR + QM_J_ERR_MAX > cap) {
                 cap *= 2;
@@ -489,7 +491,9 @@ int qm_recover(const char *spool, unsigned n_workers, struct qm_recovered *out)
         size_t n_segf = 0, cap_segf = 0;
         while ((fe = readdir(wd))) {
             uint64_t seq;
-            bool is_seg = parse_seq(fe->d_name, "seg-", &seq);
+            /* deferred-store files hold records exactly like segments */
+            bool is_seg = parse_seq(fe->d_name, "seg-", &seq) ||
+                          parse_seq(fe->d_name, "dstore-", &seq);
             bool is_j = !is_seg && parse_seq(fe->d_name, "journal-", &seq);
             if (!is_seg && !is_j)
                 continue;
@@ -533,6 +537,7 @@ int qm_recover(const char *spool, unsigned n_workers, struct qm_recovered *out)
             }
             s->fd = -1;
             snprintf(s->path, sizeof s->path, "%s", segf[i].path);
+            s->store = strncmp(strrchr(segf[i].path, '/') + 1, "dstore-", 7) == 0;
             s->seq = segf[i].seq;
             segs[n_segs] = s;
             seg_dir[n_segs++] = (unsigned)idx;
@@ -548,12 +553,23 @@ int qm_recover(const char *spool, unsigned n_workers, struct qm_recovered *out)
     if (rc == 0) {
         if (out->n)
             qsort(out->msgs, out->n, sizeof *out->msgs, cmp_msg);
-        /* the same qid twice (a record rewritten after a resync): keep the first */
+        /* The same qid twice: a record rewritten after a resync, or a message
+         * copied to the deferred store whose old segment was not removed yet
+         * (the same bytes). Keep one, the store's copy if there is one, so
+         * that the old segment can go now. */
         size_t w = 0;
         for (size_t i = 0; i < out->n; i++) {
             if (w && strcmp(out->msgs[w - 1]->qid, out->msgs[i]->qid) == 0) {
-                out->msgs[i]->seg->live--;
-                qm_msg_free(out->msgs[i]);
+                struct qm_msg *drop = out->msgs[i];
+                if (drop->seg->store && !out->msgs[w - 1]->seg->store) {
+                    drop = out->msgs[w - 1];
+                    out->msgs[w - 1] = out->msgs[i];
+                }
+                drop->seg->live--;
+                /* a snapshot must still end the old copy once the message finishes */
+                if (drop->seg->live && qm_seg_add_moved(drop->seg, drop->qid) < 0)
+                    rc = -ENOMEM;
+                qm_msg_free(drop);
                 continue;
             }
             out->msgs[w++] = out->msgs[i];
@@ -602,8 +618,7 @@ int qm_recover(const char *spool, unsigned n_workers, struct qm_recovered *out)
             if (segs[i]->live == 0) {
                 unlink(segs[i]->path);
                 out->n_segs_deleted++;
-                free(segs[i]->done);
-                free(segs[i]);
+                qm_seg_free(segs[i]);
                 continue;
             }
             seg_dir[w] = seg_dir[i];
@@ -624,11 +639,8 @@ void qm_recovered_free(struct qm_recovered *r)
 {
     for (size_t i = 0; i < r->n; i++)
         qm_msg_free(r->msgs[i]);
-    for (size_t i = 0; i < r->n_segs; i++) {
-        if (r->segs[i])
-            free(r->segs[i]->done);
-        free(r->segs[i]);
-    }
+    for (size_t i = 0; i < r->n_segs; i++)
+        qm_seg_free(r->segs[i]);
     free(r->msgs);
     free(r->segs);
     free(r->seg_dir);

@@ -558,14 +558,18 @@ static int open_new_file(struct qm_spool *sp, const char *prefix, uint64_t seq, 
     return fd;
 }
 
-/* A new segment file; the directory is fsync'd so the name survives too. */
-static int seg_roll(struct qm_spool *sp)
+/*
+ * A new segment file (or deferred-store file); the directory is fsync'd so
+ * the name survives too.
+ */
+static int seg_roll_kind(struct qm_spool *sp, bool store)
 {
     struct qm_seg *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
     s->seq = atomic_fetch_add(sp->seq, 1);
-    int fd = open_new_file(sp, "seg", s->seq, s->path, sizeof s->path);
+    s->store = store;
+    int fd = open_new_file(sp, store ? "dstore" : "seg", s->seq, s->path, sizeof s->path);
     if (fd < 0) {
         free(s);
         return fd;
@@ -578,15 +582,28 @@ static int seg_roll(struct qm_spool *sp)
         return rc;
     }
     /* the old descriptor stays open until no batch can still write to it (gc) */
-    if (sp->seg)
-        sp->seg->current = false;
     s->current = true;
     s->fd = fd;
     TAILQ_INSERT_TAIL(&sp->segs, s, link);
-    sp->seg = s;
-    sp->seg_fd = fd;
-    sp->seg_off = 0;
+    if (store) {
+        if (sp->store)
+            sp->store->current = false;
+        sp->store = s;
+        sp->store_fd = fd;
+        sp->store_off = 0;
+    } else {
+        if (sp->seg)
+            sp->seg->current = false;
+        sp->seg = s;
+        sp->seg_fd = fd;
+        sp->seg_off = 0;
+    }
     return 0;
+}
+
+static int seg_roll(struct qm_spool *sp)
+{
+    return seg_roll_kind(sp, false);
 }
 
 int qm_spool_open(struct qm_spool *sp, const char *dir, _Atomic uint64_t *seq,
@@ -595,7 +612,7 @@ int qm_spool_open(struct qm_spool *sp, const char *dir, _Atomic uint64_t *seq,
     memset(sp, 0, sizeof *sp);
     sp->ring = ring;
     sp->seq = seq;
-    sp->seg_fd = sp->j_fd = sp->dirfd = -1;
+    sp->seg_fd = sp->j_fd = sp->dirfd = sp->store_fd = -1;
     sp->seg_max = 64u << 20;
     TAILQ_INIT(&sp->segs);
     TAILQ_INIT(&sp->pending);
@@ -643,14 +660,14 @@ void qm_spool_close(struct qm_spool *sp)
         close(sp->j_fd);
     if (sp->dirfd >= 0)
         close(sp->dirfd);
-    sp->seg_fd = sp->j_fd = sp->dirfd = -1;
+    sp->seg_fd = sp->j_fd = sp->dirfd = sp->store_fd = -1;
+    sp->store = NULL;
     struct qm_seg *s;
     while ((s = TAILQ_FIRST(&sp->segs))) {
         TAILQ_REMOVE(&sp->segs, s, link);
         if (s->fd >= 0)
             close(s->fd);
-        free(s->done);
-        free(s);
+        qm_seg_free(s);
     }
     sp->seg = NULL;
     free(sp->jbuf);
@@ -707,11 +724,17 @@ static void journal_retry(struct qm_spool *sp, struct qm_batch *b)
         sp->j_off = b->j_at;
 }
 
-static void seg_release(struct qm_seg *seg, const char *qid)
+static void seg_release(struct qm_seg *seg, const char *qid, bool moved)
 {
     if (!seg || !seg->live)
         return;
     seg->live--;
+    if (moved) {
+        /* the message lives on in the store: not finished, but remembered */
+        if (seg->live && qm_seg_add_moved(seg, qid) < 0)
+            fprintf(stderr, "mxgate[queue]: %s: out of memory noting it moved\n", qid);
+        return;
+    }
     /* for journal snapshots while the segment lives on (if this fails, a
      * snapshot could bring the message back: delivered twice, never lost) */
     if (seg->live && qm_seg_add_done(seg, qid) < 0)
@@ -727,7 +750,7 @@ static void releases_done(struct qm_spool *sp, struct qm_batch *b, bool durable)
 {
     if (durable) {
         for (size_t i = 0; i < b->n_rel; i++)
-            seg_release(b->rel[i].seg, b->rel[i].qid);
+            seg_release(b->rel[i].seg, b->rel[i].qid, b->rel[i].moved);
         return;
     }
     size_t n = b->n_rel + sp->n_rel;
@@ -754,6 +777,7 @@ static void batch_part_done(struct qm_batch *b, int part)
         if (res < 0) {
             /* the rest of this segment may hold a hole: continue in a new one */
             sp->seg_off = sp->seg_max;
+            sp->store_off = sp->seg_max;
             sp->n_write_errors++;
             fprintf(stderr, "mxgate[queue]: spool %s: segment write failed: %s\n", sp->dir,
                     strerror(-res));
@@ -855,7 +879,19 @@ void qm_spool_retry(struct qm_spool *sp, struct mx_queue_msg *m)
     TAILQ_INSERT_TAIL(&sp->retry, m, link);
 }
 
+static void release_add(struct qm_spool *sp, struct qm_seg *seg, const char *qid, bool moved);
+
 void qm_spool_release(struct qm_spool *sp, struct qm_seg *seg, const char *qid)
+{
+    release_add(sp, seg, qid, false);
+}
+
+void qm_spool_release_moved(struct qm_spool *sp, struct qm_seg *seg, const char *qid)
+{
+    release_add(sp, seg, qid, true);
+}
+
+static void release_add(struct qm_spool *sp, struct qm_seg *seg, const char *qid, bool moved)
 {
     if (sp->n_rel == sp->cap_rel) {
         size_t cap = sp->cap_rel ? sp->cap_rel * 2 : 32;
@@ -869,6 +905,7 @@ void qm_spool_release(struct qm_spool *sp, struct qm_seg *seg, const char *qid)
         sp->cap_rel = cap;
     }
     sp->rel[sp->n_rel].seg = seg;
+    sp->rel[sp->n_rel].moved = moved;
     snprintf(sp->rel[sp->n_rel].qid, QM_QID_SIZE, "%s", qid);
     sp->n_rel++;
 }
@@ -888,7 +925,7 @@ int qm_spool_flush(struct qm_spool *sp)
         /* releases without journal entries of their own wait for nothing */
         if (sp->n_rel && !sp->inflight && TAILQ_EMPTY(&sp->retry)) {
             for (size_t i = 0; i < sp->n_rel; i++)
-                seg_release(sp->rel[i].seg, sp->rel[i].qid);
+                seg_release(sp->rel[i].seg, sp->rel[i].qid, sp->rel[i].moved);
             sp->n_rel = 0;
         }
         return 0;
@@ -908,11 +945,11 @@ int qm_spool_flush(struct qm_spool *sp)
         io_uring_submit(sp->ring);
         space = io_uring_sq_space_left(sp->ring);
     }
-    if (space < 4)
+    if (space < 5)
         return -EBUSY; /* try again next tick */
     size_t nrec = sp->n_pending;
-    if (nrec > space - 3)
-        nrec = space - 3;
+    if (nrec > space - 4)
+        nrec = space - 4;
     /* journal entries may refer to records still pending (a failure and its
      * DSN): they wait until every pending record rides in the same chain,
      * and while a DSN whose write failed waits for its retry */
@@ -926,8 +963,26 @@ int qm_spool_flush(struct qm_spool *sp)
             return rc;
         }
     }
+    bool any_store = false;
+    {
+        size_t i = 0;
+        struct mx_queue_msg *m;
+        TAILQ_FOREACH(m, &sp->pending, link)
+        {
+            if (i++ == nrec)
+                break;
+            any_store |= m->to_store;
+        }
+    }
+    if (any_store && (sp->store_fd < 0 || sp->store_off >= sp->seg_max)) {
+        int rc = seg_roll_kind(sp, true);
+        if (rc < 0) {
+            fail_pending(sp, rc);
+            return rc;
+        }
+    }
     struct qm_batch *b = calloc(1, sizeof *b);
-    struct qm_wop *ops = calloc(nrec + 3, sizeof *ops);
+    struct qm_wop *ops = calloc(nrec + 4, sizeof *ops);
     if (!b || !ops) {
         free(b);
         free(ops);
@@ -939,17 +994,21 @@ int qm_spool_flush(struct qm_spool *sp)
     TAILQ_INIT(&b->recs);
     unsigned k = 0;
     struct io_uring_sqe *sqe = NULL;
+    bool any_seg = false;
     for (size_t i = 0; i < nrec; i++) {
         struct mx_queue_msg *m = TAILQ_FIRST(&sp->pending);
         TAILQ_REMOVE(&sp->pending, m, link);
         sp->n_pending--;
         TAILQ_INSERT_TAIL(&b->recs, m, link);
-        m->seg = sp->seg;
+        int fd = m->to_store ? sp->store_fd : sp->seg_fd;
+        uint64_t *off = m->to_store ? &sp->store_off : &sp->seg_off;
+        any_seg |= !m->to_store;
+        m->seg = m->to_store ? sp->store : sp->seg;
         m->seg->live++; /* until the manager finishes it (or the write fails) */
-        m->seg_off = sp->seg_off;
+        m->seg_off = *off;
         sqe = io_uring_get_sqe(sp->ring);
-        io_uring_prep_write(sqe, sp->seg_fd, m->buf, (unsigned)m->len, sp->seg_off);
-        sp->seg_off += m->len;
+        io_uring_prep_write(sqe, fd, m->buf, (unsigned)m->len, *off);
+        *off += m->len;
         ops[k] = (struct qm_wop){{wop_done}, b, (uint32_t)m->len, 0, false};
         io_uring_sqe_set_data(sqe, &ops[k].op);
         sqe->flags |= IOSQE_IO_LINK;
@@ -957,9 +1016,11 @@ int qm_spool_flush(struct qm_spool *sp)
         b->outstanding[0]++;
         sp->n_records++;
     }
-    if (nrec) {
+    for (int f = 0; f < 2; f++) {
+        if (!(f == 0 ? any_seg : any_store))
+            continue;
         sqe = io_uring_get_sqe(sp->ring);
-        io_uring_prep_fsync(sqe, sp->seg_fd, IORING_FSYNC_DATASYNC);
+        io_uring_prep_fsync(sqe, f == 0 ? sp->seg_fd : sp->store_fd, IORING_FSYNC_DATASYNC);
         ops[k] = (struct qm_wop){{wop_done}, b, 0, 0, true};
         io_uring_sqe_set_data(sqe, &ops[k].op);
         sqe->flags |= IOSQE_IO_LINK;
@@ -1027,10 +1088,32 @@ void qm_spool_gc(struct qm_spool *sp)
                 fprintf(stderr, "mxgate[queue]: cannot remove %s: %s\n", s->path,
                         strerror(errno));
             TAILQ_REMOVE(&sp->segs, s, link);
-            free(s->done);
-            free(s);
+            qm_seg_free(s);
         }
     }
+}
+
+int qm_seg_add_moved(struct qm_seg *seg, const char *qid)
+{
+    if (seg->n_moved == seg->cap_moved) {
+        size_t cap = seg->cap_moved ? seg->cap_moved * 2 : 16;
+        char(*nm)[QM_QID_SIZE] = realloc(seg->moved, cap * sizeof *nm);
+        if (!nm)
+            return -ENOMEM;
+        seg->moved = nm;
+        seg->cap_moved = cap;
+    }
+    snprintf(seg->moved[seg->n_moved++], QM_QID_SIZE, "%s", qid);
+    return 0;
+}
+
+void qm_seg_free(struct qm_seg *seg)
+{
+    if (!seg)
+        return;
+    free(seg->done);
+    free(seg->moved);
+    free(seg);
 }
 
 int qm_seg_add_done(struct qm_seg *seg, const char *qid)

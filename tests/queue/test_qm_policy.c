@@ -21,7 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -474,13 +477,20 @@ static bool all_deferred(size_t n, unsigned k)
     return ok;
 }
 
-static void flush_until_attempts(size_t n, unsigned k)
+/*
+ * Flush, then wait until the n messages were tried k times and the delay
+ * DSNs expected by then (files in md_a/new) were delivered: a DSN still in
+ * the spool's pending batch is in no list yet, so the count alone could
+ * settle a moment too early.
+ */
+static void flush_until_attempts(size_t n, unsigned k, int files)
 {
     char *out = NULL;
     assert_int_equal(mx_queue_control(q, "flush", NULL, false, &out), 0);
     free(out);
-    for (int i = 0; i < 3000 && !all_deferred(n, k); i++)
+    for (int i = 0; i < 3000 && !(count_files(md_a_new) == files && all_deferred(n, k)); i++)
         usleep(1000);
+    assert_int_equal(count_files(md_a_new), files);
     assert_true(all_deferred(n, k));
 }
 
@@ -507,10 +517,7 @@ static void test_delay_warning(void **state)
     assert_true(all_deferred(5, 1));
     assert_int_equal(count_files(md_a_new), 0); /* younger than delay_warning */
     usleep(1100 * 1000);
-    flush_until_attempts(5, 2);
-    for (int i = 0; i < 3000 && count_files(md_a_new) < 2; i++)
-        usleep(1000);
-    assert_int_equal(count_files(md_a_new), 2);
+    flush_until_attempts(5, 2, 2);
     DIR *d = opendir(md_a_new);
     struct dirent *de;
     int seen = 0;
@@ -537,12 +544,12 @@ static void test_delay_warning(void **state)
     closedir(d);
     assert_int_equal(seen, 3);
     /* once per message: not again on the next attempt, nor after a restart */
-    flush_until_attempts(5, 3);
+    flush_until_attempts(5, 3, 2);
     usleep(100 * 1000);
     assert_int_equal(count_files(md_a_new), 2);
     stop();
     start();
-    flush_until_attempts(5, 4);
+    flush_until_attempts(5, 4, 2);
     usleep(100 * 1000);
     assert_int_equal(count_files(md_a_new), 2);
     for (int i = 0; i < 5; i++) {
@@ -552,6 +559,171 @@ static void test_delay_warning(void **state)
     }
     assert_int_equal(list_count(), 0);
     stop();
+}
+
+/* ---- deferred store ------------------------------------------------------------ */
+
+static int count_prefix(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        n += strncmp(de->d_name, prefix, strlen(prefix)) == 0;
+    closedir(d);
+    return n;
+}
+
+/*
+ * The child: three messages deferred, each in its own segment; after
+ * queue.compact_after they move to the deferred store and their segments
+ * go. It reports "committed" once the messages are durable and "compacted"
+ * once their segment files are gone, then runs on until it is killed.
+ */
+static void compact_child(int fd)
+{
+    start();
+    atomic_store(&driver_stop, true);
+    pthread_join(driver, NULL);
+    qw->sp.seg_max = 1; /* one segment per batch: every message pins its own */
+    atomic_store(&driver_stop, false);
+    if (pthread_create(&driver, NULL, drive, NULL) != 0)
+        _exit(2);
+    struct inject in[3] = {
+        {.rcpt = "a@bad.test", .body = "Subject: c1\r\n\r\none\r\n"},
+        {.rcpt = "b@bad.test", .body = "Subject: c2\r\n\r\ntwo\r\n"},
+        {.rcpt = "c@bad.test", .body = "Subject: c3\r\n\r\nthree\r\n"},
+    };
+    char line[128];
+    for (int i = 0; i < 3; i++) {
+        submit(&in[i]);
+        int l = snprintf(line, sizeof line, "%s\n", in[i].qid);
+        if (write(fd, line, (size_t)l) != l)
+            _exit(3);
+    }
+    if (write(fd, "committed\n", 10) != 10)
+        _exit(3);
+    char w0[400];
+    snprintf(w0, sizeof w0, "%s/w0", spool);
+    /* deferred at once, moved after ~1 s; only the current segment may stay */
+    for (int i = 0; i < 5000; i++) {
+        if (count_prefix(w0, "dstore-") >= 1 && count_prefix(w0, "seg-") <= 1)
+            break;
+        usleep(1000);
+    }
+    if (count_prefix(w0, "seg-") <= 1 && write(fd, "compacted\n", 10) != 10)
+        _exit(3);
+    for (;;)
+        pause(); /* kill -9 ends it */
+}
+
+static void test_compaction_kill9(void **state)
+{
+    (void)state;
+    cfg.queue_compact_after = 1;
+    unsigned seed = (unsigned)time(NULL);
+    printf("# seed %u\n", seed);
+    for (int round = 0; round < 4; round++) {
+        snprintf(spool, sizeof spool, "%s/spool%d", tmpdir, round);
+        int p[2];
+        assert_int_equal(pipe(p), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            close(p[0]);
+            compact_child(p[1]);
+            _exit(1);
+        }
+        close(p[1]);
+        FILE *f = fdopen(p[0], "r");
+        char qids[3][QM_QID_SIZE], line[128];
+        int n = 0;
+        bool committed = false, compacted = false;
+        while (fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\n")] = 0;
+            if (strcmp(line, "committed") == 0) {
+                committed = true;
+                /* rounds 0-1 die at a random moment around the compaction */
+                if (round < 2)
+                    break;
+            } else if (strcmp(line, "compacted") == 0) {
+                compacted = true;
+                break;
+            } else if (n < 3) {
+                snprintf(qids[n++], sizeof qids[0], "%.23s", line);
+            }
+        }
+        assert_true(committed);
+        assert_int_equal(n, 3);
+        if (round >= 2)
+            assert_true(compacted);
+        usleep(round < 2 ? (useconds_t)(rand_r(&seed) % 2500000) : 20000);
+        kill(pid, SIGKILL);
+        int st;
+        assert_int_equal(waitpid(pid, &st, 0), pid);
+        assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+        fclose(f);
+
+        /* restart: all three are queued, deferred, bytes intact */
+        char w0[400];
+        snprintf(w0, sizeof w0, "%s/w0", spool);
+        start();
+        if (compacted) {
+            /* the three segments are gone; what is left is this run's fresh one */
+            assert_int_equal(count_prefix(w0, "seg-"), 1);
+            assert_true(count_prefix(w0, "dstore-") >= 1);
+        }
+        char *out = NULL;
+        assert_int_equal(mx_queue_control(q, "list", NULL, true, &out), 0);
+        json_error_t err;
+        json_t *arr = json_loads(out, 0, &err);
+        free(out);
+        assert_int_equal(json_array_size(arr), 3);
+        for (int i = 0; i < 3; i++) {
+            json_t *o = json_array_get(arr, (size_t)i);
+            assert_string_equal(json_string_value(json_object_get(o, "id")), qids[i]);
+            assert_string_equal(json_string_value(json_object_get(o, "state")), "deferred");
+            assert_int_equal(json_integer_value(json_object_get(o, "attempts")), 1);
+        }
+        json_decref(arr);
+        /* the bytes: read back through the manager's own loader */
+        atomic_store(&driver_stop, true);
+        pthread_join(driver, NULL);
+        const char *bodies[3] = {"Subject: c1\r\n\r\none\r\n", "Subject: c2\r\n\r\ntwo\r\n",
+                                 "Subject: c3\r\n\r\nthree\r\n"};
+        struct qm_msg *m;
+        int seen = 0;
+        struct qm_mq *lists[2] = {&qw->waiting, &qw->busy}; /* busy: being moved again */
+        for (int k = 0; k < 2; k++)
+            TAILQ_FOREACH(m, lists[k], link)
+            {
+                uint8_t *keep = m->buf;
+                m->buf = NULL;
+                assert_int_equal(qm_msg_load(m), 0);
+                for (int i = 0; i < 3; i++)
+                    if (strcmp(m->qid, qids[i]) == 0) {
+                        assert_int_equal(m->body_len, strlen(bodies[i]));
+                        assert_memory_equal(qm_msg_body(m), bodies[i], m->body_len);
+                        seen |= 1 << i;
+                    }
+                free(m->buf);
+                m->buf = keep;
+            }
+        assert_int_equal(seen, 7);
+        atomic_store(&driver_stop, false);
+        assert_int_equal(pthread_create(&driver, NULL, drive, NULL), 0);
+        /* and once they are gone, nothing comes back: delete, restart, empty */
+        for (int i = 0; i < 3; i++) {
+            assert_int_equal(mx_queue_control(q, "delete", qids[i], false, &out), 0);
+            free(out);
+        }
+        stop();
+        start();
+        assert_int_equal(list_count(), 0);
+        stop();
+    }
 }
 
 /* ---- redirect and BCC ------------------------------------------------------ */
@@ -650,6 +822,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quarantine_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redirect_and_bcc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delay_warning, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compaction_kill9, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
