@@ -1,0 +1,180 @@
+#!/usr/bin/python3
+"""test_dnsbl - DNS checks against a real DNS server (unbound) on loopback.
+
+The test starts unbound with local zones: a DNSBL zone listing 127.0.0.2,
+MX and A records for a good sender domain, NXDOMAIN for a bad one. mxgate
+uses it as dns.servers. Clients connect from second loopback addresses:
+  - from 127.0.0.2 (listed): MAIL gets 554 5.7.1 "listed at zen.example.test",
+    and a pipelined MAIL+RCPT+DATA gets its three replies in order;
+  - from 127.0.0.3 (not listed): the message is accepted and delivered;
+  - a sender at the NXDOMAIN domain: 550 5.1.8.
+Usage: test_dnsbl.py MXGATE
+"""
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mxtest  # noqa: E402
+
+
+def free_udp_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_unbound(d, port):
+    conf = os.path.join(d, "unbound.conf")
+    with open(conf, "w") as f:
+        f.write("""server:
+  interface: 127.0.0.1
+  port: %d
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "%s"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  do-ip6: no
+  access-control: 127.0.0.0/8 allow
+  module-config: "iterator"
+  local-zone: "test." static
+  local-zone: "zen.example.test." static
+  local-data: "2.0.0.127.zen.example.test. 60 IN A 127.0.0.2"
+  local-data: "2.0.0.127.zen.example.test. 60 IN TXT \\"listed\\""
+  local-zone: "good.test." static
+  local-data: "good.test. 60 IN MX 10 mx.good.test."
+  local-data: "mx.good.test. 60 IN A 192.0.2.10"
+  local-zone: "bad.test." static
+remote-control:
+  control-enable: no
+""" % (port, d))
+    proc = subprocess.Popen(["unbound", "-d", "-c", conf], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    # ready when it answers a query for the listed address
+    q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" +
+         b"".join(bytes([len(p)]) + p.encode() for p in "2.0.0.127.zen.example.test".split(".")) +
+         b"\x00\x00\x01\x00\x01")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("unbound exited: " + proc.stderr.read().decode())
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.3)
+        try:
+            s.sendto(q, ("127.0.0.1", port))
+            a, _ = s.recvfrom(512)
+            if a[:2] == b"\x12\x34" and a[3] & 0x0f == 0 and a[6:8] != b"\x00\x00":
+                return proc
+        except OSError:
+            pass
+        finally:
+            s.close()
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(5)
+    raise RuntimeError("unbound did not answer")
+
+
+def raw_session(port, src, lines, expect_replies, timeout=10):
+    """Send all lines in one write after EHLO; return the replies that follow, in order."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(src, 0))
+    f = s.makefile("rb")
+
+    def reply():
+        out = []
+        while True:
+            ln = f.readline()
+            if not ln:
+                return out
+            out.append(ln.decode().rstrip("\r\n"))
+            if len(ln) >= 4 and ln[3:4] == b" ":
+                return out
+
+    reply()  # greeting
+    s.sendall(b"EHLO client.test\r\n")
+    reply()
+    s.sendall(b"".join(l.encode() + b"\r\n" for l in lines))
+    got = [reply()[-1] for _ in range(expect_replies)]
+    s.close()
+    return got
+
+
+def main():
+    mxtest.need("unbound")
+    mxgate = sys.argv[1]
+    port = free_udp_port()
+    gw = None
+    ub = None
+    fails = mxtest.Failures()
+    try:
+        gw = mxtest.Gateway(mxgate, trusted=["127.0.0.1/32"], extra="""
+dns { servers = [ "127.0.0.1:%d" ]; timeout = 1; tries = 2; }
+dnsbl { lists = [ "zen.example.test=127.0.0.2 reject" ]; }
+sender_domain_check = "reject";
+""" % port)
+        ub = start_unbound(gw.dir, port)
+        gw.start()
+
+        # listed client: 554 at MAIL, naming the list
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.2", 0)) as c:
+            c.ehlo("client.test")
+            code, msg = c.mail("a@good.test")
+            fails.check(code == 554, "listed client: MAIL answered %d (want 554)" % code)
+            fails.check(b"5.7.1" in msg and b"listed at zen.example.test" in msg,
+                        "listed client: reply names the list: %r" % msg)
+
+        # pipelined from the listed client: three replies, in order
+        got = raw_session(gw.port, "127.0.0.2",
+                          ["MAIL FROM:<a@good.test>", "RCPT TO:<x@example.test>", "DATA"], 3)
+        fails.check(len(got) == 3 and got[0].startswith("554 5.7.1") and
+                    got[1].startswith("503") and got[2].startswith("503"),
+                    "pipelined MAIL/RCPT/DATA from a listed client: %r" % got)
+
+        # unlisted client: accepted and delivered
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.3", 0)) as c:
+            c.ehlo("client.test")
+            refused = c.sendmail("a@good.test", ["x@example.test"],
+                                 b"Subject: dnsbl ok\r\nMessage-ID: <dnsbl-ok@test>\r\n\r\nhi\r\n")
+            fails.check(refused == {}, "unlisted client: accepted")
+        msgs = gw.wait_maildir(1, timeout=20)
+        fails.check("<dnsbl-ok@test>" in mxtest.message_ids(msgs), "unlisted client: delivered")
+
+        # unknown sender domain (NXDOMAIN, no MX, no A)
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.3", 0)) as c:
+            c.ehlo("client.test")
+            code, msg = c.mail("a@bad.test")
+            fails.check(code == 550 and b"5.1.8" in msg,
+                        "unknown sender domain: %d %r (want 550 5.1.8)" % (code, msg))
+            code, msg = c.mail("b@good.test")
+            fails.check(code == 250, "known sender domain after it: %d" % code)
+        log = gw.log()
+        fails.check("client 127.0.0.2 listed at zen.example.test" in log, "log names the listing")
+    finally:
+        if gw:
+            try:
+                gw.stop()
+            except RuntimeError as e:
+                print("FAIL:", e)
+        if ub:
+            ub.terminate()
+            try:
+                ub.wait(10)
+            except subprocess.TimeoutExpired:
+                ub.kill()
+                ub.wait(5)
+    if gw and not fails.items:
+        gw.cleanup()
+    fails.finish(gw)
+
+
+if __name__ == "__main__":
+    main()
