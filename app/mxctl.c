@@ -31,6 +31,7 @@ static void usage(FILE *f)
                "  queue freeze|thaw            stop / resume delivery\n"
                "  maintenance on|off           refuse new mail with 421 / accept again\n"
                "  config export                the effective configuration as UCL\n"
+               "  cache clear                  empty the recipient verification cache\n"
                "  reload                       re-read the configuration file; applied only\n"
                "                               if valid (exit 1 and every error otherwise)\n"
                "default socket: " DEFAULT_SOCKET "\n");

@@ -119,6 +119,11 @@ static int control(void *arg, int argc, char **argv, char **out)
     }
     if (strcmp(args[0], "reload") == 0 && n == 1)
         return mx_reload_apply(g->reload, out);
+    if (strcmp(args[0], "cache") == 0 && n == 2 && strcmp(args[1], "clear") == 0) {
+        mx_smtp_checks_cache_clear(); /* each worker empties its own at its next lookup */
+        *out = strdup("recipient verification cache cleared\n");
+        return *out ? 0 : -ENOMEM;
+    }
     if (strcmp(args[0], "stats") == 0) {
         struct mx_stats_snapshot *snap = malloc(sizeof *snap);
         if (!snap)

@@ -102,11 +102,6 @@ void mx_smtp_checks_mail(struct mx_checks_conn *cc, const struct mx_envelope *en
 void mx_smtp_checks_rcpt(struct mx_checks_conn *cc, const struct mx_rcpt *rcpt,
                          struct mx_smtpd_reply *r);
 
-/**
- * Empty the recipient verification cache of every worker (mxctl cache
- * clear). Callable from any thread: it bumps a generation that each worker
- * compares at its next lookup, so no worker data is touched from here.
- */
-void mx_smtp_checks_cache_clear(void);
+/* mx_smtp_checks_cache_clear() is public: smtp/smtp.h */
 
 #endif

@@ -69,6 +69,13 @@ unsigned mx_smtp_server_refs(const struct mx_smtp_server *srv);
 /** Number of sessions open on the calling worker (graceful shutdown). */
 unsigned mx_smtp_server_sessions(void);
 
+/**
+ * Empty the recipient verification (callout) cache of every worker
+ * (mxctl cache clear). Any thread: it bumps a generation each worker
+ * compares at its next lookup, so no worker data is touched from here.
+ */
+void mx_smtp_checks_cache_clear(void);
+
 /* ---- SMTP client (delivery) ---- */
 /*
  * An incremental, transport-neutral SMTP client: bytes from the server go in
