@@ -1334,11 +1334,43 @@ static void add_uri(struct mx_scan_msg *m, const char *s, size_t n)
     m->ulen += n + 1;
 }
 
-/* A word of rendered text ended: is it a URL? (http, https, ftp, www.) */
+static bool addr_local_char(unsigned char c)
+{
+    return isalnum(c) || c == '.' || c == '_' || c == '%' || c == '+' || c == '-';
+}
+
+/* A bare e-mail address in the text is a mailto: URI for uri rules, as
+ * SpamAssassin's URI parser makes it ("send mail to list-unsubscribe@host"
+ * is what __UNSUB_LINK and __URI_MAILTO look at). Returns true if one was
+ * found in the word. */
+static bool bare_address(struct mx_scan_msg *m, const char *t, size_t n)
+{
+    const char *at = memchr(t, '@', n);
+    if (!at)
+        return false;
+    size_t a = (size_t)(at - t), l = a, r = a + 1;
+    while (l > 0 && addr_local_char((unsigned char)t[l - 1]))
+        l--;
+    while (r < n && (isalnum((unsigned char)t[r]) || t[r] == '.' || t[r] == '-'))
+        r++;
+    while (r > a + 1 && (t[r - 1] == '.' || t[r - 1] == '-'))
+        r--;
+    const char *dot = memchr(at + 1, '.', r - a - 1);
+    if (l == a || !dot || dot == at + 1 || r - l > 512)
+        return false;
+    char u[600];
+    int un = snprintf(u, sizeof u, "mailto:%.*s", (int)(r - l), t + l);
+    add_uri(m, u, (size_t)un);
+    return true;
+}
+
+/* A word of rendered text ended: is it a URL? (http, https, ftp, www.,
+ * mailto:, or a bare e-mail address) */
 static void end_token(struct mx_scan_msg *m)
 {
     if (m->toklen && !m->tok_over) {
         static const char *const pfx[] = {"http://", "https://", "ftp://", "www.", "mailto:"};
+        bool found = false;
         for (size_t k = 0; k < sizeof pfx / sizeof pfx[0]; k++) {
             size_t pl = strlen(pfx[k]);
             for (size_t i = 0; i + pl <= m->toklen; i++) {
@@ -1346,11 +1378,14 @@ static void end_token(struct mx_scan_msg *m)
                     if (k == 3 && m->toklen - i <= pl + 1)
                         break;
                     add_uri(m, m->tok + i, m->toklen - i);
+                    found = true;
                     k = 99;
                     break;
                 }
             }
         }
+        if (!found)
+            bare_address(m, m->tok, m->toklen);
     }
     m->toklen = 0;
     m->tok_over = false;

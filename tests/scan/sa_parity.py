@@ -7,7 +7,9 @@ Runs `spamassassin -L -t` and scan_cli on each file with the stock rules and
 prints, per message and in total, the rules both report, SA-only and mxgate-only;
 then the same totals restricted to the rules mxgate runs (regex and meta rules,
 not eval/network ones) and to regex rules alone (header, body, rawbody, uri,
-full, mimeheader), and which rules make up the differences.
+full, mimeheader), and which rules make up the differences. Last, from SpamAssassin's
+`-D rules` debug output: agreement over every regex rule mxgate runs, `__` sub-rules
+included (the rules the engine actually matches; tests= shows mostly metas).
 """
 import collections, re, subprocess, sys
 
@@ -15,20 +17,25 @@ REGEX_KINDS = {'header', 'body', 'rawbody', 'uri', 'full', 'mimeheader'}
 
 
 def sa_tests(path):
+    """SpamAssassin's reported rules (tests=) and, from `-D rules`, every
+    regex rule that hit, sub-rules included."""
     with open(path, 'rb') as f:
-        out = subprocess.run(['spamassassin', '-L', '-t'], stdin=f, capture_output=True,
-                             timeout=120).stdout.decode('utf-8', 'replace')
+        p = subprocess.run(['spamassassin', '-L', '-t', '-D', 'rules'], stdin=f,
+                           capture_output=True, timeout=300)
+    out, dbg = p.stdout.decode('utf-8', 'replace'), p.stderr.decode('utf-8', 'replace')
+    hits = set(m.group(2) for m in re.finditer(
+        r'ran (header|body|rawbody|uri|full|mimeheader) rule (\S+) ======> got hit', dbg))
     m = re.search(r'^X-Spam-Status:.*?tests=(.*?)\s+autolearn=', out, re.M | re.S)
     if not m:
-        return set()
-    return set(t for t in re.split(r'[,\s]+', m.group(1)) if t and t != 'none')
+        return set(), hits
+    return set(t for t in re.split(r'[,\s]+', m.group(1)) if t and t != 'none'), hits
 
 
 def main():
     cli, cache, files = sys.argv[1], sys.argv[2], sys.argv[3:]
-    out = subprocess.run([cli, '-l', '-c', cache, '-r', '/etc/spamassassin', '-r',
+    out = subprocess.run([cli, '-l', '-a', '-c', cache, '-r', '/etc/spamassassin', '-r',
                           '/usr/share/spamassassin'] + files, capture_output=True).stdout.decode()
-    mx, kind = {}, {}
+    mx, kind, mx_all = {}, {}, {}
     for line in out.splitlines():
         m = re.match(r'rule (\S+) (\S+)$', line)
         if m:
@@ -37,10 +44,27 @@ def main():
         m = re.match(r'(.*): score=\S+ spam=\d tests=(.*)$', line)
         if m:
             mx[m.group(1)] = set(t for t in m.group(2).split(',') if t and t != 'none')
+            continue
+        m = re.match(r'(.*): all=(.*)$', line)
+        if m:
+            mx_all[m.group(1)] = set(t for t in m.group(2).split(',') if t)
     tot = collections.Counter()
     diff_rules = {'sa_only': collections.Counter(), 'mx_only': collections.Counter()}
+    sub = collections.Counter()
+    sub_diff = {'sa_only': collections.Counter(), 'mx_only': collections.Counter()}
     for f in files:
-        a, b = sa_tests(f), mx.get(f, set())
+        (a, sa_regex), b = sa_tests(f), mx.get(f, set())
+        # every regex rule mxgate runs, `__` sub-rules included; SA does not
+        # log mimeheader rules (MIMEHeader plugin) in -D rules, and logs some
+        # reported rules (GTUBE) elsewhere: tests= counts too
+        runs = lambda r: kind.get(r) in REGEX_KINDS - {'mimeheader'}
+        ra = set(filter(runs, sa_regex | a))
+        rb = set(filter(runs, mx_all.get(f, set())))
+        sub['both'] += len(ra & rb)
+        sub['sa_only'] += len(ra - rb)
+        sub['mx_only'] += len(rb - ra)
+        sub_diff['sa_only'].update(ra - rb)
+        sub_diff['mx_only'].update(rb - ra)
         print('%s: both=%s sa_only=%s mx_only=%s' % (f, sorted(a & b), sorted(a - b), sorted(b - a)))
         for scope, keep in (('all', lambda r: True),
                             ('runs', lambda r: kind.get(r) in REGEX_KINDS | {'meta'}),
@@ -62,6 +86,15 @@ def main():
     for side in ('sa_only', 'mx_only'):
         print('%s by rule: %s' % (side, ', '.join('%s %d (%s)' % (r, n, kind.get(r, '?'))
                                                   for r, n in diff_rules[side].most_common())))
+    total = sub['both'] + sub['sa_only'] + sub['mx_only']
+    print('parity over every regex rule mxgate runs but mimeheader, sub-rules included '
+          '(SA -D rules): '
+          '%d in both, %d SpamAssassin only, %d mxgate only; agreement %d/%d = %.1f%%' %
+          (sub['both'], sub['sa_only'], sub['mx_only'], sub['both'], total,
+           100.0 * sub['both'] / total if total else 100.0))
+    for side in ('sa_only', 'mx_only'):
+        print('regex %s by rule: %s' % (side, ', '.join('%s %d' % (r, n)
+                                                        for r, n in sub_diff[side].most_common())))
 
 
 if __name__ == '__main__':

@@ -2,7 +2,9 @@
  * scan_cli.c - developer tool: loads rule paths, prints the load statistics
  * and the skipped rules (-v), then scans each message file (fed in 4 KiB
  * chunks) and prints score, verdict and rules hit.
- * usage: scan_cli [-c CACHE_DIR] [-v] [-l] -r RULES [-r RULES...] FILE...
+ * usage: scan_cli [-c CACHE_DIR] [-v] [-l] [-a] -r RULES [-r RULES...] FILE...
+ *   -a: also print "FILE: all=R1,R2..." with every rule that hit, sub-rules
+ *       (`__`) included
  *   -l: also list every rule as "rule NAME KIND", KIND one of header body
  *       rawbody uri full mimeheader mimeeval meta dlp attachment skipped (does not
  *       run: eval, network, ...) or zero (score 0, does not run)
@@ -20,8 +22,8 @@ int main(int argc, char **argv)
     const char *rules[16];
     size_t nr = 0;
     const char *cache = NULL;
-    int verbose = 0, list = 0, c;
-    while ((c = getopt(argc, argv, "r:c:vl")) != -1) {
+    int verbose = 0, list = 0, all = 0, c;
+    while ((c = getopt(argc, argv, "r:c:vla")) != -1) {
         if (c == 'r' && nr < 16)
             rules[nr++] = optarg;
         else if (c == 'c')
@@ -30,6 +32,8 @@ int main(int argc, char **argv)
             verbose++;
         else if (c == 'l')
             list = 1;
+        else if (c == 'a')
+            all = 1;
         else
             return 2;
     }
@@ -94,6 +98,14 @@ int main(int argc, char **argv)
         for (unsigned k = 0; k < r.nhits; k++)
             printf("%s%s", k ? "," : "", r.hits[k]);
         printf("\n");
+        if (all) {
+            const struct mx_ruleset *rs = mx_scan_engine_rules(e);
+            printf("%s: all=", argv[i]);
+            for (size_t k = 0, n = 0; k < rs->nrules; k++)
+                if (mx_scan_msg_rule_value(m, k) != 0)
+                    printf("%s%s", n++ ? "," : "", rs->rules[k].name);
+            printf("\n");
+        }
         mx_scan_msg_free(m);
     }
     mx_scan_worker_free(w);

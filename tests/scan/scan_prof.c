@@ -16,53 +16,17 @@
  */
 #include "scan/rules_internal.h"
 #include "scan/scan.h"
+#include "tests/scan/corpus_files.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
 #include <pcre2.h>
-#include <ftw.h>
 #include <hs/hs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-struct file {
-    char *b;
-    size_t n;
-};
-
-static struct file *files;
-static size_t nfiles, capfiles;
-
-static int add_file(const char *path, const struct stat *sb, int type, struct FTW *ftw)
-{
-    (void)sb;
-    if (type != FTW_F || path[ftw->base] == '.')
-        return 0;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (n <= 0) {
-        fclose(f);
-        return 0;
-    }
-    if (nfiles == capfiles) {
-        capfiles = capfiles ? capfiles * 2 : 512;
-        files = realloc(files, capfiles * sizeof *files);
-        if (!files)
-            return -1;
-    }
-    files[nfiles].b = malloc((size_t)n);
-    files[nfiles].n = files[nfiles].b ? fread(files[nfiles].b, 1, (size_t)n, f) : 0;
-    fclose(f);
-    nfiles++;
-    return 0;
-}
 
 /* CPU time of this thread: the machine is shared, and wall time counts the
  * time other processes held the core */
@@ -189,7 +153,7 @@ int main(int argc, char **argv)
             return 2;
     }
     for (int i = optind; i < argc; i++)
-        nftw(argv[i], add_file, 32, FTW_PHYS);
+        corpus_files_load(argv[i]);
     struct mx_scan_opts o = {.rule_paths = rules, .n_rule_paths = nr, .cache_dir = cache};
     struct mx_scan_engine *e;
     char *err = NULL;
@@ -215,23 +179,23 @@ int main(int argc, char **argv)
     mx_scan_worker_set_prof(w, &p);
     size_t bytes = 0;
     double t0 = now();
-    for (size_t i = 0; i < nfiles; i++) {
+    for (size_t i = 0; i < corpus_nfiles; i++) {
         struct mx_scan_msg *m = mx_scan_msg_begin(w);
-        for (size_t off = 0; off < files[i].n; off += 16384) {
-            size_t k = files[i].n - off < 16384 ? files[i].n - off : 16384;
-            mx_scan_msg_feed(m, (const uint8_t *)files[i].b + off, k);
+        for (size_t off = 0; off < corpus_files[i].n; off += 16384) {
+            size_t k = corpus_files[i].n - off < 16384 ? corpus_files[i].n - off : 16384;
+            mx_scan_msg_feed(m, (const uint8_t *)corpus_files[i].b + off, k);
         }
         struct mx_scan_result r;
         mx_scan_msg_end(m, &r);
         mx_scan_msg_free(m);
-        bytes += files[i].n;
+        bytes += corpus_files[i].n;
     }
     double total = now() - t0;
     double hs_total = 0;
     for (size_t i = 0; i < ndb; i++)
         hs_total += (double)p.db_ns[i] / 1e9;
     printf("%zu messages, %.2f MB, %.3f s (%.2f MB/s); CPU; in Hyperscan calls %.3f s, elsewhere %.3f s\n",
-           nfiles, (double)bytes / 1e6, total, (double)bytes / 1e6 / total, hs_total,
+           corpus_nfiles, (double)bytes / 1e6, total, (double)bytes / 1e6 / total, hs_total,
            total - hs_total);
 
     /* PCRE2 confirmations, costliest first */
@@ -395,5 +359,6 @@ int main(int argc, char **argv)
     hs_free_scratch(scratch);
     mx_scan_worker_free(w);
     mx_scan_engine_free(e);
+    corpus_files_free();
     return 0;
 }

@@ -21,7 +21,6 @@
 #include <cmocka.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
-#include <ftw.h>
 #include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,38 +28,10 @@
 
 #include "scan/rules_internal.h"
 #include "scan/scan.h"
+#include "tests/scan/corpus_files.h"
 
-struct file {
-    char *b;
-    size_t n;
-};
-
-static struct file *files;
-static size_t nfiles;
-
-static int add_file(const char *path, const struct stat *sb, int type, struct FTW *ftw)
-{
-    (void)sb;
-    if (type != FTW_F || path[ftw->base] == '.')
-        return 0;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    struct file *nf = realloc(files, (nfiles + 1) * sizeof *nf);
-    if (!nf) {
-        fclose(f);
-        return -1;
-    }
-    files = nf;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    files[nfiles].b = malloc(n > 0 ? (size_t)n : 1);
-    files[nfiles].n = n > 0 && files[nfiles].b ? fread(files[nfiles].b, 1, (size_t)n, f) : 0;
-    fclose(f);
-    nfiles++;
-    return 0;
-}
+#define files corpus_files
+#define nfiles corpus_nfiles
 
 /* Scan file i with chunks of `chunk` bytes (0: whole) and store every
  * rule's value in v. */
@@ -68,7 +39,7 @@ static void values(struct mx_scan_worker *w, size_t nrules, size_t i, size_t chu
 {
     struct mx_scan_msg *m = mx_scan_msg_begin(w);
     assert_non_null(m);
-    const struct file *f = &files[i];
+    const struct corpus_file *f = &files[i];
     size_t step = chunk ? chunk : f->n ? f->n : 1;
     for (size_t off = 0; off < f->n; off += step)
         assert_int_equal(
@@ -90,7 +61,7 @@ static void test_layouts_same_hits(void **state)
     fclose(probe);
     const char *corpus = getenv("SHARED_CORPUS");
     assert_non_null(corpus);
-    nftw(corpus, add_file, 32, FTW_PHYS);
+    corpus_files_load(corpus);
     assert_true(nfiles > 100);
 
     const char *paths[] = {"/etc/spamassassin", "/usr/share/spamassassin"};
@@ -186,9 +157,7 @@ static void test_layouts_same_hits(void **state)
     pcre2_match_data_free(md);
     mx_scan_worker_free(w);
     mx_scan_engine_free(cur);
-    for (size_t i = 0; i < nfiles; i++)
-        free(files[i].b);
-    free(files);
+    corpus_files_free();
 }
 
 int main(void)
