@@ -131,6 +131,7 @@ static const struct key keys[] = {
     {"uribl", K_SECTION, NONE},
     {"uribl.lists", K_STR_LIST, F(uribl_lists), F(n_uribl_lists), 0, 0, NULL},
     {"sender_domain_check", K_ENUM, F(sender_domain_check), 0, 0, 0, "off|reject"},
+    {"logical_ip", K_BOOL, F(logical_ip), 0, 0, 0, NULL},
     {"recipient_verification", K_SECTION, NONE},
     {"recipient_verification.static_domains", K_DOMAIN_LIST, F(rv_static_domains),
      F(n_rv_static_domains), 0, 0, NULL},
@@ -1649,6 +1650,7 @@ char *mx_config_export(const struct mx_config *c)
     put_list(f, "    lists", c->uribl_lists, c->n_uribl_lists);
     fputs("}\n", f);
     put_kv_str(f, 0, "sender_domain_check", c->sender_domain_check);
+    fprintf(f, "logical_ip = %s;\n", c->logical_ip ? "true" : "false");
     fputs("recipient_verification {\n", f);
     put_list(f, "    static_domains", c->rv_static_domains, c->n_rv_static_domains);
     put_list(f, "    users", c->rv_users, c->n_rv_users);

@@ -124,6 +124,7 @@ struct mx_config {
     char **uribl_lists;       /**< same syntax, queried with MAIL FROM/HELO domains */
     size_t n_uribl_lists;
     char *sender_domain_check; /**< "off" (default) or "reject" */
+    bool logical_ip;          /**< DNSBL-check the first external Received hop at end of data */
     char **rv_static_domains; /**< recipient_verification.static_domains */
     size_t n_rv_static_domains;
     char **rv_users;          /**< recipient_verification.users: known addresses */

@@ -28,6 +28,7 @@
 #include "smtp/smtp.h"
 
 #define LISTS_MAX 16
+#define HDR_HOLD_MAX 16384 /* header bytes kept for the logical IP (Received headers) */
 
 struct mx_checks {
     const struct mx_config *cfg;
@@ -36,6 +37,7 @@ struct mx_checks {
     struct mx_checks_list uribl[LISTS_MAX];
     size_t n_uribl;
     bool sender_domain;
+    bool logical_ip;
 };
 
 /* What the answer at MAIL is waiting for. */
@@ -67,12 +69,21 @@ struct mx_checks_conn {
     char text[1200]; /* reply text given to the session (it copies it) */
     char rcpt_text[1200];
     unsigned uribl_gen; /* ignore answers of an earlier MAIL */
+    /* logical IP: the header block of the current message, then its DNSBL verdict */
+    uint8_t *hdr;
+    size_t hdr_len;
+    bool hdr_done; /* the empty line ending the headers was seen (or the buffer is full) */
+    bool lg_active; /* the end of data waits for our answer */
+    unsigned lg_pending;
+    int lg_hit;
+    double lg_score;
+    char lg_text[INET6_ADDRSTRLEN];
 };
 
 /* One DNS query in flight. */
 struct dnsq {
     struct mx_checks_conn *cc;
-    enum { Q_DNSBL, Q_URIBL, Q_SENDER } kind;
+    enum { Q_DNSBL, Q_URIBL, Q_SENDER, Q_LOGICAL } kind;
     unsigned list;
     unsigned gen;
     char domain[256];
@@ -186,6 +197,7 @@ int mx_smtp_checks_new(const struct mx_config *cfg, struct mx_checks **out)
         return -ENOMEM;
     ck->cfg = cfg;
     ck->sender_domain = sender;
+    ck->logical_ip = cfg->logical_ip && cfg->n_dnsbl_lists;
     if (load_lists(cfg->dnsbl_lists, cfg->n_dnsbl_lists, "dnsbl.lists", ck->dnsbl, &ck->n_dnsbl) <
             0 ||
         load_lists(cfg->uribl_lists, cfg->n_uribl_lists, "uribl.lists", ck->uribl, &ck->n_uribl) <
@@ -354,8 +366,10 @@ int mx_smtp_checks_received_ip(const uint8_t *hdr, size_t len, const struct mx_c
 
 static void cc_unref(struct mx_checks_conn *cc)
 {
-    if (--cc->refs == 0)
+    if (--cc->refs == 0) {
+        free(cc->hdr);
         free(cc);
+    }
 }
 
 static bool dnsbl_listed(const struct mx_checks_list *l, const struct mx_dns_result *r)
@@ -387,6 +401,20 @@ static void mail_maybe_answer(struct mx_checks_conn *cc)
 static void start_query(struct mx_checks_conn *cc, int kind, unsigned list, const char *name,
                         enum mx_dns_type type, const char *domain);
 
+/* The DNSBL verdict on the logical IP, once every answer is in. */
+static void logical_verdict(struct mx_checks_conn *cc, struct mx_smtpd_reply *r)
+{
+    int hit = cc->lg_hit;
+    if (hit < 0 && cc->lg_score > 0 && cc->lg_score >= cc->ck->cfg->dnsbl_threshold)
+        hit = LISTS_MAX;
+    if (hit < 0)
+        return;
+    const char *zone = hit < LISTS_MAX ? cc->ck->dnsbl[hit].zone : "DNS lists (score)";
+    snprintf(cc->text, sizeof cc->text, "Message rejected; originating client [%s] listed at %s",
+             cc->lg_text, zone);
+    *r = (struct mx_smtpd_reply){554, "5.7.1", cc->text};
+}
+
 static void on_dns(void *arg, const struct mx_dns_result *r)
 {
     struct dnsq *q = arg;
@@ -412,6 +440,24 @@ static void on_dns(void *arg, const struct mx_dns_result *r)
             cc->dnsbl_hit = LISTS_MAX;
         }
         mail_maybe_answer(cc);
+        goto out;
+    }
+    if (q->kind == Q_LOGICAL) {
+        const struct mx_checks_list *l = &cc->ck->dnsbl[q->list];
+        cc->lg_pending--;
+        if (dnsbl_listed(l, r)) {
+            logf_cc(cc, "logical client %s listed at %s", cc->lg_text, l->zone);
+            if (l->reject && (cc->lg_hit < 0 || (int)q->list < cc->lg_hit))
+                cc->lg_hit = (int)q->list;
+            else if (!l->reject)
+                cc->lg_score += l->score;
+        }
+        if (!cc->lg_pending && cc->lg_active) {
+            struct mx_smtpd_reply ans = {0};
+            logical_verdict(cc, &ans);
+            cc->lg_active = false;
+            cc->answer(cc->ud, &ans);
+        }
         goto out;
     }
     if (q->gen != cc->uribl_gen)
@@ -473,6 +519,8 @@ static void start_query(struct mx_checks_conn *cc, int kind, unsigned list, cons
     cc->refs++;
     if (kind == Q_DNSBL)
         cc->dnsbl_pending++;
+    else if (kind == Q_LOGICAL)
+        cc->lg_pending++;
     else
         cc->mw.pending++;
 }
@@ -492,6 +540,7 @@ struct mx_checks_conn *mx_smtp_checks_conn_new(struct mx_checks *ck, struct mx_w
     cc->ud = ud;
     cc->refs = 1;
     cc->dnsbl_hit = -1;
+    cc->lg_hit = -1;
     snprintf(cc->sid, sizeof cc->sid, "%s", sid ? sid : "-");
     if (client->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)client)->sin_addr, cc->client_text,
@@ -566,6 +615,8 @@ void mx_smtp_checks_mail(struct mx_checks_conn *cc, const struct mx_envelope *en
         return;
     struct mail_wait *mw = &cc->mw;
     memset(mw, 0, sizeof *mw);
+    cc->hdr_len = 0; /* a new transaction: a new header block */
+    cc->hdr_done = false;
     mw->uribl_hit = -1;
     cc->uribl_gen++;
     snprintf(mw->addr, sizeof mw->addr, "%s", env->mail_from);
@@ -969,4 +1020,61 @@ void mx_smtp_checks_rcpt(struct mx_checks_conn *cc, const struct mx_rcpt *rcpt,
         return;
     }
     r->code = MX_SMTPD_PENDING;
+}
+
+/* ---- logical IP: the first external hop of the message ----------------- */
+
+void mx_smtp_checks_data(struct mx_checks_conn *cc, const uint8_t *buf, size_t len)
+{
+    if (!cc || !cc->ck->logical_ip || cc->hdr_done || !len)
+        return;
+    if (!cc->hdr) {
+        cc->hdr = malloc(HDR_HOLD_MAX);
+        if (!cc->hdr) {
+            cc->hdr_done = true;
+            return;
+        }
+    }
+    size_t k = HDR_HOLD_MAX - cc->hdr_len < len ? HDR_HOLD_MAX - cc->hdr_len : len;
+    size_t from = cc->hdr_len >= 3 ? cc->hdr_len - 3 : 0;
+    memcpy(cc->hdr + cc->hdr_len, buf, k);
+    cc->hdr_len += k;
+    /* stop keeping bytes once the header block is complete (or the room is used up) */
+    if (cc->hdr_len == HDR_HOLD_MAX || memmem(cc->hdr + from, cc->hdr_len - from, "\r\n\r\n", 4) ||
+        (cc->hdr_len >= 2 && cc->hdr[0] == '\r' && cc->hdr[1] == '\n'))
+        cc->hdr_done = true;
+}
+
+void mx_smtp_checks_data_end(struct mx_checks_conn *cc, struct mx_smtpd_reply *r)
+{
+    if (!cc || !cc->ck->logical_ip || !cc->hdr_len || !cc->w)
+        return;
+    struct sockaddr_storage ss;
+    const struct mx_config *cfg = cc->ck->cfg;
+    int rc = mx_smtp_checks_received_ip(cc->hdr, cc->hdr_len, cfg->trusted_networks,
+                                        cfg->n_trusted_networks, &ss);
+    cc->hdr_len = 0;
+    cc->hdr_done = false;
+    if (rc < 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, cc->lg_text, sizeof cc->lg_text);
+    else
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, cc->lg_text,
+                  sizeof cc->lg_text);
+    if (strcmp(cc->lg_text, cc->client_text) == 0)
+        return; /* the connecting client itself: checked at MAIL already */
+    cc->lg_hit = -1;
+    cc->lg_score = 0;
+    for (size_t i = 0; i < cc->ck->n_dnsbl; i++) {
+        char name[MX_DNS_NAME_MAX];
+        if (mx_smtp_checks_query_name((struct sockaddr *)&ss, cc->ck->dnsbl[i].zone, name,
+                                      sizeof name) == 0)
+            start_query(cc, Q_LOGICAL, (unsigned)i, name, MX_DNS_A, NULL);
+    }
+    if (cc->lg_pending) {
+        logf_cc(cc, "logical client %s: asking the DNS lists", cc->lg_text);
+        cc->lg_active = true;
+        r->code = MX_SMTPD_PENDING;
+    }
 }

@@ -102,6 +102,20 @@ void mx_smtp_checks_mail(struct mx_checks_conn *cc, const struct mx_envelope *en
 void mx_smtp_checks_rcpt(struct mx_checks_conn *cc, const struct mx_rcpt *rcpt,
                          struct mx_smtpd_reply *r);
 
+/**
+ * Message bytes as they arrive (dot-unstuffed): the header block is kept
+ * (bounded) for the logical IP check when logical_ip is on.
+ */
+void mx_smtp_checks_data(struct mx_checks_conn *cc, const uint8_t *buf, size_t len);
+
+/**
+ * End of data: the "logical IP" (first external hop in the Received
+ * headers, trusted networks skipped) against the DNSBLs. Leaves r alone
+ * (not listed, nothing to check), or sets MX_SMTPD_PENDING and answers
+ * later through the answer function (code 0, or 554 5.7.1 "listed at").
+ */
+void mx_smtp_checks_data_end(struct mx_checks_conn *cc, struct mx_smtpd_reply *r);
+
 /* mx_smtp_checks_cache_clear() is public: smtp/smtp.h */
 
 #endif

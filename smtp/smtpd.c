@@ -250,6 +250,7 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
     struct smtpd_conn *c = ud;
     if (!c->msg)
         return -EIO;
+    mx_smtp_checks_data(c->chk, buf, len); /* header block for the logical IP check */
     if (!c->scan_msg)
         return mx_queue_msg_write(c->msg, buf, len);
     mx_scan_msg_feed(c->scan_msg, buf, len);
@@ -341,10 +342,9 @@ static void commit_done(void *arg, int res, const char *queue_id)
     mx_stream_pause(c->st, false); /* replays what arrived meanwhile */
 }
 
-static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
+/* End of data, checks passed: verdict headers, then make it durable. */
+static void finish_data_end(struct smtpd_conn *c, uint64_t size)
 {
-    struct smtpd_conn *c = ud;
-    (void)env;
     if (c->scan_msg) {
         int rc = write_scanned(c);
         drop_scan(c);
@@ -365,6 +365,19 @@ static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
         c->commit_pending = false;
         mx_smtpd_session_data_done(c->sess, rc, NULL);
     }
+}
+
+static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
+{
+    struct smtpd_conn *c = ud;
+    (void)env;
+    struct mx_smtpd_reply r = {0};
+    mx_smtp_checks_data_end(c->chk, &r); /* logical IP against the DNSBLs */
+    if (r.code == MX_SMTPD_PENDING) {
+        c->msg_size = size; /* checks_answer() goes on */
+        return;
+    }
+    finish_data_end(c, size);
 }
 
 static void s_data_abort(void *ud)
@@ -498,7 +511,17 @@ static void format_peer(const struct sockaddr_storage *ss, char *out, size_t len
 static void checks_answer(void *ud, const struct mx_smtpd_reply *r)
 {
     struct smtpd_conn *c = ud;
-    mx_smtpd_session_reply(c->sess, r);
+    if (mx_smtpd_session_state(c->sess) == SMTPD_WAIT_COMMIT) {
+        /* the end-of-data check (logical IP): commit, or refuse the message */
+        if (!r->code) {
+            finish_data_end(c, c->msg_size);
+            return;
+        }
+        s_data_abort(c);
+        mx_smtpd_session_data_refuse(c->sess, r);
+    } else {
+        mx_smtpd_session_reply(c->sess, r);
+    }
     enum mx_smtpd_state st = mx_smtpd_session_state(c->sess);
     if (st == SMTPD_CLOSED || st == SMTPD_WAIT_COMMIT || st == SMTPD_WAIT_REPLY)
         return;

@@ -122,6 +122,14 @@ void mx_smtpd_session_data_done(struct mx_smtpd_session *s, int res, const char 
  */
 void mx_smtpd_session_reply(struct mx_smtpd_session *s, const struct mx_smtpd_reply *r);
 
+/**
+ * Refuse the message whose data_end() is pending with the reply r (code
+ * >= 400, e.g. 554 5.7.1 from a check made at end of data) instead of
+ * committing it; then held input is processed. Ignored unless a data_end()
+ * answer is pending.
+ */
+void mx_smtpd_session_data_refuse(struct mx_smtpd_session *s, const struct mx_smtpd_reply *r);
+
 /** Timer expired: 421 4.4.2 and close. */
 void mx_smtpd_session_timeout(struct mx_smtpd_session *s);
 

@@ -1292,6 +1292,25 @@ void mx_smtpd_session_reply(struct mx_smtpd_session *s, const struct mx_smtpd_re
     end_chunk(s);
 }
 
+void mx_smtpd_session_data_refuse(struct mx_smtpd_session *s, const struct mx_smtpd_reply *r)
+{
+    if (s->state != SMTPD_WAIT_COMMIT)
+        return;
+    begin_chunk(s);
+    int code = r->code >= 400 && r->code < 600 ? r->code : 451;
+    const char *text = r->text ? r->text : "Error: message refused";
+    reply(s, code, r->enh, "%s", text);
+    logf_(s, "reject: end of data from <%s>: %d %s %s", s->env.mail_from, code, r->enh ? r->enh : "",
+          text);
+    if (s->ops->refused)
+        s->ops->refused(s->ud, code);
+    s->data_open = false;
+    reset_txn(s);
+    s->state = SMTPD_CMD;
+    process(s);
+    end_chunk(s);
+}
+
 void mx_smtpd_session_reject_and_close(struct mx_smtpd_session *s, const char *line)
 {
     out_raw(s, line, strlen(line));

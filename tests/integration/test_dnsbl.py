@@ -120,6 +120,7 @@ def main():
 dns { servers = [ "127.0.0.1:%d" ]; timeout = 1; tries = 2; }
 dnsbl { lists = [ "zen.example.test=127.0.0.2 reject" ]; }
 sender_domain_check = "reject";
+logical_ip = true;
 """ % port)
         ub = start_unbound(gw.dir, port)
         gw.start()
@@ -156,6 +157,28 @@ sender_domain_check = "reject";
                         "unknown sender domain: %d %r (want 550 5.1.8)" % (code, msg))
             code, msg = c.mail("b@good.test")
             fails.check(code == 250, "known sender domain after it: %d" % code)
+        # logical IP: an unlisted client relaying a message whose first external hop is listed
+        front = (b"Received: from inner (inner [127.0.0.1]) by front.test; now\r\n"
+                 b"Received: from bot (bot [127.0.0.2]) by inner; now\r\n")
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.3", 0)) as c:
+            c.ehlo("client.test")
+            c.mail("a@good.test")
+            c.rcpt("x@example.test")
+            code, msg = c.data(front + b"Subject: relayed\r\nMessage-ID: <logical-bad@test>\r\n"
+                               b"\r\nhi\r\n")
+            fails.check(code == 554 and b"originating client [127.0.0.2] listed at "
+                        b"zen.example.test" in msg,
+                        "logical IP listed: end of data %d %r (want 554)" % (code, msg))
+            code, msg = c.mail("a@good.test")
+            fails.check(code == 250, "session goes on after the refusal: %d" % code)
+            c.rcpt("x@example.test")
+            code, msg = c.data(b"Received: from ok (ok [192.0.2.5]) by front.test; now\r\n"
+                               b"Subject: relayed ok\r\nMessage-ID: <logical-ok@test>\r\n\r\nhi\r\n")
+            fails.check(code == 250, "logical IP not listed: accepted (%d %r)" % (code, msg))
+        msgs = gw.wait_maildir(2, timeout=20)
+        ids = mxtest.message_ids(msgs)
+        fails.check("<logical-ok@test>" in ids and "<logical-bad@test>" not in ids,
+                    "only the message from the unlisted logical IP was delivered: %r" % ids)
         log = gw.log()
         fails.check("client 127.0.0.2 listed at zen.example.test" in log, "log names the listing")
     finally:

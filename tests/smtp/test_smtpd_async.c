@@ -296,6 +296,30 @@ static void test_pending_is_not_an_answer(void **st)
     assert_int_equal(mx_smtpd_session_state(S), SMTPD_CMD);
 }
 
+/* A check at end of data refuses the message; pipelined commands after it still run. */
+static void test_data_refused_at_end(void **st)
+{
+    (void)st;
+    start();
+    mx_smtpd_session_greet(S);
+    take();
+    feed("EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\n"
+         "Received: from x (x [192.0.2.7]) by front\r\n\r\nhi\r\n.\r\nMAIL FROM:<c@b.test>\r\n");
+    assert_true(F.committed);
+    assert_int_equal(mx_smtpd_session_state(S), SMTPD_WAIT_COMMIT);
+    take();
+    struct mx_smtpd_reply r = {554, "5.7.1", "Message rejected; originating client [192.0.2.7] "
+                                             "listed at zen.example.test"};
+    mx_smtpd_session_data_refuse(S, &r);
+    assert_string_equal(take(), "554 5.7.1 Message rejected; originating client [192.0.2.7] "
+                                "listed at zen.example.test\r\n250 2.1.0 Ok\r\n");
+    assert_int_equal(mx_smtpd_session_envelope(S)->n_rcpts, 0);
+    /* not pending any more: a second answer is ignored */
+    mx_smtpd_session_data_refuse(S, &r);
+    mx_smtpd_session_data_done(S, 0, "Q");
+    assert_string_equal(take(), "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -306,6 +330,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mail_refused_late, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnect_while_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_is_not_an_answer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_data_refused_at_end, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
