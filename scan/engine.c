@@ -43,6 +43,7 @@ struct group {
     char *target;          /* header target ("subject", "from:addr", "all" ...) */
     const char *kind;      /* organisation class; NULL: "main" */
     bool nosubject;        /* body rules with tflags nosubject: text without the Subject */
+    bool empty_matches;    /* some pattern matches empty input (see empty_input_matches()) */
     hs_database_t *db;     /* NULL when no pattern runs in Hyperscan */
     uint32_t *rules;       /* rule indexes whose regex is in db */
     size_t nrules;
@@ -802,6 +803,44 @@ static void mkdir_parents(const char *dir)
     }
 }
 
+static int on_any(unsigned id, unsigned long long from, unsigned long long to, unsigned fl,
+                  void *ctx)
+{
+    (void)id;
+    (void)from;
+    (void)to;
+    (void)fl;
+    *(bool *)ctx = true;
+    return 1; /* one is enough */
+}
+
+/* Does scanning empty input report a match (ALLOWEMPTY patterns, ^$ ...)?
+ * Most header databases are for headers a message does not have, and a
+ * Hyperscan call costs a fixed ~1 us however short its input: a database
+ * that cannot match empty input is not called for an empty value (nor a
+ * stream that was never written ended), with the same hits. */
+static int empty_input_matches(const hs_database_t *db, unsigned mode, bool *out)
+{
+    hs_scratch_t *s = NULL;
+    *out = false;
+    if (hs_alloc_scratch(db, &s) != HS_SUCCESS)
+        return -ENOMEM;
+    hs_error_t hr;
+    if (mode == HS_MODE_STREAM) {
+        hs_stream_t *st = NULL;
+        hr = hs_open_stream(db, 0, &st);
+        if (hr == HS_SUCCESS)
+            hr = hs_close_stream(st, s, on_any, out);
+    } else {
+        hr = hs_scan(db, "", 0, 0, s, on_any, out);
+    }
+    hs_free_scratch(s);
+    /* a failure to tell: call it always */
+    if (hr != HS_SUCCESS && hr != HS_SCAN_TERMINATED)
+        *out = true;
+    return 0;
+}
+
 static int build_dbs(struct mx_scan_engine *e)
 {
     /* DLP dictionary terms share one block database */
@@ -855,6 +894,10 @@ static int build_dbs(struct mx_scan_engine *e)
         cached ? 0 : (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     for (size_t i = 0; i < e->ng; i++) {
         e->st.databases += e->g[i].db != NULL;
+        int erc;
+        if (e->g[i].db && (erc = empty_input_matches(e->g[i].db, group_mode(&e->g[i]),
+                                                     &e->g[i].empty_matches)) != 0)
+            return erc;
         if (e->g[i].scope == SC_DLP)
             e->dlp_g = (int)i;
         if (e->g[i].scope == SC_FULL)
@@ -1080,6 +1123,7 @@ struct mx_scan_msg {
     char *stage[3];
     size_t stage_len[3];
     bool in_subject;  /* rendering the Subject into the body text */
+    bool wrote[SC_N]; /* some stream of that scope was written this message */
     size_t subj_len;  /* bytes of kept body text that are the Subject line */
     struct mx_scan_msg *next_free;
     struct mx_mime_parser *mp;
@@ -1394,6 +1438,7 @@ static void end_token(struct mx_scan_msg *m)
 static void scan_streams_now(struct mx_scan_msg *m, enum scope sc, const char *s, size_t n)
 {
     struct mx_scan_engine *e = m->w->e;
+    m->wrote[sc] = true;
     for (size_t i = 0; i < e->ng; i++)
         if (e->g[i].scope == sc && m->streams[i] && !(m->in_subject && e->g[i].nosubject))
             hs_call(m, i, m->streams[i], s, n, on_match);
@@ -1928,6 +1973,7 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->stage_len[0] = m->stage_len[1] = m->stage_len[2] = 0;
     m->in_subject = false;
     m->subj_len = 0;
+    memset(m->wrote, 0, sizeof m->wrote);
     m->ulen = 0;
     m->nuri = 0;
     m->ws_nl = -1;
@@ -2135,7 +2181,7 @@ static void scan_headers(struct mx_scan_msg *m)
             any_unset |= e->rs.rules[g->rules[k]].ifunset != NULL;
         for (size_t k = 0; k < g->npcre && !present; k++)
             any_unset |= e->rs.rules[g->pcre[k]].ifunset != NULL;
-        if (g->db && !any_unset)
+        if (g->db && !any_unset && (b.n || g->empty_matches))
             hs_call(m, gi, NULL, b.s, b.n, on_match);
         /* candidates and rules needing PCRE2, then per-rule unset values */
         for (size_t k = 0; k < g->nrules; k++) {
@@ -2500,7 +2546,8 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
     /* end of stream: reports $-anchored matches, leaves streams reusable */
     for (size_t i = 0; i < e->ng; i++)
         if (m->streams[i])
-            hs_call(m, i, m->streams[i], NULL, 0, on_match);
+            if (m->wrote[e->g[i].scope] || e->g[i].empty_matches)
+                hs_call(m, i, m->streams[i], NULL, 0, on_match);
     scan_headers(m);
     for (size_t k = 0; k < e->nmimehdrs; k++)
         if (e->rs.rules[e->mimehdrs[k]].negate)
