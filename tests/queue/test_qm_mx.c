@@ -45,7 +45,7 @@ static const char *sink_script;
 static char tmpdir[256], maildir[300], sinkdir[2][300];
 static unsigned smtp_port, dns_port;
 static pid_t dnsmasq_pid = -1, sink_pid[2] = {-1, -1};
-static int sink_stdin[2] = {-1, -1};
+static int sink_stdin[2] = {-1, -1}, sink_stdout[2] = {-1, -1};
 static struct mx_config *cfg;
 static struct mx_queue *q;
 
@@ -222,10 +222,22 @@ static int sink_start(int i, const char *host)
     close(p[1]);
     close(in[0]);
     sink_stdin[i] = in[1];
-    char buf[64];
-    ssize_t n = read(p[0], buf, sizeof buf); /* "sink ready" */
-    close(p[0]);
-    return n > 0 ? 0 : -1;
+    /* kept open until the sink stops: whatever it prints must not kill it */
+    sink_stdout[i] = p[0];
+    char buf[256];
+    size_t got = 0;
+    while (got < sizeof buf - 1) {
+        ssize_t n = read(p[0], buf + got, sizeof buf - 1 - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        got += (size_t)n;
+        buf[got] = 0;
+        if (strstr(buf, "sink ready"))
+            return 0;
+    }
+    return -1;
 }
 
 static void sink_stop(int i)
@@ -235,6 +247,7 @@ static void sink_stop(int i)
     close(sink_stdin[i]);
     kill(sink_pid[i], SIGTERM);
     waitpid(sink_pid[i], NULL, 0);
+    close(sink_stdout[i]);
     sink_pid[i] = -1;
 }
 

@@ -862,10 +862,10 @@ static void test_set_rcpts_msgbuf(void **state)
     env.n_rcpts = 1;
     struct mx_queue_msg *m = qm_msgbuf_new(&env, "00000000000000000001", 100000);
     assert_non_null(m);
-    static char body[40000];
+    static char body[100000];
     for (size_t i = 0; i < sizeof body; i++)
         body[i] = (char)('a' + i % 26);
-    assert_int_equal(qm_msgbuf_append(m, body, sizeof body), 0);
+    assert_int_equal(qm_msgbuf_append(m, body, 40000), 0);
     struct mx_rcpt many[40];
     memset(many, 0, sizeof many);
     for (int i = 0; i < 40; i++)
@@ -875,7 +875,7 @@ static void test_set_rcpts_msgbuf(void **state)
     assert_int_equal(mx_queue_msg_add_rcpt(m, &r), 0);
     assert_int_equal(m->env.n_rcpts, 41);
     /* the body limit is unchanged by the envelope's growth */
-    assert_int_equal(qm_msgbuf_append(m, body, 100000 - sizeof body), 0);
+    assert_int_equal(qm_msgbuf_append(m, body + 40000, 60000), 0);
     assert_int_equal(qm_msgbuf_append(m, "z", 1), -EFBIG);
     m->error = 0;
     qm_msgbuf_seal(m);
@@ -889,7 +889,7 @@ static void test_set_rcpts_msgbuf(void **state)
     assert_true(rec.env.quarantine);
     assert_string_equal(rec.env.quarantine_reason, "dlp: card numbers");
     assert_int_equal(rec.body_len, 100000);
-    assert_memory_equal(rec.body, body, sizeof body);
+    assert_memory_equal(rec.body, body, 100000);
     qm_env_free(&rec.env);
     assert_int_equal(mx_queue_msg_set_rcpts(NULL, many, 1), -EINVAL);
     assert_int_equal(mx_queue_msg_add_rcpt(m, NULL), -EINVAL);
