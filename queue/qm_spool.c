@@ -1093,18 +1093,29 @@ void qm_spool_gc(struct qm_spool *sp)
     }
 }
 
+/* Append qid to a growing array of queue ids (a segment's done or moved list). */
+static int qid_list_add(char (**list)[QM_QID_SIZE], size_t *n, size_t *cap, const char *qid)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 32;
+        char(*nl)[QM_QID_SIZE] = realloc(*list, nc * sizeof *nl);
+        if (!nl)
+            return -ENOMEM;
+        *list = nl;
+        *cap = nc;
+    }
+    snprintf((*list)[(*n)++], QM_QID_SIZE, "%s", qid);
+    return 0;
+}
+
 int qm_seg_add_moved(struct qm_seg *seg, const char *qid)
 {
-    if (seg->n_moved == seg->cap_moved) {
-        size_t cap = seg->cap_moved ? seg->cap_moved * 2 : 16;
-        char(*nm)[QM_QID_SIZE] = realloc(seg->moved, cap * sizeof *nm);
-        if (!nm)
-            return -ENOMEM;
-        seg->moved = nm;
-        seg->cap_moved = cap;
-    }
-    snprintf(seg->moved[seg->n_moved++], QM_QID_SIZE, "%s", qid);
-    return 0;
+    return qid_list_add(&seg->moved, &seg->n_moved, &seg->cap_moved, qid);
+}
+
+int qm_seg_add_done(struct qm_seg *seg, const char *qid)
+{
+    return qid_list_add(&seg->done, &seg->n_done, &seg->cap_done, qid);
 }
 
 void qm_seg_free(struct qm_seg *seg)
@@ -1114,20 +1125,6 @@ void qm_seg_free(struct qm_seg *seg)
     free(seg->done);
     free(seg->moved);
     free(seg);
-}
-
-int qm_seg_add_done(struct qm_seg *seg, const char *qid)
-{
-    if (seg->n_done == seg->cap_done) {
-        size_t cap = seg->cap_done ? seg->cap_done * 2 : 64;
-        char(*nd)[QM_QID_SIZE] = realloc(seg->done, cap * sizeof *nd);
-        if (!nd)
-            return -ENOMEM;
-        seg->done = nd;
-        seg->cap_done = cap;
-    }
-    snprintf(seg->done[seg->n_done++], QM_QID_SIZE, "%s", qid);
-    return 0;
 }
 
 int qm_spool_journal_rotate(struct qm_spool *sp)
