@@ -5,7 +5,8 @@
  * that dot-unstuffing, end detection and bare CR/LF handling hold up.
  * With bit 4 of the first byte MAIL and RCPT are answered late
  * (MX_SMTPD_PENDING), after the first data chunk arrived: the message
- * bytes are then held behind the answers and replayed.
+ * bytes are then held behind the answers and replayed, and the end of
+ * data is refused by a late check (mx_smtpd_session_data_refuse).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -81,7 +82,12 @@ static void feed(const char *s, const uint8_t *p, size_t n)
         mx_smtpd_session_input(S, p, n);
     while (pending) {
         pending = 0;
-        mx_smtpd_session_data_done(S, 0, "FUZZ");
+        if (late) { /* an end-of-data check refuses it (logical IP listed) */
+            static const struct mx_smtpd_reply no = {554, "5.7.1", "listed"};
+            mx_smtpd_session_data_refuse(S, &no);
+        } else {
+            mx_smtpd_session_data_done(S, 0, "FUZZ");
+        }
     }
 }
 
