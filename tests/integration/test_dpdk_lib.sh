@@ -47,19 +47,23 @@ dpdk_env_up() {
     DPDK_PIDS="$DPDK_PIDS $!"
 }
 
-# dpdk_mxgate_start "EXTRA DATAPLANE KEYS"
+# dpdk_mxgate_start "EXTRA DATAPLANE KEYS" [BACKEND]
+# BACKEND "kernel" runs the same gateway on the kernel's TCP (the veth end
+# then carries $NET.2); the downstream port is $ROUTE_PORT (default 2626).
 dpdk_mxgate_start() {
+    local backend=${2:-dpdk} vdev="--vdev=net_af_packet0,iface=$V1" addr="address = \"$NET.2/24\";"
+    [ "$backend" = kernel ] && vdev= && addr=
     cat >"$TMP/mxgate.conf" <<CONF
 listen { smtp = [ "$NET.2:2525" ]; }
 dataplane {
-  backend = "dpdk"; workers = 1; address = "$NET.2/24";
-  eal = "--no-huge -m 512 --no-pci --no-shconf --no-telemetry --vdev=net_af_packet0,iface=$V1";
+  backend = "$backend"; workers = 1; $addr
+  eal = "--no-huge -m 512 --no-pci --no-shconf --no-telemetry $vdev";
   $1
 }
 spool { dir = "$TMP/spool"; }
 control { socket = "$TMP/mxgate.sock"; }
 smtp { hostname = "mx.dpdk.test"; }
-routes { "example.test" = "smtp:$NET.1:2626"; "*" = "maildir:$TMP/maildir"; }
+routes { "example.test" = "smtp:$NET.1:${ROUTE_PORT:-2626}"; "*" = "maildir:$TMP/maildir"; }
 relay_domains = [ "example.test" ];
 trusted_networks = [ "127.0.0.0/8" ];
 CONF
