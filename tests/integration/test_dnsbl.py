@@ -181,6 +181,31 @@ logical_ip = true;
                     "only the message from the unlisted logical IP was delivered: %r" % ids)
         log = gw.log()
         fails.check("client 127.0.0.2 listed at zen.example.test" in log, "log names the listing")
+        gw.stop()
+        if not fails.items:
+            gw.cleanup()
+
+        # a dead DNS server (a socket that never answers): "no answer" within the
+        # resolver's bound, logged; the session is not stuck
+        dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dead.bind(("127.0.0.1", 0))
+        gw = mxtest.Gateway(mxgate, trusted=["127.0.0.1/32"], extra="""
+dns { servers = [ "127.0.0.1:%d" ]; timeout = 0.5; tries = 1; }
+dnsbl { lists = [ "zen.example.test=127.0.0.2 reject" ]; }
+sender_domain_check = "reject";
+""" % dead.getsockname()[1])
+        gw.start()
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.2", 0)) as c:
+            c.ehlo("client.test")
+            t0 = time.monotonic()
+            code, msg = c.mail("a@good.test")
+            took = time.monotonic() - t0
+            fails.check(code == 450 and b"4.1.8" in msg,
+                        "dead DNS: sender domain undecided -> %d %r (want 450 4.1.8)" % (code, msg))
+            fails.check(took < 5, "dead DNS: MAIL answered in %.1fs" % took)
+            fails.check(c.noop()[0] == 250, "dead DNS: session still usable")
+        fails.check("no answer" in gw.log(), "dead DNS: the missing answer is logged")
+        dead.close()
     finally:
         if gw:
             try:
