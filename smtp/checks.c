@@ -52,6 +52,13 @@ struct mail_wait {
     char uribl_domain[256];
 };
 
+/* The DNSBL answers for one address (the client, or the logical IP) added up. */
+struct bl_tally {
+    unsigned pending; /* lists not answered yet */
+    int hit;          /* first reject list that listed it, -1 none */
+    double score;     /* sum of the score lists that listed it */
+};
+
 struct mx_checks_conn {
     struct mx_checks *ck;
     struct mx_worker *w;
@@ -62,9 +69,7 @@ struct mx_checks_conn {
     char sid[24];
     char client_text[INET6_ADDRSTRLEN];
     /* DNSBL on the client address, started at connect */
-    unsigned dnsbl_pending;
-    double dnsbl_score;
-    int dnsbl_hit; /* index of the list that decided "reject", -1 none */
+    struct bl_tally dnsbl;
     struct mail_wait mw;
     char text[1200]; /* reply text given to the session (it copies it) */
     char rcpt_text[1200];
@@ -74,9 +79,7 @@ struct mx_checks_conn {
     size_t hdr_len;
     bool hdr_done; /* the empty line ending the headers was seen (or the buffer is full) */
     bool lg_active; /* the end of data waits for our answer */
-    unsigned lg_pending;
-    int lg_hit;
-    double lg_score;
+    struct bl_tally lg;
     char lg_text[INET6_ADDRSTRLEN];
 };
 
@@ -390,7 +393,7 @@ static void mail_finish(struct mx_checks_conn *cc, struct mx_smtpd_reply *r);
 
 static void mail_maybe_answer(struct mx_checks_conn *cc)
 {
-    if (!cc->mw.active || cc->mw.pending || cc->dnsbl_pending || cc->gone)
+    if (!cc->mw.active || cc->mw.pending || cc->dnsbl.pending || cc->gone)
         return;
     struct mx_smtpd_reply r = {0};
     mail_finish(cc, &r);
@@ -401,15 +404,37 @@ static void mail_maybe_answer(struct mx_checks_conn *cc)
 static void start_query(struct mx_checks_conn *cc, int kind, unsigned list, const char *name,
                         enum mx_dns_type type, const char *domain);
 
+/* One DNSBL answer for the address tallied in t (who/ip name it in the log). */
+static void tally_answer(struct mx_checks_conn *cc, struct bl_tally *t, unsigned list,
+                         const struct mx_dns_result *r, const char *who, const char *ip)
+{
+    const struct mx_checks_list *l = &cc->ck->dnsbl[list];
+    t->pending--;
+    if (!dnsbl_listed(l, r))
+        return;
+    logf_cc(cc, "%s %s listed at %s", who, ip, l->zone);
+    if (!l->reject)
+        t->score += l->score;
+    else if (t->hit < 0 || (int)list < t->hit)
+        t->hit = (int)list; /* lists are ordered: the first listing one is named */
+}
+
+/* The zone to name when the tally refuses the address, or NULL when it does not. */
+static const char *tally_verdict(const struct mx_checks_conn *cc, const struct bl_tally *t)
+{
+    if (t->hit >= 0)
+        return cc->ck->dnsbl[t->hit].zone;
+    if (t->score > 0 && t->score >= cc->ck->cfg->dnsbl_threshold)
+        return "DNS lists (score)";
+    return NULL;
+}
+
 /* The DNSBL verdict on the logical IP, once every answer is in. */
 static void logical_verdict(struct mx_checks_conn *cc, struct mx_smtpd_reply *r)
 {
-    int hit = cc->lg_hit;
-    if (hit < 0 && cc->lg_score > 0 && cc->lg_score >= cc->ck->cfg->dnsbl_threshold)
-        hit = LISTS_MAX;
-    if (hit < 0)
+    const char *zone = tally_verdict(cc, &cc->lg);
+    if (!zone)
         return;
-    const char *zone = hit < LISTS_MAX ? cc->ck->dnsbl[hit].zone : "DNS lists (score)";
     snprintf(cc->text, sizeof cc->text, "Message rejected; originating client [%s] listed at %s",
              cc->lg_text, zone);
     *r = (struct mx_smtpd_reply){554, "5.7.1", cc->text};
@@ -425,34 +450,13 @@ static void on_dns(void *arg, const struct mx_dns_result *r)
         logf_cc(cc, "DNS %s: no answer (%s), treated as not listed / unknown", r->name,
                 strerror(-r->status));
     if (q->kind == Q_DNSBL) {
-        const struct mx_checks_list *l = &cc->ck->dnsbl[q->list];
-        cc->dnsbl_pending--;
-        if (dnsbl_listed(l, r)) {
-            logf_cc(cc, "client %s listed at %s", cc->client_text, l->zone);
-            if (l->reject && (cc->dnsbl_hit < 0 || (int)q->list < cc->dnsbl_hit))
-                cc->dnsbl_hit = (int)q->list;
-            else if (!l->reject)
-                cc->dnsbl_score += l->score;
-        }
-        if (!cc->dnsbl_pending && cc->dnsbl_hit < 0 && cc->dnsbl_score > 0 &&
-            cc->dnsbl_score >= cc->ck->cfg->dnsbl_threshold) {
-            /* the score lists together decide: name the first one that listed */
-            cc->dnsbl_hit = LISTS_MAX;
-        }
+        tally_answer(cc, &cc->dnsbl, q->list, r, "client", cc->client_text);
         mail_maybe_answer(cc);
         goto out;
     }
     if (q->kind == Q_LOGICAL) {
-        const struct mx_checks_list *l = &cc->ck->dnsbl[q->list];
-        cc->lg_pending--;
-        if (dnsbl_listed(l, r)) {
-            logf_cc(cc, "logical client %s listed at %s", cc->lg_text, l->zone);
-            if (l->reject && (cc->lg_hit < 0 || (int)q->list < cc->lg_hit))
-                cc->lg_hit = (int)q->list;
-            else if (!l->reject)
-                cc->lg_score += l->score;
-        }
-        if (!cc->lg_pending && cc->lg_active) {
+        tally_answer(cc, &cc->lg, q->list, r, "logical client", cc->lg_text);
+        if (!cc->lg.pending && cc->lg_active) {
             struct mx_smtpd_reply ans = {0};
             logical_verdict(cc, &ans);
             cc->lg_active = false;
@@ -518,9 +522,9 @@ static void start_query(struct mx_checks_conn *cc, int kind, unsigned list, cons
     }
     cc->refs++;
     if (kind == Q_DNSBL)
-        cc->dnsbl_pending++;
+        cc->dnsbl.pending++;
     else if (kind == Q_LOGICAL)
-        cc->lg_pending++;
+        cc->lg.pending++;
     else
         cc->mw.pending++;
 }
@@ -539,8 +543,8 @@ struct mx_checks_conn *mx_smtp_checks_conn_new(struct mx_checks *ck, struct mx_w
     cc->answer = answer;
     cc->ud = ud;
     cc->refs = 1;
-    cc->dnsbl_hit = -1;
-    cc->lg_hit = -1;
+    cc->dnsbl.hit = -1;
+    cc->lg.hit = -1;
     snprintf(cc->sid, sizeof cc->sid, "%s", sid ? sid : "-");
     if (client->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)client)->sin_addr, cc->client_text,
@@ -571,9 +575,8 @@ void mx_smtp_checks_conn_free(struct mx_checks_conn *cc)
 /* The verdict once every answer is in: DNSBL, then URIBL, then the sender domain. */
 static void mail_finish(struct mx_checks_conn *cc, struct mx_smtpd_reply *r)
 {
-    if (cc->dnsbl_hit >= 0) {
-        const char *zone = cc->dnsbl_hit < LISTS_MAX ? cc->ck->dnsbl[cc->dnsbl_hit].zone
-                                                     : "DNS lists (score)";
+    const char *zone = tally_verdict(cc, &cc->dnsbl);
+    if (zone) {
         snprintf(cc->text, sizeof cc->text, "Service unavailable; client [%s] listed at %s",
                  cc->client_text, zone);
         *r = (struct mx_smtpd_reply){554, "5.7.1", cc->text};
@@ -644,7 +647,7 @@ void mx_smtp_checks_mail(struct mx_checks_conn *cc, const struct mx_envelope *en
             }
         }
     }
-    if (mw->pending || cc->dnsbl_pending) {
+    if (mw->pending || cc->dnsbl.pending) {
         mw->active = true;
         r->code = MX_SMTPD_PENDING;
         return;
@@ -1064,15 +1067,15 @@ void mx_smtp_checks_data_end(struct mx_checks_conn *cc, struct mx_smtpd_reply *r
                   sizeof cc->lg_text);
     if (strcmp(cc->lg_text, cc->client_text) == 0)
         return; /* the connecting client itself: checked at MAIL already */
-    cc->lg_hit = -1;
-    cc->lg_score = 0;
+    cc->lg.hit = -1;
+    cc->lg.score = 0;
     for (size_t i = 0; i < cc->ck->n_dnsbl; i++) {
         char name[MX_DNS_NAME_MAX];
         if (mx_smtp_checks_query_name((struct sockaddr *)&ss, cc->ck->dnsbl[i].zone, name,
                                       sizeof name) == 0)
             start_query(cc, Q_LOGICAL, (unsigned)i, name, MX_DNS_A, NULL);
     }
-    if (cc->lg_pending) {
+    if (cc->lg.pending) {
         logf_cc(cc, "logical client %s: asking the DNS lists", cc->lg_text);
         cc->lg_active = true;
         r->code = MX_SMTPD_PENDING;

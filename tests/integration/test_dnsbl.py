@@ -50,6 +50,11 @@ def start_unbound(d, port):
   local-zone: "zen.example.test." static
   local-data: "2.0.0.127.zen.example.test. 60 IN A 127.0.0.2"
   local-data: "2.0.0.127.zen.example.test. 60 IN TXT \\"listed\\""
+  local-zone: "s1.example.test." static
+  local-data: "4.0.0.127.s1.example.test. 60 IN A 127.0.0.2"
+  local-data: "5.0.0.127.s1.example.test. 60 IN A 127.0.0.2"
+  local-zone: "s2.example.test." static
+  local-data: "4.0.0.127.s2.example.test. 60 IN A 127.0.0.2"
   local-zone: "good.test." static
   local-data: "good.test. 60 IN MX 10 mx.good.test."
   local-data: "mx.good.test. 60 IN A 192.0.2.10"
@@ -118,7 +123,8 @@ def main():
     try:
         gw = mxtest.Gateway(mxgate, trusted=["127.0.0.1/32"], extra="""
 dns { servers = [ "127.0.0.1:%d" ]; timeout = 1; tries = 2; }
-dnsbl { lists = [ "zen.example.test=127.0.0.2 reject" ]; }
+dnsbl { lists = [ "zen.example.test=127.0.0.2 reject", "s1.example.test score=3",
+                  "s2.example.test score=3" ]; threshold = 5; }
 sender_domain_check = "reject";
 logical_ip = true;
 """ % port)
@@ -139,6 +145,17 @@ logical_ip = true;
         fails.check(len(got) == 3 and got[0].startswith("554 5.7.1") and
                     got[1].startswith("503") and got[2].startswith("503"),
                     "pipelined MAIL/RCPT/DATA from a listed client: %r" % got)
+
+        # score lists: 127.0.0.4 on both (3 + 3 >= 5) refused, 127.0.0.5 on one (3) accepted
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.4", 0)) as c:
+            c.ehlo("client.test")
+            code, msg = c.mail("a@good.test")
+            fails.check(code == 554 and b"listed at DNS lists (score)" in msg,
+                        "scores add up to the threshold: %d %r" % (code, msg))
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.5", 0)) as c:
+            c.ehlo("client.test")
+            code, msg = c.mail("a@good.test")
+            fails.check(code == 250, "score below the threshold: %d %r" % (code, msg))
 
         # unlisted client: accepted and delivered
         with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.3", 0)) as c:
