@@ -439,6 +439,7 @@ static void move_done(struct qm_worker *qw, struct mx_queue_msg *c, int res)
  * busy list, so nothing else starts on it and a `delete` waits for the end.
  */
 #define QM_COMPACT_PER_SCAN 16
+#define QM_COMPACT_BYTES (32u << 20) /* record bytes held in memory per scan */
 
 static void compact_scan(struct qm_worker *qw, uint64_t now)
 {
@@ -446,8 +447,10 @@ static void compact_scan(struct qm_worker *qw, uint64_t now)
     if (!after || !qw->started)
         return;
     unsigned done = 0;
+    uint64_t bytes = 0;
     struct qm_msg *m, *next;
-    for (m = TAILQ_FIRST(&qw->waiting); m && done < QM_COMPACT_PER_SCAN; m = next) {
+    for (m = TAILQ_FIRST(&qw->waiting); m && done < QM_COMPACT_PER_SCAN && bytes < QM_COMPACT_BYTES;
+         m = next) {
         next = TAILQ_NEXT(m, link);
         if (!m->seg || m->seg->store || m->moving || now < m->env.arrival_ms + after ||
             now < m->compact_after_ms)
@@ -476,6 +479,7 @@ static void compact_scan(struct qm_worker *qw, uint64_t now)
         qm_list_insert(qw, m);
         qm_spool_add(&qw->sp, c);
         done++;
+        bytes += c->len;
     }
 }
 
