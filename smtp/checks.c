@@ -226,6 +226,11 @@ int mx_smtp_checks_query_name(const struct sockaddr *sa, const char *zone, char 
     if (sa->sa_family == AF_INET) {
         const uint8_t *a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
         n = snprintf(out, outlen, "%u.%u.%u.%u.%s", a[3], a[2], a[1], a[0], zone);
+    } else if (sa->sa_family == AF_INET6 &&
+               IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)sa)->sin6_addr)) {
+        /* an IPv4 client on an IPv6 socket is listed under its IPv4 name */
+        const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr + 12;
+        n = snprintf(out, outlen, "%u.%u.%u.%u.%s", a[3], a[2], a[1], a[0], zone);
     } else if (sa->sa_family == AF_INET6) {
         const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
         static const char hex[] = "0123456789abcdef";

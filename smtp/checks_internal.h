@@ -40,7 +40,7 @@ int mx_smtp_checks_parse_list(const char *spec, struct mx_checks_list *out, char
 
 /**
  * The DNSBL query name for an address: "2.0.0.127.ZONE" for IPv4,
- * 32 nibbles reversed for IPv6.
+ * 32 nibbles reversed for IPv6 (IPv4-mapped IPv6 as IPv4).
  * @return 0, -EAFNOSUPPORT, or -ENAMETOOLONG.
  */
 int mx_smtp_checks_query_name(const struct sockaddr *sa, const char *zone, char *out,

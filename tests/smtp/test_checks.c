@@ -65,6 +65,10 @@ static void test_query_name(void **st)
     assert_string_equal(name, "b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.test");
     assert_int_equal(mx_smtp_checks_query_name((struct sockaddr *)&a6, "bl.test", name, 20),
                      -ENAMETOOLONG);
+    inet_pton(AF_INET6, "::ffff:192.0.2.10", &a6.sin6_addr); /* IPv4 client on an IPv6 socket */
+    assert_int_equal(
+        mx_smtp_checks_query_name((struct sockaddr *)&a6, "bl.test", name, sizeof name), 0);
+    assert_string_equal(name, "10.2.0.192.bl.test");
     struct sockaddr un = {.sa_family = AF_UNIX};
     assert_int_equal(mx_smtp_checks_query_name(&un, "bl.test", name, sizeof name), -EAFNOSUPPORT);
 }
