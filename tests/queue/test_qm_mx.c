@@ -469,6 +469,22 @@ static void test_route_syntax(void **state)
     assert_int_equal(rt->scheme, MX_ROUTE_MX);
     const struct sockaddr_in *sin = (const struct sockaddr_in *)&rt->hosts[0].ss;
     assert_int_equal(ntohs(sin->sin_port), smtp_port);
+    /* `mxctl config export` writes it back as written, and that loads again */
+    char *text = mx_config_export(cfg);
+    assert_non_null(text);
+    char want[64];
+    snprintf(want, sizeof want, "\"mx:%u\"", smtp_port);
+    assert_non_null(strstr(text, want));
+    struct mx_config *again = NULL;
+    struct mx_config_errors e2;
+    memset(&e2, 0, sizeof e2);
+    assert_int_equal(mx_config_load_mem("export", text, strlen(text), NULL, 0, 0, &again, &e2), 0);
+    const struct mx_route *r2 = mx_config_route(again, "x.test");
+    assert_int_equal(r2->scheme, MX_ROUTE_MX);
+    assert_int_equal(r2->n_hosts, 1);
+    assert_string_equal(r2->hosts[0].text, rt->hosts[0].text);
+    mx_config_free(again);
+    free(text);
     const char *bad[] = {"mx:0", "mx:65536", "mx:25x", "mx:-1"};
     for (size_t i = 0; i < 4; i++) {
         char conf[256];
