@@ -222,7 +222,8 @@ static void feed_iconv(struct mx_utf8_conv *c, const uint8_t *in, size_t n, bool
     while (c->ncarry) {
         size_t take = left < sizeof join - c->ncarry ? left : sizeof join - c->ncarry;
         memcpy(join, c->carry, c->ncarry);
-        memcpy(join + c->ncarry, src, take);
+        if (take) /* at the end of input src may be NULL */
+            memcpy(join + c->ncarry, src, take);
         size_t total = c->ncarry + take;
         char *ip = (char *)join, *op = out;
         size_t il = total, ol = sizeof out;
@@ -244,9 +245,12 @@ static void feed_iconv(struct mx_utf8_conv *c, const uint8_t *in, size_t n, bool
             used++;
         }
         if (used >= c->ncarry) {
-            /* past the carry: the rest of the chunk goes the normal way */
-            src += used - c->ncarry;
-            left -= used - c->ncarry;
+            /* past the carry: the rest of the chunk goes the normal way
+             * (no pointer arithmetic on a NULL src at the end of input) */
+            if (used > c->ncarry) {
+                src += used - c->ncarry;
+                left -= used - c->ncarry;
+            }
             c->ncarry = 0;
         } else {
             memmove(c->carry, c->carry + used, c->ncarry - used);

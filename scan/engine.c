@@ -1529,7 +1529,9 @@ static void html_attrs(struct mx_scan_msg *m, const char *t, size_t n)
     for (size_t i = 0; i < n; i++) {
         for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
             size_t nl = strlen(names[k]);
-            if (i + nl < n && strncasecmp(t + i, names[k], nl) == 0 && isspace((unsigned char)t[i - 1])) {
+            /* an attribute follows whitespace (at 0 is the tag name) */
+            if (i > 0 && i + nl < n && strncasecmp(t + i, names[k], nl) == 0 &&
+                isspace((unsigned char)t[i - 1])) {
                 size_t j = i + nl;
                 while (j < n && isspace((unsigned char)t[j]))
                     j++;
