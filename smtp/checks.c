@@ -85,6 +85,8 @@ struct mx_checks_conn {
 
 /* One DNS query in flight. */
 struct dnsq {
+    struct dnsq *prev, *next; /* the worker's in-flight list */
+    unsigned widx;
     struct mx_checks_conn *cc;
     enum { Q_DNSBL, Q_URIBL, Q_SENDER, Q_LOGICAL } kind;
     unsigned list;
@@ -445,9 +447,37 @@ static void logical_verdict(struct mx_checks_conn *cc, struct mx_smtpd_reply *r)
     *r = (struct mx_smtpd_reply){554, "5.7.1", cc->text};
 }
 
+/*
+ * Queries in flight, per worker (each slot touched only by its worker).
+ * The DNS service owns them until it answers; when the gateway stops, the
+ * workers stop first and the answers of the last queries are never
+ * delivered, so they are kept reachable here rather than lost.
+ */
+#define INFLIGHT_WORKERS 128 /* as dataplane's MX_MAX_WORKERS */
+static struct dnsq *inflight[INFLIGHT_WORKERS];
+
+static void inflight_add(struct dnsq *q)
+{
+    q->next = inflight[q->widx];
+    if (q->next)
+        q->next->prev = q;
+    inflight[q->widx] = q;
+}
+
+static void inflight_del(struct dnsq *q)
+{
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        inflight[q->widx] = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+}
+
 static void on_dns(void *arg, const struct mx_dns_result *r)
 {
     struct dnsq *q = arg;
+    inflight_del(q);
     struct mx_checks_conn *cc = q->cc;
     if (cc->gone)
         goto out;
@@ -516,8 +546,11 @@ static void start_query(struct mx_checks_conn *cc, int kind, unsigned list, cons
     q->kind = kind;
     q->list = list;
     q->gen = cc->uribl_gen;
+    q->widx = mx_worker_index(cc->w) % INFLIGHT_WORKERS;
     snprintf(q->domain, sizeof q->domain, "%s", domain ? domain : "");
     int rc = mx_dns_query(cc->w, name, type, on_dns, q);
+    if (rc == 0)
+        inflight_add(q);
     if (rc < 0) {
         logf_cc(cc, "DNS %s: cannot ask (%s), check skipped", name, strerror(-rc));
         free(q);

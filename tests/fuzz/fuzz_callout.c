@@ -57,6 +57,12 @@ int mx_stream_connect(struct mx_worker *w, const struct sockaddr *addr, socklen_
     return 0;
 }
 
+unsigned mx_worker_index(const struct mx_worker *w)
+{
+    (void)w;
+    return 0;
+}
+
 int mx_dns_query(struct mx_worker *w, const char *name, enum mx_dns_type type, mx_dns_fn cb,
                  void *arg)
 {

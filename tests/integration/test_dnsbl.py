@@ -221,6 +221,19 @@ sender_domain_check = "reject";
                         "dead DNS: sender domain undecided -> %d %r (want 450 4.1.8)" % (code, msg))
             fails.check(took < 5, "dead DNS: MAIL answered in %.1fs" % took)
             fails.check(c.noop()[0] == 250, "dead DNS: session still usable")
+        # clients that leave while their MAIL check is pending (the answer comes after
+        # the session is gone; under ASan this must not touch freed memory)
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=5,
+                                         source_address=("127.0.0.2", 0))
+            s.recv(512)
+            s.sendall(b"EHLO c.test\r\nMAIL FROM:<a@good.test>\r\nRCPT TO:<x@example.test>\r\n")
+            time.sleep(0.05)
+            s.close()
+        time.sleep(1.5)  # every pending answer has come back by now
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.3", 0)) as c:
+            fails.check(c.ehlo("client.test")[0] == 250 and c.noop()[0] == 250,
+                        "gateway fine after clients left with checks pending")
         fails.check("no answer" in gw.log(), "dead DNS: the missing answer is logged")
         dead.close()
     finally:
