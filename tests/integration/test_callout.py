@@ -104,6 +104,35 @@ recipient_verification { callout_domains = [ "other.test" ]; timeout = 10; }
                     "after cache clear bob was asked again (downstream asked %d times)" %
                     down.asked("bob@other.test"))
         fails.check("callout <bob@other.test>: rejected" in gw.log(), "log line of the callout")
+        gw.stop()
+        if not fails.items:
+            gw.cleanup()
+
+        # refresh: past negative_refresh the cached answer is still served at once, and
+        # the address is verified again in the background (once)
+        gw = mxtest.Gateway(mxgate, workers=1, routes={"other.test": "smtp:127.0.0.1:%d" % dport},
+                            relay_domains=["other.test"], extra="""
+recipient_verification { callout_domains = [ "other.test" ]; negative_refresh = 1; }
+""")
+        gw.start()
+        before = down.asked("carol@other.test")
+
+        def rcpt_carol():
+            with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as c:
+                c.ehlo("client.test")
+                c.mail("sender@client.test")
+                return c.rcpt("carol@other.test")[0]
+
+        fails.check(rcpt_carol() == 550, "carol refused (callout)")
+        time.sleep(1.5)
+        fails.check(rcpt_carol() == 550, "carol refused from the cache past the refresh time")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and down.asked("carol@other.test") - before < 2:
+            time.sleep(0.1)
+        fails.check(rcpt_carol() == 550, "carol refused again")
+        fails.check(down.asked("carol@other.test") - before == 2,
+                    "one background re-verification (downstream asked %d times)" %
+                    (down.asked("carol@other.test") - before))
     finally:
         if gw:
             try:
