@@ -48,6 +48,7 @@ struct mail_wait {
     int sender_step;     /* 0 MX, 1 A, 2 AAAA */
     char domain[256];    /* sender domain */
     char addr[MX_ADDR_MAX];
+    char helo[256];      /* as the client gave it (for the reply text) */
     int uribl_hit;       /* list index, -1 none */
     char uribl_domain[256];
 };
@@ -623,8 +624,11 @@ static void mail_finish(struct mx_checks_conn *cc, struct mx_smtpd_reply *r)
         return;
     }
     if (cc->mw.uribl_hit >= 0) {
-        snprintf(cc->text, sizeof cc->text, "<%s>: Sender address rejected: %s listed at %s",
-                 cc->mw.addr, cc->mw.uribl_domain, cc->ck->uribl[cc->mw.uribl_hit].zone);
+        /* the listed name is the sender's domain, or else the HELO name */
+        bool helo = strcmp(cc->mw.uribl_domain, cc->mw.domain) != 0;
+        snprintf(cc->text, sizeof cc->text, "<%s>: %s rejected: %s listed at %s",
+                 helo ? cc->mw.helo : cc->mw.addr, helo ? "Helo command" : "Sender address",
+                 cc->mw.uribl_domain, cc->ck->uribl[cc->mw.uribl_hit].zone);
         *r = (struct mx_smtpd_reply){554, "5.7.1", cc->text};
         logf_cc(cc, "reject: %s", cc->text);
         return;
@@ -661,6 +665,7 @@ void mx_smtp_checks_mail(struct mx_checks_conn *cc, const struct mx_envelope *en
     mw->uribl_hit = -1;
     cc->uribl_gen++;
     snprintf(mw->addr, sizeof mw->addr, "%s", env->mail_from);
+    snprintf(mw->helo, sizeof mw->helo, "%.255s", env->helo);
     const char *at = strrchr(env->mail_from, '@');
     if (at) {
         size_t i = 0;

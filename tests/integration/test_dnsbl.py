@@ -55,6 +55,10 @@ def start_unbound(d, port):
   local-data: "5.0.0.127.s1.example.test. 60 IN A 127.0.0.2"
   local-zone: "s2.example.test." static
   local-data: "4.0.0.127.s2.example.test. 60 IN A 127.0.0.2"
+  local-zone: "uribl.example.test." static
+  local-data: "spam.test.uribl.example.test. 60 IN A 127.0.0.2"
+  local-zone: "spam.test." static
+  local-data: "spam.test. 60 IN A 192.0.2.20"
   local-zone: "good.test." static
   local-data: "good.test. 60 IN MX 10 mx.good.test."
   local-data: "mx.good.test. 60 IN A 192.0.2.10"
@@ -125,6 +129,7 @@ def main():
 dns { servers = [ "127.0.0.1:%d" ]; timeout = 1; tries = 2; }
 dnsbl { lists = [ "zen.example.test=127.0.0.2 reject", "s1.example.test score=3",
                   "s2.example.test score=3" ]; threshold = 5; }
+uribl { lists = [ "uribl.example.test reject" ]; }
 sender_domain_check = "reject";
 logical_ip = true;
 """ % port)
@@ -165,6 +170,19 @@ logical_ip = true;
             fails.check(refused == {}, "unlisted client: accepted")
         msgs = gw.wait_maildir(1, timeout=20)
         fails.check("<dnsbl-ok@test>" in mxtest.message_ids(msgs), "unlisted client: delivered")
+
+        # URIBL on the sender's domain and the HELO name
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.3", 0)) as c:
+            c.ehlo("client.test")
+            code, msg = c.mail("a@spam.test")
+            fails.check(code == 554 and b"spam.test listed at uribl.example.test" in msg,
+                        "URIBL-listed sender domain: %d %r" % (code, msg))
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.3", 0)) as c:
+            c.ehlo("spam.test")
+            code, msg = c.mail("a@good.test")
+            fails.check(code == 554 and msg.endswith(b"<spam.test>: Helo command rejected: "
+                                                     b"spam.test listed at uribl.example.test"),
+                        "URIBL-listed HELO name: %d %r" % (code, msg))
 
         # unknown sender domain (NXDOMAIN, no MX, no A)
         with smtplib.SMTP("127.0.0.1", gw.port, timeout=15, source_address=("127.0.0.3", 0)) as c:
