@@ -14,7 +14,7 @@ DEB_PKGS := meson ninja-build pkg-config gcc clang libclang-rt-14-dev \
 	libmimalloc-dev libcmocka-dev libc-ares-dev libmagic-dev libpcre2-dev \
 	libjansson-dev libmicrohttpd-dev libncurses-dev \
 	openssl iproute2 ethtool nftables swaks postfix python3 python3-aiosmtpd \
-	python3-prometheus-client tmux dnsmasq-base spamassassin clamav-testfiles linux-perf
+	python3-prometheus-client tmux dnsmasq-base unbound hping3 spamassassin clamav-testfiles linux-perf
 
 .PHONY: all deps build run test test-unit test-asan fuzz clean
 
