@@ -745,6 +745,7 @@ static void attempt_finish(struct qm_attempt *a)
             m->rstate[i] = QM_R_DELIVERED;
             qm_journal(qw, m, QM_J_DELIVERED, (uint32_t)i);
             log_rcpt(m, rcpt, a->remote[i], now, "sent", r);
+            mx_stats_add(MX_STAT_DELIVERY_OK, 1);
         } else if (r->code >= 500 || expired) {
             if (r->code < 500) {
                 char t[sizeof r->text], pre[64];
@@ -754,6 +755,7 @@ static void attempt_finish(struct qm_attempt *a)
             }
             m->rstate[i] = QM_R_FAILED;
             log_rcpt(m, rcpt, a->remote[i], now, "bounced", r);
+            mx_stats_add(MX_STAT_DELIVERY_BOUNCED, 1);
             qm_journal(qw, m, QM_J_FAILED, (uint32_t)i);
             /* RFC 3461 4.1: a failure DSN unless NOTIFY said NEVER or left FAILURE out */
             uint8_t nf = m->env.rcpts[i].notify;
@@ -767,6 +769,7 @@ static void attempt_finish(struct qm_attempt *a)
             snprintf(pre, sizeof pre, "%d %s%s", r->code, r->enh, r->enh[0] ? " " : "");
             join2(m->last_error, sizeof m->last_error, pre, r->text);
             log_rcpt(m, rcpt, a->remote[i], now, "deferred", r);
+            mx_stats_add(MX_STAT_DELIVERY_DEFERRED, 1);
         }
     }
     /* The DSN record and the failures' journal entries go out in the same

@@ -50,6 +50,8 @@ try:
     F.check(find("msg_accepted") == N, "stats: msg_accepted == %d (got %s)" % (N, find("msg_accepted")))
     # 20 smtp-source sessions + the harness's start-up probe connection
     F.check(find("conn_total") == 21, "stats: conn_total == 21 (got %s)" % find("conn_total"))
+    F.check(find("delivery_ok") == N, "stats: delivery_ok == %d (got %s)" % (N, find("delivery_ok")))
+    F.check(find("delivery_deferred") == 0, "stats: delivery_deferred == 0 (got %s)" % find("delivery_deferred"))
     F.check(find("conn_open") == 0, "stats: conn_open back to 0 (got %s)" % find("conn_open"))
     F.check(gw.stop() == 0, "clean stop")
 finally:
