@@ -148,6 +148,24 @@ static const struct key keys[] = {
      400 * 86400, NULL},
     {"recipient_verification.cache_size", K_UINT, F(rv_cache_size), 0, 16, 10000000, NULL},
     {"recipient_verification.timeout", K_SECONDS, F(rv_timeout), 0, 1, 600, NULL},
+    {"policy", K_SECTION, NONE},
+    {"policy.subaddress_separator", K_STRING, F(policy_subaddress_sep), 0, 0, 0, NULL},
+    {"policy.allow_over_block", K_BOOL, F(policy_allow_over_block), 0, 0, 0, NULL},
+    {"policy.allow", K_STR_LIST, F(policy_allow), F(n_policy_allow), 0, 0, NULL},
+    {"policy.block", K_STR_LIST, F(policy_block), F(n_policy_block), 0, 0, NULL},
+    {"policy.spam_action", K_ENUM, F(policy_spam_action), 0, 0, 0,
+     "tag|reject|quarantine|discard"},
+    {"policy.spam_subject_tag", K_STRING, F(policy_spam_subject_tag), 0, 0, 0, NULL},
+    {"policy.quarantine_retention", K_SECONDS, F(policy_quarantine_retention), 0, 0,
+     365 * 86400, NULL},
+    {"helo", K_SECTION, NONE},
+    {"helo.reject_defaults", K_BOOL, F(helo_reject_defaults), 0, 0, 0, NULL},
+    {"helo.block", K_STR_LIST, F(helo_block), F(n_helo_block), 0, 0, NULL},
+    {"limits", K_SECTION, NONE},
+    {"limits.conn_per_ip", K_UINT, F(limit_conn_per_ip), 0, 0, 1000000, NULL},
+    {"limits.conn_per_net", K_UINT, F(limit_conn_per_net), 0, 0, 1000000, NULL},
+    {"limits.conn_rate_per_ip", K_UINT, F(limit_conn_rate_per_ip), 0, 0, 1000000, NULL},
+    {"limits.msgs_per_ip", K_UINT, F(limit_msgs_per_ip), 0, 0, 100000000, NULL},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -441,6 +459,12 @@ static int set_defaults(struct mx_config *c)
     c->rv_negative_refresh = 3 * 3600;
     c->rv_cache_size = 10000;
     c->rv_timeout = 30;
+    c->policy_subaddress_sep = strdup("+");
+    c->policy_spam_action = strdup("tag");
+    c->policy_spam_subject_tag = strdup("");
+    c->policy_quarantine_retention = 30 * 86400;
+    if (!c->policy_subaddress_sep || !c->policy_spam_action || !c->policy_spam_subject_tag)
+        return -ENOMEM;
     c->sender_domain_check = strdup("off");
     if (!c->sender_domain_check)
         return -ENOMEM;
@@ -493,6 +517,13 @@ void mx_config_free(struct mx_config *c)
     free(c->scan_clamav_database);
     /* DNS checks and recipient verification */
     free_strv(c->dnsbl_lists, c->n_dnsbl_lists);
+    free(c->policy_subaddress_sep);
+    free_strv(c->policy_allow, c->n_policy_allow);
+    free_strv(c->policy_block, c->n_policy_block);
+    free(c->policy_spam_action);
+    free(c->policy_spam_subject_tag);
+    mx_policy_free(c->policy);
+    free_strv(c->helo_block, c->n_helo_block);
     free_strv(c->uribl_lists, c->n_uribl_lists);
     free(c->sender_domain_check);
     free_strv(c->rv_static_domains, c->n_rv_static_domains);
@@ -1281,6 +1312,59 @@ static void derived_defaults(struct loader *L)
     }
 }
 
+/*
+ * One allow/block entry: "PATTERN" (global) or "SCOPE: PATTERN" where SCOPE
+ * is a recipient domain or address. The whole list is compiled into the
+ * snapshot's struct mx_policy; a bad entry is reported with its file:line.
+ */
+static void add_policy_entries(struct loader *L, const char *key, enum mx_policy_list list,
+                               char *const *v, size_t n)
+{
+    const struct mx_ucl *node = L->set[find_key(key)];
+    struct list_iter it = {node, 0, 0};
+    for (size_t i = 0; i < n && !L->oom; i++) {
+        const struct mx_ucl *e = node ? list_next(&it) : NULL;
+        const char *file = e ? e->file : "(defaults)";
+        unsigned line = e ? e->line : 0;
+        char scope[600] = "";
+        const char *pat = v[i];
+        const char *colon = strstr(v[i], ": ");
+        if (colon) {
+            size_t sl = (size_t)(colon - v[i]);
+            if (sl >= sizeof scope) {
+                cerr(L, file, line, "%s: scope of '%s' is too long", key, v[i]);
+                continue;
+            }
+            memcpy(scope, v[i], sl);
+            scope[sl] = 0;
+            pat = colon + 2;
+        }
+        int rc = mx_policy_add(L->cfg->policy, scope, list, pat);
+        if (rc == -ENOMEM)
+            L->oom = true;
+        else if (rc < 0)
+            cerr(L, file, line, "%s: '%s' is not a sender address, domain, wildcard or CIDR%s",
+                 key, v[i], colon ? " (after a recipient domain or address scope)" : "");
+    }
+}
+
+static void build_policy(struct loader *L)
+{
+    struct mx_config *c = L->cfg;
+    unsigned line;
+    if (strlen(c->policy_subaddress_sep) > 1) {
+        const char *file = key_file(L, "policy.subaddress_separator", &line);
+        cerr(L, file, line, "policy.subaddress_separator must be one character or \"\"");
+        return;
+    }
+    if (mx_policy_new(c->policy_subaddress_sep[0], c->policy_allow_over_block, &c->policy) < 0) {
+        L->oom = true;
+        return;
+    }
+    add_policy_entries(L, "policy.allow", MX_POLICY_ALLOW, c->policy_allow, c->n_policy_allow);
+    add_policy_entries(L, "policy.block", MX_POLICY_BLOCK, c->policy_block, c->n_policy_block);
+}
+
 static int load_common(struct loader *L, struct mx_ucl *root, const char *const *overrides,
                        size_t n_over, struct mx_config **out)
 {
@@ -1296,6 +1380,8 @@ static int load_common(struct loader *L, struct mx_ucl *root, const char *const 
         derived_defaults(L);
     if (!L->oom && L->n_err == 0)
         cross_checks(L);
+    if (!L->oom && L->n_err == 0)
+        build_policy(L);
     if (L->oom)
         return -ENOMEM;
     if (L->n_err)
@@ -1660,6 +1746,21 @@ char *mx_config_export(const struct mx_config *c)
     fprintf(f, "    negative_expire = %us;\n    negative_refresh = %us;\n", c->rv_negative_expire,
             c->rv_negative_refresh);
     fprintf(f, "    cache_size = %u;\n    timeout = %us;\n}\n", c->rv_cache_size, c->rv_timeout);
+
+    fputs("policy {\n", f);
+    put_kv_str(f, 4, "subaddress_separator", c->policy_subaddress_sep);
+    fprintf(f, "    allow_over_block = %s;\n", c->policy_allow_over_block ? "true" : "false");
+    put_list(f, "    allow", c->policy_allow, c->n_policy_allow);
+    put_list(f, "    block", c->policy_block, c->n_policy_block);
+    put_kv_str(f, 4, "spam_action", c->policy_spam_action);
+    put_kv_str(f, 4, "spam_subject_tag", c->policy_spam_subject_tag);
+    fprintf(f, "    quarantine_retention = %us;\n}\n", c->policy_quarantine_retention);
+    fprintf(f, "helo {\n    reject_defaults = %s;\n", c->helo_reject_defaults ? "true" : "false");
+    put_list(f, "    block", c->helo_block, c->n_helo_block);
+    fprintf(f, "}\nlimits {\n    conn_per_ip = %u;\n    conn_per_net = %u;\n"
+               "    conn_rate_per_ip = %u;\n    msgs_per_ip = %u;\n}\n",
+            c->limit_conn_per_ip, c->limit_conn_per_net, c->limit_conn_rate_per_ip,
+            c->limit_msgs_per_ip);
     if (fclose(f) != 0) {
         free(buf);
         return NULL;

@@ -137,6 +137,29 @@ struct mx_config {
     unsigned rv_negative_refresh; /**< seconds, default 3 hours */
     unsigned rv_cache_size;       /**< entries per worker, default 10000 */
     unsigned rv_timeout;          /**< callout timeout, seconds, default 30 */
+
+    /* policy: sender allow/block lists and the spam action (docs/CONFIG.md) */
+    char *policy_subaddress_sep;      /**< "+" (default) or "" (off) */
+    bool policy_allow_over_block;     /**< allow wins when one level has both */
+    char **policy_allow;              /**< "PATTERN" or "SCOPE: PATTERN" */
+    size_t n_policy_allow;
+    char **policy_block;
+    size_t n_policy_block;
+    char *policy_spam_action;         /**< "tag" (default), "reject", "quarantine", "discard" */
+    char *policy_spam_subject_tag;    /**< prefix for spam subjects, "" = none */
+    unsigned policy_quarantine_retention; /**< seconds, default 30 days */
+    struct mx_policy *policy;         /**< the lists compiled at load */
+
+    /* helo checks */
+    bool helo_reject_defaults;        /**< refuse mx_policy_helo_defaults names */
+    char **helo_block;                /**< further patterns (* ? #) */
+    size_t n_helo_block;
+
+    /* client limits (0 = off); trusted_networks are exempt */
+    unsigned limit_conn_per_ip;       /**< connections at once per address */
+    unsigned limit_conn_per_net;      /**< ... per /24 (IPv4) or /64 (IPv6) */
+    unsigned limit_conn_rate_per_ip;  /**< new connections per minute per address */
+    unsigned limit_msgs_per_ip;       /**< messages per hour per address */
 };
 
 /** One problem found while loading: file:line and a reason. */
