@@ -66,6 +66,12 @@ struct smtpd_conn {
     char peer[80];
     struct mx_checks_conn *chk; /* DNS checks and recipient verification (checks.c) */
     uint64_t start_ms;
+    /* client limits: the concurrency slots this session holds (released at the end) */
+    bool trusted;
+    bool held_ip, held_net;
+    uint8_t key_ip[18], key_net[18];
+    uint8_t klen_ip, klen_net;
+    char reply_text[320]; /* text of a policy reply (must outlive the callback) */
 };
 
 static __thread unsigned sessions_on_worker;
@@ -111,9 +117,161 @@ static void conn_log(struct smtpd_conn *c, const char *fmt, ...)
     fprintf(stderr, "mxgate[smtp]: %s: %s\n", c->sid, line);
 }
 
+/* ---- policy: client limits, HELO, sender lists, spam action ------------ */
+
+/*
+ * Limit tables are per worker (shared-nothing, like everything on a worker)
+ * and outlive configuration generations. A client whose connections the
+ * kernel spreads over several workers is counted on each separately.
+ */
+#define LIMIT_KEYS 65536
+static __thread struct mx_ratelimit *lim_conc;  /* connections at once (ip and net keys) */
+static __thread struct mx_ratelimit *lim_rate;  /* new connections per minute */
+static __thread struct mx_ratelimit *lim_msgs;  /* messages per hour */
+
+static struct mx_ratelimit *limit_table(struct mx_ratelimit **t, uint32_t window_ms)
+{
+    if (!*t && mx_ratelimit_new(LIMIT_KEYS, window_ms, t) < 0)
+        *t = NULL;
+    return *t;
+}
+
+/* key = one tag byte (so address and network keys never meet) + the address */
+static uint8_t limit_key(const struct sockaddr *sa, bool net, uint8_t key[18])
+{
+    key[0] = net ? 'n' : 'i';
+    int n = mx_ratelimit_client_key(sa, net, key + 1);
+    return n < 0 ? 0 : (uint8_t)(n + 1);
+}
+
+static void limits_release(struct smtpd_conn *c)
+{
+    if (c->held_ip && lim_conc)
+        mx_ratelimit_release(lim_conc, c->key_ip, c->klen_ip);
+    if (c->held_net && lim_conc)
+        mx_ratelimit_release(lim_conc, c->key_net, c->klen_net);
+    c->held_ip = c->held_net = false;
+}
+
+/* Connection limits at accept. Returns the reason to refuse, or NULL. */
+static const char *limits_connect(struct smtpd_conn *c, const struct sockaddr *peer)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    if (c->trusted)
+        return NULL;
+    c->klen_ip = limit_key(peer, false, c->key_ip);
+    c->klen_net = limit_key(peer, true, c->key_net);
+    if (!c->klen_ip || !c->klen_net)
+        return NULL;
+    if (cfg->limit_conn_rate_per_ip && limit_table(&lim_rate, 60000) &&
+        mx_ratelimit_hit(lim_rate, c->key_ip, c->klen_ip, realtime_ms(), 1,
+                         cfg->limit_conn_rate_per_ip, NULL) < 0) {
+        MX_STATS_INC(CONN_REJ_RATE);
+        return "rate";
+    }
+    if (cfg->limit_conn_per_ip && limit_table(&lim_conc, 60000)) {
+        if (mx_ratelimit_acquire(lim_conc, c->key_ip, c->klen_ip, cfg->limit_conn_per_ip) < 0) {
+            MX_STATS_INC(CONN_REJ_CONCURRENCY);
+            return "concurrency";
+        }
+        c->held_ip = true;
+    }
+    if (cfg->limit_conn_per_net && limit_table(&lim_conc, 60000)) {
+        if (mx_ratelimit_acquire(lim_conc, c->key_net, c->klen_net, cfg->limit_conn_per_net) < 0) {
+            MX_STATS_INC(CONN_REJ_CONCURRENCY);
+            return "network concurrency";
+        }
+        c->held_net = true;
+    }
+    return NULL;
+}
+
+static void policy_reply(struct smtpd_conn *c, struct mx_smtpd_reply *r, int code,
+                         const char *enh, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void policy_reply(struct smtpd_conn *c, struct mx_smtpd_reply *r, int code,
+                         const char *enh, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->reply_text, sizeof c->reply_text, fmt, ap);
+    va_end(ap);
+    r->code = code;
+    r->enh = enh;
+    r->text = c->reply_text;
+}
+
+/* HELO blocklist and per-client message rate, checked at MAIL. True if r was set. */
+static bool policy_mail(struct smtpd_conn *c, const struct mx_envelope *env,
+                        struct mx_smtpd_reply *r)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    if (c->trusted)
+        return false;
+    int hit = -1;
+    if (cfg->helo_reject_defaults) {
+        size_t n = 0;
+        while (mx_policy_helo_defaults[n])
+            n++;
+        hit = mx_policy_helo_match(env->helo, mx_policy_helo_defaults, n);
+    }
+    if (hit < 0 && cfg->n_helo_block)
+        hit = mx_policy_helo_match(env->helo, (const char *const *)cfg->helo_block,
+                                   cfg->n_helo_block);
+    if (hit >= 0) {
+        conn_log(c, "policy: HELO name '%s' is on the blocklist", env->helo);
+        policy_reply(c, r, 550, "5.7.1", "<%.200s>: Helo command rejected: host name not accepted",
+                     env->helo);
+        return true;
+    }
+    if (cfg->limit_msgs_per_ip && c->klen_ip && limit_table(&lim_msgs, 3600000) &&
+        mx_ratelimit_hit(lim_msgs, c->key_ip, c->klen_ip, realtime_ms(), 1,
+                         cfg->limit_msgs_per_ip, NULL) < 0) {
+        conn_log(c, "policy: message rate limit (%u per hour) reached", cfg->limit_msgs_per_ip);
+        policy_reply(c, r, 451, "4.7.1", "Too many messages from your address, try again later");
+        return true;
+    }
+    return false;
+}
+
+/* Sender lists for one recipient. True if r was set (blocked). */
+static bool policy_rcpt(struct smtpd_conn *c, const struct mx_envelope *env,
+                        const struct mx_rcpt *rcpt, struct mx_smtpd_reply *r)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    struct mx_policy_result pr;
+    if (!cfg->policy ||
+        mx_policy_check_sender(cfg->policy, rcpt->addr, env->mail_from,
+                               (const struct sockaddr *)&env->client, &pr) < 0 ||
+        pr.verdict != MX_POLICY_BLOCKED)
+        return false;
+    MX_STATS_INC(CONN_REJ_BLOCKLIST);
+    conn_log(c, "policy: sender <%s> blocked for <%s> by '%s'%s%s", env->mail_from, rcpt->addr,
+             pr.pattern, pr.scope[0] ? " of " : "", pr.scope);
+    policy_reply(c, r, 550, "5.7.1", "<%.200s>: Sender address rejected: blocked by policy",
+                 env->mail_from);
+    return true;
+}
+
+/* Every recipient has the sender on an allow list: no spam action. */
+static bool policy_allowlisted(struct smtpd_conn *c, const struct mx_envelope *env)
+{
+    const struct mx_policy *p = c->srv->cfg->policy;
+    if (!p || !env->n_rcpts)
+        return false;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        struct mx_policy_result pr;
+        if (mx_policy_check_sender(p, env->rcpts[i].addr, env->mail_from,
+                                   (const struct sockaddr *)&env->client, &pr) < 0 ||
+            pr.verdict != MX_POLICY_ALLOWED)
+            return false;
+    }
+    return true;
+}
+
 static void free_conn(struct smtpd_conn *c)
 {
     MX_STATS_ADD(CONN_OPEN, (uint64_t)-1);
+    limits_release(c);
     mx_smtp_checks_conn_free(c->chk); /* answers still in flight are dropped */
     drop_scan(c);
     if (c->msg)
@@ -182,6 +340,8 @@ static void s_mail(void *ud, const struct mx_envelope *env, struct mx_smtpd_repl
     (void)r;
     conn_log(c, "helo=%s from=<%s> size=%lu%s", env->helo, env->mail_from, (unsigned long)env->size_param,
              env->smtputf8 ? " smtputf8" : "");
+    if (policy_mail(c, env, r)) /* HELO blocklist, message rate */
+        return;
     mx_smtp_checks_mail(c->chk, env, r); /* DNSBL, URIBL, sender domain; maybe answered later */
 }
 
@@ -210,6 +370,8 @@ static void s_rcpt(void *ud, const struct mx_envelope *env, const struct mx_rcpt
         r->text = "Relay access denied";
         return;
     }
+    if (policy_rcpt(c, env, rcpt, r)) /* sender block lists of this recipient */
+        return;
     conn_log(c, "rcpt=<%s>%s", rcpt->addr, trusted ? " (trusted client)" : "");
     mx_smtp_checks_rcpt(c->chk, rcpt, r); /* recipient verification; maybe answered later */
 }
@@ -269,9 +431,31 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
     return 0;
 }
 
-/* End of data with scanning: verdict headers first, forged ones removed. */
-static int write_scanned(struct smtpd_conn *c)
+/* What the spam action asks of end of data, beyond writing the message. */
+enum spam_outcome { SPAM_COMMIT = 0, SPAM_REJECT, SPAM_DISCARD };
+
+/* Position just after "Subject:" of a header block, or -1. */
+static ssize_t find_subject(const char *h, size_t len)
 {
+    for (size_t i = 0; i + 8 <= len;) {
+        if (strncasecmp(h + i, "Subject:", 8) == 0)
+            return (ssize_t)(i + 8);
+        const char *nl = memchr(h + i, '\n', len - i);
+        if (!nl)
+            break;
+        i = (size_t)(nl - h) + 1;
+    }
+    return -1;
+}
+
+/*
+ * End of data with scanning: verdict headers first, forged ones removed, and
+ * the spam action of the policy (tag / quarantine here; reject and discard
+ * are reported in *out and nothing is written).
+ */
+static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
+{
+    *out = SPAM_COMMIT;
     struct mx_scan_result res;
     int rc = mx_scan_msg_end(c->scan_msg, &res);
     if (rc < 0)
@@ -294,6 +478,24 @@ static int write_scanned(struct smtpd_conn *c)
         tl += (size_t)snprintf(tests + tl, sizeof tests - tl, "%s%s", i ? "," : "", res.hits[i]);
     conn_log(c, "verdict: %s score=%.1f required=%.1f tests=%s", res.flags & MX_SCAN_SPAM ? "spam"
              : "clean", res.score, res.threshold, tests);
+    const struct mx_config *cfg = c->srv->cfg;
+    const char *action = "tag";
+    if (res.flags & MX_SCAN_SPAM) {
+        if (policy_allowlisted(c, mx_smtpd_session_envelope(c->sess))) {
+            conn_log(c, "policy: sender allow-listed by every recipient, no spam action");
+            action = "deliver";
+        } else {
+            action = cfg->policy_spam_action;
+            conn_log(c, "policy: spam action %s", action);
+        }
+        if (strcmp(action, "reject") == 0 || strcmp(action, "discard") == 0) {
+            *out = action[0] == 'r' ? SPAM_REJECT : SPAM_DISCARD;
+            return 0;
+        }
+    }
+    const char *tag = (res.flags & MX_SCAN_SPAM) && strcmp(action, "tag") == 0
+                          ? cfg->policy_spam_subject_tag
+                          : "";
     /* header block: up to the first empty line (or the whole message) */
     size_t hend = c->hold_len;
     if (c->hold_len >= 2 && c->hold[0] == '\r' && c->hold[1] == '\n')
@@ -307,12 +509,31 @@ static int write_scanned(struct smtpd_conn *c)
     if (!stripped)
         return -ENOMEM;
     size_t sl = mx_scan_strip_verdict_headers((const char *)c->hold, hend, stripped, hend + 1);
+    ssize_t subj = *tag ? find_subject(stripped, sl) : -1;
+    if (*tag && subj < 0 && (size_t)hl + strlen(tag) + 12 < sizeof hdr)
+        hl += snprintf(hdr + hl, sizeof hdr - (size_t)hl, "Subject: %s\r\n", tag);
     rc = mx_queue_msg_write(c->msg, hdr, (size_t)hl);
-    if (rc == 0)
+    if (subj >= 0) {
+        /* "Subject:" + " TAG" + the original value (its leading space included) */
+        if (rc == 0)
+            rc = mx_queue_msg_write(c->msg, stripped, (size_t)subj);
+        if (rc == 0)
+            rc = mx_queue_msg_write(c->msg, " ", 1);
+        if (rc == 0)
+            rc = mx_queue_msg_write(c->msg, tag, strlen(tag));
+        if (rc == 0)
+            rc = mx_queue_msg_write(c->msg, stripped + subj, sl - (size_t)subj);
+    } else if (rc == 0) {
         rc = mx_queue_msg_write(c->msg, stripped, sl);
+    }
     if (rc == 0 && c->hold_len > hend)
         rc = mx_queue_msg_write(c->msg, c->hold + hend, c->hold_len - hend);
     free(stripped);
+    if (rc == 0 && (res.flags & MX_SCAN_SPAM) && strcmp(action, "quarantine") == 0) {
+        char reason[96];
+        snprintf(reason, sizeof reason, "spam score=%.1f required=%.1f", res.score, res.threshold);
+        rc = mx_queue_msg_quarantine(c->msg, reason, cfg->policy_quarantine_retention);
+    }
     return rc;
 }
 
@@ -346,13 +567,23 @@ static void commit_done(void *arg, int res, const char *queue_id)
 static void finish_data_end(struct smtpd_conn *c, uint64_t size)
 {
     if (c->scan_msg) {
-        int rc = write_scanned(c);
+        enum spam_outcome spam;
+        int rc = write_scanned(c, &spam);
         drop_scan(c);
         if (rc < 0) {
             conn_log(c, "scan failed: %s", strerror(-rc));
             mx_queue_msg_abort(c->msg);
             c->msg = NULL;
             mx_smtpd_session_data_done(c->sess, -EIO, NULL);
+            return;
+        }
+        if (spam != SPAM_COMMIT) {
+            mx_queue_msg_abort(c->msg);
+            c->msg = NULL;
+            struct mx_smtpd_reply r = {550, "5.7.1", "Message rejected as spam"};
+            if (spam == SPAM_DISCARD)
+                r = (struct mx_smtpd_reply){250, "2.7.0", "Ok: message discarded by policy"};
+            mx_smtpd_session_data_refuse(c->sess, &r);
             return;
         }
     }
@@ -560,6 +791,16 @@ void mx_smtp_server_accept(struct mx_stream *s, void *arg)
     /* DNS lists on the client start now, so their answers are in by MAIL */
     c->chk = mx_smtp_checks_conn_new(srv->checks, s->worker, (struct sockaddr *)&s->peer, c->sid,
                                      checks_answer, c);
+    c->trusted = mx_config_is_trusted(srv->cfg, (struct sockaddr *)&s->peer);
+    const char *lim = limits_connect(c, (struct sockaddr *)&s->peer);
+    if (lim) {
+        char line[300];
+        snprintf(line, sizeof line, "421 4.7.0 %s Too many connections from your address, "
+                 "try again later\r\n", srv->params.hostname);
+        conn_log(c, "reject: client %s limit", lim);
+        mx_smtpd_session_reject_and_close(c->sess, line);
+        return;
+    }
     if (mx_queue_inbound_paused(srv->queue)) {
         char line[300];
         snprintf(line, sizeof line, "421 4.3.2 %s Service not available, maintenance\r\n",

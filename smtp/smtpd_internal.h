@@ -125,8 +125,8 @@ void mx_smtpd_session_reply(struct mx_smtpd_session *s, const struct mx_smtpd_re
 /**
  * Refuse the message whose data_end() is pending with the reply r (code
  * >= 400, e.g. 554 5.7.1 from a check made at end of data) instead of
- * committing it; then held input is processed. Ignored unless a data_end()
- * answer is pending.
+ * committing it, or drop it with a 250 (policy "discard"); then held input
+ * is processed. Ignored unless a data_end() answer is pending.
  */
 void mx_smtpd_session_data_refuse(struct mx_smtpd_session *s, const struct mx_smtpd_reply *r);
 

@@ -1297,12 +1297,13 @@ void mx_smtpd_session_data_refuse(struct mx_smtpd_session *s, const struct mx_sm
     if (s->state != SMTPD_WAIT_COMMIT)
         return;
     begin_chunk(s);
-    int code = r->code >= 400 && r->code < 600 ? r->code : 451;
+    /* 250: the message is dropped on purpose (policy "discard"): the client is told it was taken */
+    int code = (r->code >= 400 && r->code < 600) || r->code == 250 ? r->code : 451;
     const char *text = r->text ? r->text : "Error: message refused";
     reply(s, code, r->enh, "%s", text);
-    logf_(s, "reject: end of data from <%s>: %d %s %s", s->env.mail_from, code, r->enh ? r->enh : "",
-          text);
-    if (s->ops->refused)
+    logf_(s, "%s: end of data from <%s>: %d %s %s", code == 250 ? "discard" : "reject",
+          s->env.mail_from, code, r->enh ? r->enh : "", text);
+    if (s->ops->refused && code != 250)
         s->ops->refused(s->ud, code);
     s->data_open = false;
     reset_txn(s);

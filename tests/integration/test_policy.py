@@ -1,0 +1,166 @@
+#!/usr/bin/python3
+"""Policy end to end against a running mxgate, with Python smtplib as the
+client: sender block lists (global and per recipient), the allow list
+overriding the spam action, the HELO blocklist, the per-address connection
+limit, and each spam action (quarantine, reject, discard, tag) — the last
+three switched by `mxctl reload` on one running gateway."""
+import email
+import json
+import os
+import smtplib
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mxtest  # noqa: E402
+
+mxgate = sys.argv[1]
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+F = mxtest.Failures()
+
+
+def msg(subject, body, mid):
+    return (b"From: a@remote.invalid\r\nTo: user@example.test\r\nSubject: " + subject +
+            b"\r\nMessage-ID: <" + mid + b"@t>\r\n\r\n" + body + b"\r\n")
+
+
+def rcpt_code(port, helo, sender, rcpt):
+    with smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=30) as s:
+        s.ehlo()
+        code, text = s.mail(sender)
+        if code != 250:
+            return code, text
+        return s.rcpt(rcpt)
+
+
+def policy_conf(d, action, extra=""):
+    rules = os.path.join(d, "t.rules")
+    with open(rules, "w") as f:
+        f.write("body GTUBE /XJS\\*C4JDBQADN1\\.NSBN3\\*2IDNEN\\*GTUBE/\nscore GTUBE 1000\n")
+    return ('scan { rules = [ "%s" ]; }\n'
+            'policy { block = [ "*@spam.example", "ceo@example.test: boss@partner.example" ];\n'
+            '  allow = [ "friend.example" ]; spam_action = "%s"; spam_subject_tag = "[SPAM]"; }\n'
+            'helo { reject_defaults = true; block = [ "*.dynamic.example" ]; }\n%s'
+            % (rules, action, extra))
+
+
+# ---- gateway A: lists, HELO, limits, quarantine -------------------------
+import tempfile  # noqa: E402
+da = tempfile.mkdtemp(prefix="mxgate-policy-")
+gw = mxtest.Gateway(mxgate, workers=1, trusted=["192.0.2.0/24"], keep_dir=da,
+                    extra=policy_conf(da, "quarantine", "limits { conn_per_ip = 3; }\n"))
+try:
+    gw.start(timeout=60)
+    p = gw.port
+    code, text = rcpt_code(p, "client.example", "x@spam.example", "user@example.test")
+    F.check(code == 550 and b"5.7.1" in text and b"blocked by policy" in text,
+            "globally blocked sender refused at RCPT with 550 5.7.1 (%d %r)" % (code, text))
+    code, _ = rcpt_code(p, "client.example", "boss@partner.example", "ceo@example.test")
+    F.check(code == 550, "sender blocked for one recipient only: refused for that one (%d)" % code)
+    code, _ = rcpt_code(p, "client.example", "boss@partner.example", "other@example.test")
+    F.check(code == 250, "...and accepted for another recipient (%d)" % code)
+    code, _ = rcpt_code(p, "client.example", "x+tag@spam.example", "user+news@example.test")
+    F.check(code == 550, "sub-addressed forms resolve to the listed ones (%d)" % code)
+    for helo in ("friend", "host.dynamic.example", "192.168.1.1"):
+        code, text = rcpt_code(p, helo, "a@remote.invalid", "user@example.test")
+        F.check(code == 550 and b"Helo command rejected" in text,
+                "HELO '%s' refused at MAIL with 550 (%d %r)" % (helo, code, text))
+    code, _ = rcpt_code(p, "mail.good.example", "a@remote.invalid", "user@example.test")
+    F.check(code == 250, "a proper HELO name is accepted (%d)" % code)
+
+    # three connections at once are allowed, the fourth gets 421
+    held = []
+    for i in range(3):
+        c = socket.create_connection(("127.0.0.1", p), timeout=10)
+        F.check(c.recv(512).startswith(b"220"), "connection %d greeted" % (i + 1))
+        held.append(c)
+    c4 = socket.create_connection(("127.0.0.1", p), timeout=10)
+    line = c4.recv(512)
+    F.check(line.startswith(b"421 4.7.0"), "fourth connection from one address: %r" % line)
+    c4.close()
+    held.pop().close()
+    ok = False
+    for _ in range(50):  # the slot comes back when the server sees the close
+        c = socket.create_connection(("127.0.0.1", p), timeout=10)
+        ok = c.recv(512).startswith(b"220")
+        c.close()
+        if ok:
+            break
+        time.sleep(0.1)
+    F.check(ok, "after one closes, a new connection is greeted")
+    for c in held:
+        c.close()
+    time.sleep(0.3)
+
+    with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=30) as s:
+        s.sendmail("a@remote.invalid", ["user@example.test"], msg(b"spam", GTUBE, b"q1"))
+        s.sendmail("x@friend.example", ["user@example.test"], msg(b"friend", GTUBE, b"f1"))
+        s.sendmail("a@remote.invalid", ["user@example.test"], msg(b"ham", b"hello", b"h1"))
+    got = gw.wait_maildir(2, timeout=30)
+    ids = mxtest.message_ids(got)
+    F.check(sorted(ids) == ["<f1@t>", "<h1@t>"],
+            "ham and the allow-listed sender's spam delivered, quarantined spam not (%s)" % ids)
+    lst = json.loads(gw.ctl("queue", "list", "--json"))
+    items = lst if isinstance(lst, list) else lst.get("messages", [])
+    q = [m for m in items if m.get("state") == "quarantine"]
+    F.check(len(q) == 1 and "spam score=1000" in q[0].get("reason", ""),
+            "one message in quarantine with its reason (%s)" % items)
+    fr = [email.message_from_bytes(r) for r in got if b"<f1@t>" in r]
+    F.check(fr and fr[0]["X-Spam-Status"].startswith("Yes"),
+            "allow-listed spam keeps its verdict header")
+    F.check(gw.stop() == 0, "clean stop")
+finally:
+    if F.items:
+        print("---- mxgate A log (tail) ----\n" + gw.log()[-4000:])
+    gw.cleanup()
+
+# ---- gateway B: reject, discard, tag (switched by reload) ---------------
+db = tempfile.mkdtemp(prefix="mxgate-policy-")
+gw = mxtest.Gateway(mxgate, trusted=["192.0.2.0/24"], keep_dir=db, extra=policy_conf(db, "reject"))
+try:
+    gw.start(timeout=60)
+    p = gw.port
+    with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=30) as s:
+        try:
+            s.sendmail("a@remote.invalid", ["user@example.test"], msg(b"spam", GTUBE, b"r1"))
+            F.check(False, "spam_action reject: spam refused")
+        except smtplib.SMTPDataError as e:
+            F.check(e.smtp_code == 550 and b"5.7.1" in e.smtp_error,
+                    "spam_action reject: 550 5.7.1 at end of data (%s)" % e)
+        # the session goes on
+        s.sendmail("a@remote.invalid", ["user@example.test"], msg(b"ham", b"hello", b"h2"))
+
+    def reload_to(action):
+        with open(gw.conf) as f:
+            text = f.read()
+        for a in ("reject", "discard", "tag", "quarantine"):
+            text = text.replace('spam_action = "%s"' % a, 'spam_action = "%s"' % action)
+        with open(gw.conf, "w") as f:
+            f.write(text)
+        out = gw.ctl("reload")
+        F.check(out.startswith("reloaded"), "reload to spam_action %s (%s)" % (action, out.strip()))
+
+    reload_to("discard")
+    with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=30) as s:
+        s.ehlo()
+        s.mail("a@remote.invalid")
+        s.rcpt("user@example.test")
+        code, text = s.data(msg(b"spam", GTUBE, b"d1"))
+        F.check(code == 250 and b"discarded" in text, "discard: 250 and dropped (%d %r)" % (code, text))
+    reload_to("tag")
+    with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=30) as s:
+        s.sendmail("a@remote.invalid", ["user@example.test"], msg(b"hello there", GTUBE, b"t1"))
+    got = gw.wait_maildir(2, timeout=30)
+    ids = sorted(mxtest.message_ids(got))
+    F.check(ids == ["<h2@t>", "<t1@t>"], "only ham and the tagged spam delivered (%s)" % ids)
+    tagged = [email.message_from_bytes(r) for r in got if b"<t1@t>" in r]
+    F.check(tagged and tagged[0]["Subject"] == "[SPAM] hello there",
+            "tag: subject prefixed (%r)" % (tagged[0]["Subject"] if tagged else None))
+    F.check("discard: end of data" in gw.log(), "the discard is logged")
+    F.check(gw.stop() == 0, "clean stop")
+finally:
+    if F.items:
+        print("---- mxgate B log (tail) ----\n" + gw.log()[-4000:])
+    gw.cleanup()
+F.finish()
