@@ -123,6 +123,9 @@ static const struct key keys[] = {
     {"scan.clamav", K_SECTION, NONE},
     {"scan.clamav.enabled", K_BOOL, F(scan_clamav_enabled), 0, 0, 0, NULL},
     {"scan.clamav.database", K_PATH, F(scan_clamav_database), 0, 0, 0, NULL},
+    {"scan.clamav.on_infected", K_ENUM, F(scan_clamav_on_infected), 0, 0, 0, "reject|quarantine"},
+    {"scan.clamav.on_unscannable", K_ENUM, F(scan_clamav_on_unscannable), 0, 0, 0,
+     "deliver|reject|quarantine|tempfail"},
     {"scan.spam_threshold", K_DOUBLE, F(scan_spam_threshold), 0, 0, 0, NULL},
     /* DNS checks and recipient verification (smtp/checks.c) */
     {"dnsbl", K_SECTION, NONE},
@@ -450,6 +453,10 @@ static int set_defaults(struct mx_config *c)
     c->dp_impair.seed = 1;
     c->scan_clamav_enabled = false;
     c->scan_clamav_database = strdup("/var/lib/clamav");
+    c->scan_clamav_on_infected = strdup("reject");
+    c->scan_clamav_on_unscannable = strdup("deliver");
+    if (!c->scan_clamav_on_infected || !c->scan_clamav_on_unscannable)
+        return -ENOMEM;
     c->scan_spam_threshold = 5.0;
     /* DNS checks and recipient verification */
     c->dnsbl_threshold = 5.0;
@@ -515,6 +522,8 @@ void mx_config_free(struct mx_config *c)
     free(c->trusted_networks);
     free_strv(c->scan_rules, c->n_scan_rules);
     free(c->scan_clamav_database);
+    free(c->scan_clamav_on_infected);
+    free(c->scan_clamav_on_unscannable);
     /* DNS checks and recipient verification */
     free_strv(c->dnsbl_lists, c->n_dnsbl_lists);
     free(c->policy_subaddress_sep);
@@ -1723,6 +1732,8 @@ char *mx_config_export(const struct mx_config *c)
     fputs(c->n_scan_rules ? " ];\n" : "];\n", f);
     fprintf(f, "    clamav {\n        enabled = %s;\n", c->scan_clamav_enabled ? "true" : "false");
     put_kv_str(f, 8, "database", c->scan_clamav_database);
+    put_kv_str(f, 8, "on_infected", c->scan_clamav_on_infected);
+    put_kv_str(f, 8, "on_unscannable", c->scan_clamav_on_unscannable);
     fputs("    }\n    spam_threshold = ", f);
     put_double(f, c->scan_spam_threshold);
     fputs(";\n}\n", f);

@@ -115,6 +115,8 @@ struct mx_config {
     size_t n_scan_rules;
     bool scan_clamav_enabled;
     char *scan_clamav_database;
+    char *scan_clamav_on_infected;    /**< "reject" (default, 554 at end of data) or "quarantine" */
+    char *scan_clamav_on_unscannable; /**< "deliver" (default, tagged), "reject", "quarantine", "tempfail" */
     double scan_spam_threshold;
 
     /* DNS checks and recipient verification (smtp/checks.c) */

@@ -11,6 +11,7 @@
 #include <clamav.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@ struct mx_av_job {
     _Atomic int refs;   /* caller + the service side while queued */
     const uint8_t *data;
     size_t len;
+    bool owned; /* data is freed with the job (mx_av_submit_owned) */
     char detail[128];
 };
 
@@ -62,8 +64,26 @@ static void cl_init_once(void)
 
 static void job_put(struct mx_av_job *j)
 {
-    if (atomic_fetch_sub(&j->refs, 1) == 1)
+    if (atomic_fetch_sub(&j->refs, 1) == 1) {
+        if (j->owned)
+            free((void *)j->data);
         free(j);
+    }
+}
+
+/*
+ * Service threads take no signals: the process handles them on one thread
+ * (mxgate reads a signalfd), and a SIGTERM delivered to a thread that has not
+ * blocked it would kill the process instead of stopping it gracefully.
+ */
+static int spawn(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(t, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
 }
 
 /* ---- ring ------------------------------------------------------------------- */
@@ -283,12 +303,16 @@ int mx_av_start(const struct mx_av_opts *o, struct mx_av **out, char **err)
         mx_av_stop(av);
         return -EIO;
     }
-    for (unsigned i = 0; i < av->o.threads; i++) {
-        if (pthread_create(&av->threads[i], NULL, service, av) != 0) {
-            mx_av_stop(av);
-            return -ENOMEM;
-        }
-        av->nthreads++;
+    int rc = 0;
+    for (unsigned i = 0; i < av->o.threads && rc == 0; i++) {
+        if (spawn(&av->threads[i], service, av) != 0)
+            rc = -ENOMEM;
+        else
+            av->nthreads++;
+    }
+    if (rc < 0) {
+        mx_av_stop(av);
+        return rc;
     }
     *out = av;
     return 0;
@@ -353,7 +377,7 @@ int mx_av_reload(struct mx_av *av)
         return -EBUSY;
     if (atomic_load(&av->reloader_joinable))
         pthread_join(av->reloader, NULL);
-    if (pthread_create(&av->reloader, NULL, reload_thread, av) != 0) {
+    if (spawn(&av->reloader, reload_thread, av) != 0) {
         atomic_store(&av->reloader_joinable, false);
         atomic_store(&av->reloading, false);
         return -EAGAIN;
@@ -383,6 +407,14 @@ struct mx_av_job *mx_av_submit(struct mx_av *av, const uint8_t *data, size_t len
         return j;
     }
     sem_post(&av->sem);
+    return j;
+}
+
+struct mx_av_job *mx_av_submit_owned(struct mx_av *av, uint8_t *data, size_t len)
+{
+    struct mx_av_job *j = mx_av_submit(av, data, len);
+    if (j)
+        j->owned = true; /* a service thread never frees: the last job_put() does */
     return j;
 }
 

@@ -239,6 +239,15 @@ unsigned mx_av_generation(const struct mx_av *av);
  */
 struct mx_av_job *mx_av_submit(struct mx_av *av, const uint8_t *data, size_t len);
 
+/**
+ * As mx_av_submit(), but the job owns `data` (malloc'd): the bytes are freed
+ * with the job's last reference, so the caller may drop the job at any time
+ * (the client went away) while a service thread still reads them. The caller
+ * may read `data` until it calls mx_av_job_free(). NULL on ENOMEM (data is
+ * then still the caller's).
+ */
+struct mx_av_job *mx_av_submit_owned(struct mx_av *av, uint8_t *data, size_t len);
+
 /** Status of a job; MX_AV_PENDING until a service thread finishes it. */
 enum mx_av_status mx_av_job_status(const struct mx_av_job *j);
 

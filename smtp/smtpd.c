@@ -43,6 +43,7 @@ struct mx_smtp_server {
      * on the worker; freed with the server, since it belongs to the engine). */
     struct mx_scan_worker *scan_workers[SCAN_WORKERS_MAX];
     struct mx_checks *checks; /* DNS checks, recipient verification; NULL: none */
+    struct mx_av *av;         /* anti-virus service (scan.clamav); NULL: off */
 };
 
 struct smtpd_conn {
@@ -72,7 +73,15 @@ struct smtpd_conn {
     uint8_t key_ip[18], key_net[18];
     uint8_t klen_ip, klen_net;
     char reply_text[320]; /* text of a policy reply (must outlive the callback) */
+    /* anti-virus: the held message is scanned at end of data before the commit */
+    struct mx_av_job *av_job; /* owns c->hold while set */
+    uint64_t av_start_ms;
+    bool av_done;
+    char av_header[200];      /* "X-Virus-Status: ..." line for the message, or "" */
+    char av_quarantine[160];  /* quarantine reason when AV asked for it, or "" */
 };
+
+#define AV_POLL_MS 2
 
 static __thread unsigned sessions_on_worker;
 
@@ -268,10 +277,24 @@ static bool policy_allowlisted(struct smtpd_conn *c, const struct mx_envelope *e
     return true;
 }
 
+/* Drop a pending AV job; the job owns the held bytes and frees them when its
+ * thread is done with them. */
+static void av_drop(struct smtpd_conn *c)
+{
+    if (!c->av_job)
+        return;
+    mx_av_job_free(c->av_job);
+    c->av_job = NULL;
+    c->hold = NULL;
+    c->hold_len = c->hold_cap = 0;
+    MX_STATS_ADD(AV_QUEUE, (uint64_t)-1);
+}
+
 static void free_conn(struct smtpd_conn *c)
 {
     MX_STATS_ADD(CONN_OPEN, (uint64_t)-1);
     limits_release(c);
+    av_drop(c);
     mx_smtp_checks_conn_free(c->chk); /* answers still in flight are dropped */
     drop_scan(c);
     if (c->msg)
@@ -379,6 +402,11 @@ static void s_rcpt(void *ud, const struct mx_envelope *env, const struct mx_rcpt
 static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r)
 {
     struct smtpd_conn *c = ud;
+    /* each message of the session is scanned on its own */
+    c->av_done = false;
+    c->av_header[0] = 0;
+    c->av_quarantine[0] = 0;
+    c->hold_len = 0;
     struct mx_envelope e = *env;
     snprintf(e.session_id, sizeof e.session_id, "%s", c->sid);
     e.arrival_ms = realtime_ms();
@@ -413,9 +441,10 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
     if (!c->msg)
         return -EIO;
     mx_smtp_checks_data(c->chk, buf, len); /* header block for the logical IP check */
-    if (!c->scan_msg)
+    if (!c->scan_msg && !c->srv->av)
         return mx_queue_msg_write(c->msg, buf, len);
-    mx_scan_msg_feed(c->scan_msg, buf, len);
+    if (c->scan_msg)
+        mx_scan_msg_feed(c->scan_msg, buf, len);
     if (c->hold_len + len > c->hold_cap) {
         size_t cap = c->hold_cap ? c->hold_cap : 65536;
         while (cap < c->hold_len + len)
@@ -538,6 +567,8 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
 }
 
 static void arm_timer(struct smtpd_conn *c);
+static void s_data_abort(void *ud);
+static void av_poll(struct smtpd_conn *c);
 
 static void commit_done(void *arg, int res, const char *queue_id)
 {
@@ -564,8 +595,32 @@ static void commit_done(void *arg, int res, const char *queue_id)
 }
 
 /* End of data, checks passed: verdict headers, then make it durable. */
+/* End of data: hand the held message to the AV service; st_timeout polls it. */
+static bool av_begin(struct smtpd_conn *c)
+{
+    if (!c->hold && !(c->hold = malloc(1)))
+        return false;
+    c->av_job = mx_av_submit_owned(c->srv->av, c->hold, c->hold_len);
+    if (!c->av_job)
+        return false;
+    MX_STATS_ADD(AV_QUEUE, 1);
+    c->av_start_ms = realtime_ms();
+    mx_stream_set_timer(c->st, AV_POLL_MS);
+    return true;
+}
+
 static void finish_data_end(struct smtpd_conn *c, uint64_t size)
 {
+    c->msg_size = size;
+    if (c->srv->av && !c->av_done) {
+        if (!av_begin(c)) {
+            conn_log(c, "AV: cannot submit the message: %s", strerror(ENOMEM));
+            s_data_abort(c);
+            struct mx_smtpd_reply r = {451, "4.3.0", "Error: virus scanner not available"};
+            mx_smtpd_session_data_refuse(c->sess, &r);
+        }
+        return; /* av_poll() goes on */
+    }
     if (c->scan_msg) {
         enum spam_outcome spam;
         int rc = write_scanned(c, &spam);
@@ -578,6 +633,7 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
             return;
         }
         if (spam != SPAM_COMMIT) {
+            av_drop(c);
             mx_queue_msg_abort(c->msg);
             c->msg = NULL;
             struct mx_smtpd_reply r = {550, "5.7.1", "Message rejected as spam"};
@@ -586,10 +642,32 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
             mx_smtpd_session_data_refuse(c->sess, &r);
             return;
         }
+    } else if (c->srv->av) {
+        /* held for AV only: its status line, then the message as received */
+        int rc = mx_queue_msg_write(c->msg, c->av_header, strlen(c->av_header));
+        if (rc == 0 && c->hold_len)
+            rc = mx_queue_msg_write(c->msg, c->hold, c->hold_len);
+        if (rc < 0) {
+            av_drop(c);
+            mx_queue_msg_abort(c->msg);
+            c->msg = NULL;
+            mx_smtpd_session_data_done(c->sess, rc, NULL);
+            return;
+        }
+    }
+    av_drop(c); /* the queue has its copy */
+    if (c->av_quarantine[0]) {
+        int rc = mx_queue_msg_quarantine(c->msg, c->av_quarantine,
+                                         c->srv->cfg->policy_quarantine_retention);
+        if (rc < 0) {
+            mx_queue_msg_abort(c->msg);
+            c->msg = NULL;
+            mx_smtpd_session_data_done(c->sess, rc, NULL);
+            return;
+        }
     }
     struct mx_queue_msg *m = c->msg;
     c->msg = NULL;
-    c->msg_size = size;
     c->commit_pending = true;
     int rc = mx_queue_msg_commit(m, commit_done, c);
     if (rc < 0) {
@@ -647,6 +725,11 @@ static const struct mx_smtpd_ops session_ops = {
 
 static void arm_timer(struct smtpd_conn *c)
 {
+    if (c->av_job && !c->av_done) {
+        /* AV jobs are polled; the service enforces its own time limit per message */
+        mx_stream_set_timer(c->st, AV_POLL_MS);
+        return;
+    }
     const struct mx_config *cfg = c->srv->cfg;
     unsigned secs = mx_smtpd_session_in_data(c->sess) ? cfg->smtp_timeout_data
                                                       : cfg->smtp_timeout_command;
@@ -701,6 +784,10 @@ static void st_timeout(struct mx_stream *s, void *ctx)
         arm_timer(c);
         return;
     }
+    if (c->av_job && !c->av_done) {
+        av_poll(c);
+        return;
+    }
     if (c->commit_pending) {
         arm_timer(c); /* the queue answers; the client is not the slow one */
         return;
@@ -739,6 +826,56 @@ static void format_peer(const struct sockaddr_storage *ss, char *out, size_t len
 }
 
 /* A late answer of the checks (DNS, callout): the session goes on with held input. */
+/* After a late answer (check, AV): unless still waiting, take input again. */
+static void resume_input(struct smtpd_conn *c)
+{
+    enum mx_smtpd_state st = mx_smtpd_session_state(c->sess);
+    if (st == SMTPD_CLOSED || st == SMTPD_WAIT_COMMIT || st == SMTPD_WAIT_REPLY)
+        return;
+    arm_timer(c);
+    mx_stream_pause(c->st, false); /* replays what arrived meanwhile */
+}
+
+/* The AV job is done (or still running: poll again). Act on its verdict. */
+static void av_poll(struct smtpd_conn *c)
+{
+    enum mx_av_status st = mx_av_job_status(c->av_job);
+    if (st == MX_AV_PENDING) {
+        mx_stream_set_timer(c->st, AV_POLL_MS);
+        return;
+    }
+    c->av_done = true;
+    const char *detail = mx_av_job_detail(c->av_job);
+    enum mx_av_action act = st == MX_AV_CLEAN ? MX_AV_ACCEPT : mx_av_job_action(c->srv->av, c->av_job);
+    static const char *const names[] = {"", "clean", "infected", "unscannable", "error"};
+    static const char *const acts[] = {"deliver", "reject", "quarantine", "tempfail"};
+    conn_log(c, "AV: %s%s%s in %lu ms, action %s", names[st], detail[0] ? " " : "", detail,
+             (unsigned long)(realtime_ms() - c->av_start_ms), acts[act]);
+    if (st == MX_AV_INFECTED)
+        MX_STATS_INC(VERDICT_VIRUS);
+    if (act == MX_AV_REJECT || act == MX_AV_TEMPFAIL) {
+        struct mx_smtpd_reply r = {451, "4.3.0", "Error: virus scan failed, try again later"};
+        if (act == MX_AV_REJECT) {
+            snprintf(c->reply_text, sizeof c->reply_text, "Message rejected: %s %.150s",
+                     st == MX_AV_INFECTED ? "virus found:" : "cannot be scanned:", detail);
+            r = (struct mx_smtpd_reply){554, "5.7.1", c->reply_text};
+        }
+        s_data_abort(c);
+        av_drop(c);
+        mx_smtpd_session_data_refuse(c->sess, &r);
+        resume_input(c);
+        return;
+    }
+    if (act == MX_AV_QUARANTINE)
+        snprintf(c->av_quarantine, sizeof c->av_quarantine, "AV %s: %.120s", names[st], detail);
+    bool why = st != MX_AV_CLEAN && detail[0];
+    snprintf(c->av_header, sizeof c->av_header, "X-Virus-Status: %s%s%.120s%s\r\n",
+             st == MX_AV_CLEAN ? "Clean" : st == MX_AV_INFECTED ? "Infected" : "Unscannable",
+             why ? " (" : "", why ? detail : "", why ? ")" : "");
+    finish_data_end(c, c->msg_size);
+    resume_input(c);
+}
+
 static void checks_answer(void *ud, const struct mx_smtpd_reply *r)
 {
     struct smtpd_conn *c = ud;
@@ -746,18 +883,14 @@ static void checks_answer(void *ud, const struct mx_smtpd_reply *r)
         /* the end-of-data check (logical IP): commit, or refuse the message */
         if (!r->code) {
             finish_data_end(c, c->msg_size);
-            return;
+        } else {
+            s_data_abort(c);
+            mx_smtpd_session_data_refuse(c->sess, r);
         }
-        s_data_abort(c);
-        mx_smtpd_session_data_refuse(c->sess, r);
     } else {
         mx_smtpd_session_reply(c->sess, r);
     }
-    enum mx_smtpd_state st = mx_smtpd_session_state(c->sess);
-    if (st == SMTPD_CLOSED || st == SMTPD_WAIT_COMMIT || st == SMTPD_WAIT_REPLY)
-        return;
-    arm_timer(c);
-    mx_stream_pause(c->st, false); /* replays what arrived meanwhile */
+    resume_input(c);
 }
 
 void mx_smtp_server_accept(struct mx_stream *s, void *arg)
@@ -859,6 +992,37 @@ static SSL_CTX *make_tls(const struct mx_config *cfg)
     return ctx;
 }
 
+static enum mx_av_action av_action(const char *name)
+{
+    return strcmp(name, "reject") == 0       ? MX_AV_REJECT
+           : strcmp(name, "quarantine") == 0 ? MX_AV_QUARANTINE
+           : strcmp(name, "tempfail") == 0   ? MX_AV_TEMPFAIL
+                                             : MX_AV_ACCEPT;
+}
+
+/*
+ * The AV engine of this generation: signatures loaded once, scans on the
+ * service threads. If it cannot run, mail is tempfailed, never passed
+ * unscanned (on_error is always tempfail).
+ */
+static int start_av(const struct mx_config *cfg, struct mx_av **out)
+{
+    struct mx_av_opts o = {
+        .db_dir = cfg->scan_clamav_database,
+        .on_infected = av_action(cfg->scan_clamav_on_infected),
+        .on_unscannable = av_action(cfg->scan_clamav_on_unscannable),
+        .on_error = MX_AV_TEMPFAIL,
+    };
+    char *err = NULL;
+    int rc = mx_av_start(&o, out, &err);
+    if (rc < 0)
+        fprintf(stderr, "mxgate[av]: cannot start: %s\n", err ? err : strerror(-rc));
+    else
+        fprintf(stderr, "mxgate[av]: signatures loaded from %s\n", cfg->scan_clamav_database);
+    free(err);
+    return rc;
+}
+
 int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct mx_smtp_server **out)
 {
     struct mx_smtp_server *srv = calloc(1, sizeof *srv);
@@ -900,7 +1064,10 @@ int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct m
                 st.skipped, st.from_cache ? "loaded from cache" : "compiled", st.compile_seconds);
     }
     int crc = mx_smtp_checks_new(cfg, &srv->checks);
+    if (crc == 0 && cfg->scan_clamav_enabled)
+        crc = start_av(cfg, &srv->av);
     if (crc < 0) {
+        mx_smtp_checks_free(srv->checks);
         if (srv->scan)
             mx_scan_engine_free(srv->scan);
         SSL_CTX_free(srv->tls);
@@ -928,6 +1095,8 @@ void mx_smtp_server_free(struct mx_smtp_server *srv)
         return;
     SSL_CTX_free(srv->tls);
     mx_smtp_checks_free(srv->checks);
+    if (srv->av)
+        mx_av_stop(srv->av);
     for (unsigned i = 0; i < SCAN_WORKERS_MAX; i++)
         mx_scan_worker_free(srv->scan_workers[i]);
     if (srv->scan)

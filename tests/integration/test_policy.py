@@ -3,7 +3,11 @@
 client: sender block lists (global and per recipient), the allow list
 overriding the spam action, the HELO blocklist, the per-address connection
 limit, and each spam action (quarantine, reject, discard, tag) — the last
-three switched by `mxctl reload` on one running gateway."""
+three switched by `mxctl reload` on one running gateway; then anti-virus at
+SMTP time with a signature database the test writes (EICAR): an infected
+attachment is refused with 554 at end of data, clean mail is delivered with
+X-Virus-Status, and with on_infected = "quarantine" it is held instead."""
+import base64
 import email
 import json
 import os
@@ -162,5 +166,76 @@ try:
 finally:
     if F.items:
         print("---- mxgate B log (tail) ----\n" + gw.log()[-4000:])
+    gw.cleanup()
+
+# ---- gateway C: anti-virus at SMTP time ----------------------------------
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def attachment_mail(payload, mid):
+    return (b"From: a@remote.invalid\r\nTo: user@example.test\r\nSubject: doc\r\n"
+            b"Message-ID: <" + mid + b"@t>\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
+            b"Content-Type: text/plain\r\n\r\nsee attached\r\n--zz\r\n"
+            b"Content-Type: application/octet-stream; name=\"doc.bin\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(payload) +
+            b"\r\n--zz--\r\n")
+
+
+dc = tempfile.mkdtemp(prefix="mxgate-policy-")
+avdb = os.path.join(dc, "avdb")
+os.mkdir(avdb)
+with open(os.path.join(avdb, "test.ndb"), "w") as f:
+    f.write("Eicar-Test-Signature:0:*:" + EICAR.hex() + "\n")
+gw = mxtest.Gateway(mxgate, trusted=["192.0.2.0/24"], keep_dir=dc,
+                    extra='scan { clamav { enabled = true; database = "%s"; } }\n' % avdb)
+try:
+    gw.start(timeout=60)
+    p = gw.port
+    with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=60) as s:
+        try:
+            s.sendmail("a@remote.invalid", ["user@example.test"], attachment_mail(EICAR, b"v1"))
+            F.check(False, "infected message refused")
+        except smtplib.SMTPDataError as e:
+            F.check(e.smtp_code == 554 and b"virus found" in e.smtp_error
+                    and b"Eicar-Test-Signature" in e.smtp_error,
+                    "infected attachment: 554 5.7.1 naming the virus (%s)" % e)
+        s.sendmail("a@remote.invalid", ["user@example.test"], attachment_mail(b"harmless", b"c1"))
+    got = gw.wait_maildir(1, timeout=30)
+    time.sleep(0.5)
+    got = gw.maildir_messages()
+    F.check(sorted(mxtest.message_ids(got)) == ["<c1@t>"], "only the clean message delivered")
+    cm = [email.message_from_bytes(r) for r in got]
+    F.check(cm and cm[0]["X-Virus-Status"] == "Clean",
+            "clean message carries X-Virus-Status: Clean (%r)" % (cm[0]["X-Virus-Status"] if cm else None))
+    st = json.loads(gw.ctl("stats", "--json"))
+    flat = {}
+
+    def walk(prefix, v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(k, x)
+        else:
+            flat[prefix] = v
+    walk("", st)
+    F.check(flat.get("verdict_virus") == 1 and flat.get("av_queue") == 0,
+            "stats: one virus verdict, AV queue back to 0 (%s, %s)"
+            % (flat.get("verdict_virus"), flat.get("av_queue")))
+    with open(gw.conf) as f:
+        text = f.read()
+    with open(gw.conf, "w") as f:
+        f.write(text.replace("enabled = true;", 'enabled = true; on_infected = "quarantine";'))
+    F.check(gw.ctl("reload").startswith("reloaded"), "reload with on_infected = quarantine")
+    with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=60) as s:
+        s.sendmail("a@remote.invalid", ["user@example.test"], attachment_mail(EICAR, b"v2"))
+    lst = json.loads(gw.ctl("queue", "list", "--json"))
+    items = lst if isinstance(lst, list) else lst.get("messages", [])
+    q = [m for m in items if m.get("state") == "quarantine"]
+    F.check(len(q) == 1 and "Eicar-Test-Signature" in q[0].get("reason", ""),
+            "infected message quarantined with the virus name (%s)" % items)
+    F.check(gw.stop() == 0, "clean stop")
+finally:
+    if F.items:
+        print("---- mxgate C log (tail) ----\n" + gw.log()[-4000:])
     gw.cleanup()
 F.finish()
