@@ -97,8 +97,11 @@ static struct mx_scan_worker *server_scan_worker(struct mx_smtp_server *srv,
     return srv->scan_workers[i];
 }
 
+static void av_drop(struct smtpd_conn *c);
+
 static void drop_scan(struct smtpd_conn *c)
 {
+    av_drop(c); /* a pending AV job owns the held bytes: it frees them, not us */
     if (c->scan_msg) {
         mx_scan_msg_free(c->scan_msg);
         c->scan_msg = NULL;
