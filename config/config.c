@@ -159,6 +159,9 @@ static const struct key keys[] = {
     {"policy.spam_action", K_ENUM, F(policy_spam_action), 0, 0, 0,
      "tag|reject|quarantine|discard"},
     {"policy.spam_subject_tag", K_STRING, F(policy_spam_subject_tag), 0, 0, 0, NULL},
+    {"policy.banned_action", K_ENUM, F(policy_banned_action), 0, 0, 0,
+     "tag|reject|quarantine|discard"},
+    {"policy.dlp_action", K_ENUM, F(policy_dlp_action), 0, 0, 0, "tag|reject|quarantine|discard"},
     {"policy.quarantine_retention", K_SECONDS, F(policy_quarantine_retention), 0, 0,
      365 * 86400, NULL},
     {"helo", K_SECTION, NONE},
@@ -469,6 +472,10 @@ static int set_defaults(struct mx_config *c)
     c->policy_subaddress_sep = strdup("+");
     c->policy_spam_action = strdup("tag");
     c->policy_spam_subject_tag = strdup("");
+    c->policy_banned_action = strdup("reject");
+    c->policy_dlp_action = strdup("quarantine");
+    if (!c->policy_banned_action || !c->policy_dlp_action)
+        return -ENOMEM;
     c->policy_quarantine_retention = 30 * 86400;
     if (!c->policy_subaddress_sep || !c->policy_spam_action || !c->policy_spam_subject_tag)
         return -ENOMEM;
@@ -531,6 +538,8 @@ void mx_config_free(struct mx_config *c)
     free_strv(c->policy_block, c->n_policy_block);
     free(c->policy_spam_action);
     free(c->policy_spam_subject_tag);
+    free(c->policy_banned_action);
+    free(c->policy_dlp_action);
     mx_policy_free(c->policy);
     free_strv(c->helo_block, c->n_helo_block);
     free_strv(c->uribl_lists, c->n_uribl_lists);
@@ -1765,6 +1774,8 @@ char *mx_config_export(const struct mx_config *c)
     put_list(f, "    block", c->policy_block, c->n_policy_block);
     put_kv_str(f, 4, "spam_action", c->policy_spam_action);
     put_kv_str(f, 4, "spam_subject_tag", c->policy_spam_subject_tag);
+    put_kv_str(f, 4, "banned_action", c->policy_banned_action);
+    put_kv_str(f, 4, "dlp_action", c->policy_dlp_action);
     fprintf(f, "    quarantine_retention = %us;\n}\n", c->policy_quarantine_retention);
     fprintf(f, "helo {\n    reject_defaults = %s;\n", c->helo_reject_defaults ? "true" : "false");
     put_list(f, "    block", c->helo_block, c->n_helo_block);

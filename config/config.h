@@ -149,6 +149,8 @@ struct mx_config {
     size_t n_policy_block;
     char *policy_spam_action;         /**< "tag" (default), "reject", "quarantine", "discard" */
     char *policy_spam_subject_tag;    /**< prefix for spam subjects, "" = none */
+    char *policy_banned_action;       /**< attachment rule hit: default "reject" */
+    char *policy_dlp_action;          /**< dlp rule hit: default "quarantine" */
     unsigned policy_quarantine_retention; /**< seconds, default 30 days */
     struct mx_policy *policy;         /**< the lists compiled at load */
 

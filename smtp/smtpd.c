@@ -463,6 +463,16 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
     return 0;
 }
 
+/* Severity of a policy action, to pick one when several verdicts apply. */
+static int action_rank(const char *a)
+{
+    static const char *const order[] = {"deliver", "tag", "quarantine", "discard", "reject"};
+    for (int i = 4; i > 0; i--)
+        if (strcmp(a, order[i]) == 0)
+            return i;
+    return 0;
+}
+
 /* What the spam action asks of end of data, beyond writing the message. */
 enum spam_outcome { SPAM_COMMIT = 0, SPAM_REJECT, SPAM_DISCARD };
 
@@ -511,19 +521,32 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     conn_log(c, "verdict: %s score=%.1f required=%.1f tests=%s", res.flags & MX_SCAN_SPAM ? "spam"
              : "clean", res.score, res.threshold, tests);
     const struct mx_config *cfg = c->srv->cfg;
-    const char *action = "tag";
+    /*
+     * One action for the message: the most severe of what its verdicts ask
+     * (reject > discard > quarantine > tag). The allow list lifts the spam
+     * action only; a banned attachment or a DLP hit acts whoever sent it.
+     */
+    const char *action = "deliver", *why = "";
     if (res.flags & MX_SCAN_SPAM) {
-        if (policy_allowlisted(c, mx_smtpd_session_envelope(c->sess))) {
+        if (policy_allowlisted(c, mx_smtpd_session_envelope(c->sess)))
             conn_log(c, "policy: sender allow-listed by every recipient, no spam action");
-            action = "deliver";
-        } else {
-            action = cfg->policy_spam_action;
-            conn_log(c, "policy: spam action %s", action);
-        }
-        if (strcmp(action, "reject") == 0 || strcmp(action, "discard") == 0) {
-            *out = action[0] == 'r' ? SPAM_REJECT : SPAM_DISCARD;
-            return 0;
-        }
+        else
+            action = cfg->policy_spam_action, why = "spam";
+    }
+    if ((res.flags & MX_SCAN_ATTACHMENT) &&
+        action_rank(cfg->policy_banned_action) > action_rank(action))
+        action = cfg->policy_banned_action, why = "banned attachment";
+    if ((res.flags & MX_SCAN_DLP) && action_rank(cfg->policy_dlp_action) > action_rank(action))
+        action = cfg->policy_dlp_action, why = "DLP rule";
+    if (*why)
+        conn_log(c, "policy: %s, action %s", why, action);
+    if (strcmp(action, "reject") == 0 || strcmp(action, "discard") == 0) {
+        *out = action[0] == 'r' ? SPAM_REJECT : SPAM_DISCARD;
+        snprintf(c->reply_text, sizeof c->reply_text, "%s",
+                 strcmp(why, "spam") == 0                ? "Message rejected as spam"
+                 : strcmp(why, "banned attachment") == 0 ? "Message rejected: attachment type not allowed"
+                                                         : "Message rejected: content not allowed by policy");
+        return 0;
     }
     const char *tag = (res.flags & MX_SCAN_SPAM) && strcmp(action, "tag") == 0
                           ? cfg->policy_spam_subject_tag
@@ -561,9 +584,10 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     if (rc == 0 && c->hold_len > hend)
         rc = mx_queue_msg_write(c->msg, c->hold + hend, c->hold_len - hend);
     free(stripped);
-    if (rc == 0 && (res.flags & MX_SCAN_SPAM) && strcmp(action, "quarantine") == 0) {
+    if (rc == 0 && strcmp(action, "quarantine") == 0) {
         char reason[96];
-        snprintf(reason, sizeof reason, "spam score=%.1f required=%.1f", res.score, res.threshold);
+        snprintf(reason, sizeof reason, "%s score=%.1f required=%.1f", why, res.score,
+                 res.threshold);
         rc = mx_queue_msg_quarantine(c->msg, reason, cfg->policy_quarantine_retention);
     }
     return rc;
@@ -639,7 +663,7 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
             av_drop(c);
             mx_queue_msg_abort(c->msg);
             c->msg = NULL;
-            struct mx_smtpd_reply r = {550, "5.7.1", "Message rejected as spam"};
+            struct mx_smtpd_reply r = {550, "5.7.1", c->reply_text};
             if (spam == SPAM_DISCARD)
                 r = (struct mx_smtpd_reply){250, "2.7.0", "Ok: message discarded by policy"};
             mx_smtpd_session_data_refuse(c->sess, &r);

@@ -3,7 +3,8 @@
 client: sender block lists (global and per recipient), the allow list
 overriding the spam action, the HELO blocklist, the per-address connection
 limit, and each spam action (quarantine, reject, discard, tag) — the last
-three switched by `mxctl reload` on one running gateway; then anti-virus at
+three switched by `mxctl reload` on one running gateway — plus the actions for
+a banned attachment (reject) and a DLP hit (quarantine); then anti-virus at
 SMTP time with a signature database the test writes (EICAR): an infected
 attachment is refused with 554 at end of data, clean mail is delivered with
 X-Virus-Status, and with on_infected = "quarantine" it is held instead."""
@@ -41,7 +42,9 @@ def rcpt_code(port, helo, sender, rcpt):
 def policy_conf(d, action, extra=""):
     rules = os.path.join(d, "t.rules")
     with open(rules, "w") as f:
-        f.write("body GTUBE /XJS\\*C4JDBQADN1\\.NSBN3\\*2IDNEN\\*GTUBE/\nscore GTUBE 1000\n")
+        f.write("body GTUBE /XJS\\*C4JDBQADN1\\.NSBN3\\*2IDNEN\\*GTUBE/\nscore GTUBE 1000\n"
+                "attachment T_EXE ext=exe\nscore T_EXE 0.1\n"
+                "dlp T_CARD creditcard min=1\nscore T_CARD 0.1\n")
     return ('scan { rules = [ "%s" ]; }\n'
             'policy { block = [ "*@spam.example", "ceo@example.test: boss@partner.example" ];\n'
             '  allow = [ "friend.example" ]; spam_action = "%s"; spam_subject_tag = "[SPAM]"; }\n'
@@ -155,7 +158,29 @@ try:
     reload_to("tag")
     with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=30) as s:
         s.sendmail("a@remote.invalid", ["user@example.test"], msg(b"hello there", GTUBE, b"t1"))
+    exe = (b"From: a@remote.invalid\r\nTo: user@example.test\r\nSubject: invoice\r\n"
+           b"Message-ID: <x1@t>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
+           b"Content-Type: text/plain\r\n\r\nplease pay\r\n--zz\r\n"
+           b"Content-Type: application/octet-stream; name=\"invoice.exe\"\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--zz--\r\n")
+    with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=30) as s:
+        try:
+            s.sendmail("a@remote.invalid", ["user@example.test"], exe)
+            F.check(False, "banned attachment refused")
+        except smtplib.SMTPDataError as e:
+            F.check(e.smtp_code == 550 and b"attachment type not allowed" in e.smtp_error,
+                    "banned attachment (banned_action reject): 550 (%s)" % e)
+        s.sendmail("a@remote.invalid", ["user@example.test"],
+                   msg(b"card", b"my card is 4111 1111 1111 1111 thanks", b"k1"))
+    lst = json.loads(gw.ctl("queue", "list", "--json"))
+    items = lst if isinstance(lst, list) else lst.get("messages", [])
+    q = [m for m in items if m.get("state") == "quarantine"]
+    F.check(len(q) == 1 and q[0].get("reason", "").startswith("DLP rule"),
+            "card number (dlp_action quarantine): quarantined (%s)" % items)
     got = gw.wait_maildir(2, timeout=30)
+    time.sleep(0.5)
+    got = gw.maildir_messages()
     ids = sorted(mxtest.message_ids(got))
     F.check(ids == ["<h2@t>", "<t1@t>"], "only ham and the tagged spam delivered (%s)" % ids)
     tagged = [email.message_from_bytes(r) for r in got if b"<t1@t>" in r]
