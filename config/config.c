@@ -172,6 +172,8 @@ static const struct key keys[] = {
     {"limits.conn_per_net", K_UINT, F(limit_conn_per_net), 0, 0, 1000000, NULL},
     {"limits.conn_rate_per_ip", K_UINT, F(limit_conn_rate_per_ip), 0, 0, 1000000, NULL},
     {"limits.msgs_per_ip", K_UINT, F(limit_msgs_per_ip), 0, 0, 100000000, NULL},
+    {"limits.sender_msgs_per_hour", K_UINT, F(limit_sender_msgs), 0, 0, 100000000, NULL},
+    {"limits.sender_rcpts_per_hour", K_UINT, F(limit_sender_rcpts), 0, 0, 100000000, NULL},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -1780,9 +1782,10 @@ char *mx_config_export(const struct mx_config *c)
     fprintf(f, "helo {\n    reject_defaults = %s;\n", c->helo_reject_defaults ? "true" : "false");
     put_list(f, "    block", c->helo_block, c->n_helo_block);
     fprintf(f, "}\nlimits {\n    conn_per_ip = %u;\n    conn_per_net = %u;\n"
-               "    conn_rate_per_ip = %u;\n    msgs_per_ip = %u;\n}\n",
+               "    conn_rate_per_ip = %u;\n    msgs_per_ip = %u;\n"
+               "    sender_msgs_per_hour = %u;\n    sender_rcpts_per_hour = %u;\n}\n",
             c->limit_conn_per_ip, c->limit_conn_per_net, c->limit_conn_rate_per_ip,
-            c->limit_msgs_per_ip);
+            c->limit_msgs_per_ip, c->limit_sender_msgs, c->limit_sender_rcpts);
     if (fclose(f) != 0) {
         free(buf);
         return NULL;

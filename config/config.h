@@ -164,6 +164,8 @@ struct mx_config {
     unsigned limit_conn_per_net;      /**< ... per /24 (IPv4) or /64 (IPv6) */
     unsigned limit_conn_rate_per_ip;  /**< new connections per minute per address */
     unsigned limit_msgs_per_ip;       /**< messages per hour per address */
+    unsigned limit_sender_msgs;       /**< outbound (trusted clients): messages per hour per sender */
+    unsigned limit_sender_rcpts;      /**< outbound: recipients per hour per sender */
 };
 
 /** One problem found while loading: file:line and a reason. */

@@ -140,6 +140,34 @@ static void conn_log(struct smtpd_conn *c, const char *fmt, ...)
 static __thread struct mx_ratelimit *lim_conc;  /* connections at once (ip and net keys) */
 static __thread struct mx_ratelimit *lim_rate;  /* new connections per minute */
 static __thread struct mx_ratelimit *lim_msgs;  /* messages per hour */
+static __thread struct mx_ratelimit *lim_smsg;  /* outbound messages per hour per sender */
+static __thread struct mx_ratelimit *lim_srcpt; /* outbound recipients per hour per sender */
+
+static struct mx_ratelimit *limit_table(struct mx_ratelimit **t, uint32_t window_ms);
+
+/* A sender's key: tag byte + 128 bits of two FNV-1a hashes of the lower-cased address. */
+static uint8_t sender_key(const char *addr, uint8_t key[17])
+{
+    uint64_t h1 = 0xcbf29ce484222325ull, h2 = 0x84222325cbf29ce4ull;
+    for (const char *p = addr; *p; p++) {
+        unsigned char ch = (unsigned char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+        h1 = (h1 ^ ch) * 0x100000001b3ull;
+        h2 = (h2 ^ ch) * 0x100000001b3ull + 1;
+    }
+    key[0] = 's';
+    memcpy(key + 1, &h1, 8);
+    memcpy(key + 9, &h2, 8);
+    return 17;
+}
+
+/* Outbound limit for the sender of a trusted client; true when over it. */
+static bool sender_over(struct mx_ratelimit **t, const char *sender, unsigned limit)
+{
+    uint8_t key[17];
+    if (!limit || !*sender || !limit_table(t, 3600000))
+        return false;
+    return mx_ratelimit_hit(*t, key, sender_key(sender, key), realtime_ms(), 1, limit, NULL) < 0;
+}
 
 static struct mx_ratelimit *limit_table(struct mx_ratelimit **t, uint32_t window_ms)
 {
@@ -217,8 +245,15 @@ static bool policy_mail(struct smtpd_conn *c, const struct mx_envelope *env,
                         struct mx_smtpd_reply *r)
 {
     const struct mx_config *cfg = c->srv->cfg;
-    if (c->trusted)
-        return false;
+    if (c->trusted) {
+        if (!sender_over(&lim_smsg, env->mail_from, cfg->limit_sender_msgs))
+            return false;
+        conn_log(c, "policy: outbound message limit (%u per hour) reached for <%s>",
+                 cfg->limit_sender_msgs, env->mail_from);
+        policy_reply(c, r, 451, "4.7.1", "<%.200s>: Sender rate limit exceeded, try again later",
+                     env->mail_from);
+        return true;
+    }
     int hit = -1;
     if (cfg->helo_reject_defaults) {
         size_t n = 0;
@@ -398,6 +433,13 @@ static void s_rcpt(void *ud, const struct mx_envelope *env, const struct mx_rcpt
     }
     if (policy_rcpt(c, env, rcpt, r)) /* sender block lists of this recipient */
         return;
+    if (trusted && sender_over(&lim_srcpt, env->mail_from, cfg->limit_sender_rcpts)) {
+        conn_log(c, "policy: outbound recipient limit (%u per hour) reached for <%s>",
+                 cfg->limit_sender_rcpts, env->mail_from);
+        policy_reply(c, r, 451, "4.7.1", "<%.200s>: Too many recipients from this sender, "
+                     "try again later", env->mail_from);
+        return;
+    }
     conn_log(c, "rcpt=<%s>%s", rcpt->addr, trusted ? " (trusted client)" : "");
     mx_smtp_checks_rcpt(c->chk, rcpt, r); /* recipient verification; maybe answered later */
 }

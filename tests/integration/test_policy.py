@@ -193,6 +193,33 @@ finally:
         print("---- mxgate B log (tail) ----\n" + gw.log()[-4000:])
     gw.cleanup()
 
+# ---- gateway D: outbound limits per sender (loopback is trusted here) ----
+dd = tempfile.mkdtemp(prefix="mxgate-policy-")
+gw = mxtest.Gateway(mxgate, workers=1, keep_dir=dd,
+                    extra="limits { sender_msgs_per_hour = 2; sender_rcpts_per_hour = 3; }\n")
+try:
+    gw.start(timeout=60)
+    with smtplib.SMTP("127.0.0.1", gw.port, local_hostname="client.example", timeout=30) as s:
+        s.ehlo()
+        codes = []
+        for i in range(3):
+            code, _ = s.mail("a@corp.example")
+            codes.append(code)
+            if code == 250:
+                s.rset()
+        F.check(codes == [250, 250, 451], "outbound: third message of one sender in the hour is 451 (%s)"
+                % codes)
+        code, _ = s.mail("b@corp.example")
+        rc = [s.rcpt("r%d@elsewhere.example" % i)[0] for i in range(4)]
+        F.check(code == 250 and rc == [250, 250, 250, 451],
+                "outbound: fourth recipient of one sender in the hour is 451 (%s)" % rc)
+        s.rset()
+    F.check(gw.stop() == 0, "clean stop")
+finally:
+    if F.items:
+        print("---- mxgate D log (tail) ----\n" + gw.log()[-4000:])
+    gw.cleanup()
+
 # ---- gateway C: anti-virus at SMTP time ----------------------------------
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
