@@ -52,6 +52,7 @@ enum kind {
     K_DOMAIN_LIST,
     K_CIDR_LIST,
     K_ROUTES,
+    K_SCOPES, /* policy.domains / policy.users: object of per-scope settings */
 };
 
 struct key {
@@ -159,6 +160,8 @@ static const struct key keys[] = {
     {"policy.spam_action", K_ENUM, F(policy_spam_action), 0, 0, 0,
      "tag|reject|quarantine|discard"},
     {"policy.spam_subject_tag", K_STRING, F(policy_spam_subject_tag), 0, 0, 0, NULL},
+    {"policy.domains", K_SCOPES, F(policy_domains), F(n_policy_domains), 0, 0, NULL},
+    {"policy.users", K_SCOPES, F(policy_users), F(n_policy_users), 1, 0, NULL},
     {"policy.banned_action", K_ENUM, F(policy_banned_action), 0, 0, 0,
      "tag|reject|quarantine|discard"},
     {"policy.dlp_action", K_ENUM, F(policy_dlp_action), 0, 0, 0, "tag|reject|quarantine|discard"},
@@ -508,6 +511,17 @@ static void free_routes(struct mx_route *r, size_t n)
     free(r);
 }
 
+static void free_scopes(struct mx_policy_scope *v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++) {
+        free(v[i].scope);
+        free(v[i].spam_action);
+        free(v[i].banned_action);
+        free(v[i].dlp_action);
+    }
+    free(v);
+}
+
 void mx_config_free(struct mx_config *c)
 {
     if (!c)
@@ -540,6 +554,8 @@ void mx_config_free(struct mx_config *c)
     free_strv(c->policy_block, c->n_policy_block);
     free(c->policy_spam_action);
     free(c->policy_spam_subject_tag);
+    free_scopes(c->policy_domains, c->n_policy_domains);
+    free_scopes(c->policy_users, c->n_policy_users);
     free(c->policy_banned_action);
     free(c->policy_dlp_action);
     mx_policy_free(c->policy);
@@ -996,6 +1012,128 @@ static void apply_routes(struct loader *L, const struct key *k, const struct mx_
     L->cfg->n_routes = n;
 }
 
+
+static bool is_action(const char *a)
+{
+    return strcmp(a, "tag") == 0 || strcmp(a, "reject") == 0 || strcmp(a, "quarantine") == 0 ||
+           strcmp(a, "discard") == 0;
+}
+
+/* One scope's object: spam_threshold, spam_action, banned_action, dlp_action. */
+static bool apply_scope(struct loader *L, const char *path, const struct mx_ucl *v,
+                        struct mx_policy_scope *sc)
+{
+    sc->spam_threshold = -1;
+    if (v->type != MX_UCL_OBJECT) {
+        VERR(L, v, "%s: expected an object of settings, got %s", path, article_type(v->type));
+        return false;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < v->u.obj.n; i++) {
+        const struct mx_ucl_pair *p = &v->u.obj.v[i];
+        char kp[800];
+        snprintf(kp, sizeof kp, "%s.%s", path, p->key);
+        if (!single(L, kp, p->val)) {
+            ok = false;
+            continue;
+        }
+        if (strcmp(p->key, "spam_threshold") == 0) {
+            double d = -1;
+            if (p->val->type == MX_UCL_INT)
+                d = (double)p->val->u.i;
+            else if (p->val->type == MX_UCL_FLOAT)
+                d = p->val->u.f;
+            else {
+                VERR(L, p->val, "%s: expected a number, got %s", kp, article_type(p->val->type));
+                ok = false;
+                continue;
+            }
+            if (!(d >= 0)) {
+                VERR(L, p->val, "%s must not be negative", kp);
+                ok = false;
+                continue;
+            }
+            sc->spam_threshold = d;
+            continue;
+        }
+        char **dst = strcmp(p->key, "spam_action") == 0     ? &sc->spam_action
+                     : strcmp(p->key, "banned_action") == 0 ? &sc->banned_action
+                     : strcmp(p->key, "dlp_action") == 0    ? &sc->dlp_action
+                                                            : NULL;
+        if (!dst) {
+            cerr(L, p->file, p->line, "%s: unknown setting (expected spam_threshold, spam_action, "
+                 "banned_action or dlp_action)", kp);
+            ok = false;
+            continue;
+        }
+        if (!want_string(L, kp, p->val)) {
+            ok = false;
+            continue;
+        }
+        if (!is_action(p->val->u.str.s)) {
+            VERR(L, p->val, "%s: '%s' is not one of tag/reject/quarantine/discard", kp,
+                 p->val->u.str.s);
+            ok = false;
+            continue;
+        }
+        free(*dst);
+        if (!(*dst = strdup(p->val->u.str.s)))
+            L->oom = true;
+    }
+    return ok;
+}
+
+static void apply_scopes(struct loader *L, const struct key *k, const struct mx_ucl *v)
+{
+    bool users = k->min == 1;
+    if (v->type != MX_UCL_OBJECT) {
+        VERR(L, v, "%s: expected an object of %s = { settings }, got %s", k->path,
+             users ? "address" : "domain", article_type(v->type));
+        return;
+    }
+    size_t n = v->u.obj.n;
+    struct mx_policy_scope *a = calloc(n ? n : 1, sizeof(*a));
+    if (!a) {
+        L->oom = true;
+        return;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < n && !L->oom; i++) {
+        const struct mx_ucl_pair *p = &v->u.obj.v[i];
+        char low[600];
+        char path[700];
+        snprintf(path, sizeof path, "%s.%s", k->path, p->key);
+        int rc = 0;
+        if (users)
+            rc = mx_policy_resolve_address(p->key, 0, low, sizeof low);
+        else
+            snprintf(low, sizeof low, "%s", p->key);
+        for (char *q = low; *q; q++)
+            *q = (char)(*q >= 'A' && *q <= 'Z' ? *q + 32 : *q);
+        if (rc < 0 || (!users && !valid_domain(low))) {
+            cerr(L, p->file, p->line, "%s: '%s' is not %s", k->path, p->key,
+                 users ? "an address (user@domain)" : "a domain name");
+            ok = false;
+            continue;
+        }
+        if (!(a[i].scope = strdup(low))) {
+            L->oom = true;
+            break;
+        }
+        if (!apply_scope(L, path, p->val, &a[i]))
+            ok = false;
+    }
+    if (!ok || L->oom) {
+        free_scopes(a, n);
+        return;
+    }
+    struct mx_policy_scope **dst = (struct mx_policy_scope **)((char *)L->cfg + k->off);
+    size_t *dn = (size_t *)((char *)L->cfg + k->off_n);
+    free_scopes(*dst, *dn);
+    *dst = a;
+    *dn = n;
+}
+
 static void apply(struct loader *L, size_t ki, const struct mx_ucl *v)
 {
     const struct key *k = &keys[ki];
@@ -1015,6 +1153,10 @@ static void apply(struct loader *L, size_t ki, const struct mx_ucl *v)
     }
     if (k->kind == K_ROUTES) {
         apply_routes(L, k, v);
+        return;
+    }
+    if (k->kind == K_SCOPES) {
+        apply_scopes(L, k, v);
         return;
     }
     if (!single(L, k->path, v))
@@ -1598,6 +1740,67 @@ static void put_double(FILE *f, double d)
     fputs(buf, f);
 }
 
+static void put_scopes(FILE *f, const char *name, const struct mx_policy_scope *v, size_t n)
+{
+    fprintf(f, "    %s {\n", name);
+    for (size_t i = 0; i < n; i++) {
+        fputs("        ", f);
+        put_quoted(f, v[i].scope);
+        fputs(" {", f);
+        if (v[i].spam_threshold >= 0) {
+            fputs(" spam_threshold = ", f);
+            put_double(f, v[i].spam_threshold);
+            fputs(";", f);
+        }
+        const char *const names[] = {"spam_action", "banned_action", "dlp_action"};
+        const char *const vals[] = {v[i].spam_action, v[i].banned_action, v[i].dlp_action};
+        for (int k = 0; k < 3; k++)
+            if (vals[k]) {
+                fprintf(f, " %s = ", names[k]);
+                put_quoted(f, vals[k]);
+                fputs(";", f);
+            }
+        fputs(" }\n", f);
+    }
+    fputs("    }\n", f);
+}
+
+static const struct mx_policy_scope *find_scope(const struct mx_policy_scope *v, size_t n,
+                                                const char *scope)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].scope, scope) == 0)
+            return &v[i];
+    return NULL;
+}
+
+void mx_config_policy_for(const struct mx_config *cfg, const char *rcpt,
+                          struct mx_policy_effective *out)
+{
+    *out = (struct mx_policy_effective){cfg->scan_spam_threshold, cfg->policy_spam_action,
+                                        cfg->policy_banned_action, cfg->policy_dlp_action};
+    char addr[600];
+    if (mx_policy_resolve_address(rcpt, cfg->policy_subaddress_sep[0], addr, sizeof addr) < 0)
+        return;
+    const char *at = strrchr(addr, '@');
+    const struct mx_policy_scope *lv[2] = {
+        at ? find_scope(cfg->policy_domains, cfg->n_policy_domains, at + 1) : NULL,
+        find_scope(cfg->policy_users, cfg->n_policy_users, addr)};
+    for (int i = 0; i < 2; i++) { /* domain, then user: the more specific one wins */
+        const struct mx_policy_scope *sc = lv[i];
+        if (!sc)
+            continue;
+        if (sc->spam_threshold >= 0)
+            out->spam_threshold = sc->spam_threshold;
+        if (sc->spam_action)
+            out->spam_action = sc->spam_action;
+        if (sc->banned_action)
+            out->banned_action = sc->banned_action;
+        if (sc->dlp_action)
+            out->dlp_action = sc->dlp_action;
+    }
+}
+
 /* A route back in its "scheme:..." form; malloc'd. */
 static char *route_text(const struct mx_route *r)
 {
@@ -1778,6 +1981,8 @@ char *mx_config_export(const struct mx_config *c)
     put_kv_str(f, 4, "spam_subject_tag", c->policy_spam_subject_tag);
     put_kv_str(f, 4, "banned_action", c->policy_banned_action);
     put_kv_str(f, 4, "dlp_action", c->policy_dlp_action);
+    put_scopes(f, "domains", c->policy_domains, c->n_policy_domains);
+    put_scopes(f, "users", c->policy_users, c->n_policy_users);
     fprintf(f, "    quarantine_retention = %us;\n}\n", c->policy_quarantine_retention);
     fprintf(f, "helo {\n    reject_defaults = %s;\n", c->helo_reject_defaults ? "true" : "false");
     put_list(f, "    block", c->helo_block, c->n_helo_block);

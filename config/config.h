@@ -20,6 +20,21 @@ struct mx_sockaddr {
     char text[80]; /**< as written, e.g. "[::1]:2525" */
 };
 
+/** Settings of one recipient domain or address that override the global policy. */
+struct mx_policy_scope {
+    char *scope;           /**< lower-case "example.test" or "user@example.test" */
+    double spam_threshold; /**< < 0: inherit */
+    char *spam_action;     /**< NULL: inherit (same for the next two) */
+    char *banned_action;
+    char *dlp_action;
+};
+
+/** Effective policy for one recipient (user over domain over global). */
+struct mx_policy_effective {
+    double spam_threshold;
+    const char *spam_action, *banned_action, *dlp_action;
+};
+
 /** A CIDR entry of an ordered list; negated entries exclude. */
 struct mx_cidr {
     int family; /**< AF_INET or AF_INET6 */
@@ -153,6 +168,10 @@ struct mx_config {
     char *policy_dlp_action;          /**< dlp rule hit: default "quarantine" */
     unsigned policy_quarantine_retention; /**< seconds, default 30 days */
     struct mx_policy *policy;         /**< the lists compiled at load */
+    struct mx_policy_scope *policy_domains; /**< policy.domains { "d" { ... } } */
+    size_t n_policy_domains;
+    struct mx_policy_scope *policy_users;   /**< policy.users { "u@d" { ... } } */
+    size_t n_policy_users;
 
     /* helo checks */
     bool helo_reject_defaults;        /**< refuse mx_policy_helo_defaults names */
@@ -231,6 +250,13 @@ const struct mx_route *mx_config_route(const struct mx_config *cfg, const char *
 
 /** True if domain is a relay domain (inbound accepted from anyone). */
 bool mx_config_is_relay_domain(const struct mx_config *cfg, const char *domain);
+
+/**
+ * The policy settings for one recipient: its user entry, else its domain's,
+ * else the global ones, per setting (sub-addressing resolved first).
+ */
+void mx_config_policy_for(const struct mx_config *cfg, const char *rcpt,
+                          struct mx_policy_effective *out);
 
 /** Trusted-networks lookup: ordered, negations exclude, first match wins. */
 bool mx_config_is_trusted(const struct mx_config *cfg, const struct sockaddr *sa);

@@ -569,17 +569,26 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
      * action only; a banned attachment or a DLP hit acts whoever sent it.
      */
     const char *action = "deliver", *why = "";
-    if (res.flags & MX_SCAN_SPAM) {
-        if (policy_allowlisted(c, mx_smtpd_session_envelope(c->sess)))
-            conn_log(c, "policy: sender allow-listed by every recipient, no spam action");
-        else
-            action = cfg->policy_spam_action, why = "spam";
+    const struct mx_envelope *env = mx_smtpd_session_envelope(c->sess);
+    bool allowed = policy_allowlisted(c, env);
+    bool spam_any = false;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        /* each recipient's own settings (user over domain over global); the
+         * message gets the most severe action any of its recipients asks for */
+        struct mx_policy_effective eff;
+        mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
+        if (res.score >= eff.spam_threshold && !allowed) {
+            spam_any = true;
+            if (action_rank(eff.spam_action) > action_rank(action))
+                action = eff.spam_action, why = "spam";
+        }
+        if ((res.flags & MX_SCAN_ATTACHMENT) && action_rank(eff.banned_action) > action_rank(action))
+            action = eff.banned_action, why = "banned attachment";
+        if ((res.flags & MX_SCAN_DLP) && action_rank(eff.dlp_action) > action_rank(action))
+            action = eff.dlp_action, why = "DLP rule";
     }
-    if ((res.flags & MX_SCAN_ATTACHMENT) &&
-        action_rank(cfg->policy_banned_action) > action_rank(action))
-        action = cfg->policy_banned_action, why = "banned attachment";
-    if ((res.flags & MX_SCAN_DLP) && action_rank(cfg->policy_dlp_action) > action_rank(action))
-        action = cfg->policy_dlp_action, why = "DLP rule";
+    if ((res.flags & MX_SCAN_SPAM) && allowed)
+        conn_log(c, "policy: sender allow-listed by every recipient, no spam action");
     if (*why)
         conn_log(c, "policy: %s, action %s", why, action);
     if (strcmp(action, "reject") == 0 || strcmp(action, "discard") == 0) {
@@ -590,7 +599,7 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
                                                          : "Message rejected: content not allowed by policy");
         return 0;
     }
-    const char *tag = (res.flags & MX_SCAN_SPAM) && strcmp(action, "tag") == 0
+    const char *tag = spam_any && strcmp(action, "tag") == 0
                           ? cfg->policy_spam_subject_tag
                           : "";
     /* header block: up to the first empty line (or the whole message) */

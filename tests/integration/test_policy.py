@@ -56,7 +56,9 @@ def policy_conf(d, action, extra=""):
 import tempfile  # noqa: E402
 da = tempfile.mkdtemp(prefix="mxgate-policy-")
 gw = mxtest.Gateway(mxgate, workers=1, trusted=["192.0.2.0/24"], keep_dir=da,
-                    extra=policy_conf(da, "quarantine", "limits { conn_per_ip = 3; }\n"))
+                    extra=policy_conf(da, "quarantine", "limits { conn_per_ip = 3; }\n"
+                                      'policy { users { "boss@example.test" { spam_action = "tag"; }\n'
+                                      '  "lenient@example.test" { spam_threshold = 5000; } } }\n'))
 try:
     gw.start(timeout=60)
     p = gw.port
@@ -104,15 +106,26 @@ try:
         s.sendmail("a@remote.invalid", ["user@example.test"], msg(b"spam", GTUBE, b"q1"))
         s.sendmail("x@friend.example", ["user@example.test"], msg(b"friend", GTUBE, b"f1"))
         s.sendmail("a@remote.invalid", ["user@example.test"], msg(b"ham", b"hello", b"h1"))
-    got = gw.wait_maildir(2, timeout=30)
+        # per-user settings: boss tags instead of quarantining, lenient's threshold is
+        # above the score; to boss and user together the more severe action (quarantine) wins
+        s.sendmail("a@remote.invalid", ["boss@example.test"], msg(b"spam", GTUBE, b"b1"))
+        s.sendmail("a@remote.invalid", ["lenient@example.test"], msg(b"spam", GTUBE, b"l1"))
+        s.sendmail("a@remote.invalid", ["boss@example.test", "user@example.test"],
+                   msg(b"spam", GTUBE, b"q2"))
+    got = gw.wait_maildir(4, timeout=30)
+    time.sleep(0.5)
+    got = gw.maildir_messages()
     ids = mxtest.message_ids(got)
-    F.check(sorted(ids) == ["<f1@t>", "<h1@t>"],
-            "ham and the allow-listed sender's spam delivered, quarantined spam not (%s)" % ids)
+    F.check(sorted(ids) == ["<b1@t>", "<f1@t>", "<h1@t>", "<l1@t>"],
+            "ham, the allow-listed sender's spam and the per-user ones delivered, "
+            "quarantined spam not (%s)" % ids)
+    b1 = [email.message_from_bytes(r) for r in got if b"<b1@t>" in r]
+    F.check(b1 and b1[0]["Subject"] == "[SPAM] spam", "boss's own spam_action tag applied")
     lst = json.loads(gw.ctl("queue", "list", "--json"))
     items = lst if isinstance(lst, list) else lst.get("messages", [])
     q = [m for m in items if m.get("state") == "quarantine"]
-    F.check(len(q) == 1 and "spam score=1000" in q[0].get("reason", ""),
-            "one message in quarantine with its reason (%s)" % items)
+    F.check(len(q) == 2 and all("spam score=1000" in m.get("reason", "") for m in q),
+            "two messages in quarantine with their reason (%s)" % items)
     fr = [email.message_from_bytes(r) for r in got if b"<f1@t>" in r]
     F.check(fr and fr[0]["X-Spam-Status"].startswith("Yes"),
             "allow-listed spam keeps its verdict header")
