@@ -16,12 +16,22 @@ DEB_PKGS := meson ninja-build pkg-config gcc clang libclang-rt-14-dev \
 	openssl iproute2 ethtool nftables swaks postfix python3 python3-aiosmtpd \
 	python3-prometheus-client tmux dnsmasq-base unbound hping3 spamassassin clamav-testfiles linux-perf
 
-.PHONY: all deps build run test test-unit test-asan fuzz clean
+# Peers that only the side-by-side benchmarks in perf/compare/ run (not needed to
+# build, run or test mxgate).
+PERF_PKGS := spamass-milter spamd spamc rspamd
+
+.PHONY: all deps perf-deps install-missing build run test test-unit test-asan fuzz clean
 
 all: build
 
 deps:
-	@missing=$$(for p in $(DEB_PKGS); do \
+	@$(MAKE) --no-print-directory install-missing PKGS="$(DEB_PKGS)"
+
+perf-deps: deps
+	@$(MAKE) --no-print-directory install-missing PKGS="$(PERF_PKGS)"
+
+install-missing:
+	@missing=$$(for p in $(PKGS); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
