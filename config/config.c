@@ -98,6 +98,7 @@ static const struct key keys[] = {
     {"smtp.max_recipients", K_UINT, F(smtp_max_recipients), 0, 1, 100000, NULL},
     {"smtp.max_line_length", K_UINT, F(smtp_max_line_length), 0, 512, 65536, NULL},
     {"smtp.max_errors", K_UINT, F(smtp_max_errors), 0, 1, 1000, NULL},
+    {"smtp.max_received", K_UINT, F(smtp_max_received), 0, 1, 1000, NULL},
     {"smtp.max_commands", K_UINT, F(smtp_max_commands), 0, 1, 1000000, NULL},
     {"smtp.timeout", K_SECTION, NONE},
     {"smtp.timeout.command", K_SECONDS, F(smtp_timeout_command), 0, 1, 86400, NULL},
@@ -436,6 +437,7 @@ static int set_defaults(struct mx_config *c)
     c->smtp_max_recipients = 100;
     c->smtp_max_line_length = 512;
     c->smtp_max_errors = 10;
+    c->smtp_max_received = 50;
     c->smtp_max_commands = 1000;
     c->smtp_timeout_command = 300;
     c->smtp_timeout_data = 180;
@@ -1886,6 +1888,7 @@ char *mx_config_export(const struct mx_config *c)
     fprintf(f, "    max_recipients = %u;\n", c->smtp_max_recipients);
     fprintf(f, "    max_line_length = %u;\n", c->smtp_max_line_length);
     fprintf(f, "    max_errors = %u;\n", c->smtp_max_errors);
+    fprintf(f, "    max_received = %u;\n", c->smtp_max_received);
     fprintf(f, "    max_commands = %u;\n", c->smtp_max_commands);
     fprintf(f, "    timeout {\n        command = %us;\n        data = %us;\n    }\n",
             c->smtp_timeout_command, c->smtp_timeout_data);

@@ -99,6 +99,7 @@ struct mx_config {
     unsigned smtp_max_recipients;
     unsigned smtp_max_line_length;   /**< command line limit, RFC 5321 4.5.3.1.4: 512 */
     unsigned smtp_max_errors;        /**< errors before 421 and close */
+    unsigned smtp_max_received;      /**< Received headers above which a message loops */
     unsigned smtp_max_commands;      /**< commands per session before 421 */
     unsigned smtp_timeout_command;   /**< seconds, RFC 5321 4.5.3.2.7: 300 */
     unsigned smtp_timeout_data;      /**< seconds between data chunks: 180 */

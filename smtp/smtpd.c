@@ -79,6 +79,12 @@ struct smtpd_conn {
     bool av_done;
     char av_header[200];      /* "X-Virus-Status: ..." line for the message, or "" */
     char av_quarantine[160];  /* quarantine reason when AV asked for it, or "" */
+    /* Received headers counted in the message's header block (loop detection) */
+    unsigned hops;
+    uint16_t hop_lpos; /* bytes into the current line, saturating */
+    bool hop_match;    /* the current line still reads "Received:" so far */
+    bool hop_first_cr; /* the current line began with CR */
+    bool hop_done;     /* past the header block */
 };
 
 #define AV_POLL_MS 2
@@ -444,6 +450,75 @@ static void s_rcpt(void *ud, const struct mx_envelope *env, const struct mx_rcpt
     mx_smtp_checks_rcpt(c->chk, rcpt, r); /* recipient verification; maybe answered later */
 }
 
+/*
+ * The trace header RFC 5321 4.4 asks of every server that accepts a message:
+ * Postfix's layout (no reverse DNS here, so "unknown"), the session id as id
+ * (it names the session's log lines), "for" only with a single recipient
+ * (more would disclose the others), the protocol per RFC 3848.
+ */
+static size_t received_header(const struct smtpd_conn *c, const struct mx_envelope *env,
+                              char *out, size_t cap)
+{
+    char helo[104];
+    size_t hl = 0;
+    for (const char *p = env->helo; *p && hl < 100; p++) {
+        unsigned char ch = (unsigned char)*p;
+        /* a comment delimiter or a non-printable byte must not reshape the header */
+        bool odd = ch <= ' ' || ch >= 0x7f || ch == '(' || ch == ')' || ch == '\\' || ch == ';';
+        helo[hl++] = odd ? '_' : (char)ch;
+    }
+    helo[hl] = 0;
+    bool tls = env->tls[0] != 0;
+    const char *proto = mx_smtpd_session_esmtp(c->sess) ? (tls ? "ESMTPS" : "ESMTP")
+                                                         : (tls ? "SMTPS" : "SMTP");
+    const char *v6 = env->client.ss_family == AF_INET6 ? "IPv6:" : "";
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+    int n = snprintf(out, cap, "Received: from %s (unknown [%s%s])\r\n\tby %s (mxgate) with %s id %s",
+                     hl ? helo : "unknown", v6, env->client_text, c->srv->cfg->smtp_hostname,
+                     proto, c->sid);
+    if (tls && n > 0 && (size_t)n < cap) {
+        const char *sp = strchr(env->tls, ' ');
+        int vl = sp ? (int)(sp - env->tls) : (int)strlen(env->tls);
+        n += snprintf(out + n, cap - (size_t)n, "\r\n\t(using %.*s with cipher %s)", vl, env->tls,
+                      sp ? sp + 1 : "unknown");
+    }
+    if (env->n_rcpts == 1 && n > 0 && (size_t)n < cap)
+        n += snprintf(out + n, cap - (size_t)n, "\r\n\tfor <%s>", env->rcpts[0].addr);
+    if (n > 0 && (size_t)n < cap)
+        n += snprintf(out + n, cap - (size_t)n, "; %s\r\n", date);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+/* Count "Received:" header lines while the header block streams past. */
+static void count_hops(struct smtpd_conn *c, const uint8_t *buf, size_t len)
+{
+    static const char name[] = "received:";
+    for (size_t i = 0; i < len && !c->hop_done; i++) {
+        uint8_t ch = buf[i];
+        if (ch == '\n') {
+            if (c->hop_lpos == 0 || (c->hop_lpos == 1 && c->hop_first_cr))
+                c->hop_done = true; /* the empty line: the body starts */
+            c->hop_lpos = 0;
+            continue;
+        }
+        if (c->hop_lpos == 0) {
+            c->hop_first_cr = ch == '\r';
+            c->hop_match = true;
+        }
+        if (c->hop_lpos < 9) {
+            c->hop_match = c->hop_match && (ch | 0x20) == (uint8_t)name[c->hop_lpos];
+            if (c->hop_lpos == 8 && c->hop_match)
+                c->hops++;
+        }
+        if (c->hop_lpos < UINT16_MAX)
+            c->hop_lpos++;
+    }
+}
+
 static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r)
 {
     struct smtpd_conn *c = ud;
@@ -452,6 +527,9 @@ static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtp
     c->av_header[0] = 0;
     c->av_quarantine[0] = 0;
     c->hold_len = 0;
+    c->hops = 0;
+    c->hop_lpos = 0;
+    c->hop_done = false;
     struct mx_envelope e = *env;
     snprintf(e.session_id, sizeof e.session_id, "%s", c->sid);
     e.arrival_ms = realtime_ms();
@@ -478,6 +556,20 @@ static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtp
         }
         mx_scan_msg_set_envelope(c->scan_msg, env->mail_from[0] ? env->mail_from : NULL);
     }
+    /* our trace header on top; the scanner reads it too, as it would behind any MTA */
+    char rcvd[1024];
+    size_t rl = received_header(c, env, rcvd, sizeof rcvd);
+    if (rl && mx_queue_msg_write(c->msg, rcvd, rl) < 0) {
+        drop_scan(c);
+        mx_queue_msg_abort(c->msg);
+        c->msg = NULL;
+        r->code = 451;
+        r->enh = "4.3.0";
+        r->text = "Error: queue not available";
+        return;
+    }
+    if (rl && c->scan_msg)
+        mx_scan_msg_feed(c->scan_msg, (const uint8_t *)rcvd, rl);
 }
 
 static int s_data_write(void *ud, const uint8_t *buf, size_t len)
@@ -486,6 +578,7 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
     if (!c->msg)
         return -EIO;
     mx_smtp_checks_data(c->chk, buf, len); /* header block for the logical IP check */
+    count_hops(c, buf, len);
     if (!c->scan_msg && !c->srv->av)
         return mx_queue_msg_write(c->msg, buf, len);
     if (c->scan_msg)
@@ -759,6 +852,15 @@ static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
     struct smtpd_conn *c = ud;
     (void)env;
     struct mx_smtpd_reply r = {0};
+    if (c->hops > c->srv->cfg->smtp_max_received) {
+        /* RFC 5321 6.3: a message that went round too often is a loop */
+        conn_log(c, "refused: %u Received headers (limit %u): mail loop", c->hops,
+                 c->srv->cfg->smtp_max_received);
+        s_data_abort(c);
+        r = (struct mx_smtpd_reply){554, "5.4.6", "Too many hops: mail loop detected"};
+        mx_smtpd_session_data_refuse(c->sess, &r);
+        return;
+    }
     mx_smtp_checks_data_end(c->chk, &r); /* logical IP against the DNSBLs */
     if (r.code == MX_SMTPD_PENDING) {
         c->msg_size = size; /* checks_answer() goes on */

@@ -157,4 +157,7 @@ const struct mx_smtpd_counts *mx_smtpd_session_counts(const struct mx_smtpd_sess
 /** The envelope being built (for the embedder's logs). */
 const struct mx_envelope *mx_smtpd_session_envelope(const struct mx_smtpd_session *s);
 
+/** True when the client greeted with EHLO (the Received header's "with ESMTP"). */
+bool mx_smtpd_session_esmtp(const struct mx_smtpd_session *s);
+
 #endif

@@ -46,6 +46,7 @@ struct mx_smtpd_session {
 
     /* protocol state */
     bool have_helo;
+    bool esmtp;           /* the last greeting was EHLO */
     bool in_txn;          /* MAIL accepted */
     bool bdat_used;       /* this transaction used BDAT */
     bool quit_after_out;  /* close once the current output is flushed */
@@ -369,6 +370,7 @@ static void cmd_ehlo(struct mx_smtpd_session *s, const char *arg, bool ehlo)
     reset_txn(s);
     snprintf(s->env.helo, sizeof s->env.helo, "%s", arg);
     s->have_helo = true;
+    s->esmtp = ehlo;
     if (!ehlo) {
         reply(s, 250, "2.0.0", "%s", s->p.hostname);
         return;
@@ -1419,4 +1421,9 @@ const struct mx_smtpd_counts *mx_smtpd_session_counts(const struct mx_smtpd_sess
 const struct mx_envelope *mx_smtpd_session_envelope(const struct mx_smtpd_session *s)
 {
     return &s->env;
+}
+
+bool mx_smtpd_session_esmtp(const struct mx_smtpd_session *s)
+{
+    return s->esmtp;
 }

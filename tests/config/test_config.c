@@ -87,6 +87,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->smtp_max_recipients, 100);
     assert_int_equal(c->smtp_max_line_length, 512);
     assert_int_equal(c->smtp_max_errors, 10);
+    assert_int_equal(c->smtp_max_received, 50);
     assert_int_equal(c->smtp_max_commands, 1000);
     assert_int_equal(c->smtp_timeout_command, 300);
     assert_int_equal(c->smtp_timeout_data, 180);
@@ -155,6 +156,7 @@ static void test_full_and_round_trip(void **state)
     assert_int_equal(c->smtp_timeout_command, 300);
     assert_int_equal(c->smtp_timeout_data, 120);
     assert_int_equal(c->smtp_greeting_delay_ms, 1500);
+    assert_int_equal(c->smtp_max_received, 30);
     assert_true(c->smtp_pregreet_reject);
     assert_string_equal(c->smtp_bare_lf, "normalize");
     assert_int_equal(c->queue_retry_first, 600);

@@ -2,7 +2,8 @@
 """Real SMTP clients against a running mxgate (kernel backend):
 swaks (plain and STARTTLS), Python smtplib (pipelining, several recipients,
 dot-stuffing, 8-bit, size limit), relay refusal for untrusted clients.
-Every accepted message is checked byte for byte in the Maildir."""
+Every accepted message is checked byte for byte in the Maildir, under the
+trace header mxgate adds; a message with too many Received headers is a loop."""
 import email
 import os
 import smtplib
@@ -83,7 +84,23 @@ try:
         code, _ = s.docmd("RCPT TO:<x@example.test>")
         F.check(code == 503, "RCPT before MAIL gets 503")
 
-    # 4. relay refusal: 127.0.0.1 is not trusted here, other.test is not a relay domain
+    # 4. loop detection: more Received headers than smtp.max_received (50) is a loop
+    hops = "".join("Received: from hop%d.remote.invalid by relay.remote.invalid; "
+                   "Tue, 24 Nov 2026 01:00:00 +0000\r\n" % i for i in range(51))
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.mail("loop@remote.invalid")
+        s.rcpt("x@example.test")
+        code, msg = s.data(hops + "Subject: loop\r\nMessage-ID: <loop-51@t>\r\n\r\nround\r\n")
+        F.check(code == 554 and msg.startswith(b"5.4.6"),
+                "51 Received headers refused as a loop (got %d %s)" % (code, msg))
+        s.mail("loop@remote.invalid")
+        s.rcpt("x@example.test")
+        code, msg = s.data(hops.split("\r\n", 1)[1] +
+                           "Subject: loop\r\nMessage-ID: <loop-50@t>\r\n\r\nround\r\n")
+        F.check(code == 250, "50 Received headers accepted (got %d %s)" % (code, msg))
+
+    # 5. relay refusal: 127.0.0.1 is not trusted here, other.test is not a relay domain
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as s:
         s.ehlo("client.test")
         s.mail("a@remote.invalid")
@@ -97,7 +114,7 @@ try:
         F.check(code == 250, "relay domain recipient accepted")
         s.rset()
 
-    msgs = gw.wait_maildir(4, timeout=30)
+    msgs = gw.wait_maildir(5, timeout=30)
     byid = {}
     for raw in msgs:
         m = email.message_from_bytes(raw)
@@ -107,6 +124,32 @@ try:
             "swaks messages delivered")
     F.check(len(byid.get("<smtplib-1@t>", [])) == 2, "smtplib message delivered to 2 recipients")
     F.check("<too-big@t>" not in byid, "oversized message not delivered")
+    F.check("<loop-51@t>" not in byid and len(byid.get("<loop-50@t>", [])) == 1,
+            "the looping message is not delivered, the one under the limit is")
+    # the trace header (RFC 5321 4.4) on top of every message: HELO, client
+    # address, protocol (ESMTPS over TLS), session id, the single recipient, date
+    import re
+    rx = re.compile(rb"^Received: from (\S+) \(unknown \[127\.0\.0\.1\]\)\r?\n"
+                    rb"\tby (\S+) \(mxgate\) with (E?SMTPS?) id ([0-9A-F]+)"
+                    rb"(?:\r?\n\t\(using (TLSv[0-9.]+) with cipher \S+\))?"
+                    rb"(?:\r?\n\tfor <([^>]+)>)?; \w{3}, \d{2} \w{3} \d{4} \d\d:\d\d:\d\d [-+]\d{4}\r?\n")
+    for raw in msgs:
+        top = raw.split(b"\nReceived: ", 1)
+        trace = rx.match(b"Received: " + top[1]) if len(top) == 2 else None
+        mid = re.search(rb"(?im)^message-id: *(<[^>]*>)", raw)
+        mid = mid.group(1).decode() if mid else "?"
+        F.check(trace is not None, "%s starts with mxgate's Received header" % mid)
+        if not trace:
+            continue
+        if b"<swaks-tls@t>" in raw:
+            F.check(trace.group(3) == b"ESMTPS" and trace.group(5) is not None,
+                    "over STARTTLS: with ESMTPS and the TLS version (%r)" % trace.group(0))
+        elif mid == "<smtplib-1@t>":
+            F.check(trace.group(1) == b"client.test" and trace.group(3) == b"ESMTP" and
+                    trace.group(6) is None, "smtplib: HELO name, ESMTP, no 'for' with two "
+                    "recipients (%r)" % trace.group(0))
+        elif mid == "<loop-50@t>":
+            F.check(trace.group(6) == b"x@example.test", "one recipient: 'for <x@example.test>'")
     if byid.get("<smtplib-1@t>"):
         raw = byid["<smtplib-1@t>"][0]
         sent = body.encode("utf-8")
