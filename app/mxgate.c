@@ -338,9 +338,10 @@ static int check_rules(const struct mx_config *cfg)
     struct mx_scan_stats st;
     mx_scan_engine_stats(e, &st);
     printf("scan rules: %u live: %u regex (%u Hyperscan exact, %u prefilter+PCRE2, %u PCRE2 "
-           "only), %u meta, %u dlp, %u attachment, %u disabled by score 0, %u skipped\n",
+           "only), %u meta, %u dlp, %u attachment, %u eval computed natively, %u disabled by "
+           "score 0, %u skipped\n",
            st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.meta, st.dlp,
-           st.attachment, st.zero_score, st.skipped);
+           st.attachment, st.native, st.zero_score, st.skipped);
     const char *name, *why;
     for (size_t i = 0; mx_scan_engine_skipped(e, i, &name, &why) == 0; i++)
         printf("skipped: %s (%s)\n", name, why);

@@ -82,8 +82,8 @@ struct mx_scan_engine {
     int dlp_g;         /* DLP dictionary database (block mode) */
     bool legacy_layout; /* layout 1 (for the parity test): 48 per scope, no classes */
     bool has_full;     /* some `full` rule: keep the raw message for PCRE2 */
-    uint32_t *metas, *dlps, *attachs, *mimehdrs, *mimeevals;
-    size_t nmetas, ndlps, nattachs, nmimehdrs, nmimeevals;
+    uint32_t *metas, *dlps, *attachs, *mimehdrs, *mimeevals, *natives;
+    size_t nmetas, ndlps, nattachs, nmimehdrs, nmimeevals, nnatives;
     uint16_t *mh_namelen; /* per mimeheader rule: length of the header name */
     bool *mh_raw;         /* per mimeheader rule: ":raw" (no decoding) */
     uint32_t *report; /* rules a verdict can report (not sub, not skipped, running) */
@@ -313,6 +313,12 @@ static int classify(struct mx_scan_engine *e)
         }
         if (r->type == MX_RULE_MIMEEVAL) {
             if (er->runs && add_u32(&e->mimeevals, &e->nmimeevals, (uint32_t)i))
+                return -ENOMEM;
+            continue;
+        }
+        if (r->type == MX_RULE_NATIVE) {
+            e->st.native++;
+            if (er->runs && add_u32(&e->natives, &e->nnatives, (uint32_t)i))
                 return -ENOMEM;
             continue;
         }
@@ -1005,6 +1011,7 @@ void mx_scan_engine_free(struct mx_scan_engine *e)
     free(e->attachs);
     free(e->mimehdrs);
     free(e->mimeevals);
+    free(e->natives);
     free(e->report);
     free(e->morder);
     free(e->mtok);
@@ -1176,6 +1183,12 @@ struct mx_scan_msg {
     double *hit_scores;
     unsigned nhits;
     char envfrom[256];
+    /* for the native evals (evals.c) */
+    struct mx_native_mime nmime;
+    uint64_t fed;       /* bytes of the message so far */
+    uint64_t body_at;   /* offset of the body (after the empty line); 0 until seen */
+    uint8_t line_len;   /* bytes into the current header line, saturating at 2 */
+    bool line_cr;       /* the current header line began with CR */
 };
 
 static int on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned fl,
@@ -1784,6 +1797,9 @@ static const struct hdr *find_hdr(const struct mx_scan_msg *m, const char *name,
 static void on_begin(void *ud, const struct mx_mime_part *p)
 {
     struct mx_scan_msg *m = ud;
+    if (m->w->e->nnatives)
+        mx_native_mime_part(&m->nmime, p->ctype, p->charset, p->disposition,
+                            p->cte == MX_MIME_CTE_BASE64);
     if (p->index == 0) {
         /* SpamAssassin's body text starts with the Subject */
         const struct hdr *h = find_hdr(m, "subject", 0);
@@ -1895,6 +1911,8 @@ static void check_attachment(struct mx_scan_msg *m, const struct mx_mime_part *p
 static void on_end(void *ud, const struct mx_mime_part *p)
 {
     struct mx_scan_msg *m = ud;
+    if (!p->multipart && !p->message && p->decoded_bytes && strcmp(p->ctype, "text/html") == 0)
+        m->nmime.html_rendered = true;
     if ((int)p->index == m->text_part) {
         mx_utf8_conv_end(&m->conv, text_emit, m);
         if (m->html && m->hstate == 3)
@@ -1986,6 +2004,10 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->nattach = 0;
     m->nhits = 0;
     m->envfrom[0] = 0;
+    memset(&m->nmime, 0, sizeof m->nmime);
+    m->fed = m->body_at = 0;
+    m->line_len = 0;
+    m->line_cr = false;
     mx_mime_parser_reset(m->mp);
     w->live++;
     return m;
@@ -2005,6 +2027,19 @@ int mx_scan_msg_feed(struct mx_scan_msg *m, const uint8_t *buf, size_t len)
     if (m->full)
         keep(m->full, &m->flen, e->o.full_keep, (const char *)buf, len, &m->flags);
     mx_mime_parser_feed(m->mp, buf, len);
+    /* where the body starts, for check_body_length (SpamAssassin's pristine body) */
+    for (size_t i = 0; i < len && !m->body_at; i++) {
+        if (buf[i] == '\n') {
+            if (m->line_len == 0 || (m->line_len == 1 && m->line_cr))
+                m->body_at = m->fed + i + 1;
+            m->line_len = 0;
+        } else if (m->line_len < 2) {
+            if (m->line_len == 0)
+                m->line_cr = buf[i] == '\r';
+            m->line_len++;
+        }
+    }
+    m->fed += len;
     return 0;
 }
 
@@ -2378,6 +2413,38 @@ static void run_dlp(struct mx_scan_msg *m)
     }
 }
 
+/* i-th value of a top-level header, for the native evals */
+static const char *native_header(void *ud, const char *name, size_t i, size_t *len)
+{
+    const struct mx_scan_msg *m = ud;
+    size_t nl = strlen(name);
+    for (size_t k = 0; k < m->nhdrs; k++) {
+        const struct hdr *h = &m->hdrs[k];
+        if (h->nl != nl || strncasecmp(m->ha + h->no, name, nl) != 0 || i-- > 0)
+            continue;
+        *len = h->vl;
+        return m->ha + h->vo;
+    }
+    return NULL;
+}
+
+static void run_natives(struct mx_scan_msg *m)
+{
+    const struct mx_scan_engine *e = m->w->e;
+    if (!e->nnatives)
+        return;
+    struct mx_native_msg nm = {
+        .header = native_header,
+        .ud = m,
+        .mime = m->nmime,
+        .body_len = m->body_at ? m->fed - m->body_at : 0};
+    struct mx_native_state st = {0};
+    for (size_t k = 0; k < e->nnatives; k++) {
+        uint32_t ri = e->natives[k];
+        m->count[ri] = (uint16_t)mx_native_eval(&e->rs.rules[ri].native, &st, &nm);
+    }
+}
+
 static double rule_value(struct mx_scan_msg *m, uint32_t ri, int depth);
 
 /* Value of a counted rule (regex, DLP, attachment): hit or count. */
@@ -2566,6 +2633,7 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
     }
     scan_uris(m);
     run_dlp(m);
+    run_natives(m);
     eval_metas(m);
     /* values of every rule; the verdict sums reported rules */
     double score = 0;

@@ -454,6 +454,10 @@ static int def_regex(struct mx_rule *r, enum mx_rule_type t, const char *s, cons
         r->type = MX_RULE_MIMEEVAL;
         return 0;
     }
+    if (mx_native_parse(s, e, &r->native)) {
+        r->type = MX_RULE_NATIVE;
+        return 0;
+    }
     if ((size_t)(e - s) >= 5 && memcmp(s, "eval:", 5) == 0) {
         r->type = MX_RULE_SKIPPED;
         r->skip = "eval";
@@ -477,6 +481,10 @@ static int def_header(struct mx_rule *r, const char *s, const char *e)
 {
     s = skip_ws(s, e);
     reset_def(r);
+    if (mx_native_parse(s, e, &r->native)) {
+        r->type = MX_RULE_NATIVE;
+        return 0;
+    }
     if ((size_t)(e - s) >= 5 && memcmp(s, "eval:", 5) == 0) {
         r->type = MX_RULE_SKIPPED;
         r->skip = "eval";

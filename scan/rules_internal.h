@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "scan/evals_internal.h"
+
 enum mx_rule_type {
     MX_RULE_NONE = 0, /* referenced (score, meta) but never defined */
     MX_RULE_HEADER,
@@ -25,6 +27,7 @@ enum mx_rule_type {
     MX_RULE_SKIPPED, /* eval:, askdns, ... (reason in skip) */
     MX_RULE_MIMEEVAL, /* eval:check_for_mime('mime_attachment'): any part's
                        * Content-Disposition contains "attachment" */
+    MX_RULE_NATIVE,   /* another eval computed natively at end of message (evals.c) */
 };
 
 enum mx_rule_tflag {
@@ -109,6 +112,8 @@ struct mx_rule {
     /* attachment */
     struct mx_attach_cond *conds;
     size_t nconds;
+    /* native eval (MX_RULE_NATIVE) */
+    struct mx_native native;
 };
 
 struct mx_ruleset {

@@ -63,6 +63,7 @@ struct mx_scan_stats {
     unsigned meta;           /* meta rules */
     unsigned dlp;            /* dlp rules */
     unsigned attachment;     /* attachment rules */
+    unsigned native;         /* SpamAssassin eval rules computed natively */
     unsigned skipped;        /* rules that cannot run (eval, network, bad regex) */
     unsigned zero_score;     /* regex/meta rules disabled by a 0 score */
     unsigned databases;      /* Hyperscan databases built or loaded */

@@ -1239,9 +1239,10 @@ int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct m
         mx_scan_engine_stats(srv->scan, &st);
         fprintf(stderr,
                 "mxgate[scan]: %u rules: %u regex (%u Hyperscan exact, %u prefilter+PCRE2, "
-                "%u PCRE2 only), %u meta, %u skipped; %s in %.2f s\n",
+                "%u PCRE2 only), %u meta, %u eval, %u skipped; %s in %.2f s\n",
                 st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.meta,
-                st.skipped, st.from_cache ? "loaded from cache" : "compiled", st.compile_seconds);
+                st.native, st.skipped, st.from_cache ? "loaded from cache" : "compiled",
+                st.compile_seconds);
     }
     int crc = mx_smtp_checks_new(cfg, &srv->checks);
     if (crc == 0 && cfg->scan_clamav_enabled)

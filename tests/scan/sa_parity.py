@@ -24,7 +24,7 @@ def sa_tests(path):
                            capture_output=True, timeout=300)
     out, dbg = p.stdout.decode('utf-8', 'replace'), p.stderr.decode('utf-8', 'replace')
     hits = set(m.group(2) for m in re.finditer(
-        r'ran (header|body|rawbody|uri|full|mimeheader) rule (\S+) ======> got hit', dbg))
+        r'ran (header|body|rawbody|uri|full|mimeheader|eval) rule (\S+) ======> got hit', dbg))
     m = re.search(r'^X-Spam-Status:.*?tests=(.*?)\s+autolearn=', out, re.M | re.S)
     if not m:
         return set(), hits
@@ -52,6 +52,8 @@ def main():
     diff_rules = {'sa_only': collections.Counter(), 'mx_only': collections.Counter()}
     sub = collections.Counter()
     sub_diff = {'sa_only': collections.Counter(), 'mx_only': collections.Counter()}
+    nat = collections.Counter()
+    nat_diff = {'sa_only': collections.Counter(), 'mx_only': collections.Counter()}
     for f in files:
         (a, sa_regex), b = sa_tests(f), mx.get(f, set())
         # every regex rule mxgate runs, `__` sub-rules included; SA does not
@@ -65,6 +67,15 @@ def main():
         sub['mx_only'] += len(rb - ra)
         sub_diff['sa_only'].update(ra - rb)
         sub_diff['mx_only'].update(rb - ra)
+        # the SpamAssassin evals mxgate computes natively, sub-rules included
+        native = lambda r: kind.get(r) in ('native', 'mimeeval')
+        na = set(filter(native, sa_regex | a))
+        nb = set(filter(native, mx_all.get(f, set())))
+        nat['both'] += len(na & nb)
+        nat['sa_only'] += len(na - nb)
+        nat['mx_only'] += len(nb - na)
+        nat_diff['sa_only'].update(na - nb)
+        nat_diff['mx_only'].update(nb - na)
         print('%s: both=%s sa_only=%s mx_only=%s' % (f, sorted(a & b), sorted(a - b), sorted(b - a)))
         for scope, keep in (('all', lambda r: True),
                             ('runs', lambda r: kind.get(r) in REGEX_KINDS | {'meta'}),
@@ -95,6 +106,14 @@ def main():
     for side in ('sa_only', 'mx_only'):
         print('regex %s by rule: %s' % (side, ', '.join('%s %d' % (r, n)
                                                         for r, n in sub_diff[side].most_common())))
+    total = nat['both'] + nat['sa_only'] + nat['mx_only']
+    print('parity over the eval rules mxgate computes natively, sub-rules included '
+          '(SA -D rules): %d in both, %d SpamAssassin only, %d mxgate only; '
+          'agreement %d/%d = %.1f%%' % (nat['both'], nat['sa_only'], nat['mx_only'], nat['both'],
+                                        total, 100.0 * nat['both'] / total if total else 100.0))
+    for side in ('sa_only', 'mx_only'):
+        print('native %s by rule: %s' % (side, ', '.join('%s %d' % (r, n)
+                                                         for r, n in nat_diff[side].most_common())))
 
 
 if __name__ == '__main__':

@@ -60,14 +60,14 @@ int main(int argc, char **argv)
     if (list) {
         static const char *const kinds[] = {"none", "header", "body", "rawbody", "uri", "full",
                                             "meta", "dlp", "attachment", "mimeheader", "skipped",
-                                            "mimeeval"};
+                                            "mimeeval", "native"};
         const struct mx_ruleset *rs = mx_scan_engine_rules(e);
         for (size_t i = 0; i < rs->nrules; i++) {
             const struct mx_rule *r = &rs->rules[i];
             bool regex = r->type == MX_RULE_HEADER || r->type == MX_RULE_BODY ||
                          r->type == MX_RULE_RAWBODY || r->type == MX_RULE_URI ||
                          r->type == MX_RULE_FULL || r->type == MX_RULE_MIMEHEADER;
-            const char *k = r->type <= MX_RULE_MIMEEVAL ? kinds[r->type] : "?";
+            const char *k = r->type <= MX_RULE_NATIVE ? kinds[r->type] : "?";
             if (r->skip)
                 k = "skipped";
             else if (r->score == 0 && !mx_rule_is_sub(r))
