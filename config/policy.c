@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config/config.h"
 
@@ -52,6 +53,11 @@ static int glob_compile(const char *pat, bool hash_digits, struct tok *t)
     return n;
 }
 
+static bool is_wild(char c, bool hash_digits)
+{
+    return c == '*' || c == '?' || (c == '#' && hash_digits);
+}
+
 /* Follow the tokens that may match nothing. */
 static void glob_closure(const struct tok *t, int n, bool *set)
 {
@@ -66,6 +72,18 @@ static void glob_closure(const struct tok *t, int n, bool *set)
  */
 static bool glob_match(const char *pat, const char *text, bool hash_digits)
 {
+    /* The literal text before the first wildcard and after the last one must be
+     * there: checked first, it turns most texts away without the NFA. */
+    size_t pl = strlen(pat), tl = strlen(text), pre = 0, suf = 0;
+    while (pre < pl && !is_wild(pat[pre], hash_digits))
+        pre++;
+    if (pre == pl)
+        return pl == tl && strcasecmp(pat, text) == 0;
+    while (!is_wild(pat[pl - 1 - suf], hash_digits))
+        suf++;
+    if (pre + suf > tl || strncasecmp(pat, text, pre) != 0 ||
+        strncasecmp(pat + pl - suf, text + tl - suf, suf) != 0)
+        return false;
     struct tok t[GLOB_MAX_TOKENS];
     int n = glob_compile(pat, hash_digits, t);
     if (n < 0)
@@ -76,7 +94,7 @@ static bool glob_match(const char *pat, const char *text, bool hash_digits)
     for (const char *s = text; *s; s++) {
         char c = (char)tolower((unsigned char)*s);
         bool digit = c >= '0' && c <= '9';
-        memset(next, 0, sizeof(next));
+        memset(next, 0, (size_t)n + 1);
         bool any = false;
         for (int i = 0; i < n; i++) {
             if (!cur[i])
@@ -105,7 +123,7 @@ static bool glob_match(const char *pat, const char *text, bool hash_digits)
         if (!any)
             return false;
         glob_closure(t, n, next);
-        memcpy(cur, next, sizeof(cur));
+        memcpy(cur, next, (size_t)n + 1);
     }
     return cur[n];
 }
@@ -154,9 +172,29 @@ int mx_policy_resolve_address(const char *addr, char sep, char *out, size_t outl
     return 0;
 }
 
+/* ---- hashing (FNV-1a; keys come from the config, lookups are bounded) ---- */
+
+#define FNV_INIT 1469598103934665603ull
+
+static uint64_t fnv_more(uint64_t h, const void *k, size_t n)
+{
+    const uint8_t *b = k;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static uint64_t fnv_final(uint64_t h)
+{
+    return h ^ (h >> 29);
+}
+
 /* ---- lists ---- */
 
 enum pat_kind { P_ADDR, P_DOMAIN, P_GLOB_ADDR, P_GLOB_DOMAIN, P_CIDR };
+
+/* No entry / no node. */
+#define NIL UINT32_MAX
 
 struct entry {
     enum mx_policy_level level;
@@ -166,13 +204,35 @@ struct entry {
     char *match;   /* lower-case form used to match */
     char *pattern; /* as written, for the result */
     struct mx_cidr cidr;
+    uint64_t hash; /* P_ADDR, P_DOMAIN: key_of() */
+    uint32_t next; /* next entry in its hash chain or on its trie node, in order */
 };
 
+/* A node of the binary prefix trie of one address family. */
+struct trie_node {
+    uint32_t child[2];
+    uint32_t first; /* entries whose prefix ends here, in insertion order */
+};
+
+/*
+ * The lists are indexed so that a lookup costs the same with ten entries or a
+ * million: addresses and domains in a chained hash table keyed by (level,
+ * scope, list, value); CIDR entries in a binary trie per family, walked along
+ * the client's address; only wildcard entries are tried one by one. Where
+ * several entries match, the earliest one written wins, as with a plain scan.
+ */
 struct mx_policy {
     char sep;
     bool allow_over_block;
     struct entry *v;
     size_t n, cap;
+    uint32_t *bucket; /* hash chains: heads, NIL when empty */
+    size_t nbucket;   /* power of two */
+    size_t nhashed;
+    struct trie_node *node; /* node[0]: IPv4 root, node[1]: IPv6 root */
+    size_t nnode, capnode;
+    uint32_t *globs; /* wildcard entries in order */
+    size_t nglob, capglob;
 };
 
 int mx_policy_new(char subaddress_sep, bool allow_over_block, struct mx_policy **out)
@@ -196,6 +256,9 @@ void mx_policy_free(struct mx_policy *p)
         free(p->v[i].pattern);
     }
     free(p->v);
+    free(p->bucket);
+    free(p->node);
+    free(p->globs);
     free(p);
 }
 
@@ -217,6 +280,119 @@ static char *lower(const char *s)
         for (char *p = d; *p; p++)
             *p = (char)tolower((unsigned char)*p);
     return d;
+}
+
+/* Hash key of an address/domain entry: level, list, scope and value. */
+static uint64_t key_of(enum mx_policy_level level, enum mx_policy_list list, const char *scope,
+                       const char *value)
+{
+    uint8_t lv[2] = {(uint8_t)level, (uint8_t)list};
+    uint64_t h = fnv_more(FNV_INIT, lv, 2);
+    h = fnv_more(h, scope, strlen(scope) + 1);
+    return fnv_final(fnv_more(h, value, strlen(value)));
+}
+
+/* Append entry i at the end of a chain (chains stay in insertion order). */
+static void chain_append(struct mx_policy *p, uint32_t *head, uint32_t i)
+{
+    while (*head != NIL)
+        head = &p->v[*head].next;
+    *head = i;
+}
+
+static int hash_insert(struct mx_policy *p, uint32_t i)
+{
+    if (p->nhashed + 1 > p->nbucket) {
+        size_t nb = p->nbucket ? p->nbucket * 2 : 64;
+        uint32_t *b = malloc(nb * sizeof(*b));
+        if (!b)
+            return -ENOMEM;
+        for (size_t k = 0; k < nb; k++)
+            b[k] = NIL;
+        /* rehash in entry order so every chain stays in insertion order */
+        for (uint32_t k = 0; k < i; k++) {
+            struct entry *e = &p->v[k];
+            if (e->kind == P_ADDR || e->kind == P_DOMAIN) {
+                e->next = NIL;
+                chain_append(p, &b[e->hash & (nb - 1)], k);
+            }
+        }
+        free(p->bucket);
+        p->bucket = b;
+        p->nbucket = nb;
+    }
+    struct entry *e = &p->v[i];
+    e->hash = key_of(e->level, e->list, e->scope, e->match);
+    e->next = NIL;
+    chain_append(p, &p->bucket[e->hash & (p->nbucket - 1)], i);
+    p->nhashed++;
+    return 0;
+}
+
+static int trie_new_node(struct mx_policy *p, uint32_t *out)
+{
+    if (p->nnode == p->capnode) {
+        size_t cap = p->capnode ? p->capnode * 2 : 64;
+        struct trie_node *nn = realloc(p->node, cap * sizeof(*nn));
+        if (!nn)
+            return -ENOMEM;
+        p->node = nn;
+        p->capnode = cap;
+    }
+    p->node[p->nnode] = (struct trie_node){{NIL, NIL}, NIL};
+    *out = (uint32_t)p->nnode++;
+    return 0;
+}
+
+static int trie_insert(struct mx_policy *p, uint32_t i)
+{
+    uint32_t root;
+    while (p->nnode < 2)
+        if (trie_new_node(p, &root) != 0)
+            return -ENOMEM;
+    const struct mx_cidr *c = &p->v[i].cidr;
+    uint32_t n = c->family == AF_INET ? 0 : 1;
+    for (unsigned bit = 0; bit < c->prefix; bit++) {
+        unsigned b = (c->addr[bit / 8] >> (7 - bit % 8)) & 1;
+        if (p->node[n].child[b] == NIL) {
+            uint32_t k;
+            if (trie_new_node(p, &k) != 0)
+                return -ENOMEM;
+            p->node[n].child[b] = k;
+        }
+        n = p->node[n].child[b];
+    }
+    p->v[i].next = NIL;
+    chain_append(p, &p->node[n].first, i);
+    return 0;
+}
+
+static int glob_insert(struct mx_policy *p, uint32_t i)
+{
+    if (p->nglob == p->capglob) {
+        size_t cap = p->capglob ? p->capglob * 2 : 16;
+        uint32_t *g = realloc(p->globs, cap * sizeof(*g));
+        if (!g)
+            return -ENOMEM;
+        p->globs = g;
+        p->capglob = cap;
+    }
+    p->globs[p->nglob++] = i;
+    return 0;
+}
+
+/* Put the newest entry (already in p->v) into its index. */
+static int index_entry(struct mx_policy *p, uint32_t i)
+{
+    switch (p->v[i].kind) {
+    case P_ADDR:
+    case P_DOMAIN:
+        return hash_insert(p, i);
+    case P_CIDR:
+        return trie_insert(p, i);
+    default:
+        return glob_insert(p, i);
+    }
 }
 
 int mx_policy_add(struct mx_policy *p, const char *scope, enum mx_policy_list list,
@@ -274,6 +450,8 @@ int mx_policy_add(struct mx_policy *p, const char *scope, enum mx_policy_list li
     e.pattern = strdup(pattern);
     if (rc == 0 && (!e.match || !e.pattern))
         rc = -ENOMEM;
+    if (rc == 0 && p->n >= NIL - 1)
+        rc = -ENOSPC;
     if (rc == 0 && p->n == p->cap) {
         size_t cap = p->cap ? p->cap * 2 : 16;
         struct entry *nv = realloc(p->v, cap * sizeof(*nv));
@@ -284,52 +462,80 @@ int mx_policy_add(struct mx_policy *p, const char *scope, enum mx_policy_list li
             p->cap = cap;
         }
     }
+    if (rc == 0) {
+        p->v[p->n] = e;
+        rc = index_entry(p, (uint32_t)p->n);
+    }
     if (rc != 0) {
         free(e.scope);
         free(e.match);
         free(e.pattern);
         return rc;
     }
-    p->v[p->n++] = e;
+    p->n++;
     return 0;
 }
 
-/* Does the client address fall in a CIDR (IPv4-mapped IPv6 as IPv4)? */
-static bool cidr_contains(const struct mx_cidr *c, const struct sockaddr *sa)
+/* The earliest address/domain entry of (level, scope, list) equal to value. */
+static uint32_t hash_first(const struct mx_policy *p, enum mx_policy_level level,
+                           const char *scope, enum mx_policy_list list, const char *value)
 {
-    uint8_t key[17];
-    int n = mx_ratelimit_client_key(sa, false, key);
-    if (n < 0)
-        return false;
-    int family = n == 5 ? AF_INET : AF_INET6;
-    if (family != c->family)
-        return false;
-    const uint8_t *a = key + 1;
-    unsigned bits = c->prefix, bytes = bits / 8, rest = bits % 8;
-    if (memcmp(a, c->addr, bytes) != 0)
-        return false;
-    if (rest == 0)
-        return true;
-    uint8_t mask = (uint8_t)(0xff << (8 - rest));
-    return (a[bytes] & mask) == (c->addr[bytes] & mask);
+    if (!*value || !p->nbucket)
+        return NIL;
+    uint64_t h = key_of(level, list, scope, value);
+    for (uint32_t i = p->bucket[h & (p->nbucket - 1)]; i != NIL; i = p->v[i].next) {
+        const struct entry *e = &p->v[i];
+        if (e->hash == h && e->level == level && e->list == list &&
+            strcmp(e->scope, scope) == 0 && strcmp(e->match, value) == 0)
+            return i; /* chains are in insertion order */
+    }
+    return NIL;
 }
 
-static bool entry_matches(const struct entry *e, const char *sender, const char *sdomain,
-                          const struct sockaddr *client)
+/* best[level][list]: earliest matching entry so far; take i if it is earlier. */
+static void take(uint32_t best[3][2], const struct entry *e, uint32_t i)
 {
-    switch (e->kind) {
-    case P_CIDR:
-        return client && cidr_contains(&e->cidr, client);
-    case P_ADDR:
-        return *sender && strcmp(e->match, sender) == 0;
-    case P_DOMAIN:
-        return *sdomain && strcmp(e->match, sdomain) == 0;
-    case P_GLOB_ADDR:
-        return *sender && glob_match(e->match, sender, false);
-    case P_GLOB_DOMAIN:
-        return *sdomain && glob_match(e->match, sdomain, false);
+    uint32_t *b = &best[e->level][e->list == MX_POLICY_ALLOW ? 0 : 1];
+    if (i < *b)
+        *b = i;
+}
+
+/* CIDR entries containing the client: one walk down the family's trie. */
+static void trie_matches(const struct mx_policy *p, const struct sockaddr *client,
+                         const char *const scopes[3], uint32_t best[3][2])
+{
+    uint8_t key[17];
+    int klen = client && p->nnode >= 2 ? mx_ratelimit_client_key(client, false, key) : -1;
+    if (klen < 0)
+        return;
+    unsigned bits = klen == 5 ? 32 : 128;
+    uint32_t n = klen == 5 ? 0 : 1;
+    for (unsigned bit = 0;; bit++) {
+        for (uint32_t i = p->node[n].first; i != NIL; i = p->v[i].next)
+            if (strcmp(p->v[i].scope, scopes[p->v[i].level]) == 0)
+                take(best, &p->v[i], i);
+        if (bit == bits)
+            break;
+        n = p->node[n].child[(key[1 + bit / 8] >> (7 - bit % 8)) & 1];
+        if (n == NIL)
+            break;
     }
-    return false;
+}
+
+/* Wildcard entries, one by one (those that could still be the earliest). */
+static void glob_matches(const struct mx_policy *p, const char *sender, const char *sdomain,
+                         const char *const scopes[3], uint32_t best[3][2])
+{
+    for (size_t k = 0; k < p->nglob; k++) {
+        uint32_t i = p->globs[k];
+        const struct entry *e = &p->v[i];
+        if (i >= best[e->level][e->list == MX_POLICY_ALLOW ? 0 : 1] ||
+            strcmp(e->scope, scopes[e->level]) != 0)
+            continue;
+        const char *subject = e->kind == P_GLOB_ADDR ? sender : sdomain;
+        if (*subject && glob_match(e->match, subject, false))
+            take(best, e, i);
+    }
 }
 
 int mx_policy_check_sender(const struct mx_policy *p, const char *rcpt, const char *sender,
@@ -347,29 +553,27 @@ int mx_policy_check_sender(const struct mx_policy *p, const char *rcpt, const ch
         sdomain = strrchr(from, '@') + 1;
     else
         from[0] = '\0';
-    const char *scopes[3] = {"", rdomain, user};
-    for (int level = MX_POLICY_USER; level >= MX_POLICY_GLOBAL; level--) {
-        const struct entry *allow = NULL, *block = NULL;
-        for (size_t i = 0; i < p->n; i++) {
-            const struct entry *e = &p->v[i];
-            if ((int)e->level != level || strcmp(e->scope, scopes[level]) != 0)
-                continue;
-            if (e->list == MX_POLICY_ALLOW ? allow != NULL : block != NULL)
-                continue;
-            if (entry_matches(e, from, sdomain, client)) {
-                if (e->list == MX_POLICY_ALLOW)
-                    allow = e;
-                else
-                    block = e;
-            }
+    const char *const scopes[3] = {"", rdomain, user};
+    uint32_t best[3][2]; /* [level][allow, block] */
+    for (int level = 0; level < 3; level++) {
+        for (int l = 0; l < 2; l++) {
+            enum mx_policy_list list = l == 0 ? MX_POLICY_ALLOW : MX_POLICY_BLOCK;
+            uint32_t a = hash_first(p, (enum mx_policy_level)level, scopes[level], list, from);
+            uint32_t d = hash_first(p, (enum mx_policy_level)level, scopes[level], list, sdomain);
+            best[level][l] = a < d ? a : d;
         }
-        if (!allow && !block)
+    }
+    trie_matches(p, client, scopes, best);
+    glob_matches(p, from, sdomain, scopes, best);
+    for (int level = MX_POLICY_USER; level >= MX_POLICY_GLOBAL; level--) {
+        uint32_t allow = best[level][0], block = best[level][1];
+        if (allow == NIL && block == NIL)
             continue;
-        const struct entry *d = block && !(allow && p->allow_over_block) ? block : allow;
+        uint32_t d = block != NIL && !(allow != NIL && p->allow_over_block) ? block : allow;
         res->verdict = d == block ? MX_POLICY_BLOCKED : MX_POLICY_ALLOWED;
         res->level = (enum mx_policy_level)level;
-        res->scope = d->scope;
-        res->pattern = d->pattern;
+        res->scope = p->v[d].scope;
+        res->pattern = p->v[d].pattern;
         return 0;
     }
     return 0;
@@ -453,10 +657,7 @@ void mx_ratelimit_free(struct mx_ratelimit *rl)
 
 static uint64_t key_hash(const uint8_t *k, size_t n)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ k[i]) * 1099511628211ull;
-    return h ^ (h >> 29);
+    return fnv_final(fnv_more(FNV_INIT, k, n));
 }
 
 /* A slot whose counts have expired and that holds no concurrency slot. */

@@ -278,11 +278,183 @@ static void test_rate_limits(void **state)
     mx_ratelimit_free(rl);
 }
 
+/* ---- indexed lists against a plain scan ------------------------------------ */
+
+/* One entry as the reference keeps it. */
+struct ref_entry {
+    int level; /* 0 global, 1 domain, 2 user */
+    const char *scope;
+    enum mx_policy_list list;
+    const char *pattern;
+};
+
+static const char *const ref_domains[] = {"a.test", "b.test", "sub.a.test", "c.example"};
+static const char *const ref_users[] = {"u1@a.test", "u2@a.test", "v@b.test"};
+static const char *const ref_patterns[] = {
+    "x@a.test",      "y@b.test",      "x@sub.a.test", "@a.test",     "b.test",
+    "sub.a.test",    "*.a.test",      "*@b.test",     "x*@*",        "?@a.test",
+    "10.0.0.0/8",    "10.1.0.0/16",   "10.1.2.3/32",  "10.1.2.0/24", "0.0.0.0/0",
+    "2001:db8::/32", "2001:db8::1/128", "192.0.2.0/25", "c.example", "z@c.example"};
+static const char *const ref_senders[] = {"x@a.test", "X+tag@A.test", "y@b.test", "x@sub.a.test",
+                                          "q@a.test", "zz@b.test", "z@c.example", "",
+                                          "x@other.test"};
+static const char *const ref_clients[] = {NULL,         "10.1.2.3",     "10.1.2.4", "10.9.9.9",
+                                          "192.0.2.1",  "192.0.2.200",  "2001:db8::1",
+                                          "2001:db9::1", "::ffff:10.1.2.3", "8.8.8.8"};
+static const char *const ref_rcpts[] = {"u1@a.test", "u2+x@a.test", "v@b.test", "w@c.example",
+                                        "n@none.test"};
+
+/* Does one entry match, the plain way (the rules of docs/CONFIG.md "policy")? */
+static bool ref_matches(const char *pattern, const char *sender, const char *client)
+{
+    char from[320] = "";
+    if (*sender)
+        assert_int_equal(mx_policy_resolve_address(sender, '+', from, sizeof(from)), 0);
+    const char *sdom = *from ? strchr(from, '@') + 1 : "";
+    struct mx_cidr c;
+    if (mx_config_parse_cidr(pattern, &c) == 0) {
+        if (!client)
+            return false;
+        struct sockaddr_storage ss = ip(client);
+        uint8_t a[17];
+        int n = mx_ratelimit_client_key((struct sockaddr *)&ss, false, a);
+        if ((n == 5 ? AF_INET : AF_INET6) != c.family)
+            return false;
+        for (unsigned b = 0; b < c.prefix; b++)
+            if (((a[1 + b / 8] ^ c.addr[b / 8]) >> (7 - b % 8)) & 1)
+                return false;
+        return true;
+    }
+    if (strpbrk(pattern, "*?")) {
+        const char *subject = strchr(pattern, '@') ? from : sdom;
+        /* the HELO matcher shares the glob rules (no '#' digits in these patterns) */
+        return *subject && mx_policy_helo_match(subject, &pattern, 1) == 0;
+    }
+    if (pattern[0] == '@')
+        return *sdom && strcmp(pattern + 1, sdom) == 0;
+    if (strchr(pattern, '@'))
+        return *from && strcmp(pattern, from) == 0;
+    return *sdom && strcmp(pattern, sdom) == 0;
+}
+
+static void ref_check(const struct ref_entry *v, size_t n, const char *rcpt, const char *sender,
+                      const char *client, bool allow_over_block, struct mx_policy_result *out)
+{
+    char user[320];
+    assert_int_equal(mx_policy_resolve_address(rcpt, '+', user, sizeof(user)), 0);
+    const char *scopes[3] = {"", strchr(user, '@') + 1, user};
+    memset(out, 0, sizeof(*out));
+    for (int level = 2; level >= 0; level--) {
+        const struct ref_entry *allow = NULL, *block = NULL;
+        for (size_t i = 0; i < n; i++) {
+            if (v[i].level != level || strcmp(v[i].scope, scopes[level]) != 0)
+                continue;
+            const struct ref_entry **slot = v[i].list == MX_POLICY_ALLOW ? &allow : &block;
+            if (!*slot && ref_matches(v[i].pattern, sender, client))
+                *slot = &v[i];
+        }
+        if (!allow && !block)
+            continue;
+        const struct ref_entry *d = block && !(allow && allow_over_block) ? block : allow;
+        out->verdict = d == block ? MX_POLICY_BLOCKED : MX_POLICY_ALLOWED;
+        out->level = (enum mx_policy_level)level;
+        out->scope = d->scope;
+        out->pattern = d->pattern;
+        return;
+    }
+}
+
+/* Random lists (duplicates, every kind, every level): the indexed lookup gives the
+ * same verdict, level and deciding entry as a plain first-match scan. */
+static void test_index_matches_plain_scan(void **state)
+{
+    (void)state;
+    uint64_t seed = 0x5eed;
+    for (int round = 0; round < 60; round++) {
+        bool aob = round % 2;
+        struct mx_policy *p = NULL;
+        assert_int_equal(mx_policy_new('+', aob, &p), 0);
+        struct ref_entry v[48];
+        size_t n = 4 + (size_t)(round % 40);
+        for (size_t i = 0; i < n; i++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            uint32_t r = (uint32_t)(seed >> 33);
+            v[i].level = (int)(r % 3);
+            v[i].scope = v[i].level == 0   ? ""
+                         : v[i].level == 1 ? ref_domains[(r >> 2) % 4]
+                                           : ref_users[(r >> 4) % 3];
+            v[i].list = (r >> 6) & 1 ? MX_POLICY_BLOCK : MX_POLICY_ALLOW;
+            v[i].pattern = ref_patterns[(r >> 7) % (sizeof ref_patterns / sizeof *ref_patterns)];
+            assert_int_equal(mx_policy_add(p, v[i].scope, v[i].list, v[i].pattern), 0);
+        }
+        for (size_t a = 0; a < sizeof ref_rcpts / sizeof *ref_rcpts; a++)
+            for (size_t b = 0; b < sizeof ref_senders / sizeof *ref_senders; b++)
+                for (size_t c = 0; c < sizeof ref_clients / sizeof *ref_clients; c++) {
+                    struct mx_policy_result got, want;
+                    check(p, ref_rcpts[a], ref_senders[b], ref_clients[c], &got);
+                    ref_check(v, n, ref_rcpts[a], ref_senders[b], ref_clients[c], aob, &want);
+                    if (got.verdict != want.verdict)
+                        fprintf(stderr, "round %d rcpt %s sender %s client %s: %d vs %d (%s)\n",
+                                round, ref_rcpts[a], ref_senders[b],
+                                ref_clients[c] ? ref_clients[c] : "-", got.verdict,
+                                want.verdict, got.verdict ? got.pattern : want.pattern);
+                    assert_int_equal(got.verdict, want.verdict);
+                    if (want.verdict == MX_POLICY_NONE)
+                        continue;
+                    assert_int_equal(got.level, want.level);
+                    assert_string_equal(got.scope, want.scope);
+                    assert_string_equal(got.pattern, want.pattern);
+                }
+        mx_policy_free(p);
+    }
+}
+
+/* 200,000 entries (addresses, domains, /32s and /24s across many scopes): lookups
+ * find the one that matches, and the first written of equal entries decides. */
+static void test_index_large(void **state)
+{
+    (void)state;
+    struct mx_policy *p = NULL;
+    assert_int_equal(mx_policy_new('+', false, &p), 0);
+    char pat[64], scope[64];
+    for (unsigned i = 0; i < 50000; i++) {
+        snprintf(scope, sizeof scope, "d%u.test", i % 997);
+        snprintf(pat, sizeof pat, "s%u@bulk%u.test", i, i % 50);
+        assert_int_equal(mx_policy_add(p, "", MX_POLICY_BLOCK, pat), 0);
+        snprintf(pat, sizeof pat, "bulk%u.example", i);
+        assert_int_equal(mx_policy_add(p, scope, MX_POLICY_ALLOW, pat), 0);
+        snprintf(pat, sizeof pat, "10.%u.%u.%u/32", i >> 16, (i >> 8) & 255, i & 255);
+        assert_int_equal(mx_policy_add(p, "", MX_POLICY_BLOCK, pat), 0);
+        snprintf(pat, sizeof pat, "172.%u.%u.0/24", 16 + (i >> 16), (i >> 8) & 255);
+        assert_int_equal(mx_policy_add(p, scope, MX_POLICY_ALLOW, pat), 0);
+    }
+    struct mx_policy_result r;
+    assert_int_equal(check(p, "a@x.test", "s31337@bulk37.test", NULL, &r), MX_POLICY_BLOCKED);
+    assert_string_equal(r.pattern, "s31337@bulk37.test");
+    assert_int_equal(check(p, "a@x.test", "s31337@bulk38.test", NULL, &r), MX_POLICY_NONE);
+    assert_int_equal(check(p, "a@x.test", "", "10.0.122.105", &r), MX_POLICY_BLOCKED);
+    assert_string_equal(r.pattern, "10.0.122.105/32"); /* entry 31337 */
+    assert_int_equal(check(p, "a@x.test", "", "10.0.195.79", &r), MX_POLICY_BLOCKED);
+    assert_int_equal(check(p, "a@x.test", "", "10.1.134.160", &r), MX_POLICY_NONE);
+    /* domain scope d3.test holds entries i = 3, 1000, ...: bulk1000.example */
+    assert_int_equal(check(p, "a@d3.test", "z@bulk1000.example", NULL, &r), MX_POLICY_ALLOWED);
+    assert_int_equal(r.level, MX_POLICY_DOMAIN);
+    assert_int_equal(check(p, "a@d4.test", "z@bulk1000.example", NULL, &r), MX_POLICY_NONE);
+    /* 172.16.3.0/24 was written by i = 768..1023 in several scopes: the first one
+     * of d3.test's entries is i = 997 */
+    assert_int_equal(check(p, "a@d3.test", "", "172.16.3.9", &r), MX_POLICY_ALLOWED);
+    assert_string_equal(r.pattern, "172.16.3.0/24");
+    assert_string_equal(r.scope, "d3.test");
+    mx_policy_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resolve_address),
         cmocka_unit_test(test_lists_most_specific_wins),
+        cmocka_unit_test(test_index_matches_plain_scan),
+        cmocka_unit_test(test_index_large),
         cmocka_unit_test(test_helo_defaults),
         cmocka_unit_test(test_rate_limits),
     };
