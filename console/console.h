@@ -146,6 +146,21 @@ struct mx_stats_slot {
     _Alignas(64) struct mx_stats_hist h[MX_HIST__COUNT];
 };
 
+/** Longest rule name the rule-hit tables keep (longer names are cut). */
+#define MX_STATS_RULE_NAME 64
+
+/** Rules a snapshot keeps: the most frequent ones. */
+#define MX_STATS_TOP_RULES 20
+
+/** Distinct rules each slot counts; hits of further rules go to rules_untracked. */
+#define MX_STATS_RULES_PER_SLOT 2048
+
+/** One scan rule and how often it hit (since start). */
+struct mx_stats_rule {
+    char name[MX_STATS_RULE_NAME];
+    uint64_t hits;
+};
+
 /** A consistent-enough copy of every counter (sums and per slot). */
 struct mx_stats_snapshot {
     uint64_t time_ms;      /**< CLOCK_MONOTONIC ms when taken */
@@ -153,6 +168,9 @@ struct mx_stats_snapshot {
     uint64_t total[MX_STAT__COUNT];
     struct mx_stats_hist hist[MX_HIST__COUNT];
     uint64_t per_slot[MX_STATS_MAX_SLOTS][MX_STAT__COUNT];
+    unsigned nrules;       /**< entries in top_rules, most hits first */
+    struct mx_stats_rule top_rules[MX_STATS_TOP_RULES];
+    uint64_t rules_untracked; /**< hits not counted by name (a slot's table was full) */
 };
 
 /** The thread's bound slot (NULL when unbound); used by the inline helpers. */
@@ -206,6 +224,12 @@ static inline unsigned mx_stats_bucket(uint64_t us)
 
 /** Record one observation of us microseconds in histogram id. */
 void mx_stats_observe(enum mx_hist id, uint64_t us);
+
+/**
+ * Count one hit of a scan rule (by name) in the calling thread's slot; from an
+ * unbound thread, in the shared table under a lock. Names are copied.
+ */
+void mx_stats_rule_hit(const char *name);
 
 #define MX_STATS_INC(id) mx_stats_add(MX_STAT_##id, 1)
 #define MX_STATS_DEC(id) mx_stats_add(MX_STAT_##id, (uint64_t)-1)

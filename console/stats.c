@@ -22,6 +22,20 @@ struct mx_stats_slot mx_stats_shared;
 static struct mx_stats_slot *g_slots;
 static unsigned g_nslots;
 
+/*
+ * Rule hits by name: one open-addressing table per slot, written only by the
+ * slot's thread (a name is written before its count becomes non-zero, and a
+ * reader skips zero counts), plus one shared table under a lock.
+ */
+struct rule_table {
+    struct mx_stats_rule e[MX_STATS_RULES_PER_SLOT];
+    uint64_t untracked;
+};
+
+static struct rule_table *g_rules;  /* g_nslots tables */
+static struct rule_table g_rules_shared;
+static pthread_mutex_t g_rules_lock = PTHREAD_MUTEX_INITIALIZER;
+
 struct counter_info {
     const char *name, *labels, *help, *id;
     char kind;
@@ -104,9 +118,16 @@ int mx_stats_init(unsigned nslots)
     if (!s)
         return -ENOMEM;
     memset(s, 0, sizeof(*s) * nslots);
+    struct rule_table *r = calloc(nslots, sizeof(*r));
+    if (!r) {
+        free(s);
+        return -ENOMEM;
+    }
     mx_stats_fini();
     memset(&mx_stats_shared, 0, sizeof(mx_stats_shared));
+    memset(&g_rules_shared, 0, sizeof(g_rules_shared));
     g_slots = s;
+    g_rules = r;
     g_nslots = nslots;
     return 0;
 }
@@ -114,6 +135,8 @@ int mx_stats_init(unsigned nslots)
 void mx_stats_fini(void)
 {
     free(g_slots);
+    free(g_rules);
+    g_rules = NULL;
     g_slots = NULL;
     g_nslots = 0;
     mx_stats_tls = NULL;
@@ -153,6 +176,105 @@ void mx_stats_observe(enum mx_hist id, uint64_t us)
     }
 }
 
+static uint64_t name_hash(const char *name, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)name[i]) * 1099511628211ull;
+    return h;
+}
+
+static void rule_count(struct rule_table *t, const char *name)
+{
+    size_t n = strnlen(name, MX_STATS_RULE_NAME - 1);
+    uint64_t h = name_hash(name, n);
+    /* linear probing over the whole table: at most MX_STATS_RULES_PER_SLOT steps */
+    for (size_t k = 0; k < MX_STATS_RULES_PER_SLOT; k++) {
+        struct mx_stats_rule *e = &t->e[(h + k) % MX_STATS_RULES_PER_SLOT];
+        uint64_t hits = __atomic_load_n(&e->hits, __ATOMIC_ACQUIRE);
+        if (hits == 0) {
+            memcpy(e->name, name, n);
+            e->name[n] = '\0';
+            __atomic_store_n(&e->hits, 1, __ATOMIC_RELEASE);
+            return;
+        }
+        if (strncmp(e->name, name, n) == 0 && e->name[n] == '\0') {
+            __atomic_store_n(&e->hits, hits + 1, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+    __atomic_store_n(&t->untracked, t->untracked + 1, __ATOMIC_RELAXED);
+}
+
+void mx_stats_rule_hit(const char *name)
+{
+    if (!name || !*name)
+        return;
+    struct mx_stats_slot *s = mx_stats_tls;
+    if (s && g_rules && s >= g_slots && s < g_slots + g_nslots) {
+        rule_count(&g_rules[s - g_slots], name);
+        return;
+    }
+    pthread_mutex_lock(&g_rules_lock);
+    rule_count(&g_rules_shared, name);
+    pthread_mutex_unlock(&g_rules_lock);
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(((const struct mx_stats_rule *)a)->name, ((const struct mx_stats_rule *)b)->name);
+}
+
+static int by_hits(const void *a, const void *b)
+{
+    const struct mx_stats_rule *x = a, *y = b;
+    if (x->hits != y->hits)
+        return x->hits < y->hits ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+/* Copy one table's non-empty entries to v (room for a whole table). */
+static size_t rules_copy(const struct rule_table *t, struct mx_stats_rule *v, uint64_t *untracked)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < MX_STATS_RULES_PER_SLOT; k++) {
+        uint64_t hits = __atomic_load_n(&t->e[k].hits, __ATOMIC_ACQUIRE);
+        if (hits == 0)
+            continue;
+        memcpy(v[n].name, t->e[k].name, MX_STATS_RULE_NAME);
+        v[n].name[MX_STATS_RULE_NAME - 1] = '\0';
+        v[n++].hits = hits;
+    }
+    *untracked += __atomic_load_n(&t->untracked, __ATOMIC_RELAXED);
+    return n;
+}
+
+/* The most frequent rules over every slot, summed by name. */
+static void top_rules(struct mx_stats_snapshot *snap)
+{
+    size_t cap = ((size_t)g_nslots + 1) * MX_STATS_RULES_PER_SLOT, n = 0;
+    struct mx_stats_rule *v = malloc(cap * sizeof(*v));
+    if (!v)
+        return;
+    for (unsigned i = 0; g_rules && i < g_nslots; i++)
+        n += rules_copy(&g_rules[i], v + n, &snap->rules_untracked);
+    pthread_mutex_lock(&g_rules_lock);
+    n += rules_copy(&g_rules_shared, v + n, &snap->rules_untracked);
+    pthread_mutex_unlock(&g_rules_lock);
+    qsort(v, n, sizeof(*v), by_name);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (m && strcmp(v[m - 1].name, v[i].name) == 0)
+            v[m - 1].hits += v[i].hits;
+        else
+            v[m++] = v[i];
+    }
+    qsort(v, m, sizeof(*v), by_hits);
+    snap->nrules = m < MX_STATS_TOP_RULES ? (unsigned)m : MX_STATS_TOP_RULES;
+    memcpy(snap->top_rules, v, snap->nrules * sizeof(*v));
+    free(v);
+}
+
 static void add_slot(struct mx_stats_snapshot *snap, const struct mx_stats_slot *s,
                      uint64_t *per)
 {
@@ -180,6 +302,7 @@ void mx_stats_snapshot(struct mx_stats_snapshot *snap)
     for (unsigned i = 0; i < g_nslots; i++)
         add_slot(snap, &g_slots[i], snap->per_slot[i]);
     add_slot(snap, &mx_stats_shared, NULL);
+    top_rules(snap);
 }
 
 double mx_stats_hist_quantile(const struct mx_stats_hist *h, double q)
@@ -287,6 +410,9 @@ char *mx_stats_render_text(const struct mx_stats_snapshot *s)
                        "\n",
                    w, s->per_slot[w][MX_STAT_WORKER_BUSY_US], s->per_slot[w][MX_STAT_WORKER_LOOPS],
                    (int64_t)s->per_slot[w][MX_STAT_CONN_OPEN]);
+    for (unsigned i = 0; i < s->nrules && i < MX_STATS_TOP_RULES; i++)
+        out_printf(&o, "rule %s hits %" PRIu64 "\n", s->top_rules[i].name, s->top_rules[i].hits);
+    out_printf(&o, "rules_untracked %" PRIu64 "\n", s->rules_untracked);
     return out_done(&o);
 }
 
@@ -323,6 +449,12 @@ char *mx_stats_render_json(const struct mx_stats_snapshot *s)
         json_object_set_new(hs, hist_key(h), x);
     }
     json_object_set_new(root, "histograms", hs);
+    json_t *tr = json_array();
+    for (unsigned i = 0; i < s->nrules && i < MX_STATS_TOP_RULES; i++)
+        json_array_append_new(tr, json_pack("{s:s, s:I}", "rule", s->top_rules[i].name, "hits",
+                                            (json_int_t)s->top_rules[i].hits));
+    json_object_set_new(root, "top_rules", tr);
+    json_object_set_new(root, "rules_untracked", json_integer((json_int_t)s->rules_untracked));
     char *txt = json_dumps(root, JSON_COMPACT);
     json_decref(root);
     if (!txt)
@@ -388,6 +520,18 @@ int mx_stats_parse_json(const char *json, size_t len, struct mx_stats_snapshot *
             out->hist[h].bucket[k] = json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
         }
     }
+    json_t *tr = json_object_get(root, "top_rules");
+    for (size_t i = 0; json_is_array(tr) && i < json_array_size(tr) && out->nrules < MX_STATS_TOP_RULES;
+         i++) {
+        json_t *x = json_array_get(tr, i);
+        const char *name = json_string_value(json_object_get(x, "rule"));
+        if (!name || !*name)
+            continue;
+        struct mx_stats_rule *r = &out->top_rules[out->nrules++];
+        snprintf(r->name, sizeof r->name, "%s", name);
+        r->hits = get_u64(x, "hits");
+    }
+    out->rules_untracked = get_u64(root, "rules_untracked");
     json_decref(root);
     return 0;
 }
@@ -433,5 +577,22 @@ char *mx_stats_render_prometheus(const struct mx_stats_snapshot *s)
         out_printf(&o, "%s_sum %.6f\n%s_count %" PRIu64 "\n", n, (double)x->sum_us / 1e6, n,
                    x->count);
     }
+    out_printf(&o, "# HELP mxgate_rule_hits_total Hits of the %d most frequent scan rules since "
+                   "start, by rule\n# TYPE mxgate_rule_hits_total counter\n",
+               MX_STATS_TOP_RULES);
+    for (unsigned i = 0; i < s->nrules && i < MX_STATS_TOP_RULES; i++) {
+        out_printf(&o, "mxgate_rule_hits_total{rule=\"");
+        for (const char *p = s->top_rules[i].name; *p; p++) { /* label value escapes */
+            if (*p == '\n')
+                out_printf(&o, "\\n");
+            else
+                out_printf(&o, "%s%c", *p == '\\' || *p == '"' ? "\\" : "", *p);
+        }
+        out_printf(&o, "\"} %" PRIu64 "\n", s->top_rules[i].hits);
+    }
+    out_printf(&o, "# HELP mxgate_rule_hits_untracked_total Rule hits not counted by name (a "
+                   "worker's rule table was full)\n# TYPE mxgate_rule_hits_untracked_total "
+                   "counter\nmxgate_rule_hits_untracked_total %" PRIu64 "\n",
+               s->rules_untracked);
     return out_done(&o);
 }

@@ -132,6 +132,18 @@ size_t mx_console_top_render(const struct mx_stats_snapshot *prev,
         pc[i] = vt ? 100.0 * (double)cur->total[MX_STAT_VERDICT_CLEAN + i] / (double)vt : 0;
     line(&s, "Verdicts     clean %.1f%%  spam %.1f%%  virus %.1f%%  banned %.1f%%  dlp %.1f%%",
          pc[0], pc[1], pc[2], pc[3], pc[4]);
+    /* the most frequent rules since start, as many as fit on one line */
+    char tr[256];
+    size_t tl = 0;
+    for (unsigned i = 0; i < cur->nrules && i < MX_STATS_TOP_RULES && tl + 1 < sizeof tr; i++) {
+        int k = snprintf(tr + tl, sizeof tr - tl, "%s%s %s", i ? "  " : "", cur->top_rules[i].name,
+                         human((double)cur->top_rules[i].hits, a, 16));
+        if (k < 0 || 13 + tl + (size_t)k > cols || tl + (size_t)k >= sizeof tr)
+            break;
+        tl += (size_t)k;
+    }
+    tr[tl] = '\0';
+    line(&s, "Top rules    %s", tl ? tr : "-");
     line(&s, "Queue        incoming %" PRId64 "  active %" PRId64 "  deferred %" PRId64
              "  hold %" PRId64 "  quar %" PRId64 "  AV %" PRId64,
          gauge(cur, MX_STAT_QUEUE_INCOMING), gauge(cur, MX_STAT_QUEUE_ACTIVE),

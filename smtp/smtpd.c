@@ -645,6 +645,8 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
         MX_STATS_INC(VERDICT_DLP);
     if (res.flags & MX_SCAN_ATTACHMENT)
         MX_STATS_INC(VERDICT_BANNED);
+    for (unsigned i = 0; i < res.nhits; i++)
+        mx_stats_rule_hit(res.hits[i]);
     char hdr[4096];
     int hl = mx_scan_render_headers(&res, hdr, sizeof hdr);
     if (hl < 0)

@@ -20,6 +20,10 @@ static void load(unsigned round)
         MX_STATS_INC(REPLY_4XX);
         MX_STATS_ADD(VERDICT_CLEAN, 90);
         MX_STATS_ADD(VERDICT_SPAM, 10);
+        for (unsigned i = 0; i < 10; i++)
+            mx_stats_rule_hit("BAYES_99");
+        for (unsigned i = 0; i <= w; i++)
+            mx_stats_rule_hit("HTML_MESSAGE");
         MX_STATS_ADD(WORKER_BUSY_US, 250000 * (w + 1));
         MX_STATS_ADD(WORKER_LOOPS, 12345);
         MX_STATS_ADD(SPOOL_FLUSHES, 20);

@@ -93,6 +93,81 @@ static void test_counting_threads(void **state)
     mx_stats_fini();
 }
 
+/* Rule hits by name: summed over slots and the shared table, most frequent
+ * first, kept through JSON, Prometheus label values escaped, a full table
+ * counts the rest as untracked. */
+static void *rule_worker(void *arg)
+{
+    unsigned slot = (unsigned)(uintptr_t)arg;
+    if (slot < 2 && mx_stats_bind_slot(slot) != 0)
+        return (void *)1;
+    for (unsigned i = 0; i < 1000; i++) {
+        mx_stats_rule_hit("COMMON_RULE");
+        if (i % 10 == slot)
+            mx_stats_rule_hit("TENTH_RULE");
+    }
+    if (slot == 1) {
+        char name[32];
+        for (unsigned i = 0; i < MX_STATS_RULES_PER_SLOT + 50; i++) {
+            snprintf(name, sizeof name, "R%u", i);
+            mx_stats_rule_hit(name);
+        }
+    }
+    mx_stats_rule_hit("Q\"UOTE\\D");
+    return NULL;
+}
+
+static void test_rule_hits(void **state)
+{
+    (void)state;
+    assert_int_equal(mx_stats_init(2), 0);
+    pthread_t t[3];
+    for (uintptr_t i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, rule_worker, (void *)i), 0);
+    for (int i = 0; i < 3; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        assert_null(r);
+    }
+    struct mx_stats_snapshot *s = malloc(sizeof(*s));
+    mx_stats_snapshot(s);
+    assert_int_equal(s->nrules, MX_STATS_TOP_RULES);
+    assert_string_equal(s->top_rules[0].name, "COMMON_RULE");
+    assert_int_equal(s->top_rules[0].hits, 3000);
+    assert_string_equal(s->top_rules[1].name, "TENTH_RULE");
+    assert_int_equal(s->top_rules[1].hits, 300);
+    assert_string_equal(s->top_rules[2].name, "Q\"UOTE\\D");
+    /* slot 1's table held COMMON_RULE, TENTH_RULE and 2046 R names: the other 52
+     * R names and its quoted name went untracked */
+    assert_int_equal(s->top_rules[2].hits, 2);
+    assert_int_equal(s->rules_untracked, 53);
+    for (unsigned i = 1; i < s->nrules; i++)
+        assert_true(s->top_rules[i].hits <= s->top_rules[i - 1].hits);
+
+    char *j = mx_stats_render_json(s);
+    assert_non_null(j);
+    struct mx_stats_snapshot *back = malloc(sizeof(*back));
+    assert_int_equal(mx_stats_parse_json(j, strlen(j), back), 0);
+    assert_int_equal(back->nrules, s->nrules);
+    for (unsigned i = 0; i < s->nrules; i++) {
+        assert_string_equal(back->top_rules[i].name, s->top_rules[i].name);
+        assert_int_equal(back->top_rules[i].hits, s->top_rules[i].hits);
+    }
+    assert_int_equal(back->rules_untracked, s->rules_untracked);
+    char *p = mx_stats_render_prometheus(s);
+    assert_non_null(strstr(p, "\nmxgate_rule_hits_total{rule=\"COMMON_RULE\"} 3000\n"));
+    assert_non_null(strstr(p, "\nmxgate_rule_hits_total{rule=\"Q\\\"UOTE\\\\D\"} 2\n"));
+    assert_non_null(strstr(p, "\nmxgate_rule_hits_untracked_total 53\n"));
+    char *txt = mx_stats_render_text(s);
+    assert_non_null(strstr(txt, "\nrule COMMON_RULE hits 3000\nrule TENTH_RULE hits 300\n"));
+    free(txt);
+    free(p);
+    free(j);
+    free(back);
+    free(s);
+    mx_stats_fini();
+}
+
 /* A known state: slot 0 and 1 count, a gauge goes negative on one slot. */
 static struct mx_stats_snapshot *known(void)
 {
@@ -194,6 +269,11 @@ static void test_top_render(void **state)
     b->total[MX_STAT_VERDICT_CLEAN] = 3;
     b->total[MX_STAT_VERDICT_SPAM] = 1;
     b->per_slot[0][MX_STAT_WORKER_BUSY_US] = 1000000; /* half of 2 s */
+    b->nrules = MX_STATS_TOP_RULES; /* more than fit on one line */
+    for (unsigned i = 0; i < b->nrules; i++) {
+        snprintf(b->top_rules[i].name, sizeof b->top_rules[i].name, "RULE_NUMBER_%02u", i);
+        b->top_rules[i].hits = 2000 - i;
+    }
     char buf[8192];
     size_t n = mx_console_top_render(a, b, "12:00:00", buf, sizeof(buf), 24, 80);
     assert_int_equal(n, strlen(buf));
@@ -210,6 +290,7 @@ static void test_top_render(void **state)
     assert_int_equal(lines, 24);
     assert_non_null(strstr(buf, "Messages/s   accepted 10  rejected 0"));
     assert_non_null(strstr(buf, "clean 75.0%  spam 25.0%"));
+    assert_non_null(strstr(buf, "\nTop rules    RULE_NUMBER_00 2000  RULE_NUMBER_01 1999  RULE_NUMBER_02 1998\n"));
     assert_non_null(strstr(buf, "   0  [##########..........]  50%"));
     assert_non_null(strstr(buf, "more core(s)"));
     assert_non_null(strstr(buf, "\nq quits\n"));
@@ -289,7 +370,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buckets),          cmocka_unit_test(test_quantile),
-        cmocka_unit_test(test_counting_threads), cmocka_unit_test(test_render_text),
+        cmocka_unit_test(test_counting_threads), cmocka_unit_test(test_rule_hits),
+        cmocka_unit_test(test_render_text),
         cmocka_unit_test(test_render_prometheus), cmocka_unit_test(test_json_roundtrip),
         cmocka_unit_test(test_top_render),       cmocka_unit_test(test_http),
     };

@@ -17,7 +17,7 @@ lines=$(wc -l < "$CAP")
 [ "$lines" -eq 24 ] || { echo "expected 24 lines, got $lines"; fail=1; }
 awk 'length($0) > 80 { print "line " NR " too wide: " length($0); bad=1 } END { exit bad }' "$CAP" || fail=1
 if LC_ALL=C grep -n '[^ -~]' "$CAP"; then echo "non-printable bytes on screen"; fail=1; fi
-for want in "mxgate top - 4 worker(s)" "Verdicts     clean 90.0%" \
+for want in "mxgate top - 4 worker(s)" "Verdicts     clean 90.0%" "Top rules    BAYES_99 " \
             "spool fsync" "smtp txn" "Core  load" "q quits"; do
     grep -qF "$want" "$CAP" || { echo "missing: $want"; fail=1; }
 done

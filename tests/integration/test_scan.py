@@ -4,6 +4,7 @@ rules/default.rules; GTUBE is tagged spam (score >= 1000), the non-spam
 sample is clean, forged X-Spam-* headers from outside are removed, and a
 restart loads the compiled Hyperscan databases from the cache."""
 import email
+import json
 import os
 import smtplib
 import sys
@@ -50,6 +51,12 @@ try:
     F.check(fg is not None and len(fg.get_all("X-Spam-Status")) == 1
             and fg["X-Spam-Status"].startswith("Yes") and "-100" not in fg.as_string(),
             "forged verdict headers removed, ours present")
+    # rule hits by name: GTUBE hit twice (the sample and the forged message)
+    st = json.loads(gw.ctl("stats", "--json"))
+    top = {r["rule"]: r["hits"] for r in st.get("top_rules", [])}
+    F.check(top.get("GTUBE") == 2, "stats: top_rules has GTUBE with 2 hits (got %s)" % top.get("GTUBE"))
+    F.check(all(n and not n.startswith("__") for n in top), "stats: only reported rules counted")
+    F.check("\nrule GTUBE hits 2\n" in gw.ctl("stats"), "mxctl stats lists GTUBE")
     F.check(gw.stop() == 0, "clean stop")
     gw.start(timeout=120)
     F.check("loaded from cache" in gw.log(), "restart loads the rule databases from the cache")
