@@ -35,6 +35,9 @@ struct walk {
     unsigned members; /* reported or skipped headers, all levels */
     uint64_t total;   /* decompressed bytes, all levels */
     bool stop;        /* a walk-wide limit was hit: unwind */
+    /* where drained bytes go; one for the walk (reads are sequential), so
+     * that each level's stack frame stays small */
+    uint8_t drain[DRAIN_CHUNK];
 };
 
 static bool has_ext(const char *name, const char *const *list)
@@ -84,10 +87,9 @@ bool mx_archive_sniff(const uint8_t *h, size_t n, const char *name)
  */
 static int read_data(struct walk *w, struct archive *a, uint8_t *buf, size_t cap, size_t *got)
 {
-    uint8_t drain[DRAIN_CHUNK];
     for (;;) {
-        uint8_t *dst = buf ? buf + *got : drain;
-        size_t room = buf ? cap - *got : sizeof drain;
+        uint8_t *dst = buf ? buf + *got : w->drain;
+        size_t room = buf ? cap - *got : sizeof w->drain;
         if (buf && room == 0)
             return 0;
         /* never ask for more than the total budget allows, plus one byte to

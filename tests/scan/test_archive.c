@@ -30,6 +30,7 @@ static const char test_rules[] =
     "attachment ENCRYPTED flag=encrypted\n"
     "attachment CORRUPT flag=corrupt\n"
     "attachment LIMIT flag=limit\n"
+    "attachment MEMBER_TEXT level=member truetype=text/plain name=notes.md\n"
     "attachment BAD_LEVEL level=inside\n"
     "attachment BAD_FLAG flag=archive,zipped\n";
 
@@ -226,7 +227,7 @@ static void test_rule_parse(void **state)
     (void)state;
     struct mx_scan_stats st;
     mx_scan_engine_stats(eng, &st);
-    assert_int_equal(st.attachment, 7);
+    assert_int_equal(st.attachment, 8);
     assert_int_equal(st.skipped, 2); /* level=inside, flag=zipped */
     const char *name, *why;
     assert_int_equal(mx_scan_engine_skipped(eng, 0, &name, &why), 0);
@@ -256,6 +257,15 @@ static void test_zip_member(void **state)
     free(msg);
     assert_string_equal(o.hits, "");
     assert_string_equal(o.attachment, "");
+    /* a text member is text/plain (without libmagic), a PE is not */
+    uint8_t pe[1024];
+    make_pe(pe, sizeof pe);
+    const struct ent et[] = {{"notes.md", text, sizeof text - 1, 0}};
+    scan_archive(eng, "notes.zip", "zip", NULL, NULL, NULL, et, 1, &o);
+    assert_string_equal(o.hits, "MEMBER_TEXT,TOP_ARCHIVE");
+    const struct ent ep[] = {{"notes.md", pe, sizeof pe, 0}};
+    scan_archive(eng, "notes.zip", "zip", NULL, NULL, NULL, ep, 1, &o);
+    assert_string_equal(o.hits, "EXE_TYPE,TOP_ARCHIVE");
     /* a clean zip: only the archive rule (level=top flag=archive) */
     scan_archive(eng, "clean.zip", "zip", NULL, NULL, NULL, e, 1, &o);
     assert_string_equal(o.hits, "TOP_ARCHIVE");
