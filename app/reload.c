@@ -208,6 +208,10 @@ static void explain_server_failure(const struct mx_config *cfg, int rc, FILE *t)
             .rule_paths = (const char *const *)cfg->scan_rules,
             .n_rule_paths = cfg->n_scan_rules,
             .threshold = cfg->scan_spam_threshold,
+            .archive_max_bytes = (size_t)cfg->scan_archive_max_bytes,
+            .archive_max_depth = cfg->scan_archive_max_depth,
+            .archive_max_members = cfg->scan_archive_max_members,
+            .archive_max_total = cfg->scan_archive_max_total,
         };
         struct mx_scan_engine *e = NULL;
         char *err = NULL;

@@ -129,6 +129,10 @@ static const struct key keys[] = {
     {"scan.clamav.on_unscannable", K_ENUM, F(scan_clamav_on_unscannable), 0, 0, 0,
      "deliver|reject|quarantine|tempfail"},
     {"scan.spam_threshold", K_DOUBLE, F(scan_spam_threshold), 0, 0, 0, NULL},
+    {"scan.archive_max_bytes", K_U64, F(scan_archive_max_bytes), 0, 4096, 1ull << 30, NULL},
+    {"scan.archive_max_depth", K_UINT, F(scan_archive_max_depth), 0, 1, 16, NULL},
+    {"scan.archive_max_members", K_UINT, F(scan_archive_max_members), 0, 1, 1000000, NULL},
+    {"scan.archive_max_total", K_U64, F(scan_archive_max_total), 0, 65536, 1ull << 36, NULL},
     /* DNS checks and recipient verification (smtp/checks.c) */
     {"dnsbl", K_SECTION, NONE},
     {"dnsbl.lists", K_STR_LIST, F(dnsbl_lists), F(n_dnsbl_lists), 0, 0, NULL},
@@ -468,6 +472,10 @@ static int set_defaults(struct mx_config *c)
     if (!c->scan_clamav_on_infected || !c->scan_clamav_on_unscannable)
         return -ENOMEM;
     c->scan_spam_threshold = 5.0;
+    c->scan_archive_max_bytes = 4u << 20;
+    c->scan_archive_max_depth = 3;
+    c->scan_archive_max_members = 1000;
+    c->scan_archive_max_total = 64u << 20;
     /* DNS checks and recipient verification */
     c->dnsbl_threshold = 5.0;
     c->rv_positive_expire = 31 * 86400;
@@ -1953,7 +1961,10 @@ char *mx_config_export(const struct mx_config *c)
     put_kv_str(f, 8, "on_unscannable", c->scan_clamav_on_unscannable);
     fputs("    }\n    spam_threshold = ", f);
     put_double(f, c->scan_spam_threshold);
-    fputs(";\n}\n", f);
+    fprintf(f, ";\n    archive_max_bytes = %llu;\n", (unsigned long long)c->scan_archive_max_bytes);
+    fprintf(f, "    archive_max_depth = %u;\n", c->scan_archive_max_depth);
+    fprintf(f, "    archive_max_members = %u;\n", c->scan_archive_max_members);
+    fprintf(f, "    archive_max_total = %llu;\n}\n", (unsigned long long)c->scan_archive_max_total);
 
     /* DNS checks and recipient verification */
     fputs("dnsbl {\n", f);

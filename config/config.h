@@ -134,6 +134,10 @@ struct mx_config {
     char *scan_clamav_on_infected;    /**< "reject" (default, 554 at end of data) or "quarantine" */
     char *scan_clamav_on_unscannable; /**< "deliver" (default, tagged), "reject", "quarantine", "tempfail" */
     double scan_spam_threshold;
+    uint64_t scan_archive_max_bytes;   /**< largest archive attachment opened; default 4 MiB */
+    unsigned scan_archive_max_depth;   /**< archive levels opened; default 3 */
+    unsigned scan_archive_max_members; /**< members listed per attachment; default 1000 */
+    uint64_t scan_archive_max_total;   /**< decompressed bytes per attachment; default 64 MiB */
 
     /* DNS checks and recipient verification (smtp/checks.c) */
     char **dnsbl_lists;       /**< "ZONE[=A.B.C.D] reject|score=N", in order */

@@ -631,8 +631,29 @@ static int def_dlp(struct mx_rule *r, const char *s, const char *e)
     return 0;
 }
 
+/* Is every value of a level= / flag= list (NUL-separated, lower case) one
+ * the engine knows? A typo must not make a rule silently never hit. */
+static bool known_words(const char *list, uint8_t field)
+{
+    static const char *const levels[] = {"top", "member", NULL};
+    static const char *const flags[] = {"archive", "encrypted", "corrupt", "limit", NULL};
+    const char *const *ok = field == 'l' ? levels : flags;
+    if (!*list)
+        return false;
+    for (const char *v = list; *v; v += strlen(v) + 1) {
+        size_t i = 0;
+        while (ok[i] && strcmp(ok[i], v) != 0)
+            i++;
+        if (!ok[i])
+            return false;
+    }
+    return true;
+}
+
 /* attachment NAME [!]field=v1,v2 ... ; fields: name (glob), ext, type
- * (declared, glob), truetype (libmagic, glob). All conditions must hold. */
+ * (declared, glob), truetype (libmagic, glob), level (top|member: a MIME
+ * part or a member of an archive), flag (archive, encrypted, corrupt,
+ * limit). All conditions must hold. */
 static int def_attach(struct mx_rule *r, const char *s, const char *e)
 {
     reset_def(r);
@@ -659,6 +680,10 @@ static int def_attach(struct mx_rule *r, const char *s, const char *e)
             field = 't';
         else if (fl == 8 && memcmp(w, "truetype", 8) == 0)
             field = 'T';
+        else if (fl == 5 && memcmp(w, "level", 5) == 0)
+            field = 'l';
+        else if (fl == 4 && memcmp(w, "flag", 4) == 0)
+            field = 'f';
         else {
             r->type = MX_RULE_SKIPPED;
             r->skip = "unknown attachment field";
@@ -678,6 +703,13 @@ static int def_attach(struct mx_rule *r, const char *s, const char *e)
         }
         v[vl] = 0;
         v[vl + 1] = 0;
+        if ((field == 'l' || field == 'f') && !known_words(v, field)) {
+            free(v);
+            r->type = MX_RULE_SKIPPED;
+            r->skip = field == 'l' ? "attachment level is not top or member"
+                                   : "unknown attachment flag";
+            return 0;
+        }
         nc[r->nconds].field = field;
         nc[r->nconds].negate = neg;
         nc[r->nconds].values = v;

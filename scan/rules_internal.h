@@ -81,7 +81,8 @@ struct mx_dlp_term {
 };
 
 struct mx_attach_cond {
-    uint8_t field; /* 'n' name glob, 'e' extension, 't' declared type, 'T' true type */
+    uint8_t field; /* 'n' name glob, 'e' extension, 't' declared type, 'T' true type,
+                    * 'l' level (top|member), 'f' flag (archive,encrypted,corrupt,limit) */
     bool negate;
     char *values;  /* NUL-separated list of globs, ended by an empty string */
 };

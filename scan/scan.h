@@ -51,6 +51,14 @@ struct mx_scan_opts {
     size_t full_keep;          /* raw message kept for `full` rules that need
                                 * PCRE2; default 1 MiB */
     unsigned max_uris;         /* URIs kept per message; default 256 */
+    /* archives (zip, rar, 7z, tar, gzip/bzip2/xz) among the attachments are
+     * opened and their members run through the attachment rules */
+    size_t archive_max_bytes;     /* largest archive kept and opened (top or
+                                   * nested); default 4 MiB */
+    unsigned archive_max_depth;   /* archive levels opened; default 3 */
+    unsigned archive_max_members; /* members listed per attachment; default 1000 */
+    uint64_t archive_max_total;   /* bytes decompressed per attachment, all
+                                   * levels; default 64 MiB (zip bombs) */
 };
 
 /** What mx_scan_engine_load() made of the rule files. */
@@ -129,6 +137,10 @@ enum mx_scan_flag {
     MX_SCAN_TRUNCATED = 1u << 2,   /* a limit (parts, depth, kept text) was hit */
     MX_SCAN_ATTACHMENT = 1u << 3,  /* an attachment rule hit */
     MX_SCAN_DLP = 1u << 4,         /* a dlp rule hit */
+    MX_SCAN_ENCRYPTED = 1u << 5,   /* an archive attachment holds encrypted data */
+    MX_SCAN_ARCHIVE_CORRUPT = 1u << 6, /* an archive attachment could not be read
+                                        * (whole or part); an archive limit hit
+                                        * sets MX_SCAN_TRUNCATED */
 };
 
 /** Result of one message; strings stay valid until mx_scan_msg_free(). */
@@ -143,6 +155,11 @@ struct mx_scan_result {
     unsigned nparts;          /* MIME parts seen */
     unsigned nuris;           /* URIs extracted */
     unsigned nattachments;    /* parts with a file name or attachment disposition */
+    /* the first attachment an attachment rule hit, as a path through the
+     * archives it sits in ("invoice.zip/x.exe"; raw bytes of the names, for
+     * a reply sanitise them), and that rule; NULL when none hit */
+    const char *attachment;
+    const char *attachment_rule;
 };
 
 /**

@@ -626,6 +626,21 @@ static ssize_t find_subject(const char *h, size_t len)
 }
 
 /*
+ * An attachment's name (member path through its archives) for a reply or a
+ * log line: the sender chose those bytes, so anything but printable ASCII
+ * becomes '?' and a long name is cut (with "...").
+ */
+static void printable_name(const char *in, char *out, size_t cap)
+{
+    size_t o = 0, i = 0;
+    for (; in[i] && o + 4 < cap; i++)
+        out[o++] = in[i] >= 0x20 && in[i] < 0x7f ? in[i] : '?';
+    if (in[i])
+        o += (size_t)snprintf(out + o, cap - o, "...");
+    out[o] = 0;
+}
+
+/*
  * End of data with scanning: verdict headers first, forged ones removed, and
  * the spam action of the policy (tag / quarantine here; reject and discard
  * are reported in *out and nothing is written).
@@ -684,14 +699,24 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     }
     if ((res.flags & MX_SCAN_SPAM) && allowed)
         conn_log(c, "policy: sender allow-listed by every recipient, no spam action");
+    /* which attachment (archive member) a rule hit: "invoice.zip/x.exe" */
+    char att[200] = "";
+    if (res.attachment) {
+        printable_name(res.attachment, att, sizeof att);
+        conn_log(c, "banned attachment: %s (rule %s)", att, res.attachment_rule);
+    }
     if (*why)
         conn_log(c, "policy: %s, action %s", why, action);
     if (strcmp(action, "reject") == 0 || strcmp(action, "discard") == 0) {
         *out = action[0] == 'r' ? SPAM_REJECT : SPAM_DISCARD;
-        snprintf(c->reply_text, sizeof c->reply_text, "%s",
-                 strcmp(why, "spam") == 0                ? "Message rejected as spam"
-                 : strcmp(why, "banned attachment") == 0 ? "Message rejected: attachment type not allowed"
-                                                         : "Message rejected: content not allowed by policy");
+        if (strcmp(why, "banned attachment") == 0 && att[0])
+            snprintf(c->reply_text, sizeof c->reply_text,
+                     "Message rejected: attachment type not allowed: %s", att);
+        else
+            snprintf(c->reply_text, sizeof c->reply_text, "%s",
+                     strcmp(why, "spam") == 0                ? "Message rejected as spam"
+                     : strcmp(why, "banned attachment") == 0 ? "Message rejected: attachment type not allowed"
+                                                             : "Message rejected: content not allowed by policy");
         return 0;
     }
     const char *tag = spam_any && strcmp(action, "tag") == 0
@@ -1227,6 +1252,10 @@ int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct m
             .n_rule_paths = cfg->n_scan_rules,
             .cache_dir = cache,
             .threshold = cfg->scan_spam_threshold,
+            .archive_max_bytes = (size_t)cfg->scan_archive_max_bytes,
+            .archive_max_depth = cfg->scan_archive_max_depth,
+            .archive_max_members = cfg->scan_archive_max_members,
+            .archive_max_total = cfg->scan_archive_max_total,
         };
         char *err = NULL;
         int rc = mx_scan_engine_load(&o, &srv->scan, &err);

@@ -114,6 +114,10 @@ static void test_defaults(void **state)
     assert_false(c->scan_clamav_enabled);
     assert_string_equal(c->scan_clamav_database, "/var/lib/clamav");
     assert_true(c->scan_spam_threshold == 5.0);
+    assert_int_equal(c->scan_archive_max_bytes, 4u << 20);
+    assert_int_equal(c->scan_archive_max_depth, 3);
+    assert_int_equal(c->scan_archive_max_members, 1000);
+    assert_int_equal(c->scan_archive_max_total, 64u << 20);
     mx_config_free(c);
 }
 
@@ -163,6 +167,10 @@ static void test_full_and_round_trip(void **state)
     assert_int_equal(c->queue_max_lifetime, 4 * 86400);
     assert_true(c->scan_clamav_enabled);
     assert_true(c->scan_spam_threshold == 6.5);
+    assert_int_equal(c->scan_archive_max_bytes, 8u << 20);
+    assert_int_equal(c->scan_archive_max_depth, 2);
+    assert_int_equal(c->scan_archive_max_members, 500);
+    assert_int_equal(c->scan_archive_max_total, 32u << 20);
     const struct mx_route *r = mx_config_route(c, "EXAMPLE.TEST");
     assert_int_equal(r->scheme, MX_ROUTE_SMTP);
     assert_int_equal(r->n_hosts, 2);
@@ -188,7 +196,9 @@ static void test_full_and_round_trip(void **state)
                           "\"!192.168.0.254/32\", \"192.168.0.0/24\", \"2001:db8::/32\"",
                           "retry_first = 600s;", "dest_concurrency = 10;",
                           "rules = [ \"rules/default.rules\", \"rules/local.cf\" ];",
-                          "enabled = true;", "spam_threshold = 6.5;"};
+                          "enabled = true;", "spam_threshold = 6.5;",
+                          "archive_max_bytes = 8388608;", "archive_max_depth = 2;",
+                          "archive_max_members = 500;", "archive_max_total = 33554432;"};
     for (size_t i = 0; i < sizeof(must) / sizeof(must[0]); i++)
         if (!strstr(e1, must[i]))
             fail_msg("export lacks '%s':\n%s", must[i], e1);
@@ -272,6 +282,8 @@ static void test_validation_errors(void **state)
     expect_one_error("spool { dir = \"\" }\n", 1, "spool.dir must not be empty");
     expect_one_error("scan { spam_threshold = high }\n", 1,
                      "scan.spam_threshold: expected a number, got string");
+    expect_one_error("scan { archive_max_depth = 0 }\n", 1, "between 1 and 16");
+    expect_one_error("scan { archive_max_bytes = 1kb }\n", 1, "scan.archive_max_bytes");
     expect_one_error("scan { clamav { enabled = \"yes\" } }\n", 1, "expected true or false");
     expect_one_error("dataplane { address = \"10.0.0.2\" }\n", 1, "is not address/prefix");
     expect_one_error("dataplane { gateway = \"10.0.0.1/24\" }\n", 1, "is not an IP address");

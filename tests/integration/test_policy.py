@@ -30,6 +30,24 @@ def msg(subject, body, mid):
             b"\r\nMessage-ID: <" + mid + b"@t>\r\n\r\n" + body + b"\r\n")
 
 
+def zip_mail(name, members, mid):
+    """A message with a zip attachment `name` holding `members` (name, bytes),
+    written with Python's zipfile."""
+    import io
+    import zipfile
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_DEFLATED) as z:
+        for n, data in members:
+            z.writestr(n, data)
+    b64 = base64.encodebytes(b.getvalue()).replace(b"\n", b"\r\n")
+    return (b"From: a@remote.invalid\r\nTo: user@example.test\r\nSubject: files\r\n"
+            b"Message-ID: <" + mid + b"@t>\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
+            b"Content-Type: text/plain\r\n\r\nsee attached\r\n--zz\r\n"
+            b"Content-Type: application/zip; name=\"" + name.encode() + b"\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 + b"--zz--\r\n")
+
+
 def rcpt_code(port, helo, sender, rcpt):
     with smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=30) as s:
         s.ehlo()
@@ -184,6 +202,20 @@ try:
         except smtplib.SMTPDataError as e:
             F.check(e.smtp_code == 550 and b"attachment type not allowed" in e.smtp_error,
                     "banned attachment (banned_action reject): 550 (%s)" % e)
+        # an executable inside a zip: the 550 names the member
+        try:
+            s.sendmail("a@remote.invalid", ["user@example.test"], zip_mail(
+                "invoice.zip", [("invoice.pdf", b"%PDF-1.4 not really\n"),
+                                ("setup.exe", b"MZ\x90\x00 not really\n")], b"z1"))
+            F.check(False, "exe inside a zip refused")
+        except smtplib.SMTPDataError as e:
+            F.check(e.smtp_code == 550 and
+                    b"attachment type not allowed: invoice.zip/setup.exe" in e.smtp_error,
+                    "exe inside a zip (banned_action reject): 550 naming the member (%s)" % e)
+    with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=30) as s:
+        # a zip of documents only passes
+        s.sendmail("a@remote.invalid", ["user@example.test"], zip_mail(
+            "report.zip", [("report.pdf", b"%PDF-1.4 not really\n")], b"z2"))
         s.sendmail("a@remote.invalid", ["user@example.test"],
                    msg(b"card", b"my card is 4111 1111 1111 1111 thanks", b"k1"))
     lst = json.loads(gw.ctl("queue", "list", "--json"))
@@ -191,11 +223,14 @@ try:
     q = [m for m in items if m.get("state") == "quarantine"]
     F.check(len(q) == 1 and q[0].get("reason", "").startswith("DLP rule"),
             "card number (dlp_action quarantine): quarantined (%s)" % items)
-    got = gw.wait_maildir(2, timeout=30)
+    got = gw.wait_maildir(3, timeout=30)
     time.sleep(0.5)
     got = gw.maildir_messages()
     ids = sorted(mxtest.message_ids(got))
-    F.check(ids == ["<h2@t>", "<t1@t>"], "only ham and the tagged spam delivered (%s)" % ids)
+    F.check(ids == ["<h2@t>", "<t1@t>", "<z2@t>"],
+            "only ham, the tagged spam and the clean zip delivered (%s)" % ids)
+    F.check("banned attachment: invoice.zip/setup.exe (rule T_EXE)" in gw.log(),
+            "the log line names the member and the rule")
     tagged = [email.message_from_bytes(r) for r in got if b"<t1@t>" in r]
     F.check(tagged and tagged[0]["Subject"] == "[SPAM] hello there",
             "tag: subject prefixed (%r)" % (tagged[0]["Subject"] if tagged else None))

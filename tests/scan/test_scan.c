@@ -422,7 +422,7 @@ static void test_default_rules(void **state)
     assert_int_equal(mx_scan_engine_load(&o, &e, &err), 0);
     struct mx_scan_stats st;
     mx_scan_engine_stats(e, &st);
-    assert_int_equal(st.attachment, 5);
+    assert_int_equal(st.attachment, 6);
     assert_int_equal(st.dlp, 5);
     assert_int_equal(st.skipped, 0);
     struct mx_scan_worker *w = mx_scan_worker_new(e);

@@ -1,0 +1,534 @@
+/*
+ * test_archive.c - archives among the attachments (scan/archive.c and the
+ * attachment path of scan/engine.c): every member of a zip, tar.gz, 7z or
+ * lone gzip file goes through the attachment rules; nested archives up to
+ * the depth limit; the member, byte and decompression limits; encrypted and
+ * corrupt archives; level= and flag= conditions; the result naming the
+ * member that hit. Every archive is written here with libarchive's writer,
+ * so no input is a blob that cannot be regenerated.
+ */
+#include "scan/scan.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+static const char test_rules[] =
+    "attachment BAD_EXE ext=exe\n"
+    "attachment EXE_TYPE truetype=application/x-dosexec,application/vnd.microsoft.portable-executable\n"
+    "attachment MEMBER_SECRET level=member name=secret*.txt\n"
+    "attachment TOP_ARCHIVE level=top flag=archive\n"
+    "attachment ENCRYPTED flag=encrypted\n"
+    "attachment CORRUPT flag=corrupt\n"
+    "attachment LIMIT flag=limit\n"
+    "attachment MEMBER_TEXT level=member truetype=text/plain name=notes.md\n"
+    "attachment BAD_LEVEL level=inside\n"
+    "attachment BAD_FLAG flag=archive,zipped\n";
+
+static char rules_path[64];
+
+struct ent {
+    const char *name;
+    const uint8_t *data;
+    size_t len;
+    size_t repeat; /* write data this many times (0: once) */
+};
+
+/* An archive in memory, written by libarchive: format and filter by name
+ * ("zip", "7zip", "ustar", "raw"; "gzip", NULL), writer options, passphrase. */
+static uint8_t *make_archive(const char *format, const char *filter, const char *options,
+                             const char *pass, const struct ent *e, size_t n, size_t *outlen)
+{
+    struct archive *a = archive_write_new();
+    assert_non_null(a);
+    assert_int_equal(archive_write_set_format_by_name(a, format), ARCHIVE_OK);
+    if (filter)
+        assert_int_equal(archive_write_add_filter_by_name(a, filter), ARCHIVE_OK);
+    if (options)
+        assert_int_equal(archive_write_set_options(a, options), ARCHIVE_OK);
+    if (pass)
+        assert_int_equal(archive_write_set_passphrase(a, pass), ARCHIVE_OK);
+    size_t cap = 24u << 20;
+    uint8_t *buf = malloc(cap);
+    assert_non_null(buf);
+    assert_int_equal(archive_write_open_memory(a, buf, cap, outlen), ARCHIVE_OK);
+    for (size_t i = 0; i < n; i++) {
+        size_t reps = e[i].repeat ? e[i].repeat : 1;
+        struct archive_entry *en = archive_entry_new();
+        archive_entry_set_pathname(en, e[i].name);
+        archive_entry_set_size(en, (la_int64_t)(e[i].len * reps));
+        archive_entry_set_filetype(en, AE_IFREG);
+        archive_entry_set_perm(en, 0644);
+        assert_int_equal(archive_write_header(a, en), ARCHIVE_OK);
+        for (size_t r = 0; r < reps; r++)
+            assert_int_equal(archive_write_data(a, e[i].data, e[i].len), (la_ssize_t)e[i].len);
+        archive_entry_free(en);
+    }
+    assert_int_equal(archive_write_close(a), ARCHIVE_OK);
+    archive_write_free(a);
+    return buf;
+}
+
+/* A message with one text part and `data` as a base64 attachment `name`. */
+static char *make_msg(const char *name, const uint8_t *data, size_t len)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t cap = len / 3 * 4 + len / 57 * 2 + 1024 + 2 * strlen(name);
+    char *m = malloc(cap);
+    assert_non_null(m);
+    int o = snprintf(m, cap,
+                     "From: a@example.com\r\nSubject: files\r\n"
+                     "Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
+                     "Content-Type: text/plain\r\n\r\nsee attached\r\n--zz\r\n"
+                     "Content-Type: application/octet-stream; name=\"%s\"\r\n"
+                     "Content-Disposition: attachment; filename=\"%s\"\r\n"
+                     "Content-Transfer-Encoding: base64\r\n\r\n",
+                     name, name);
+    size_t p = (size_t)o;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)data[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)data[i + 1] << 8;
+        if (i + 2 < len)
+            v |= data[i + 2];
+        m[p++] = b64[v >> 18];
+        m[p++] = b64[(v >> 12) & 63];
+        m[p++] = i + 1 < len ? b64[(v >> 6) & 63] : '=';
+        m[p++] = i + 2 < len ? b64[v & 63] : '=';
+        if ((i / 3) % 19 == 18 || i + 3 >= len) {
+            m[p++] = '\r';
+            m[p++] = '\n';
+        }
+    }
+    p += (size_t)snprintf(m + p, cap - p, "--zz--\r\n");
+    return m;
+}
+
+static struct mx_scan_engine *load(struct mx_scan_opts o)
+{
+    const char *paths[] = {rules_path};
+    o.rule_paths = paths;
+    o.n_rule_paths = 1;
+    struct mx_scan_engine *e = NULL;
+    char *err = NULL;
+    int rc = mx_scan_engine_load(&o, &e, &err);
+    if (rc)
+        fprintf(stderr, "load: %s\n", err ? err : "?");
+    free(err);
+    assert_int_equal(rc, 0);
+    return e;
+}
+
+struct out {
+    char hits[1024];
+    char attachment[600];
+    char rule[64];
+    unsigned flags;
+};
+
+/* Scan the message in odd-sized chunks on a fresh worker of `e`. */
+static void scan_msg(struct mx_scan_engine *e, const char *msg, struct out *out)
+{
+    struct mx_scan_worker *w = mx_scan_worker_new(e);
+    assert_non_null(w);
+    struct mx_scan_msg *m = mx_scan_msg_begin(w);
+    assert_non_null(m);
+    size_t n = strlen(msg);
+    for (size_t off = 0; off < n; off += 4093)
+        assert_int_equal(mx_scan_msg_feed(m, (const uint8_t *)msg + off,
+                                          n - off < 4093 ? n - off : 4093), 0);
+    struct mx_scan_result r;
+    assert_int_equal(mx_scan_msg_end(m, &r), 0);
+    out->hits[0] = 0;
+    for (unsigned i = 0; i < r.nhits; i++) {
+        strcat(out->hits, i ? "," : "");
+        strcat(out->hits, r.hits[i]);
+    }
+    snprintf(out->attachment, sizeof out->attachment, "%s", r.attachment ? r.attachment : "");
+    snprintf(out->rule, sizeof out->rule, "%s", r.attachment_rule ? r.attachment_rule : "");
+    out->flags = r.flags;
+    mx_scan_msg_free(m);
+    mx_scan_worker_free(w);
+}
+
+/* Archive `e` as `name`, scan it with engine `eng`. */
+static void scan_archive(struct mx_scan_engine *eng, const char *name, const char *format,
+                         const char *filter, const char *options, const char *pass,
+                         const struct ent *e, size_t n, struct out *out)
+{
+    size_t len;
+    uint8_t *a = make_archive(format, filter, options, pass, e, n, &len);
+    char *msg = make_msg(name, a, len);
+    scan_msg(eng, msg, out);
+    free(msg);
+    free(a);
+}
+
+/* The start of a PE executable (what libmagic needs to call it one). */
+static void make_pe(uint8_t *b, size_t n)
+{
+    memset(b, 0, n);
+    b[0] = 'M';
+    b[1] = 'Z';
+    for (size_t i = 2; i < 0x3c; i += 2)
+        b[i] = 0x90;
+    b[0x3c] = 0x40;
+    memcpy(b + 0x40, "PE\0\0\x4c\x01\x01\x00", 8);
+    b[0x54] = 0xe0;
+    b[0x56] = 0x02;
+    b[0x57] = 0x01;
+    b[0x58] = 0x0b;
+    b[0x59] = 0x01;
+}
+
+static const uint8_t text[] = "quarterly numbers attached\n";
+
+static struct mx_scan_engine *eng;
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(rules_path, sizeof rules_path, "/tmp/test_archive.XXXXXX");
+    int fd = mkstemp(rules_path);
+    if (fd < 0 || write(fd, test_rules, sizeof test_rules - 1) != (ssize_t)(sizeof test_rules - 1))
+        return -1;
+    close(fd);
+    struct mx_scan_opts o = {0};
+    const char *paths[] = {rules_path};
+    o.rule_paths = paths;
+    o.n_rule_paths = 1;
+    char *err = NULL;
+    if (mx_scan_engine_load(&o, &eng, &err) != 0) {
+        fprintf(stderr, "load: %s\n", err ? err : "?");
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    mx_scan_engine_free(eng);
+    unlink(rules_path);
+    return 0;
+}
+
+static void test_rule_parse(void **state)
+{
+    (void)state;
+    struct mx_scan_stats st;
+    mx_scan_engine_stats(eng, &st);
+    assert_int_equal(st.attachment, 8);
+    assert_int_equal(st.skipped, 2); /* level=inside, flag=zipped */
+    const char *name, *why;
+    assert_int_equal(mx_scan_engine_skipped(eng, 0, &name, &why), 0);
+    assert_string_equal(name, "BAD_LEVEL");
+    assert_string_equal(why, "attachment level is not top or member");
+    assert_int_equal(mx_scan_engine_skipped(eng, 1, &name, &why), 0);
+    assert_string_equal(name, "BAD_FLAG");
+    assert_string_equal(why, "unknown attachment flag");
+}
+
+static void test_zip_member(void **state)
+{
+    (void)state;
+    struct out o;
+    const struct ent e[] = {{"readme.txt", text, sizeof text - 1, 0},
+                            {"x.exe", text, sizeof text - 1, 0},
+                            {"docs/secret_plan.txt", text, sizeof text - 1, 0}};
+    scan_archive(eng, "invoice.zip", "zip", NULL, NULL, NULL, e, 3, &o);
+    assert_string_equal(o.hits, "BAD_EXE,MEMBER_SECRET,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "invoice.zip/x.exe");
+    assert_string_equal(o.rule, "BAD_EXE");
+    assert_true(o.flags & MX_SCAN_ATTACHMENT);
+    assert_false(o.flags & (MX_SCAN_ENCRYPTED | MX_SCAN_ARCHIVE_CORRUPT | MX_SCAN_TRUNCATED));
+    /* level=member: the same name as a plain attachment does not hit */
+    char *msg = make_msg("secret_plan.txt", text, sizeof text - 1);
+    scan_msg(eng, msg, &o);
+    free(msg);
+    assert_string_equal(o.hits, "");
+    assert_string_equal(o.attachment, "");
+    /* a text member is text/plain (without libmagic), a PE is not */
+    uint8_t pe[1024];
+    make_pe(pe, sizeof pe);
+    const struct ent et[] = {{"notes.md", text, sizeof text - 1, 0}};
+    scan_archive(eng, "notes.zip", "zip", NULL, NULL, NULL, et, 1, &o);
+    assert_string_equal(o.hits, "MEMBER_TEXT,TOP_ARCHIVE");
+    const struct ent ep[] = {{"notes.md", pe, sizeof pe, 0}};
+    scan_archive(eng, "notes.zip", "zip", NULL, NULL, NULL, ep, 1, &o);
+    assert_string_equal(o.hits, "EXE_TYPE,TOP_ARCHIVE");
+    /* a clean zip: only the archive rule (level=top flag=archive) */
+    scan_archive(eng, "clean.zip", "zip", NULL, NULL, NULL, e, 1, &o);
+    assert_string_equal(o.hits, "TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "clean.zip");
+}
+
+static void test_formats(void **state)
+{
+    (void)state;
+    struct out o;
+    uint8_t pe[1024];
+    make_pe(pe, sizeof pe);
+    /* a PE named .pdf in a 7z: its true type inside the archive */
+    const struct ent e7[] = {{"report.pdf", pe, sizeof pe, 0}};
+    scan_archive(eng, "report.7z", "7zip", NULL, NULL, NULL, e7, 1, &o);
+    assert_string_equal(o.hits, "EXE_TYPE,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "report.7z/report.pdf");
+    /* tar.gz and tar.xz */
+    const struct ent et[] = {{"a/readme.txt", text, sizeof text - 1, 0},
+                             {"a/payload.exe", text, sizeof text - 1, 0}};
+    scan_archive(eng, "bundle.tar.gz", "ustar", "gzip", NULL, NULL, et, 2, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "bundle.tar.gz/a/payload.exe");
+    scan_archive(eng, "bundle.txz", "ustar", "xz", NULL, NULL, et, 2, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    /* a lone gzip file: its one member is named after it */
+    const struct ent eg[] = {{"x.exe", pe, sizeof pe, 0}};
+    scan_archive(eng, "x.exe.gz", "raw", "gzip", NULL, NULL, eg, 1, &o);
+    assert_string_equal(o.hits, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "x.exe.gz/x.exe");
+    /* the archive is recognised by content whatever its name */
+    scan_archive(eng, "photo.jpg", "zip", NULL, NULL, NULL, et, 2, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "photo.jpg/a/payload.exe");
+}
+
+/* l1.zip { l2.zip { l3.zip { deep.exe } } } */
+static uint8_t *nested3(size_t *len)
+{
+    const struct ent e3[] = {{"deep.exe", text, sizeof text - 1, 0}};
+    size_t l3, l2;
+    uint8_t *a3 = make_archive("zip", NULL, NULL, NULL, e3, 1, &l3);
+    const struct ent e2[] = {{"l3.zip", a3, l3, 0}};
+    uint8_t *a2 = make_archive("zip", NULL, NULL, NULL, e2, 1, &l2);
+    const struct ent e1[] = {{"notes.txt", text, sizeof text - 1, 0}, {"l2.zip", a2, l2, 0}};
+    uint8_t *a1 = make_archive("zip", NULL, NULL, NULL, e1, 2, len);
+    free(a3);
+    free(a2);
+    return a1;
+}
+
+static void test_nested_depth(void **state)
+{
+    (void)state;
+    struct out o;
+    size_t len;
+    uint8_t *a = nested3(&len);
+    char *msg = make_msg("l1.zip", a, len);
+    /* default depth 3: l1, l2 and l3 are opened */
+    scan_msg(eng, msg, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "l1.zip/l2.zip/l3.zip/deep.exe");
+    assert_false(o.flags & MX_SCAN_TRUNCATED);
+    /* depth 2: l3.zip is not opened, the limit says so */
+    struct mx_scan_engine *e2 = load((struct mx_scan_opts){.archive_max_depth = 2});
+    scan_msg(e2, msg, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "l1.zip/l2.zip/l3.zip");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e2);
+    /* depth 1: only the attachment itself */
+    struct mx_scan_engine *e1 = load((struct mx_scan_opts){.archive_max_depth = 1});
+    scan_msg(e1, msg, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "l1.zip/l2.zip");
+    mx_scan_engine_free(e1);
+    free(msg);
+    free(a);
+}
+
+static void test_member_limit(void **state)
+{
+    (void)state;
+    struct out o;
+    struct ent e[31];
+    char names[30][16];
+    for (int i = 0; i < 30; i++) {
+        snprintf(names[i], sizeof names[i], "f%02d.txt", i);
+        e[i] = (struct ent){names[i], text, sizeof text - 1, 0};
+    }
+    e[30] = (struct ent){"last.exe", text, sizeof text - 1, 0};
+    size_t len;
+    uint8_t *a = make_archive("zip", NULL, NULL, NULL, e, 31, &len);
+    char *msg = make_msg("many.zip", a, len);
+    scan_msg(eng, msg, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    struct mx_scan_engine *e10 = load((struct mx_scan_opts){.archive_max_members = 10});
+    scan_msg(e10, msg, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "many.zip");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e10);
+    free(msg);
+    free(a);
+}
+
+static void test_bomb_and_size(void **state)
+{
+    (void)state;
+    struct out o;
+    /* 32 MiB of zeros deflate to ~32 KiB: a zip bomb in miniature */
+    static uint8_t zeros[1 << 20];
+    const struct ent e[] = {{"zeros.bin", zeros, sizeof zeros, 32},
+                            {"after.exe", text, sizeof text - 1, 0}};
+    size_t len;
+    uint8_t *a = make_archive("zip", NULL, NULL, NULL, e, 2, &len);
+    assert_true(len < 256 * 1024);
+    char *msg = make_msg("bomb.zip", a, len);
+    /* default total 64 MiB: read through, the member after it is seen */
+    scan_msg(eng, msg, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    /* total 8 MiB: the walk stops inside zeros.bin (after its head was
+     * reported), the archive carries the limit */
+    struct mx_scan_engine *e8 = load((struct mx_scan_opts){.archive_max_total = 8u << 20});
+    scan_msg(e8, msg, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "bomb.zip");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e8);
+    free(msg);
+    free(a);
+    /* the same in a tar.gz, where skipping a member means decompressing it */
+    a = make_archive("ustar", "gzip", NULL, NULL, e, 2, &len);
+    msg = make_msg("bomb.tgz", a, len);
+    e8 = load((struct mx_scan_opts){.archive_max_total = 8u << 20});
+    scan_msg(e8, msg, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    mx_scan_engine_free(e8);
+    free(msg);
+    free(a);
+    /* an attachment larger than archive_max_bytes is not kept nor opened */
+    static uint8_t noise[200 * 1024];
+    uint32_t x = 2463534242u;
+    for (size_t i = 0; i < sizeof noise; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        noise[i] = (uint8_t)x;
+    }
+    const struct ent en[] = {{"noise.bin", noise, sizeof noise, 0},
+                             {"x.exe", text, sizeof text - 1, 0}};
+    a = make_archive("zip", NULL, NULL, NULL, en, 2, &len);
+    msg = make_msg("big.zip", a, len);
+    struct mx_scan_engine *e64 = load((struct mx_scan_opts){.archive_max_bytes = 64 * 1024});
+    scan_msg(e64, msg, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "big.zip");
+    mx_scan_engine_free(e64);
+    scan_msg(eng, msg, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    free(msg);
+    free(a);
+}
+
+static void test_corrupt(void **state)
+{
+    (void)state;
+    struct out o;
+    uint8_t pe[1024];
+    make_pe(pe, sizeof pe);
+    static uint8_t noise[64 * 1024];
+    uint32_t x = 88172645u;
+    for (size_t i = 0; i < sizeof noise; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        noise[i] = (uint8_t)x;
+    }
+    const struct ent e[] = {{"noise.bin", noise, sizeof noise, 0}, {"x.exe", pe, sizeof pe, 0}};
+    size_t len;
+    uint8_t *a = make_archive("zip", NULL, NULL, NULL, e, 2, &len);
+    /* cut inside noise.bin: no central directory, data ends early */
+    char *msg = make_msg("cut.zip", a, len / 2);
+    scan_msg(eng, msg, &o);
+    assert_true(o.flags & MX_SCAN_ARCHIVE_CORRUPT);
+    assert_non_null(strstr(o.hits, "CORRUPT"));
+    assert_null(strstr(o.hits, "BAD_EXE"));
+    free(msg);
+    /* text named .zip is no archive: corrupt, not a crash */
+    msg = make_msg("letter.zip", text, sizeof text - 1);
+    scan_msg(eng, msg, &o);
+    assert_string_equal(o.hits, "CORRUPT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_ARCHIVE_CORRUPT);
+    free(msg);
+    /* a zip signature followed by garbage (general purpose flags clear:
+     * bit 0 would claim encryption) */
+    memcpy(noise, "PK\3\4", 4);
+    noise[6] = noise[7] = 0;
+    msg = make_msg("junk.bin", noise, 4096);
+    scan_msg(eng, msg, &o);
+    assert_string_equal(o.hits, "CORRUPT,TOP_ARCHIVE");
+    free(msg);
+    free(a);
+}
+
+static void test_encrypted(void **state)
+{
+    (void)state;
+    struct out o;
+    const struct ent e[] = {{"readme.txt", text, sizeof text - 1, 0},
+                            {"x.exe", text, sizeof text - 1, 0}};
+    /* ZipCrypto: names stay readable, data does not */
+    scan_archive(eng, "locked.zip", "zip", NULL, "zip:encryption=zipcrypt", "secret", e, 2, &o);
+    assert_string_equal(o.hits, "BAD_EXE,ENCRYPTED,TOP_ARCHIVE");
+    assert_string_equal(o.attachment, "locked.zip/readme.txt");
+    assert_string_equal(o.rule, "ENCRYPTED");
+    assert_true(o.flags & MX_SCAN_ENCRYPTED);
+    assert_false(o.flags & MX_SCAN_ARCHIVE_CORRUPT);
+    /* AES-256 as well */
+    const struct ent e1[] = {{"readme.txt", text, sizeof text - 1, 0}};
+    scan_archive(eng, "aes.zip", "zip", NULL, "zip:encryption=aes256", "secret", e1, 1, &o);
+    assert_string_equal(o.hits, "ENCRYPTED,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_ENCRYPTED);
+}
+
+static void test_default_rules(void **state)
+{
+    (void)state;
+    const char *dir = getenv("SCAN_RULES_DIR");
+    assert_non_null(dir);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/default.rules", dir);
+    const char *paths[] = {path};
+    struct mx_scan_opts opts = {.rule_paths = paths, .n_rule_paths = 1};
+    struct mx_scan_engine *e = NULL;
+    char *err = NULL;
+    assert_int_equal(mx_scan_engine_load(&opts, &e, &err), 0);
+    struct out o;
+    const struct ent ex[] = {{"invoice.pdf", text, sizeof text - 1, 0},
+                             {"invoice.pdf.exe", text, sizeof text - 1, 0}};
+    scan_archive(e, "invoice.zip", "zip", NULL, NULL, NULL, ex, 2, &o);
+    assert_string_equal(o.hits, "MX_ATT_DOUBLE_EXT,MX_ATT_EXEC_EXT");
+    assert_string_equal(o.attachment, "invoice.zip/invoice.pdf.exe");
+    /* macro code in an Office Open XML file, whatever its name says */
+    const struct ent ox[] = {{"[Content_Types].xml", text, sizeof text - 1, 0},
+                             {"word/document.xml", text, sizeof text - 1, 0},
+                             {"word/vbaProject.bin", text, sizeof text - 1, 0}};
+    scan_archive(e, "report.docx", "zip", NULL, NULL, NULL, ox, 3, &o);
+    assert_string_equal(o.hits, "MX_ATT_VBA_PROJECT");
+    assert_string_equal(o.attachment, "report.docx/word/vbaProject.bin");
+    scan_archive(e, "report.docx", "zip", NULL, NULL, NULL, ox, 2, &o);
+    assert_string_equal(o.hits, "");
+    mx_scan_engine_free(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rule_parse),    cmocka_unit_test(test_zip_member),
+        cmocka_unit_test(test_formats),       cmocka_unit_test(test_nested_depth),
+        cmocka_unit_test(test_member_limit),  cmocka_unit_test(test_bomb_and_size),
+        cmocka_unit_test(test_corrupt),       cmocka_unit_test(test_encrypted),
+        cmocka_unit_test(test_default_rules),
+    };
+    return cmocka_run_group_tests_name("archive", tests, setup, teardown);
+}
