@@ -61,6 +61,7 @@ struct erule {
     uint8_t how;
     uint8_t relaxed;        /* prefilter pattern: the regex with repeats relaxed (1),
                                and its ^ $ anchors dropped (2) */
+    bool twin;              /* a second prefilter pattern (see TWIN_MAX) must match too */
     bool runs;              /* counts in the verdict (score != 0 or sub rule) */
     uint8_t vkind;          /* enum vkind */
     bool multiple;          /* tflags multiple: the value is the count */
@@ -194,6 +195,16 @@ static int add_u32(uint32_t **a, size_t *n, uint32_t v)
 /* bound of mx_rules_relax_repeats() for regexes prefilter mode rejects as
  * they are (classify()) */
 #define RELAX_MAX 10
+/*
+ * A prefilter rule with a bounded repeat above 40 (prefilter mode's answer
+ * to "pattern too large" is a near-trivial automaton: the five
+ * __FILL_THIS_FORM_* rules passed 448 of 505 corpus messages) gets a twin:
+ * the regex with every repeat above TWIN_MAX made unbounded, {3} -> {1,}, in
+ * prefilter mode. Both are necessary conditions; the rule is a candidate
+ * only when both matched (__FILL_THIS_FORM_SHORT2: 239 messages instead of
+ * 448, scan_prof -x -R 1). Hyperscan id of the twin: rule count + rule.
+ */
+#define TWIN_MAX 1
 #define GROUP_MAX 48
 #define GROUP_MAX_MAIN 160
 
@@ -269,8 +280,11 @@ static unsigned long big_repeat(const char *re)
         unsigned long lo = strtoul(p + 1, &end, 10), hi = lo;
         if (*end == ',')
             hi = isdigit((unsigned char)end[1]) ? strtoul(end + 1, &end, 10) : 0, end += hi ? 0 : 1;
-        if (*end == '}' && (lo > 40 || hi > 40))
-            worst = lo > worst ? lo : hi > worst ? hi : worst;
+        /* (the largest bound: this took lo whenever lo beat the worst so
+         * far, so x{1,100} counted 1) */
+        unsigned long big = lo > hi ? lo : hi;
+        if (*end == '}' && big > 40 && big > worst)
+            worst = big;
     }
     return worst;
 }
@@ -484,6 +498,24 @@ static int classify(struct mx_scan_engine *e)
             e->st.skipped++;
             continue;
         }
+        if (er->how == HOW_PREFILTER && !er->relaxed && rep > 40 &&
+            (sc == SC_BODY || sc == SC_RAWBODY || sc == SC_FULL)) {
+            char *hp = hs_pattern(r);
+            char *tw = hp ? mx_rules_relax_repeats(hp, TWIN_MAX, false) : NULL;
+            free(hp);
+            if (!tw)
+                return -ENOMEM;
+            if (hs_expression_info(tw, fl | HS_FLAG_PREFILTER, &info, &cerr) == HS_SUCCESS)
+                er->twin = true;
+            if (getenv("MX_SCAN_PROFILE"))
+                fprintf(stderr, "twin %s: %s\n", r->name,
+                        er->twin ? "yes" : cerr ? cerr->message : "?");
+            hs_free_compile_error(cerr);
+            cerr = NULL;
+            free(info);
+            info = NULL;
+            free(tw);
+        }
         const char *kind = er->how == HOW_PREFILTER                          ? "prefilter"
                            : er->how == HOW_HS && (r->tflags & MX_TF_MULTIPLE) ? "count"
                                                                                : "main";
@@ -668,12 +700,17 @@ static void pats_free(struct pats *p)
     memset(p, 0, sizeof *p);
 }
 
+/* Patterns of a group: its rules' (g->rules order), then the twins of
+ * those that have one (see TWIN_MAX). */
 static int group_pats(struct mx_scan_engine *e, struct group *g, struct pats *p)
 {
     size_t n = g->scope == SC_DLP ? e->nterms : g->nrules;
-    p->expr = calloc(n + 1, sizeof *p->expr);
-    p->flags = calloc(n + 1, sizeof *p->flags);
-    p->ids = calloc(n + 1, sizeof *p->ids);
+    size_t ntw = 0;
+    for (size_t k = 0; g->scope != SC_DLP && k < g->nrules; k++)
+        ntw += e->er[g->rules[k]].twin;
+    p->expr = calloc(n + ntw + 1, sizeof *p->expr);
+    p->flags = calloc(n + ntw + 1, sizeof *p->flags);
+    p->ids = calloc(n + ntw + 1, sizeof *p->ids);
     if (!p->expr || !p->flags || !p->ids)
         return -ENOMEM;
     for (size_t k = 0; k < n; k++) {
@@ -722,6 +759,20 @@ static int group_pats(struct mx_scan_engine *e, struct group *g, struct pats *p)
         }
         p->n = k + 1;
     }
+    for (size_t k = 0; g->scope != SC_DLP && k < g->nrules; k++) {
+        uint32_t ri = g->rules[k];
+        if (!e->er[ri].twin)
+            continue;
+        char *hp = hs_pattern(&e->rs.rules[ri]);
+        p->expr[p->n] = hp ? mx_rules_relax_repeats(hp, TWIN_MAX, false) : NULL;
+        free(hp);
+        if (!p->expr[p->n])
+            return -ENOMEM;
+        p->flags[p->n] = hs_flags_for(&e->rs.rules[ri], g->scope) | HS_FLAG_PREFILTER |
+                         HS_FLAG_SINGLEMATCH;
+        p->ids[p->n] = (unsigned)(e->rs.nrules + ri);
+        p->n++;
+    }
     return 0;
 }
 
@@ -767,6 +818,15 @@ static int compile_group(struct mx_scan_engine *e, struct group *g)
         hs_free_compile_error(cerr);
         if (bad < 0 || g->scope == SC_DLP)
             return -EIO;
+        if ((size_t)bad >= g->nrules) {
+            if (getenv("MX_SCAN_PROFILE"))
+                fprintf(stderr, "twin %d dropped\n", bad);
+            /* a twin: the rule runs on its own prefilter */
+            for (size_t k = 0, t = g->nrules; k < g->nrules; k++)
+                if (e->er[g->rules[k]].twin && t++ == (size_t)bad)
+                    e->er[g->rules[k]].twin = false;
+            continue;
+        }
         uint32_t ri = g->rules[bad];
         struct erule *er = &e->er[ri];
         if (er->how == HOW_HS && er->pc) {
@@ -828,7 +888,8 @@ static void cache_key(struct mx_scan_engine *e, char hex[65])
 /*
  * Cache file: "MXHSDB1\n", u32 group count, then per group u32 rule count,
  * the rule indexes that stayed in Hyperscan (compile may move some to
- * PCRE2), u64 length and the serialized database (length 0: none).
+ * PCRE2; bit 31: moved to prefilter mode, bit 30: has a twin that
+ * compiled), u64 length and the serialized database (length 0: none).
  */
 static int cache_load(struct mx_scan_engine *e, const char *path)
 {
@@ -856,11 +917,12 @@ static int cache_load(struct mx_scan_engine *e, const char *path)
             /* rules missing from the cached list run in PCRE2; bit 31 marks
              * a rule compile moved to prefilter mode */
             for (size_t j = 0; j < nr; j++) {
-                uint32_t ri = keep[j] & 0x7fffffffu;
+                uint32_t ri = keep[j] & 0x3fffffffu;
                 if (ri >= e->rs.nrules)
                     goto out;
                 if (keep[j] & 0x80000000u)
                     e->er[ri].how = HOW_PREFILTER;
+                e->er[ri].twin = (keep[j] & 0x40000000u) != 0;
                 keep[j] = ri;
             }
             for (size_t k = 0; k < g->nrules; k++) {
@@ -913,7 +975,8 @@ static void cache_store(struct mx_scan_engine *e, const char *path)
         uint32_t nr = g->scope == SC_DLP ? (uint32_t)e->nterms : (uint32_t)g->nrules;
         ok = fwrite(&nr, 4, 1, f) == 1;
         for (size_t k = 0; ok && g->scope != SC_DLP && k < nr; k++) {
-            uint32_t v = g->rules[k] | (e->er[g->rules[k]].how == HOW_PREFILTER ? 0x80000000u : 0);
+            uint32_t v = g->rules[k] | (e->er[g->rules[k]].how == HOW_PREFILTER ? 0x80000000u : 0) |
+                         (e->er[g->rules[k]].twin ? 0x40000000u : 0);
             ok = fwrite(&v, 4, 1, f) == 1;
         }
         char *buf = NULL;
@@ -1333,6 +1396,11 @@ struct mx_scan_msg {
     bool line_cr;       /* the current header line began with CR */
 };
 
+/* m->cand[]: CAND_YES prefilter match, CAND_TWIN its twin's match; at end
+ * of message a candidate becomes CAND_PENDING, confirmed when first read
+ * (count_of()), then CAND_DONE. */
+enum { CAND_NO = 0, CAND_YES = 1, CAND_TWIN = 2, CAND_PENDING = 4, CAND_DONE = 8 };
+
 static int on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned fl,
                     void *ctx)
 {
@@ -1340,10 +1408,16 @@ static int on_match(unsigned id, unsigned long long from, unsigned long long to,
     (void)to;
     (void)fl;
     struct mx_scan_msg *m = ctx;
+    const struct mx_scan_engine *e = m->w->e;
+    if (id >= e->rs.nrules) {
+        /* a twin (TWIN_MAX): the second necessary condition */
+        m->cand[id - e->rs.nrules] |= CAND_TWIN;
+        return 0;
+    }
     if (m->w->prof)
         m->w->prof->r_matches[id]++;
-    if (m->w->e->er[id].how == HOW_PREFILTER)
-        m->cand[id] = 1;
+    if (e->er[id].how == HOW_PREFILTER)
+        m->cand[id] |= CAND_YES;
     else if (m->count[id] < UINT16_MAX)
         m->count[id]++;
     return 0;
@@ -2451,14 +2525,16 @@ static void confirm(struct mx_scan_msg *m, int gi, const char *s, size_t n)
  * (__FILL_THIS_FORM_FRAUD_PHISH1 || ...)`. Values are the same: confirmation
  * reads only the kept text, which stays until the message is freed.
  */
-enum { CAND_NO, CAND_YES, CAND_PENDING, CAND_DONE };
 
 static void mark_pending(struct mx_scan_msg *m, int gi)
 {
-    const struct group *g = &m->w->e->g[gi];
-    for (size_t k = 0; k < g->nrules; k++)
-        if (m->cand[g->rules[k]])
-            m->cand[g->rules[k]] = CAND_PENDING;
+    const struct mx_scan_engine *e = m->w->e;
+    const struct group *g = &e->g[gi];
+    for (size_t k = 0; k < g->nrules; k++) {
+        uint32_t ri = g->rules[k];
+        uint8_t want = e->er[ri].twin ? CAND_YES | CAND_TWIN : CAND_YES;
+        m->cand[ri] = (m->cand[ri] & want) == want ? CAND_PENDING : CAND_NO;
+    }
     for (size_t k = 0; k < g->npcre; k++)
         m->cand[g->pcre[k]] = CAND_PENDING;
 }

@@ -136,7 +136,7 @@ int main(int argc, char **argv)
     const char *cache = NULL;
     int singles = 0, top = 25, c;
     const char *exact = NULL;
-    int layout = 2;
+    int layout = 0; /* 0: the current one */
     unsigned relax = 10;
     while ((c = getopt(argc, argv, "r:c:sn:x:L:R:")) != -1) {
         if (c == 'r' && nr < 16)
@@ -161,7 +161,8 @@ int main(int argc, char **argv)
     struct mx_scan_opts o = {.rule_paths = rules, .n_rule_paths = nr, .cache_dir = cache};
     struct mx_scan_engine *e;
     char *err = NULL;
-    if (mx_scan_engine_load_layout(&o, layout, &e, &err) != 0) {
+    if ((layout ? mx_scan_engine_load_layout(&o, layout, &e, &err)
+                : mx_scan_engine_load(&o, &e, &err)) != 0) {
         fprintf(stderr, "load: %s\n", err ? err : "?");
         return 1;
     }
