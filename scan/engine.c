@@ -1644,6 +1644,10 @@ static void end_token(struct mx_scan_msg *m)
     if (m->toklen && !m->tok_over) {
         static const char *const pfx[] = {"http://", "https://", "ftp://", "www.", "mailto:"};
         bool found = false;
+        /* every prefix holds ':' or '.': most words have neither, and
+         * trying each prefix at each offset was 1.6% of scan CPU */
+        if (!memchr(m->tok, ':', m->toklen) && !memchr(m->tok, '.', m->toklen))
+            goto bare;
         for (size_t k = 0; k < sizeof pfx / sizeof pfx[0]; k++) {
             size_t pl = strlen(pfx[k]);
             for (size_t i = 0; i + pl <= m->toklen; i++) {
@@ -1657,6 +1661,7 @@ static void end_token(struct mx_scan_msg *m)
                 }
             }
         }
+    bare:
         if (!found)
             bare_address(m, m->tok, m->toklen);
     }
