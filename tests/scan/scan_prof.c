@@ -10,9 +10,10 @@
  *   - with -s, through every pattern compiled alone with the same flags and
  *     mode, printing the slowest patterns and those with the most callbacks.
  *
- * usage: scan_prof [-c CACHE] [-L LAYOUT] [-s] [-n TOP] [-x RULE] -r RULES [-r RULES...] CORPUS...
+ * usage: scan_prof [-c CACHE] [-L LAYOUT] [-s] [-n TOP] [-x RULE [-R N]] -r RULES [-r RULES...] CORPUS...
  *   -L 1: the original database organisation (see engine.c LAYOUT_VERSION)
  *   -x RULE: that rule's pattern alone as is, exact, relaxed, relaxed prefilter
+ *   -R N: the bound of the relaxation for -x (repeats above N become {min(m,N),}; 10)
  */
 #include "scan/rules_internal.h"
 #include "scan/scan.h"
@@ -135,8 +136,9 @@ int main(int argc, char **argv)
     const char *cache = NULL;
     int singles = 0, top = 25, c;
     const char *exact = NULL;
-    int layout = 2;
-    while ((c = getopt(argc, argv, "r:c:sn:x:L:")) != -1) {
+    int layout = 0; /* 0: the current one */
+    unsigned relax = 10;
+    while ((c = getopt(argc, argv, "r:c:sn:x:L:R:")) != -1) {
         if (c == 'r' && nr < 16)
             rules[nr++] = optarg;
         else if (c == 'c')
@@ -149,6 +151,8 @@ int main(int argc, char **argv)
             exact = optarg;
         else if (c == 'L')
             layout = atoi(optarg);
+        else if (c == 'R')
+            relax = (unsigned)atoi(optarg);
         else
             return 2;
     }
@@ -157,7 +161,8 @@ int main(int argc, char **argv)
     struct mx_scan_opts o = {.rule_paths = rules, .n_rule_paths = nr, .cache_dir = cache};
     struct mx_scan_engine *e;
     char *err = NULL;
-    if (mx_scan_engine_load_layout(&o, layout, &e, &err) != 0) {
+    if ((layout ? mx_scan_engine_load_layout(&o, layout, &e, &err)
+                : mx_scan_engine_load(&o, &e, &err)) != 0) {
         fprintf(stderr, "load: %s\n", err ? err : "?");
         return 1;
     }
@@ -254,7 +259,7 @@ int main(int argc, char **argv)
                 char *expr;
                 unsigned fl, id = 0;
                 mx_scan_engine_dbpattern(e, i, k, &expr, &fl);
-                char *relaxed = mx_rules_relax_repeats(expr, 10, false);
+                char *relaxed = mx_rules_relax_repeats(expr, relax, false);
                 printf("relaxed: %s\n", relaxed);
                 for (int mode = 0; mode < 4; mode++) {
                     unsigned f = mode ? fl & ~(unsigned)HS_FLAG_PREFILTER : fl;

@@ -94,7 +94,7 @@ static void test_layouts_same_hits(void **state)
             hits += vc[ri] != 0;
             if (vo[ri] != vc[ri] || vc[ri] != vk[ri]) {
                 if (diffs++ < 20)
-                    printf("# message %zu rule %s: layout 1 %g, layout 2 %g, chunked %g\n", i,
+                    printf("# message %zu rule %s: layout 1 %g, current layout %g, chunked %g\n", i,
                            rs->rules[ri].name, vo[ri], vc[ri], vk[ri]);
             }
         }

@@ -230,7 +230,7 @@ static void test_engine_stats(void **state)
     (void)state;
     struct mx_scan_stats st;
     mx_scan_engine_stats(test_engine, &st);
-    assert_int_equal(st.hs_prefilter + st.pcre_only, 1); /* BACKREF */
+    assert_int_equal(st.hs_prefilter + st.pcre_only, 2); /* BACKREF, __TRIPLE */
     assert_int_equal(st.skipped, 1);                     /* EVAL_RULE */
     const char *name, *why;
     assert_int_equal(mx_scan_engine_skipped(test_engine, 0, &name, &why), 0);
@@ -261,6 +261,42 @@ static void test_engine_scopes(void **state)
     h = scan("Subject: hello\r\nX-Mailer: x\r\n\r\nwinner prize claim the end\r\n", &r);
     assert_string_equal(h, "NO_DATE");
     assert_false(r.flags & MX_SCAN_SPAM);
+}
+
+/* Value of rule `name` after scanning `msg` whole (the message stays open
+ * so values are read as a meta would read them). */
+static double value_after(const char *msg, const char *name)
+{
+    struct mx_scan_msg *m = mx_scan_msg_begin(test_worker);
+    assert_non_null(m);
+    assert_int_equal(mx_scan_msg_feed(m, (const uint8_t *)msg, strlen(msg)), 0);
+    struct mx_scan_result r;
+    assert_int_equal(mx_scan_msg_end(m, &r), 0);
+    long ri = mx_rules_find(mx_scan_engine_rules(test_engine), name);
+    assert_true(ri >= 0);
+    double v = mx_scan_msg_rule_value(m, (size_t)ri);
+    mx_scan_msg_free(m);
+    return v;
+}
+
+/* A `multiple` rule confirmed by PCRE2 counts its matches (it used to
+ * count 1, so `__TRIPLE > 2` could never hit), up to maxhits; a rule only a
+ * short-circuited meta operand reads still has its value when asked. */
+static void test_engine_pcre_multiple(void **state)
+{
+    (void)state;
+    struct mx_scan_result r;
+    const char *h = scan("Subject: x\r\n\r\naaa bbb and ccc, ddd eee\r\n", &r);
+    assert_string_equal(h, "MANY_TRIPLES,NO_DATE");
+    assert_true(value_after("Subject: x\r\n\r\naaa bbb and ccc, ddd eee\r\n", "__TRIPLE") == 3);
+    h = scan("Subject: x\r\n\r\naaa and bbb\r\n", &r);
+    assert_string_equal(h, "NO_DATE");
+    assert_true(value_after("Subject: x\r\n\r\naaa and bbb\r\n", "__TRIPLE") == 2);
+    assert_true(value_after("Subject: x\r\n\r\naaa and bbb\r\n", "PRIZE_TRIPLE") == 0);
+    h = scan("Subject: x\r\n\r\nyour prize: zzz\r\n", &r);
+    assert_string_equal(h, "NO_DATE,PRIZE_TRIPLE");
+    assert_true(value_after("Subject: x\r\n\r\nno prize, zzz\r\n", "PRIZE_TRIPLE") == 1);
+    assert_true(value_after("Subject: x\r\n\r\nno prize\r\n", "__TRIPLE") == 0);
 }
 
 static void test_engine_charset(void **state)
@@ -453,6 +489,7 @@ int main(void)
     const struct CMUnitTest engine[] = {
         cmocka_unit_test(test_engine_stats),
         cmocka_unit_test(test_engine_scopes),
+        cmocka_unit_test(test_engine_pcre_multiple),
         cmocka_unit_test(test_engine_charset),
         cmocka_unit_test(test_engine_dlp),
         cmocka_unit_test(test_engine_attachments),
