@@ -135,6 +135,8 @@ static const struct key keys[] = {
     {"dnsbl.threshold", K_DOUBLE, F(dnsbl_threshold), 0, 0, 0, NULL},
     {"uribl", K_SECTION, NONE},
     {"uribl.lists", K_STR_LIST, F(uribl_lists), F(n_uribl_lists), 0, 0, NULL},
+    {"uribl.max_queries", K_UINT, F(uribl_max_queries), 0, 0, 1000, NULL},
+    {"uribl.timeout", K_MSEC, F(uribl_timeout_ms), 0, 100, 60000, NULL},
     {"sender_domain_check", K_ENUM, F(sender_domain_check), 0, 0, 0, "off|reject"},
     {"logical_ip", K_BOOL, F(logical_ip), 0, 0, 0, NULL},
     {"recipient_verification", K_SECTION, NONE},
@@ -470,6 +472,8 @@ static int set_defaults(struct mx_config *c)
     c->scan_spam_threshold = 5.0;
     /* DNS checks and recipient verification */
     c->dnsbl_threshold = 5.0;
+    c->uribl_max_queries = 20;
+    c->uribl_timeout_ms = 3000;
     c->rv_positive_expire = 31 * 86400;
     c->rv_positive_refresh = 7 * 86400;
     c->rv_negative_expire = 3 * 86400;
@@ -1962,7 +1966,8 @@ char *mx_config_export(const struct mx_config *c)
     put_double(f, c->dnsbl_threshold);
     fputs(";\n}\nuribl {\n", f);
     put_list(f, "    lists", c->uribl_lists, c->n_uribl_lists);
-    fputs("}\n", f);
+    fprintf(f, "    max_queries = %u;\n    timeout = %ums;\n}\n", c->uribl_max_queries,
+            c->uribl_timeout_ms);
     put_kv_str(f, 0, "sender_domain_check", c->sender_domain_check);
     fprintf(f, "logical_ip = %s;\n", c->logical_ip ? "true" : "false");
     fputs("recipient_verification {\n", f);

@@ -139,8 +139,10 @@ struct mx_config {
     char **dnsbl_lists;       /**< "ZONE[=A.B.C.D] reject|score=N", in order */
     size_t n_dnsbl_lists;
     double dnsbl_threshold;   /**< summed scores at or above this reject; default 5 */
-    char **uribl_lists;       /**< same syntax, queried with MAIL FROM/HELO domains */
+    char **uribl_lists;       /**< same syntax: MAIL FROM/HELO domains, body URI domains */
     size_t n_uribl_lists;
+    unsigned uribl_max_queries; /**< body URIs: DNS queries per message (names x lists); 0 = off */
+    unsigned uribl_timeout_ms;  /**< body URIs: time budget per message, default 3000 */
     char *sender_domain_check; /**< "off" (default) or "reject" */
     bool logical_ip;          /**< DNSBL-check the first external Received hop at end of data */
     char **rv_static_domains; /**< recipient_verification.static_domains */

@@ -61,6 +61,10 @@ struct smtpd_conn {
      * removed before the bytes reach the spool.
      */
     struct mx_scan_msg *scan_msg;
+    struct mx_scan_result scan_res; /* its verdict, taken at end of data (scan_rc 0) */
+    int scan_rc;
+    bool uribl_wait;         /* end of data waits for URIBL answers on the body URIs */
+    uint64_t uribl_deadline; /* ... until then (realtime ms): uribl.timeout */
     uint8_t *hold;
     size_t hold_len, hold_cap;
     char sid[20];
@@ -626,6 +630,55 @@ static ssize_t find_subject(const char *h, size_t len)
 }
 
 /*
+ * The score URIBLs that listed a body URI domain (checks.c) count as rules
+ * of the verdict: their score is added and their URIBL_ZONE names join the
+ * sorted hit list (X-Spam-Status tests=, X-Spam-Rules). *names / *scores
+ * are malloc'd when there are hits (the caller frees them after rendering).
+ */
+static int add_uribl_hits(struct smtpd_conn *c, struct mx_scan_result *res, const char ***names,
+                          double **scores)
+{
+    const struct mx_checks_uri_hit *uh;
+    size_t nuh = mx_smtp_checks_uri_hits(c->chk, &uh);
+    if (!nuh)
+        return 0;
+    size_t n = res->nhits + nuh;
+    const char **nv = malloc(n * sizeof *nv);
+    double *sv = malloc(n * sizeof *sv);
+    if (!nv || !sv) {
+        free(nv);
+        free(sv);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < res->nhits; i++) {
+        nv[i] = res->hits[i];
+        sv[i] = res->hit_scores[i];
+    }
+    for (size_t k = 0; k < nuh; k++) {
+        conn_log(c, "URIBL: %s listed at %s, %s %+.1f", uh[k].domain, uh[k].zone, uh[k].rule,
+                 uh[k].score);
+        /* insertion into the sorted list */
+        size_t i = res->nhits + k;
+        while (i > 0 && strcmp(nv[i - 1], uh[k].rule) > 0) {
+            nv[i] = nv[i - 1];
+            sv[i] = sv[i - 1];
+            i--;
+        }
+        nv[i] = uh[k].rule;
+        sv[i] = uh[k].score;
+        res->score += uh[k].score;
+    }
+    res->nhits = (unsigned)n;
+    res->hits = nv;
+    res->hit_scores = sv;
+    if (res->score >= res->threshold)
+        res->flags |= MX_SCAN_SPAM;
+    *names = nv;
+    *scores = sv;
+    return 0;
+}
+
+/*
  * End of data with scanning: verdict headers first, forged ones removed, and
  * the spam action of the policy (tag / quarantine here; reject and discard
  * are reported in *out and nothing is written).
@@ -633,8 +686,13 @@ static ssize_t find_subject(const char *h, size_t len)
 static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
 {
     *out = SPAM_COMMIT;
-    struct mx_scan_result res;
-    int rc = mx_scan_msg_end(c->scan_msg, &res);
+    struct mx_scan_result res = c->scan_res;
+    int rc = c->scan_rc;
+    if (rc < 0)
+        return rc;
+    const char **names = NULL;
+    double *scores = NULL;
+    rc = add_uribl_hits(c, &res, &names, &scores);
     if (rc < 0)
         return rc;
     if (res.flags & MX_SCAN_SPAM)
@@ -647,12 +705,16 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
         MX_STATS_INC(VERDICT_BANNED);
     char hdr[4096];
     int hl = mx_scan_render_headers(&res, hdr, sizeof hdr);
-    if (hl < 0)
-        return hl;
     char tests[512] = "";
     size_t tl = 0;
     for (unsigned i = 0; i < res.nhits && tl + 2 < sizeof tests; i++)
         tl += (size_t)snprintf(tests + tl, sizeof tests - tl, "%s%s", i ? "," : "", res.hits[i]);
+    free(names);
+    free(scores);
+    res.hits = NULL;
+    res.hit_scores = NULL;
+    if (hl < 0)
+        return hl;
     conn_log(c, "verdict: %s score=%.1f required=%.1f tests=%s", res.flags & MX_SCAN_SPAM ? "spam"
              : "clean", res.score, res.threshold, tests);
     const struct mx_config *cfg = c->srv->cfg;
@@ -847,6 +909,11 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
     }
 }
 
+static const char *scan_uri_at(void *ctx, unsigned i)
+{
+    return mx_scan_msg_uri(ctx, i);
+}
+
 static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
 {
     struct smtpd_conn *c = ud;
@@ -861,9 +928,25 @@ static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
         mx_smtpd_session_data_refuse(c->sess, &r);
         return;
     }
-    mx_smtp_checks_data_end(c->chk, &r); /* logical IP against the DNSBLs */
+    if (c->scan_msg) {
+        /* the verdict now: its URI list feeds the URIBL check below */
+        c->scan_rc = mx_scan_msg_end(c->scan_msg, &c->scan_res);
+    }
+    /* logical IP against the DNSBLs, body URI domains against the URIBLs */
+    mx_smtp_checks_data_end(c->chk, c->scan_msg && c->scan_rc == 0 ? scan_uri_at : NULL,
+                            c->scan_msg, &r);
     if (r.code == MX_SMTPD_PENDING) {
         c->msg_size = size; /* checks_answer() goes on */
+        if (mx_smtp_checks_uribl_pending(c->chk)) {
+            c->uribl_wait = true;
+            c->uribl_deadline = realtime_ms() + c->srv->cfg->uribl_timeout_ms;
+            mx_stream_set_timer(c->st, c->srv->cfg->uribl_timeout_ms);
+        }
+        return;
+    }
+    if (r.code) {
+        s_data_abort(c);
+        mx_smtpd_session_data_refuse(c->sess, &r);
         return;
     }
     finish_data_end(c, size);
@@ -908,6 +991,12 @@ static void arm_timer(struct smtpd_conn *c)
     if (c->av_job && !c->av_done) {
         /* AV jobs are polled; the service enforces its own time limit per message */
         mx_stream_set_timer(c->st, AV_POLL_MS);
+        return;
+    }
+    if (c->uribl_wait) {
+        /* the URIBL budget of this message, whatever input arrives meanwhile */
+        uint64_t now = realtime_ms();
+        mx_stream_set_timer(c->st, c->uribl_deadline > now ? c->uribl_deadline - now : 1);
         return;
     }
     const struct mx_config *cfg = c->srv->cfg;
@@ -966,6 +1055,15 @@ static void st_timeout(struct mx_stream *s, void *ctx)
     }
     if (c->av_job && !c->av_done) {
         av_poll(c);
+        return;
+    }
+    if (c->uribl_wait) {
+        /* budget spent: what answered counts, the rest is "not listed" */
+        c->uribl_wait = false;
+        mx_smtp_checks_data_timeout(c->chk); /* answers through checks_answer() */
+        if (mx_smtpd_session_state(c->sess) == SMTPD_WAIT_COMMIT && !c->commit_pending &&
+            !c->av_job)
+            arm_timer(c); /* the logical IP still pending: bounded by the resolver */
         return;
     }
     if (c->commit_pending) {
@@ -1060,7 +1158,8 @@ static void checks_answer(void *ud, const struct mx_smtpd_reply *r)
 {
     struct smtpd_conn *c = ud;
     if (mx_smtpd_session_state(c->sess) == SMTPD_WAIT_COMMIT) {
-        /* the end-of-data check (logical IP): commit, or refuse the message */
+        /* the end-of-data checks (logical IP, URIBL): commit, or refuse the message */
+        c->uribl_wait = false;
         if (!r->code) {
             finish_data_end(c, c->msg_size);
         } else {

@@ -163,6 +163,9 @@ static void test_full_and_round_trip(void **state)
     assert_int_equal(c->queue_max_lifetime, 4 * 86400);
     assert_true(c->scan_clamav_enabled);
     assert_true(c->scan_spam_threshold == 6.5);
+    assert_int_equal(c->n_uribl_lists, 2);
+    assert_int_equal(c->uribl_max_queries, 30);
+    assert_int_equal(c->uribl_timeout_ms, 2000);
     const struct mx_route *r = mx_config_route(c, "EXAMPLE.TEST");
     assert_int_equal(r->scheme, MX_ROUTE_SMTP);
     assert_int_equal(r->n_hosts, 2);
@@ -188,7 +191,10 @@ static void test_full_and_round_trip(void **state)
                           "\"!192.168.0.254/32\", \"192.168.0.0/24\", \"2001:db8::/32\"",
                           "retry_first = 600s;", "dest_concurrency = 10;",
                           "rules = [ \"rules/default.rules\", \"rules/local.cf\" ];",
-                          "enabled = true;", "spam_threshold = 6.5;"};
+                          "enabled = true;", "spam_threshold = 6.5;",
+                          "lists = [ \"multi.uribl.example.test reject\", "
+                          "\"dbl.example.test score=2.5\" ];",
+                          "max_queries = 30;\n    timeout = 2000ms;"};
     for (size_t i = 0; i < sizeof(must) / sizeof(must[0]); i++)
         if (!strstr(e1, must[i]))
             fail_msg("export lacks '%s':\n%s", must[i], e1);
