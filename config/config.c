@@ -1025,11 +1025,14 @@ static bool is_action(const char *a)
            strcmp(a, "discard") == 0;
 }
 
-/* One scope's object: spam_threshold, spam_action, banned_action, dlp_action. */
+/* One scope's object: spam_threshold, spam_action, banned_action, dlp_action,
+ * av, quarantine_retention. */
 static bool apply_scope(struct loader *L, const char *path, const struct mx_ucl *v,
                         struct mx_policy_scope *sc)
 {
     sc->spam_threshold = -1;
+    sc->av = -1;
+    sc->quarantine_retention = -1;
     if (v->type != MX_UCL_OBJECT) {
         VERR(L, v, "%s: expected an object of settings, got %s", path, article_type(v->type));
         return false;
@@ -1062,13 +1065,33 @@ static bool apply_scope(struct loader *L, const char *path, const struct mx_ucl 
             sc->spam_threshold = d;
             continue;
         }
+        if (strcmp(p->key, "av") == 0) {
+            if (p->val->type != MX_UCL_BOOL) {
+                VERR(L, p->val, "%s: expected true or false, got %s", kp,
+                     article_type(p->val->type));
+                ok = false;
+            } else {
+                sc->av = p->val->u.b;
+            }
+            continue;
+        }
+        if (strcmp(p->key, "quarantine_retention") == 0) {
+            /* the range of policy.quarantine_retention */
+            const struct key k = {kp, K_SECONDS, 0, 0, 0, 365 * 86400, NULL};
+            uint64_t u;
+            if (want_uint(L, &k, p->val, 1.0, true, &u))
+                sc->quarantine_retention = (long)u;
+            else
+                ok = false;
+            continue;
+        }
         char **dst = strcmp(p->key, "spam_action") == 0     ? &sc->spam_action
                      : strcmp(p->key, "banned_action") == 0 ? &sc->banned_action
                      : strcmp(p->key, "dlp_action") == 0    ? &sc->dlp_action
                                                             : NULL;
         if (!dst) {
             cerr(L, p->file, p->line, "%s: unknown setting (expected spam_threshold, spam_action, "
-                 "banned_action or dlp_action)", kp);
+                 "banned_action, dlp_action, av or quarantine_retention)", kp);
             ok = false;
             continue;
         }
@@ -1766,6 +1789,10 @@ static void put_scopes(FILE *f, const char *name, const struct mx_policy_scope *
                 put_quoted(f, vals[k]);
                 fputs(";", f);
             }
+        if (v[i].av >= 0)
+            fprintf(f, " av = %s;", v[i].av ? "true" : "false");
+        if (v[i].quarantine_retention >= 0)
+            fprintf(f, " quarantine_retention = %lds;", v[i].quarantine_retention);
         fputs(" }\n", f);
     }
     fputs("    }\n", f);
@@ -1783,8 +1810,9 @@ static const struct mx_policy_scope *find_scope(const struct mx_policy_scope *v,
 void mx_config_policy_for(const struct mx_config *cfg, const char *rcpt,
                           struct mx_policy_effective *out)
 {
-    *out = (struct mx_policy_effective){cfg->scan_spam_threshold, cfg->policy_spam_action,
-                                        cfg->policy_banned_action, cfg->policy_dlp_action};
+    *out = (struct mx_policy_effective){cfg->scan_spam_threshold,   cfg->policy_spam_action,
+                                        cfg->policy_banned_action,  cfg->policy_dlp_action,
+                                        true, cfg->policy_quarantine_retention};
     char addr[600];
     if (mx_policy_resolve_address(rcpt, cfg->policy_subaddress_sep[0], addr, sizeof addr) < 0)
         return;
@@ -1804,6 +1832,10 @@ void mx_config_policy_for(const struct mx_config *cfg, const char *rcpt,
             out->banned_action = sc->banned_action;
         if (sc->dlp_action)
             out->dlp_action = sc->dlp_action;
+        if (sc->av >= 0)
+            out->av = sc->av;
+        if (sc->quarantine_retention >= 0)
+            out->quarantine_retention = (unsigned)sc->quarantine_retention;
     }
 }
 

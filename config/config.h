@@ -27,12 +27,16 @@ struct mx_policy_scope {
     char *spam_action;     /**< NULL: inherit (same for the next two) */
     char *banned_action;
     char *dlp_action;
+    int av;                    /**< anti-virus scan: 1 on, 0 off, -1 inherit */
+    long quarantine_retention; /**< seconds (0 = keep); < 0: inherit */
 };
 
 /** Effective policy for one recipient (user over domain over global). */
 struct mx_policy_effective {
     double spam_threshold;
     const char *spam_action, *banned_action, *dlp_action;
+    bool av;                       /**< wants the anti-virus scan (global: true) */
+    unsigned quarantine_retention; /**< seconds, 0 = keep forever */
 };
 
 /** A CIDR entry of an ordered list; negated entries exclude. */

@@ -80,7 +80,9 @@ struct smtpd_conn {
     /* anti-virus: the held message is scanned at end of data before the commit */
     struct mx_av_job *av_job; /* owns c->hold while set */
     uint64_t av_start_ms;
+    bool av_on;               /* this message is AV-scanned (some recipient has av on) */
     bool av_done;
+    unsigned retention;       /* quarantine retention of this message, seconds (0 = keep) */
     char av_header[200];      /* "X-Virus-Status: ..." line for the message, or "" */
     char av_quarantine[160];  /* quarantine reason when AV asked for it, or "" */
     /* Received headers counted in the message's header block (loop detection) */
@@ -523,11 +525,50 @@ static void count_hops(struct smtpd_conn *c, const uint8_t *buf, size_t len)
     }
 }
 
+/*
+ * The per-recipient settings that apply to the message as a whole (one copy
+ * is queued for every recipient): it is AV-scanned when any recipient has
+ * av on (mixed recipients: scanned, the safe side), and a quarantined copy
+ * is kept as long as the recipient that wants it longest (0 = forever wins).
+ */
+static void message_policy(struct smtpd_conn *c, const struct mx_envelope *env)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    c->av_on = false;
+    c->retention = 0;
+    bool forever = false;
+    unsigned av_off = 0;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        struct mx_policy_effective eff;
+        mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
+        if (eff.av)
+            c->av_on = true;
+        else
+            av_off++;
+        if (eff.quarantine_retention == 0)
+            forever = true;
+        else if (eff.quarantine_retention > c->retention)
+            c->retention = eff.quarantine_retention;
+    }
+    if (forever || !env->n_rcpts)
+        c->retention = env->n_rcpts ? 0 : cfg->policy_quarantine_retention;
+    if (!c->srv->av) {
+        c->av_on = false;
+    } else if (!c->av_on) {
+        conn_log(c, "policy: AV off for every recipient (%zu), message not virus-scanned",
+                 env->n_rcpts);
+    } else if (av_off) {
+        conn_log(c, "policy: AV off for %u of %zu recipients, scanned for the others", av_off,
+                 env->n_rcpts);
+    }
+}
+
 static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r)
 {
     struct smtpd_conn *c = ud;
     /* each message of the session is scanned on its own */
     c->av_done = false;
+    message_policy(c, env);
     c->av_header[0] = 0;
     c->av_quarantine[0] = 0;
     c->hold_len = 0;
@@ -583,7 +624,7 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
         return -EIO;
     mx_smtp_checks_data(c->chk, buf, len); /* header block for the logical IP check */
     count_hops(c, buf, len);
-    if (!c->scan_msg && !c->srv->av)
+    if (!c->scan_msg && !c->av_on)
         return mx_queue_msg_write(c->msg, buf, len);
     if (c->scan_msg)
         mx_scan_msg_feed(c->scan_msg, buf, len);
@@ -794,7 +835,7 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
         char reason[96];
         snprintf(reason, sizeof reason, "%s score=%.1f required=%.1f", why, res.score,
                  res.threshold);
-        rc = mx_queue_msg_quarantine(c->msg, reason, cfg->policy_quarantine_retention);
+        rc = mx_queue_msg_quarantine(c->msg, reason, c->retention);
     }
     return rc;
 }
@@ -845,7 +886,7 @@ static bool av_begin(struct smtpd_conn *c)
 static void finish_data_end(struct smtpd_conn *c, uint64_t size)
 {
     c->msg_size = size;
-    if (c->srv->av && !c->av_done) {
+    if (c->av_on && !c->av_done) {
         if (!av_begin(c)) {
             conn_log(c, "AV: cannot submit the message: %s", strerror(ENOMEM));
             s_data_abort(c);
@@ -875,7 +916,7 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
             mx_smtpd_session_data_refuse(c->sess, &r);
             return;
         }
-    } else if (c->srv->av) {
+    } else if (c->av_on) {
         /* held for AV only: its status line, then the message as received */
         int rc = mx_queue_msg_write(c->msg, c->av_header, strlen(c->av_header));
         if (rc == 0 && c->hold_len)
@@ -890,8 +931,7 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
     }
     av_drop(c); /* the queue has its copy */
     if (c->av_quarantine[0]) {
-        int rc = mx_queue_msg_quarantine(c->msg, c->av_quarantine,
-                                         c->srv->cfg->policy_quarantine_retention);
+        int rc = mx_queue_msg_quarantine(c->msg, c->av_quarantine, c->retention);
         if (rc < 0) {
             mx_queue_msg_abort(c->msg);
             c->msg = NULL;

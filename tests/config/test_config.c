@@ -194,7 +194,9 @@ static void test_full_and_round_trip(void **state)
                           "enabled = true;", "spam_threshold = 6.5;",
                           "lists = [ \"multi.uribl.example.test reject\", "
                           "\"dbl.example.test score=2.5\" ];",
-                          "max_queries = 30;\n    timeout = 2000ms;"};
+                          "max_queries = 30;\n    timeout = 2000ms;",
+                          "\"example.org\" { banned_action = \"quarantine\"; av = false; }",
+                          "dlp_action = \"tag\"; av = true; quarantine_retention = 7776000s; }"};
     for (size_t i = 0; i < sizeof(must) / sizeof(must[0]); i++)
         if (!strstr(e1, must[i]))
             fail_msg("export lacks '%s':\n%s", must[i], e1);
@@ -214,6 +216,66 @@ static void test_full_and_round_trip(void **state)
     mx_config_free(c2);
     mx_config_free(c);
     free(path);
+}
+
+/* Per-domain and per-user settings: user over domain over global, per setting. */
+static void test_policy_scopes(void **state)
+{
+    (void)state;
+    struct mx_config *c = load_text(
+        "policy {\n"
+        "  spam_action = \"tag\"; quarantine_retention = 10d;\n"
+        "  domains {\n"
+        "    \"a.test\" { av = false; quarantine_retention = 2d; banned_action = \"quarantine\"; }\n"
+        "    \"b.test\" { quarantine_retention = 0; }\n"
+        "  }\n"
+        "  users {\n"
+        "    \"boss@a.test\" { av = true; spam_action = \"reject\"; }\n"
+        "    \"keep@a.test\" { quarantine_retention = 90d; }\n"
+        "  }\n"
+        "}\n");
+    struct mx_policy_effective e;
+    mx_config_policy_for(c, "x@elsewhere.test", &e);
+    assert_true(e.av);
+    assert_int_equal(e.quarantine_retention, 10 * 86400);
+    assert_string_equal(e.spam_action, "tag");
+    assert_string_equal(e.banned_action, "reject");
+    mx_config_policy_for(c, "x@A.test", &e);
+    assert_false(e.av);
+    assert_int_equal(e.quarantine_retention, 2 * 86400);
+    assert_string_equal(e.banned_action, "quarantine");
+    /* the user's own setting wins, the rest comes from its domain */
+    mx_config_policy_for(c, "Boss+tag@a.test", &e);
+    assert_true(e.av);
+    assert_string_equal(e.spam_action, "reject");
+    assert_int_equal(e.quarantine_retention, 2 * 86400);
+    assert_string_equal(e.banned_action, "quarantine");
+    mx_config_policy_for(c, "keep@a.test", &e);
+    assert_false(e.av);
+    assert_int_equal(e.quarantine_retention, 90 * 86400);
+    mx_config_policy_for(c, "x@b.test", &e);
+    assert_int_equal(e.quarantine_retention, 0); /* kept forever */
+    /* the scope settings survive export -> load -> export */
+    char *e1 = mx_config_export(c);
+    assert_non_null(strstr(e1, "\"a.test\" { banned_action = \"quarantine\"; av = false; "
+                               "quarantine_retention = 172800s; }"));
+    assert_non_null(strstr(e1, "\"boss@a.test\" { spam_action = \"reject\"; av = true; }"));
+    struct mx_config *c2 = load_text(e1);
+    char *e2 = mx_config_export(c2);
+    assert_string_equal(e1, e2);
+    free(e1);
+    free(e2);
+    mx_config_free(c2);
+    mx_config_free(c);
+
+    expect_one_error("policy { domains { \"a.test\" { av = \"no\"; } } }\n", 1,
+                     "policy.domains.a.test.av: expected true or false, got string");
+    expect_one_error("policy { users {\n \"u@a.test\" { quarantine_retention = 400d; } } }\n", 2,
+                     "policy.users.u@a.test.quarantine_retention must be between 0 and 31536000");
+    expect_one_error("policy { users {\n \"u@a.test\" { quarantine_retention = \"x\"; } } }\n",
+                     2, "expected a duration, got string");
+    expect_one_error("policy { domains { \"a.test\" { avv = true; } } }\n", 1,
+                     "policy.domains.a.test.avv: unknown setting");
 }
 
 static void test_validation_errors(void **state)
@@ -534,6 +596,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_quickstart),
         cmocka_unit_test(test_full_and_round_trip),
+        cmocka_unit_test(test_policy_scopes),
         cmocka_unit_test(test_validation_errors),
         cmocka_unit_test(test_every_error_collected),
         cmocka_unit_test(test_errors_in_files),
