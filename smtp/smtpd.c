@@ -83,6 +83,11 @@ struct smtpd_conn {
     bool av_on;               /* this message is AV-scanned (some recipient has av on) */
     bool av_done;
     unsigned retention;       /* quarantine retention of this message, seconds (0 = keep) */
+    /* the scan verdict, for bcc_when, and the redirect targets (policy actions) */
+    bool verdict, allowed;
+    double verdict_score;
+    struct mx_rcpt *redir;
+    size_t n_redir;
     char av_header[200];      /* "X-Virus-Status: ..." line for the message, or "" */
     char av_quarantine[160];  /* quarantine reason when AV asked for it, or "" */
     /* Received headers counted in the message's header block (loop detection) */
@@ -350,6 +355,7 @@ static void free_conn(struct smtpd_conn *c)
     if (c->msg)
         mx_queue_msg_abort(c->msg);
     mx_smtpd_session_free(c->sess);
+    free(c->redir);
     struct mx_smtp_server *srv = c->srv;
     free(c);
     sessions_on_worker--;
@@ -536,6 +542,10 @@ static void message_policy(struct smtpd_conn *c, const struct mx_envelope *env)
     const struct mx_config *cfg = c->srv->cfg;
     c->av_on = false;
     c->retention = 0;
+    c->verdict = false;
+    free(c->redir);
+    c->redir = NULL;
+    c->n_redir = 0;
     bool forever = false;
     unsigned av_off = 0;
     for (size_t i = 0; i < env->n_rcpts; i++) {
@@ -646,10 +656,127 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
 /* Severity of a policy action, to pick one when several verdicts apply. */
 static int action_rank(const char *a)
 {
-    static const char *const order[] = {"deliver", "tag", "quarantine", "discard", "reject"};
-    for (int i = 4; i > 0; i--)
+    static const char *const order[] = {"deliver",    "tag",     "redirect",
+                                        "quarantine", "discard", "reject"};
+    for (int i = 5; i > 0; i--)
         if (strcmp(a, order[i]) == 0)
             return i;
+    return 0;
+}
+
+/* What one recipient's own settings ask for the verdict: its most severe action. */
+static const char *rcpt_action(const struct mx_scan_result *res, bool allowed,
+                               const struct mx_policy_effective *eff, const char **why)
+{
+    const char *a = "deliver";
+    *why = "";
+    if (res->score >= eff->spam_threshold && !allowed && action_rank(eff->spam_action) > 0)
+        a = eff->spam_action, *why = "spam";
+    if ((res->flags & MX_SCAN_ATTACHMENT) && action_rank(eff->banned_action) > action_rank(a))
+        a = eff->banned_action, *why = "banned attachment";
+    if ((res->flags & MX_SCAN_DLP) && action_rank(eff->dlp_action) > action_rank(a))
+        a = eff->dlp_action, *why = "DLP rule";
+    return a;
+}
+
+/*
+ * The message goes to the redirect_to address of each recipient whose own
+ * action is "redirect" instead of to its recipients (the strictest recipient
+ * decides for one queued copy, as for the other actions).
+ */
+static int redirect_message(struct smtpd_conn *c, const struct mx_scan_result *res, bool allowed,
+                            const char *why)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    const struct mx_envelope *env = mx_smtpd_session_envelope(c->sess);
+    struct mx_rcpt *v = calloc(env->n_rcpts ? env->n_rcpts : 1, sizeof *v);
+    if (!v)
+        return -ENOMEM;
+    size_t n = 0;
+    char list[600] = "";
+    size_t ll = 0;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        struct mx_policy_effective eff;
+        const char *w;
+        mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
+        if (strcmp(rcpt_action(res, allowed, &eff, &w), "redirect") != 0 || !*eff.redirect_to)
+            continue;
+        bool dup = false;
+        for (size_t k = 0; k < n && !dup; k++)
+            dup = strcasecmp(v[k].addr, eff.redirect_to) == 0;
+        if (dup)
+            continue;
+        snprintf(v[n].addr, sizeof v[n].addr, "%s", eff.redirect_to);
+        if (ll < sizeof list)
+            ll += (size_t)snprintf(list + ll, sizeof list - ll, "%s<%s>", n ? "," : "",
+                                   eff.redirect_to);
+        n++;
+    }
+    int rc = 0;
+    if (n == 0) {
+        /* the configuration check makes this unreachable; never deliver then */
+        conn_log(c, "policy: %s, action redirect without redirect_to: quarantined instead", why);
+        rc = mx_queue_msg_quarantine(c->msg, "redirect without redirect_to", c->retention);
+    } else {
+        rc = mx_queue_msg_set_rcpts(c->msg, v, n);
+        if (rc == 0) {
+            conn_log(c, "policy: %s, redirected to %s instead of %zu recipient(s)", why, list,
+                     env->n_rcpts);
+            free(c->redir);
+            c->redir = v;
+            c->n_redir = n;
+            v = NULL;
+        }
+    }
+    free(v);
+    return rc;
+}
+
+/*
+ * BCC: a copy to each bcc address of the recipients whose bcc_when matches
+ * the verdict ("always"; "spam"/"clean" need a scan verdict). The copy is a
+ * further recipient of the queued message with NOTIFY=NEVER: the sender
+ * gets no DSN about an archive address it never named. Addresses already
+ * among the recipients are not added twice.
+ */
+static int apply_bcc(struct smtpd_conn *c)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    const struct mx_envelope *env = mx_smtpd_session_envelope(c->sess);
+    const char *added[64];
+    size_t n_added = 0;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        struct mx_policy_effective eff;
+        mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
+        if (!*eff.bcc)
+            continue;
+        bool spam = c->verdict && c->verdict_score >= eff.spam_threshold && !c->allowed;
+        if (strcmp(eff.bcc_when, "always") != 0 &&
+            (!c->verdict || spam != (strcmp(eff.bcc_when, "spam") == 0)))
+            continue;
+        bool dup = false;
+        for (size_t k = 0; k < n_added && !dup; k++)
+            dup = strcasecmp(added[k], eff.bcc) == 0;
+        if (c->redir) {
+            for (size_t k = 0; k < c->n_redir && !dup; k++)
+                dup = strcasecmp(c->redir[k].addr, eff.bcc) == 0;
+        } else {
+            for (size_t k = 0; k < env->n_rcpts && !dup; k++)
+                dup = strcasecmp(env->rcpts[k].addr, eff.bcc) == 0;
+        }
+        if (dup || n_added == sizeof added / sizeof added[0])
+            continue;
+        struct mx_rcpt r;
+        memset(&r, 0, sizeof r);
+        snprintf(r.addr, sizeof r.addr, "%s", eff.bcc);
+        r.notify = MX_NOTIFY_NEVER;
+        int rc = mx_queue_msg_add_rcpt(c->msg, &r);
+        if (rc < 0)
+            return rc;
+        added[n_added++] = eff.bcc;
+        conn_log(c, "policy: BCC copy to <%s> (bcc_when %s, for <%s>)", eff.bcc, eff.bcc_when,
+                 env->rcpts[i].addr);
+    }
     return 0;
 }
 
@@ -773,16 +900,16 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
          * message gets the most severe action any of its recipients asks for */
         struct mx_policy_effective eff;
         mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
-        if (res.score >= eff.spam_threshold && !allowed) {
+        if (res.score >= eff.spam_threshold && !allowed)
             spam_any = true;
-            if (action_rank(eff.spam_action) > action_rank(action))
-                action = eff.spam_action, why = "spam";
-        }
-        if ((res.flags & MX_SCAN_ATTACHMENT) && action_rank(eff.banned_action) > action_rank(action))
-            action = eff.banned_action, why = "banned attachment";
-        if ((res.flags & MX_SCAN_DLP) && action_rank(eff.dlp_action) > action_rank(action))
-            action = eff.dlp_action, why = "DLP rule";
+        const char *w, *a = rcpt_action(&res, allowed, &eff, &w);
+        if (action_rank(a) > action_rank(action))
+            action = a, why = w;
     }
+    /* for bcc_when: the verdict as each recipient's threshold reads it */
+    c->verdict = true;
+    c->verdict_score = res.score;
+    c->allowed = allowed;
     if ((res.flags & MX_SCAN_SPAM) && allowed)
         conn_log(c, "policy: sender allow-listed by every recipient, no spam action");
     if (*why)
@@ -831,6 +958,8 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     if (rc == 0 && c->hold_len > hend)
         rc = mx_queue_msg_write(c->msg, c->hold + hend, c->hold_len - hend);
     free(stripped);
+    if (rc == 0 && strcmp(action, "redirect") == 0)
+        rc = redirect_message(c, &res, allowed, why);
     if (rc == 0 && strcmp(action, "quarantine") == 0) {
         char reason[96];
         snprintf(reason, sizeof reason, "%s score=%.1f required=%.1f", why, res.score,
@@ -938,6 +1067,17 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
             mx_smtpd_session_data_done(c->sess, rc, NULL);
             return;
         }
+    }
+    int brc = apply_bcc(c);
+    free(c->redir);
+    c->redir = NULL;
+    c->n_redir = 0;
+    if (brc < 0) {
+        conn_log(c, "policy: BCC failed: %s", strerror(-brc));
+        mx_queue_msg_abort(c->msg);
+        c->msg = NULL;
+        mx_smtpd_session_data_done(c->sess, brc, NULL);
+        return;
     }
     struct mx_queue_msg *m = c->msg;
     c->msg = NULL;

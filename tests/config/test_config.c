@@ -195,8 +195,12 @@ static void test_full_and_round_trip(void **state)
                           "lists = [ \"multi.uribl.example.test reject\", "
                           "\"dbl.example.test score=2.5\" ];",
                           "max_queries = 30;\n    timeout = 2000ms;",
-                          "\"example.org\" { banned_action = \"quarantine\"; av = false; }",
-                          "dlp_action = \"tag\"; av = true; quarantine_retention = 7776000s; }"};
+                          "\"example.org\" { banned_action = \"quarantine\"; bcc = \"\"; av = false; }",
+                          "redirect_to = \"spamtrap@example.test\";",
+                          "bcc = \"archive@example.test\";",
+                          "bcc = \"ceo-archive@example.test\"; bcc_when = \"spam\";",
+                          "dlp_action = \"tag\"; bcc = \"ceo-archive@example.test\"; bcc_when = "
+                          "\"spam\"; av = true; quarantine_retention = 7776000s; }"};
     for (size_t i = 0; i < sizeof(must) / sizeof(must[0]); i++)
         if (!strstr(e1, must[i]))
             fail_msg("export lacks '%s':\n%s", must[i], e1);
@@ -276,6 +280,59 @@ static void test_policy_scopes(void **state)
                      2, "expected a duration, got string");
     expect_one_error("policy { domains { \"a.test\" { avv = true; } } }\n", 1,
                      "policy.domains.a.test.avv: unknown setting");
+}
+
+/* Redirect and BCC settings: inheritance, and "redirect" needs a target. */
+static void test_policy_redirect_bcc(void **state)
+{
+    (void)state;
+    struct mx_config *c = load_text(
+        "policy {\n"
+        "  spam_action = \"redirect\"; redirect_to = \"trap@corp.test\";\n"
+        "  bcc = \"archive@corp.test\";\n"
+        "  domains { \"a.test\" { bcc = \"\"; banned_action = \"redirect\";\n"
+        "                         redirect_to = \"att@corp.test\"; } }\n"
+        "  users { \"u@a.test\" { bcc = \"u-copy@corp.test\"; bcc_when = \"spam\"; } }\n"
+        "}\n");
+    struct mx_policy_effective e;
+    mx_config_policy_for(c, "x@b.test", &e);
+    assert_string_equal(e.spam_action, "redirect");
+    assert_string_equal(e.redirect_to, "trap@corp.test");
+    assert_string_equal(e.bcc, "archive@corp.test");
+    assert_string_equal(e.bcc_when, "always");
+    mx_config_policy_for(c, "x@a.test", &e);
+    assert_string_equal(e.bcc, ""); /* turned off for the domain */
+    assert_string_equal(e.redirect_to, "att@corp.test");
+    assert_string_equal(e.banned_action, "redirect");
+    mx_config_policy_for(c, "u+tag@a.test", &e);
+    assert_string_equal(e.bcc, "u-copy@corp.test");
+    assert_string_equal(e.bcc_when, "spam");
+    assert_string_equal(e.redirect_to, "att@corp.test");
+    char *e1 = mx_config_export(c);
+    assert_non_null(strstr(e1, "    redirect_to = \"trap@corp.test\";\n    bcc = "
+                               "\"archive@corp.test\";\n    bcc_when = \"always\";\n"));
+    struct mx_config *c2 = load_text(e1);
+    char *e2 = mx_config_export(c2);
+    assert_string_equal(e1, e2);
+    free(e1);
+    free(e2);
+    mx_config_free(c2);
+    mx_config_free(c);
+
+    expect_one_error("policy {\n spam_action = \"redirect\"; }\n", 2,
+                     "policy.spam_action = \"redirect\" needs policy.redirect_to");
+    expect_one_error("policy { users {\n \"u@a.test\" { dlp_action = \"redirect\"; } } }\n", 1,
+                     "policy.users.u@a.test: action \"redirect\" needs redirect_to");
+    expect_one_error("policy { redirect_to = \"nobody\"; }\n", 1,
+                     "policy.redirect_to: 'nobody' is not an address");
+    expect_one_error("policy { bcc = \"a b@x.test\"; }\n", 1, "policy.bcc: 'a b@x.test' is not");
+    expect_one_error("policy { domains {\n \"a.test\" { bcc_when = \"sometimes\"; } } }\n", 2,
+                     "is not one of always/spam/clean");
+    expect_one_error("policy { bcc_when = \"sometimes\"; }\n", 1, "policy.bcc_when");
+    /* a user's redirect may use its domain's target */
+    c = load_text("policy { domains { \"a.test\" { redirect_to = \"t@corp.test\"; } }\n"
+                  "  users { \"u@a.test\" { spam_action = \"redirect\"; } } }\n");
+    mx_config_free(c);
 }
 
 static void test_validation_errors(void **state)
@@ -597,6 +654,7 @@ int main(void)
         cmocka_unit_test(test_quickstart),
         cmocka_unit_test(test_full_and_round_trip),
         cmocka_unit_test(test_policy_scopes),
+        cmocka_unit_test(test_policy_redirect_bcc),
         cmocka_unit_test(test_validation_errors),
         cmocka_unit_test(test_every_error_collected),
         cmocka_unit_test(test_errors_in_files),
