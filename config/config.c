@@ -139,6 +139,8 @@ static const struct key keys[] = {
     {"dnsbl.threshold", K_DOUBLE, F(dnsbl_threshold), 0, 0, 0, NULL},
     {"uribl", K_SECTION, NONE},
     {"uribl.lists", K_STR_LIST, F(uribl_lists), F(n_uribl_lists), 0, 0, NULL},
+    {"uribl.max_queries", K_UINT, F(uribl_max_queries), 0, 0, 1000, NULL},
+    {"uribl.timeout", K_MSEC, F(uribl_timeout_ms), 0, 100, 60000, NULL},
     {"sender_domain_check", K_ENUM, F(sender_domain_check), 0, 0, 0, "off|reject"},
     {"logical_ip", K_BOOL, F(logical_ip), 0, 0, 0, NULL},
     {"recipient_verification", K_SECTION, NONE},
@@ -163,13 +165,17 @@ static const struct key keys[] = {
     {"policy.allow", K_STR_LIST, F(policy_allow), F(n_policy_allow), 0, 0, NULL},
     {"policy.block", K_STR_LIST, F(policy_block), F(n_policy_block), 0, 0, NULL},
     {"policy.spam_action", K_ENUM, F(policy_spam_action), 0, 0, 0,
-     "tag|reject|quarantine|discard"},
+     "tag|reject|quarantine|discard|redirect"},
     {"policy.spam_subject_tag", K_STRING, F(policy_spam_subject_tag), 0, 0, 0, NULL},
     {"policy.domains", K_SCOPES, F(policy_domains), F(n_policy_domains), 0, 0, NULL},
     {"policy.users", K_SCOPES, F(policy_users), F(n_policy_users), 1, 0, NULL},
     {"policy.banned_action", K_ENUM, F(policy_banned_action), 0, 0, 0,
-     "tag|reject|quarantine|discard"},
-    {"policy.dlp_action", K_ENUM, F(policy_dlp_action), 0, 0, 0, "tag|reject|quarantine|discard"},
+     "tag|reject|quarantine|discard|redirect"},
+    {"policy.dlp_action", K_ENUM, F(policy_dlp_action), 0, 0, 0,
+     "tag|reject|quarantine|discard|redirect"},
+    {"policy.redirect_to", K_STRING, F(policy_redirect_to), 0, 0, 0, NULL},
+    {"policy.bcc", K_STRING, F(policy_bcc), 0, 0, 0, NULL},
+    {"policy.bcc_when", K_ENUM, F(policy_bcc_when), 0, 0, 0, "always|spam|clean"},
     {"policy.quarantine_retention", K_SECONDS, F(policy_quarantine_retention), 0, 0,
      365 * 86400, NULL},
     {"helo", K_SECTION, NONE},
@@ -478,6 +484,8 @@ static int set_defaults(struct mx_config *c)
     c->scan_archive_max_total = 64u << 20;
     /* DNS checks and recipient verification */
     c->dnsbl_threshold = 5.0;
+    c->uribl_max_queries = 20;
+    c->uribl_timeout_ms = 3000;
     c->rv_positive_expire = 31 * 86400;
     c->rv_positive_refresh = 7 * 86400;
     c->rv_negative_expire = 3 * 86400;
@@ -489,7 +497,11 @@ static int set_defaults(struct mx_config *c)
     c->policy_spam_subject_tag = strdup("");
     c->policy_banned_action = strdup("reject");
     c->policy_dlp_action = strdup("quarantine");
-    if (!c->policy_banned_action || !c->policy_dlp_action)
+    c->policy_redirect_to = strdup("");
+    c->policy_bcc = strdup("");
+    c->policy_bcc_when = strdup("always");
+    if (!c->policy_banned_action || !c->policy_dlp_action || !c->policy_redirect_to ||
+        !c->policy_bcc || !c->policy_bcc_when)
         return -ENOMEM;
     c->policy_quarantine_retention = 30 * 86400;
     if (!c->policy_subaddress_sep || !c->policy_spam_action || !c->policy_spam_subject_tag)
@@ -528,6 +540,9 @@ static void free_scopes(struct mx_policy_scope *v, size_t n)
         free(v[i].spam_action);
         free(v[i].banned_action);
         free(v[i].dlp_action);
+        free(v[i].redirect_to);
+        free(v[i].bcc);
+        free(v[i].bcc_when);
     }
     free(v);
 }
@@ -568,6 +583,9 @@ void mx_config_free(struct mx_config *c)
     free_scopes(c->policy_users, c->n_policy_users);
     free(c->policy_banned_action);
     free(c->policy_dlp_action);
+    free(c->policy_redirect_to);
+    free(c->policy_bcc);
+    free(c->policy_bcc_when);
     mx_policy_free(c->policy);
     free_strv(c->helo_block, c->n_helo_block);
     free_strv(c->uribl_lists, c->n_uribl_lists);
@@ -1026,14 +1044,29 @@ static void apply_routes(struct loader *L, const struct key *k, const struct mx_
 static bool is_action(const char *a)
 {
     return strcmp(a, "tag") == 0 || strcmp(a, "reject") == 0 || strcmp(a, "quarantine") == 0 ||
-           strcmp(a, "discard") == 0;
+           strcmp(a, "discard") == 0 || strcmp(a, "redirect") == 0;
 }
 
-/* One scope's object: spam_threshold, spam_action, banned_action, dlp_action. */
+/* A redirect or BCC target: local@domain, printable, no spaces or brackets. */
+static bool valid_address(const char *a)
+{
+    const char *at = strrchr(a, '@');
+    if (!at || at == a || !valid_domain(at + 1) || strlen(a) >= 256)
+        return false;
+    for (const char *p = a; p < at; p++)
+        if (*p <= ' ' || *p >= 127 || *p == '<' || *p == '>' || *p == '"' || *p == '\\')
+            return false;
+    return true;
+}
+
+/* One scope's object: spam_threshold, spam_action, banned_action, dlp_action,
+ * av, quarantine_retention. */
 static bool apply_scope(struct loader *L, const char *path, const struct mx_ucl *v,
                         struct mx_policy_scope *sc)
 {
     sc->spam_threshold = -1;
+    sc->av = -1;
+    sc->quarantine_retention = -1;
     if (v->type != MX_UCL_OBJECT) {
         VERR(L, v, "%s: expected an object of settings, got %s", path, article_type(v->type));
         return false;
@@ -1066,13 +1099,37 @@ static bool apply_scope(struct loader *L, const char *path, const struct mx_ucl 
             sc->spam_threshold = d;
             continue;
         }
+        if (strcmp(p->key, "av") == 0) {
+            if (p->val->type != MX_UCL_BOOL) {
+                VERR(L, p->val, "%s: expected true or false, got %s", kp,
+                     article_type(p->val->type));
+                ok = false;
+            } else {
+                sc->av = p->val->u.b;
+            }
+            continue;
+        }
+        if (strcmp(p->key, "quarantine_retention") == 0) {
+            /* the range of policy.quarantine_retention */
+            const struct key k = {kp, K_SECONDS, 0, 0, 0, 365 * 86400, NULL};
+            uint64_t u;
+            if (want_uint(L, &k, p->val, 1.0, true, &u))
+                sc->quarantine_retention = (long)u;
+            else
+                ok = false;
+            continue;
+        }
         char **dst = strcmp(p->key, "spam_action") == 0     ? &sc->spam_action
                      : strcmp(p->key, "banned_action") == 0 ? &sc->banned_action
                      : strcmp(p->key, "dlp_action") == 0    ? &sc->dlp_action
+                     : strcmp(p->key, "redirect_to") == 0   ? &sc->redirect_to
+                     : strcmp(p->key, "bcc") == 0           ? &sc->bcc
+                     : strcmp(p->key, "bcc_when") == 0      ? &sc->bcc_when
                                                             : NULL;
         if (!dst) {
             cerr(L, p->file, p->line, "%s: unknown setting (expected spam_threshold, spam_action, "
-                 "banned_action or dlp_action)", kp);
+                 "banned_action, dlp_action, av, quarantine_retention, redirect_to, bcc or "
+                 "bcc_when)", kp);
             ok = false;
             continue;
         }
@@ -1080,9 +1137,23 @@ static bool apply_scope(struct loader *L, const char *path, const struct mx_ucl 
             ok = false;
             continue;
         }
-        if (!is_action(p->val->u.str.s)) {
-            VERR(L, p->val, "%s: '%s' is not one of tag/reject/quarantine/discard", kp,
-                 p->val->u.str.s);
+        const char *sv = p->val->u.str.s;
+        if (dst == &sc->redirect_to || dst == &sc->bcc) {
+            /* "" turns an inherited bcc off */
+            if ((*sv || dst == &sc->redirect_to) && !valid_address(sv)) {
+                VERR(L, p->val, "%s: '%s' is not an address (user@domain)", kp, sv);
+                ok = false;
+                continue;
+            }
+        } else if (dst == &sc->bcc_when) {
+            if (strcmp(sv, "always") != 0 && strcmp(sv, "spam") != 0 && strcmp(sv, "clean") != 0) {
+                VERR(L, p->val, "%s: '%s' is not one of always/spam/clean", kp, sv);
+                ok = false;
+                continue;
+            }
+        } else if (!is_action(sv)) {
+            VERR(L, p->val, "%s: '%s' is not one of tag/reject/quarantine/discard/redirect", kp,
+                 sv);
             ok = false;
             continue;
         }
@@ -1520,6 +1591,64 @@ static void add_policy_entries(struct loader *L, const char *key, enum mx_policy
     }
 }
 
+static const struct mx_policy_scope *find_scope(const struct mx_policy_scope *v, size_t n,
+                                                const char *scope);
+
+static bool scope_redirects(const struct mx_policy_scope *sc)
+{
+    const char *a[] = {sc->spam_action, sc->banned_action, sc->dlp_action};
+    for (int i = 0; i < 3; i++)
+        if (a[i] && strcmp(a[i], "redirect") == 0)
+            return true;
+    return false;
+}
+
+/*
+ * An action "redirect" needs somewhere to send the message: its scope's
+ * redirect_to, or (for a user) the domain's, or the global one. Global
+ * and per-scope policy.bcc are checked as they are parsed.
+ */
+static void check_redirects(struct loader *L)
+{
+    struct mx_config *c = L->cfg;
+    unsigned line;
+    const char *glob[] = {c->policy_spam_action, c->policy_banned_action, c->policy_dlp_action};
+    const char *gkeys[] = {"policy.spam_action", "policy.banned_action", "policy.dlp_action"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(glob[i], "redirect") == 0 && !*c->policy_redirect_to) {
+            const char *file = key_file(L, gkeys[i], &line);
+            cerr(L, file, line, "%s = \"redirect\" needs policy.redirect_to", gkeys[i]);
+        }
+    if (*c->policy_redirect_to && !valid_address(c->policy_redirect_to)) {
+        const char *file = key_file(L, "policy.redirect_to", &line);
+        cerr(L, file, line, "policy.redirect_to: '%s' is not an address (user@domain)",
+             c->policy_redirect_to);
+    }
+    if (*c->policy_bcc && !valid_address(c->policy_bcc)) {
+        const char *file = key_file(L, "policy.bcc", &line);
+        cerr(L, file, line, "policy.bcc: '%s' is not an address (user@domain)", c->policy_bcc);
+    }
+    if (*c->policy_redirect_to)
+        return;
+    for (int users = 0; users < 2; users++) {
+        const struct mx_policy_scope *v = users ? c->policy_users : c->policy_domains;
+        size_t n = users ? c->n_policy_users : c->n_policy_domains;
+        for (size_t i = 0; i < n; i++) {
+            if (!scope_redirects(&v[i]) || v[i].redirect_to)
+                continue;
+            const char *at = users ? strrchr(v[i].scope, '@') : NULL;
+            const struct mx_policy_scope *d =
+                at ? find_scope(c->policy_domains, c->n_policy_domains, at + 1) : NULL;
+            if (d && d->redirect_to)
+                continue;
+            const char *file = key_file(L, users ? "policy.users" : "policy.domains", &line);
+            cerr(L, file, line, "policy.%s.%s: action \"redirect\" needs redirect_to (here, %s"
+                 "or policy.redirect_to)", users ? "users" : "domains", v[i].scope,
+                 users ? "in its domain " : "");
+        }
+    }
+}
+
 static void build_policy(struct loader *L)
 {
     struct mx_config *c = L->cfg;
@@ -1535,6 +1664,7 @@ static void build_policy(struct loader *L)
     }
     add_policy_entries(L, "policy.allow", MX_POLICY_ALLOW, c->policy_allow, c->n_policy_allow);
     add_policy_entries(L, "policy.block", MX_POLICY_BLOCK, c->policy_block, c->n_policy_block);
+    check_redirects(L);
 }
 
 static int load_common(struct loader *L, struct mx_ucl *root, const char *const *overrides,
@@ -1770,6 +1900,18 @@ static void put_scopes(FILE *f, const char *name, const struct mx_policy_scope *
                 put_quoted(f, vals[k]);
                 fputs(";", f);
             }
+        const char *const names2[] = {"redirect_to", "bcc", "bcc_when"};
+        const char *const vals2[] = {v[i].redirect_to, v[i].bcc, v[i].bcc_when};
+        for (int k = 0; k < 3; k++)
+            if (vals2[k]) {
+                fprintf(f, " %s = ", names2[k]);
+                put_quoted(f, vals2[k]);
+                fputs(";", f);
+            }
+        if (v[i].av >= 0)
+            fprintf(f, " av = %s;", v[i].av ? "true" : "false");
+        if (v[i].quarantine_retention >= 0)
+            fprintf(f, " quarantine_retention = %lds;", v[i].quarantine_retention);
         fputs(" }\n", f);
     }
     fputs("    }\n", f);
@@ -1787,8 +1929,11 @@ static const struct mx_policy_scope *find_scope(const struct mx_policy_scope *v,
 void mx_config_policy_for(const struct mx_config *cfg, const char *rcpt,
                           struct mx_policy_effective *out)
 {
-    *out = (struct mx_policy_effective){cfg->scan_spam_threshold, cfg->policy_spam_action,
-                                        cfg->policy_banned_action, cfg->policy_dlp_action};
+    *out = (struct mx_policy_effective){cfg->scan_spam_threshold,   cfg->policy_spam_action,
+                                        cfg->policy_banned_action,  cfg->policy_dlp_action,
+                                        true, cfg->policy_quarantine_retention,
+                                        cfg->policy_redirect_to,    cfg->policy_bcc,
+                                        cfg->policy_bcc_when};
     char addr[600];
     if (mx_policy_resolve_address(rcpt, cfg->policy_subaddress_sep[0], addr, sizeof addr) < 0)
         return;
@@ -1808,6 +1953,16 @@ void mx_config_policy_for(const struct mx_config *cfg, const char *rcpt,
             out->banned_action = sc->banned_action;
         if (sc->dlp_action)
             out->dlp_action = sc->dlp_action;
+        if (sc->av >= 0)
+            out->av = sc->av;
+        if (sc->redirect_to)
+            out->redirect_to = sc->redirect_to;
+        if (sc->bcc)
+            out->bcc = sc->bcc;
+        if (sc->bcc_when)
+            out->bcc_when = sc->bcc_when;
+        if (sc->quarantine_retention >= 0)
+            out->quarantine_retention = (unsigned)sc->quarantine_retention;
     }
 }
 
@@ -1973,7 +2128,8 @@ char *mx_config_export(const struct mx_config *c)
     put_double(f, c->dnsbl_threshold);
     fputs(";\n}\nuribl {\n", f);
     put_list(f, "    lists", c->uribl_lists, c->n_uribl_lists);
-    fputs("}\n", f);
+    fprintf(f, "    max_queries = %u;\n    timeout = %ums;\n}\n", c->uribl_max_queries,
+            c->uribl_timeout_ms);
     put_kv_str(f, 0, "sender_domain_check", c->sender_domain_check);
     fprintf(f, "logical_ip = %s;\n", c->logical_ip ? "true" : "false");
     fputs("recipient_verification {\n", f);
@@ -1995,6 +2151,9 @@ char *mx_config_export(const struct mx_config *c)
     put_kv_str(f, 4, "spam_subject_tag", c->policy_spam_subject_tag);
     put_kv_str(f, 4, "banned_action", c->policy_banned_action);
     put_kv_str(f, 4, "dlp_action", c->policy_dlp_action);
+    put_kv_str(f, 4, "redirect_to", c->policy_redirect_to);
+    put_kv_str(f, 4, "bcc", c->policy_bcc);
+    put_kv_str(f, 4, "bcc_when", c->policy_bcc_when);
     put_scopes(f, "domains", c->policy_domains, c->n_policy_domains);
     put_scopes(f, "users", c->policy_users, c->n_policy_users);
     fprintf(f, "    quarantine_retention = %us;\n}\n", c->policy_quarantine_retention);

@@ -27,12 +27,22 @@ struct mx_policy_scope {
     char *spam_action;     /**< NULL: inherit (same for the next two) */
     char *banned_action;
     char *dlp_action;
+    int av;                    /**< anti-virus scan: 1 on, 0 off, -1 inherit */
+    long quarantine_retention; /**< seconds (0 = keep); < 0: inherit */
+    char *redirect_to;         /**< target of the "redirect" action; NULL: inherit */
+    char *bcc;                 /**< copy to this address; "" = none; NULL: inherit */
+    char *bcc_when;            /**< "always", "spam", "clean"; NULL: inherit */
 };
 
 /** Effective policy for one recipient (user over domain over global). */
 struct mx_policy_effective {
     double spam_threshold;
     const char *spam_action, *banned_action, *dlp_action;
+    bool av;                       /**< wants the anti-virus scan (global: true) */
+    unsigned quarantine_retention; /**< seconds, 0 = keep forever */
+    const char *redirect_to;       /**< "" = none */
+    const char *bcc;               /**< "" = none */
+    const char *bcc_when;          /**< "always", "spam" or "clean" */
 };
 
 /** A CIDR entry of an ordered list; negated entries exclude. */
@@ -143,8 +153,10 @@ struct mx_config {
     char **dnsbl_lists;       /**< "ZONE[=A.B.C.D] reject|score=N", in order */
     size_t n_dnsbl_lists;
     double dnsbl_threshold;   /**< summed scores at or above this reject; default 5 */
-    char **uribl_lists;       /**< same syntax, queried with MAIL FROM/HELO domains */
+    char **uribl_lists;       /**< same syntax: MAIL FROM/HELO domains, body URI domains */
     size_t n_uribl_lists;
+    unsigned uribl_max_queries; /**< body URIs: DNS queries per message (names x lists); 0 = off */
+    unsigned uribl_timeout_ms;  /**< body URIs: time budget per message, default 3000 */
     char *sender_domain_check; /**< "off" (default) or "reject" */
     bool logical_ip;          /**< DNSBL-check the first external Received hop at end of data */
     char **rv_static_domains; /**< recipient_verification.static_domains */
@@ -167,10 +179,14 @@ struct mx_config {
     size_t n_policy_allow;
     char **policy_block;
     size_t n_policy_block;
-    char *policy_spam_action;         /**< "tag" (default), "reject", "quarantine", "discard" */
+    char *policy_spam_action;         /**< "tag" (default), "reject", "quarantine", "discard",
+                                           "redirect" */
     char *policy_spam_subject_tag;    /**< prefix for spam subjects, "" = none */
     char *policy_banned_action;       /**< attachment rule hit: default "reject" */
     char *policy_dlp_action;          /**< dlp rule hit: default "quarantine" */
+    char *policy_redirect_to;         /**< target of the "redirect" action, "" = none */
+    char *policy_bcc;                 /**< copy of each message to this address, "" = none */
+    char *policy_bcc_when;            /**< "always" (default), "spam", "clean" */
     unsigned policy_quarantine_retention; /**< seconds, default 30 days */
     struct mx_policy *policy;         /**< the lists compiled at load */
     struct mx_policy_scope *policy_domains; /**< policy.domains { "d" { ... } } */

@@ -3159,6 +3159,13 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
     return 0;
 }
 
+const char *mx_scan_msg_uri(const struct mx_scan_msg *m, unsigned i)
+{
+    if (!m->ended || i >= m->nuri)
+        return NULL;
+    return m->ua + m->uoff[i];
+}
+
 void mx_scan_msg_free(struct mx_scan_msg *m)
 {
     if (!m)

@@ -169,6 +169,16 @@ struct mx_scan_result {
  */
 int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res);
 
+/**
+ * The i-th URI extracted from the message (text and HTML parts, in order of
+ * appearance, duplicates removed, at most mx_scan_opts.max_uris), as the uri
+ * rules saw it. Read-only; valid after mx_scan_msg_end() until
+ * mx_scan_msg_free().
+ * @return the URI (NUL-terminated), or NULL when i >= mx_scan_result.nuris
+ *         or the message has not ended.
+ */
+const char *mx_scan_msg_uri(const struct mx_scan_msg *m, unsigned i);
+
 /** Give the message state back to its worker's pool. */
 void mx_scan_msg_free(struct mx_scan_msg *m);
 

@@ -53,6 +53,20 @@ struct mail_wait {
     char uribl_domain[256];
 };
 
+/* The URIBL answers on the domains of one message's body URIs. */
+struct uri_wait {
+    unsigned pending;    /* queries not answered yet */
+    unsigned names;      /* distinct names asked */
+    unsigned asked;      /* queries sent (names x lists) */
+    unsigned unanswered; /* failed or over the time budget */
+    unsigned uris;       /* URIs looked at */
+    int reject;          /* first reject list that listed a name, -1 none */
+    char reject_domain[256];
+    struct mx_checks_uri_hit hits[LISTS_MAX]; /* score lists that listed a name */
+    size_t n_hits;
+    struct timespec t0;
+};
+
 /* The DNSBL answers for one address (the client, or the logical IP) added up. */
 struct bl_tally {
     unsigned pending; /* lists not answered yet */
@@ -67,6 +81,7 @@ struct mx_checks_conn {
     void *ud;
     unsigned refs; /* owner + queries and callouts in flight */
     bool gone;
+    bool trusted; /* client in trusted_networks: no DNS list checks */
     char sid[24];
     char client_text[INET6_ADDRSTRLEN];
     /* DNSBL on the client address, started at connect */
@@ -79,9 +94,12 @@ struct mx_checks_conn {
     uint8_t *hdr;
     size_t hdr_len;
     bool hdr_done; /* the empty line ending the headers was seen (or the buffer is full) */
-    bool lg_active; /* the end of data waits for our answer */
+    bool data_active; /* the end of data waits for our answer */
     struct bl_tally lg;
     char lg_text[INET6_ADDRSTRLEN];
+    /* URIBL on the domains of the message's body URIs */
+    struct uri_wait ur;
+    unsigned ur_gen; /* ignore answers of an earlier message or past the time budget */
 };
 
 /* One DNS query in flight. */
@@ -89,7 +107,7 @@ struct dnsq {
     struct dnsq *prev, *next; /* the worker's in-flight list */
     unsigned widx;
     struct mx_checks_conn *cc;
-    enum { Q_DNSBL, Q_URIBL, Q_SENDER, Q_LOGICAL } kind;
+    enum { Q_DNSBL, Q_URIBL, Q_SENDER, Q_LOGICAL, Q_BODYURI } kind;
     unsigned list;
     unsigned gen;
     char domain[256];
@@ -211,6 +229,9 @@ int mx_smtp_checks_new(const struct mx_config *cfg, struct mx_checks **out)
         free(ck);
         return -EINVAL;
     }
+    if (ck->n_uribl && !cfg->n_scan_rules)
+        fprintf(stderr, "mxgate[checks]: uribl.lists: no scan.rules, so no URI list: only the "
+                        "MAIL FROM and HELO domains are looked up\n");
     *out = ck;
     return 0;
 }
@@ -222,34 +243,208 @@ void mx_smtp_checks_free(struct mx_checks *ck)
 
 /* ---- names and addresses ---------------------------------------------- */
 
+/* An address as DNS lists name it, without the zone: "2.0.0.127", or 32
+ * nibbles for IPv6; out has room for 64 characters and the NUL. */
+static void reversed_addr(int family, const uint8_t *a, char out[65])
+{
+    if (family == AF_INET) {
+        snprintf(out, 65, "%u.%u.%u.%u", a[3], a[2], a[1], a[0]);
+        return;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        out[4 * i] = hex[a[15 - i] & 15];
+        out[4 * i + 1] = '.';
+        out[4 * i + 2] = hex[a[15 - i] >> 4];
+        out[4 * i + 3] = '.';
+    }
+    out[63] = 0; /* no dot after the last nibble */
+}
+
 int mx_smtp_checks_query_name(const struct sockaddr *sa, const char *zone, char *out,
                               size_t outlen)
 {
-    int n;
+    char rev[65];
     if (sa->sa_family == AF_INET) {
-        const uint8_t *a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
-        n = snprintf(out, outlen, "%u.%u.%u.%u.%s", a[3], a[2], a[1], a[0], zone);
+        reversed_addr(AF_INET, (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr, rev);
     } else if (sa->sa_family == AF_INET6 &&
                IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)sa)->sin6_addr)) {
         /* an IPv4 client on an IPv6 socket is listed under its IPv4 name */
-        const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr + 12;
-        n = snprintf(out, outlen, "%u.%u.%u.%u.%s", a[3], a[2], a[1], a[0], zone);
+        reversed_addr(AF_INET, ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr + 12, rev);
     } else if (sa->sa_family == AF_INET6) {
-        const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-        static const char hex[] = "0123456789abcdef";
-        char nib[65];
-        for (int i = 0; i < 16; i++) {
-            nib[4 * i] = hex[a[15 - i] & 15];
-            nib[4 * i + 1] = '.';
-            nib[4 * i + 2] = hex[a[15 - i] >> 4];
-            nib[4 * i + 3] = '.';
-        }
-        nib[64] = 0;
-        n = snprintf(out, outlen, "%s%s", nib, zone);
+        reversed_addr(AF_INET6, ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr, rev);
     } else {
         return -EAFNOSUPPORT;
     }
+    int n = snprintf(out, outlen, "%s.%s", rev, zone);
     return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
+}
+
+/* ---- body URIs: the name a URIBL knows a link by ----------------------- */
+
+/*
+ * Second-level labels under which registries sell names, so that the
+ * registered domain has three labels ("shop.example.co.uk" -> "example.co.uk").
+ * A short fixed list of the common ones, not the Public Suffix List
+ * (docs/CONFIG.md says which).
+ */
+static const char *const two_level_suffixes[] = {
+    "ac.uk",  "co.uk",   "gov.uk", "ltd.uk", "me.uk",  "net.uk", "org.uk",  "plc.uk", "sch.uk",
+    "asn.au", "com.au",  "edu.au", "gov.au", "id.au",  "net.au", "org.au",  "ac.jp",  "co.jp",
+    "go.jp",  "gr.jp",   "ne.jp",  "or.jp",  "ac.nz",  "co.nz",  "govt.nz", "net.nz", "org.nz",
+    "co.za",  "gov.za",  "net.za", "org.za", "com.br", "gov.br", "net.br",  "org.br", "com.cn",
+    "edu.cn", "gov.cn",  "net.cn", "org.cn", "com.hk", "com.tw", "com.sg",  "com.my", "co.id",
+    "co.in",  "firm.in", "gen.in", "ind.in", "net.in", "org.in", "co.kr",   "or.kr",  "co.il",
+    "org.il", "co.th",   "in.th",  "com.mx", "com.ar", "com.co", "com.pe",  "com.tr", "com.ua",
+    "com.pl", "com.vn",  "com.ph", "com.pk", "com.ng", "com.eg", "com.sa",  "co.ke",  "co.ve",
+};
+
+static bool two_level_suffix(const char *s)
+{
+    for (size_t i = 0; i < sizeof two_level_suffixes / sizeof two_level_suffixes[0]; i++)
+        if (strcmp(s, two_level_suffixes[i]) == 0)
+            return true;
+    return false;
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+int mx_smtp_checks_uri_name(const char *uri, char *out, size_t outlen)
+{
+    const char *p = uri, *end;
+    if (strncasecmp(p, "mailto:", 7) == 0) {
+        /* mailto:user@host?subject=...: the domain of the (first) address */
+        p += 7;
+        end = p + strcspn(p, "?,;>& \t");
+        const char *at = NULL;
+        for (const char *q = p; q < end; q++)
+            if (*q == '@')
+                at = q;
+        if (!at)
+            return -ENOENT;
+        p = at + 1;
+    } else {
+        if (strncasecmp(p, "http://", 7) == 0)
+            p += 7;
+        else if (strncasecmp(p, "https://", 8) == 0)
+            p += 8;
+        else if (strncasecmp(p, "ftp://", 6) == 0)
+            p += 6;
+        else if (strncmp(p, "//", 2) == 0)
+            p += 2;
+        else if (strncasecmp(p, "www.", 4) != 0)
+            return -ENOENT; /* relative links, cid:, data:, other schemes */
+        while (*p == '/' || *p == '\\')
+            p++; /* browsers forgive "http:///host" and backslashes */
+        end = p + strcspn(p, "/?#\\");
+        /* user:password@host: the host is after the last '@' */
+        for (const char *q = end; q > p; q--)
+            if (q[-1] == '@') {
+                p = q;
+                break;
+            }
+        if (*p == '[') {
+            /* IPv6 literal */
+            const char *rb = memchr(p, ']', (size_t)(end - p));
+            char lit[64];
+            size_t l = rb ? (size_t)(rb - p - 1) : 0;
+            struct in6_addr a6;
+            if (!rb || l == 0 || l >= sizeof lit)
+                return -ENOENT;
+            memcpy(lit, p + 1, l);
+            lit[l] = 0;
+            if (inet_pton(AF_INET6, lit, &a6) != 1 || outlen < 65)
+                return -ENOENT;
+            if (IN6_IS_ADDR_V4MAPPED(&a6))
+                reversed_addr(AF_INET, a6.s6_addr + 12, out);
+            else
+                reversed_addr(AF_INET6, a6.s6_addr, out);
+            return MX_URI_IP;
+        }
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        if (colon)
+            end = colon; /* the port */
+    }
+    /* the host: percent-decoded, lower-cased, one trailing dot dropped */
+    char host[256];
+    size_t hl = 0;
+    for (const char *q = p; q < end; q++) {
+        char c = *q;
+        if (c == '%' && end - q >= 3 && hexval(q[1]) >= 0 && hexval(q[2]) >= 0) {
+            c = (char)(hexval(q[1]) * 16 + hexval(q[2]));
+            q += 2;
+        }
+        if (hl >= sizeof host - 1)
+            return -ENOENT;
+        host[hl++] = (char)tolower((unsigned char)c);
+    }
+    if (hl && host[hl - 1] == '.')
+        hl--;
+    host[hl] = 0;
+    if (hl == 0 || hl > 253)
+        return -ENOENT;
+    /* letters, digits, '-', '_' in labels of 1..63; anything else (IDN
+     * bytes, spaces, quotes) is not a name a list can hold */
+    size_t nlabels = 1, ll = 0;
+    for (size_t i = 0; i < hl; i++) {
+        char c = host[i];
+        if (c == '.') {
+            if (ll == 0)
+                return -ENOENT;
+            nlabels++;
+            ll = 0;
+            continue;
+        }
+        if (!isalnum((unsigned char)c) && c != '-' && c != '_')
+            return -ENOENT;
+        if (++ll > 63)
+            return -ENOENT;
+    }
+    if (ll == 0)
+        return -ENOENT;
+    /* an all-numeric last label makes it an IPv4 address, as browsers read
+     * it (so "http://3232235777/" and "0x7f.1" are addresses too) */
+    const char *last = strrchr(host, '.');
+    last = last ? last + 1 : host;
+    bool numeric =
+        strspn(last, "0123456789") == strlen(last) ||
+        (strncmp(last, "0x", 2) == 0 && strspn(last + 2, "0123456789abcdef") == strlen(last + 2));
+    if (numeric) {
+        struct in_addr a4;
+        if (inet_aton(host, &a4) == 0 || outlen < 16)
+            return -ENOENT;
+        reversed_addr(AF_INET, (const uint8_t *)&a4, out);
+        return MX_URI_IP;
+    }
+    if (nlabels < 2)
+        return -ENOENT; /* "localhost", "intranet" */
+    /* the registered domain: the last two labels, or three under a two-level suffix */
+    const char *dom = host + hl;
+    unsigned want = 2;
+    for (unsigned seen = 0; dom > host; dom--) {
+        if (dom[-1] != '.')
+            continue;
+        if (++seen == want) {
+            if (want == 2 && two_level_suffix(dom)) {
+                want = 3;
+                continue;
+            }
+            break;
+        }
+    }
+    if (nlabels == 2 && two_level_suffix(host))
+        return -ENOENT; /* the suffix itself ("co.uk") */
+    size_t dl = strlen(dom);
+    if (dl + 1 > outlen)
+        return -ENOENT;
+    memcpy(out, dom, dl + 1);
+    return MX_URI_DOMAIN;
 }
 
 static bool cidr_match(const struct mx_cidr *c, int family, const uint8_t *addr)
@@ -475,6 +670,78 @@ static void inflight_del(struct dnsq *q)
         q->next->prev = q->prev;
 }
 
+static uint64_t ms_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)(now.tv_sec - t0->tv_sec) * 1000u +
+           (uint64_t)((now.tv_nsec - t0->tv_nsec) / 1000000);
+}
+
+/* One URIBL answer on a body URI's name: a list counts once per message. */
+static void uri_answer(struct mx_checks_conn *cc, const struct dnsq *q,
+                       const struct mx_dns_result *r)
+{
+    struct uri_wait *u = &cc->ur;
+    const struct mx_checks_list *l = &cc->ck->uribl[q->list];
+    u->pending--;
+    if (r->status != 0 && r->status != -ENOENT)
+        u->unanswered++;
+    if (!dnsbl_listed(l, r))
+        return;
+    logf_cc(cc, "URI domain %s listed at %s", q->domain, l->zone);
+    if (l->reject) {
+        if (u->reject < 0 || (int)q->list < u->reject) {
+            u->reject = (int)q->list;
+            snprintf(u->reject_domain, sizeof u->reject_domain, "%s", q->domain);
+        }
+        return;
+    }
+    for (size_t i = 0; i < u->n_hits; i++)
+        if (u->hits[i].zone == l->zone)
+            return;
+    struct mx_checks_uri_hit *h = &u->hits[u->n_hits++];
+    h->zone = l->zone;
+    h->score = l->score;
+    snprintf(h->domain, sizeof h->domain, "%s", q->domain);
+    /* a rule-like name for X-Spam-Rules: URIBL_ and the zone, A-Z 0-9 _ */
+    size_t k = (size_t)snprintf(h->rule, sizeof h->rule, "URIBL_");
+    for (const char *z = l->zone; *z && k < sizeof h->rule - 1; z++)
+        h->rule[k++] = isalnum((unsigned char)*z) ? (char)toupper((unsigned char)*z) : '_';
+    h->rule[k] = 0;
+}
+
+/* The verdict of the body URIs: 550 naming the domain and the first reject list. */
+static void uri_verdict(struct mx_checks_conn *cc, struct mx_smtpd_reply *r)
+{
+    struct uri_wait *u = &cc->ur;
+    if (u->names)
+        logf_cc(cc,
+                "URIBL: %u URIs, %u names, %u queries, %u unanswered, %zu score lists, %s "
+                "in %lu ms",
+                u->uris, u->names, u->asked, u->unanswered, u->n_hits,
+                u->reject >= 0 ? "rejected" : "not rejected", (unsigned long)ms_since(&u->t0));
+    if (u->reject < 0)
+        return;
+    snprintf(cc->text, sizeof cc->text, "Message rejected; URI domain %s listed at %s",
+             u->reject_domain, cc->ck->uribl[u->reject].zone);
+    *r = (struct mx_smtpd_reply){550, "5.7.1", cc->text};
+    logf_cc(cc, "reject: %s", cc->text);
+}
+
+/* Every end-of-data answer is in (or the URIBL budget is spent): answer the session. */
+static void data_maybe_answer(struct mx_checks_conn *cc)
+{
+    if (!cc->data_active || cc->lg.pending || cc->ur.pending || cc->gone)
+        return;
+    struct mx_smtpd_reply ans = {0};
+    logical_verdict(cc, &ans);
+    if (!ans.code)
+        uri_verdict(cc, &ans);
+    cc->data_active = false;
+    cc->answer(cc->ud, &ans);
+}
+
 static void on_dns(void *arg, const struct mx_dns_result *r)
 {
     struct dnsq *q = arg;
@@ -492,11 +759,13 @@ static void on_dns(void *arg, const struct mx_dns_result *r)
     }
     if (q->kind == Q_LOGICAL) {
         tally_answer(cc, &cc->lg, q->list, r, "logical client", cc->lg_text);
-        if (!cc->lg.pending && cc->lg_active) {
-            struct mx_smtpd_reply ans = {0};
-            logical_verdict(cc, &ans);
-            cc->lg_active = false;
-            cc->answer(cc->ud, &ans);
+        data_maybe_answer(cc);
+        goto out;
+    }
+    if (q->kind == Q_BODYURI) {
+        if (q->gen == cc->ur_gen) {
+            uri_answer(cc, q, r);
+            data_maybe_answer(cc);
         }
         goto out;
     }
@@ -546,7 +815,7 @@ static void start_query(struct mx_checks_conn *cc, int kind, unsigned list, cons
     q->cc = cc;
     q->kind = kind;
     q->list = list;
-    q->gen = cc->uribl_gen;
+    q->gen = kind == Q_BODYURI ? cc->ur_gen : cc->uribl_gen;
     q->widx = mx_worker_index(cc->w) % INFLIGHT_WORKERS;
     snprintf(q->domain, sizeof q->domain, "%s", domain ? domain : "");
     int rc = mx_dns_query(cc->w, name, type, on_dns, q);
@@ -564,6 +833,8 @@ static void start_query(struct mx_checks_conn *cc, int kind, unsigned list, cons
         cc->dnsbl.pending++;
     else if (kind == Q_LOGICAL)
         cc->lg.pending++;
+    else if (kind == Q_BODYURI)
+        cc->ur.pending++;
     else
         cc->mw.pending++;
 }
@@ -591,7 +862,8 @@ struct mx_checks_conn *mx_smtp_checks_conn_new(struct mx_checks *ck, struct mx_w
     else if (client->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)client)->sin6_addr, cc->client_text,
                   sizeof cc->client_text);
-    if (ck->n_dnsbl && w && !mx_config_is_trusted(ck->cfg, client)) {
+    cc->trusted = mx_config_is_trusted(ck->cfg, client);
+    if (ck->n_dnsbl && w && !cc->trusted) {
         for (size_t i = 0; i < ck->n_dnsbl; i++) {
             char name[MX_DNS_NAME_MAX];
             if (mx_smtp_checks_query_name(client, ck->dnsbl[i].zone, name, sizeof name) == 0)
@@ -1091,17 +1363,13 @@ void mx_smtp_checks_data(struct mx_checks_conn *cc, const uint8_t *buf, size_t l
         cc->hdr_done = true;
 }
 
-void mx_smtp_checks_data_end(struct mx_checks_conn *cc, struct mx_smtpd_reply *r)
+/* The logical IP: the first external hop of the held header block, asked of the DNSBLs. */
+static void logical_start(struct mx_checks_conn *cc)
 {
-    if (!cc || !cc->ck->logical_ip || !cc->hdr_len || !cc->w)
-        return;
     struct sockaddr_storage ss;
     const struct mx_config *cfg = cc->ck->cfg;
-    int rc = mx_smtp_checks_received_ip(cc->hdr, cc->hdr_len, cfg->trusted_networks,
-                                        cfg->n_trusted_networks, &ss);
-    cc->hdr_len = 0;
-    cc->hdr_done = false;
-    if (rc < 0)
+    if (mx_smtp_checks_received_ip(cc->hdr, cc->hdr_len, cfg->trusted_networks,
+                                   cfg->n_trusted_networks, &ss) < 0)
         return;
     if (ss.ss_family == AF_INET)
         inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, cc->lg_text, sizeof cc->lg_text);
@@ -1110,17 +1378,145 @@ void mx_smtp_checks_data_end(struct mx_checks_conn *cc, struct mx_smtpd_reply *r
                   sizeof cc->lg_text);
     if (strcmp(cc->lg_text, cc->client_text) == 0)
         return; /* the connecting client itself: checked at MAIL already */
-    cc->lg.hit = -1;
-    cc->lg.score = 0;
     for (size_t i = 0; i < cc->ck->n_dnsbl; i++) {
         char name[MX_DNS_NAME_MAX];
         if (mx_smtp_checks_query_name((struct sockaddr *)&ss, cc->ck->dnsbl[i].zone, name,
                                       sizeof name) == 0)
             start_query(cc, Q_LOGICAL, (unsigned)i, name, MX_DNS_A, NULL);
     }
-    if (cc->lg.pending) {
+    if (cc->lg.pending)
         logf_cc(cc, "logical client %s: asking the DNS lists", cc->lg_text);
-        cc->lg_active = true;
-        r->code = MX_SMTPD_PENDING;
+}
+
+#define URI_NAMES_MAX 1000 /* uribl.max_queries is at most this */
+
+/* "4.3.2.1" -> "1.2.3.4": the labels of a dotted name in reverse order. */
+static void unreverse(const char *in, char *out, size_t outlen)
+{
+    size_t n = strlen(in), o = 0;
+    if (n >= outlen)
+        n = outlen - 1;
+    for (size_t end = n; end > 0;) {
+        size_t st = end;
+        while (st > 0 && in[st - 1] != '.')
+            st--;
+        if (o)
+            out[o++] = '.';
+        memcpy(out + o, in + st, end - st);
+        o += end - st;
+        end = st ? st - 1 : 0;
     }
+    out[o] = 0;
+}
+
+/*
+ * The body URIs: each one's registered domain (or reversed address), once
+ * per message, asked of every URIBL until uribl.max_queries queries are out.
+ * A list that cannot take the next name whole is not asked for it: a name
+ * is asked of all lists or of none.
+ */
+static void uris_start(struct mx_checks_conn *cc, mx_checks_uri_fn uri_at, void *ctx)
+{
+    const struct mx_config *cfg = cc->ck->cfg;
+    struct uri_wait *u = &cc->ur;
+    if (!cc->ck->n_uribl || !uri_at || cc->trusted || !cfg->uribl_max_queries)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &u->t0);
+    uint64_t seen[URI_NAMES_MAX];
+    bool capped = false;
+    const char *uri;
+    for (unsigned i = 0; (uri = uri_at(ctx, i)) != NULL; i++) {
+        u->uris++;
+        char name[MX_DNS_NAME_MAX];
+        int kind = mx_smtp_checks_uri_name(uri, name, sizeof name);
+        if (kind < 0)
+            continue;
+        uint64_t h = 1469598103934665603ull; /* FNV-1a */
+        for (const char *p = name; *p; p++)
+            h = (h ^ (uint8_t)*p) * 1099511628211ull;
+        bool dup = false;
+        for (unsigned k = 0; k < u->names && !dup; k++)
+            dup = seen[k] == h;
+        if (dup)
+            continue;
+        if (u->asked + cc->ck->n_uribl > cfg->uribl_max_queries || u->names >= URI_NAMES_MAX) {
+            capped = true;
+            break;
+        }
+        seen[u->names++] = h;
+        /* logs and replies name an address in its usual order */
+        char shown[MX_DNS_NAME_MAX];
+        if (kind == MX_URI_IP)
+            unreverse(name, shown, sizeof shown);
+        else
+            snprintf(shown, sizeof shown, "%s", name);
+        for (size_t l = 0; l < cc->ck->n_uribl; l++) {
+            char qname[MX_DNS_NAME_MAX];
+            int n = snprintf(qname, sizeof qname, "%s.%s", name, cc->ck->uribl[l].zone);
+            u->asked++;
+            if (n > 0 && (size_t)n < sizeof qname)
+                start_query(cc, Q_BODYURI, (unsigned)l, qname, MX_DNS_A, shown);
+            else
+                u->unanswered++;
+        }
+    }
+    if (capped)
+        logf_cc(cc,
+                "URIBL: uribl.max_queries (%u) reached after %u names; the rest of the "
+                "URIs are not looked up",
+                cfg->uribl_max_queries, u->names);
+}
+
+void mx_smtp_checks_data_end(struct mx_checks_conn *cc, mx_checks_uri_fn uri_at, void *uri_ctx,
+                             struct mx_smtpd_reply *r)
+{
+    if (!cc)
+        return;
+    cc->lg = (struct bl_tally){.hit = -1};
+    cc->ur = (struct uri_wait){.reject = -1};
+    cc->ur_gen++; /* answers still out for an earlier message count for nothing */
+    if (cc->w) {
+        if (cc->ck->logical_ip && cc->hdr_len)
+            logical_start(cc);
+        uris_start(cc, uri_at, uri_ctx);
+    }
+    cc->hdr_len = 0;
+    cc->hdr_done = false;
+    if (cc->lg.pending || cc->ur.pending) {
+        cc->data_active = true;
+        r->code = MX_SMTPD_PENDING;
+        return;
+    }
+    uri_verdict(cc, r); /* every query failed at once: only the log line */
+}
+
+bool mx_smtp_checks_uribl_pending(const struct mx_checks_conn *cc)
+{
+    return cc && cc->data_active && cc->ur.pending;
+}
+
+void mx_smtp_checks_data_timeout(struct mx_checks_conn *cc)
+{
+    if (!mx_smtp_checks_uribl_pending(cc))
+        return;
+    struct uri_wait *u = &cc->ur;
+    logf_cc(cc,
+            "URIBL: %u of %u queries unanswered after %lu ms (uribl.timeout): not counted, "
+            "treated as not listed",
+            u->pending, u->asked, (unsigned long)ms_since(&u->t0));
+    u->unanswered += u->pending;
+    u->pending = 0;
+    cc->ur_gen++; /* their answers, when they come, are dropped */
+    data_maybe_answer(cc);
+}
+
+size_t mx_smtp_checks_uri_hits(const struct mx_checks_conn *cc,
+                               const struct mx_checks_uri_hit **hits)
+{
+    if (!cc) {
+        *hits = NULL;
+        return 0;
+    }
+    *hits = cc->ur.hits;
+    return cc->ur.n_hits;
 }

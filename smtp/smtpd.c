@@ -61,6 +61,10 @@ struct smtpd_conn {
      * removed before the bytes reach the spool.
      */
     struct mx_scan_msg *scan_msg;
+    struct mx_scan_result scan_res; /* its verdict, taken at end of data (scan_rc 0) */
+    int scan_rc;
+    bool uribl_wait;         /* end of data waits for URIBL answers on the body URIs */
+    uint64_t uribl_deadline; /* ... until then (realtime ms): uribl.timeout */
     uint8_t *hold;
     size_t hold_len, hold_cap;
     char sid[20];
@@ -76,7 +80,14 @@ struct smtpd_conn {
     /* anti-virus: the held message is scanned at end of data before the commit */
     struct mx_av_job *av_job; /* owns c->hold while set */
     uint64_t av_start_ms;
+    bool av_on;               /* this message is AV-scanned (some recipient has av on) */
     bool av_done;
+    unsigned retention;       /* quarantine retention of this message, seconds (0 = keep) */
+    /* the scan verdict, for bcc_when, and the redirect targets (policy actions) */
+    bool verdict, allowed;
+    double verdict_score;
+    struct mx_rcpt *redir;
+    size_t n_redir;
     char av_header[200];      /* "X-Virus-Status: ..." line for the message, or "" */
     char av_quarantine[160];  /* quarantine reason when AV asked for it, or "" */
     /* Received headers counted in the message's header block (loop detection) */
@@ -344,6 +355,7 @@ static void free_conn(struct smtpd_conn *c)
     if (c->msg)
         mx_queue_msg_abort(c->msg);
     mx_smtpd_session_free(c->sess);
+    free(c->redir);
     struct mx_smtp_server *srv = c->srv;
     free(c);
     sessions_on_worker--;
@@ -519,11 +531,54 @@ static void count_hops(struct smtpd_conn *c, const uint8_t *buf, size_t len)
     }
 }
 
+/*
+ * The per-recipient settings that apply to the message as a whole (one copy
+ * is queued for every recipient): it is AV-scanned when any recipient has
+ * av on (mixed recipients: scanned, the safe side), and a quarantined copy
+ * is kept as long as the recipient that wants it longest (0 = forever wins).
+ */
+static void message_policy(struct smtpd_conn *c, const struct mx_envelope *env)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    c->av_on = false;
+    c->retention = 0;
+    c->verdict = false;
+    free(c->redir);
+    c->redir = NULL;
+    c->n_redir = 0;
+    bool forever = false;
+    unsigned av_off = 0;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        struct mx_policy_effective eff;
+        mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
+        if (eff.av)
+            c->av_on = true;
+        else
+            av_off++;
+        if (eff.quarantine_retention == 0)
+            forever = true;
+        else if (eff.quarantine_retention > c->retention)
+            c->retention = eff.quarantine_retention;
+    }
+    if (forever || !env->n_rcpts)
+        c->retention = env->n_rcpts ? 0 : cfg->policy_quarantine_retention;
+    if (!c->srv->av) {
+        c->av_on = false;
+    } else if (!c->av_on) {
+        conn_log(c, "policy: AV off for every recipient (%zu), message not virus-scanned",
+                 env->n_rcpts);
+    } else if (av_off) {
+        conn_log(c, "policy: AV off for %u of %zu recipients, scanned for the others", av_off,
+                 env->n_rcpts);
+    }
+}
+
 static void s_data_begin(void *ud, const struct mx_envelope *env, struct mx_smtpd_reply *r)
 {
     struct smtpd_conn *c = ud;
     /* each message of the session is scanned on its own */
     c->av_done = false;
+    message_policy(c, env);
     c->av_header[0] = 0;
     c->av_quarantine[0] = 0;
     c->hold_len = 0;
@@ -579,7 +634,7 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
         return -EIO;
     mx_smtp_checks_data(c->chk, buf, len); /* header block for the logical IP check */
     count_hops(c, buf, len);
-    if (!c->scan_msg && !c->srv->av)
+    if (!c->scan_msg && !c->av_on)
         return mx_queue_msg_write(c->msg, buf, len);
     if (c->scan_msg)
         mx_scan_msg_feed(c->scan_msg, buf, len);
@@ -601,10 +656,127 @@ static int s_data_write(void *ud, const uint8_t *buf, size_t len)
 /* Severity of a policy action, to pick one when several verdicts apply. */
 static int action_rank(const char *a)
 {
-    static const char *const order[] = {"deliver", "tag", "quarantine", "discard", "reject"};
-    for (int i = 4; i > 0; i--)
+    static const char *const order[] = {"deliver",    "tag",     "redirect",
+                                        "quarantine", "discard", "reject"};
+    for (int i = 5; i > 0; i--)
         if (strcmp(a, order[i]) == 0)
             return i;
+    return 0;
+}
+
+/* What one recipient's own settings ask for the verdict: its most severe action. */
+static const char *rcpt_action(const struct mx_scan_result *res, bool allowed,
+                               const struct mx_policy_effective *eff, const char **why)
+{
+    const char *a = "deliver";
+    *why = "";
+    if (res->score >= eff->spam_threshold && !allowed && action_rank(eff->spam_action) > 0)
+        a = eff->spam_action, *why = "spam";
+    if ((res->flags & MX_SCAN_ATTACHMENT) && action_rank(eff->banned_action) > action_rank(a))
+        a = eff->banned_action, *why = "banned attachment";
+    if ((res->flags & MX_SCAN_DLP) && action_rank(eff->dlp_action) > action_rank(a))
+        a = eff->dlp_action, *why = "DLP rule";
+    return a;
+}
+
+/*
+ * The message goes to the redirect_to address of each recipient whose own
+ * action is "redirect" instead of to its recipients (the strictest recipient
+ * decides for one queued copy, as for the other actions).
+ */
+static int redirect_message(struct smtpd_conn *c, const struct mx_scan_result *res, bool allowed,
+                            const char *why)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    const struct mx_envelope *env = mx_smtpd_session_envelope(c->sess);
+    struct mx_rcpt *v = calloc(env->n_rcpts ? env->n_rcpts : 1, sizeof *v);
+    if (!v)
+        return -ENOMEM;
+    size_t n = 0;
+    char list[600] = "";
+    size_t ll = 0;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        struct mx_policy_effective eff;
+        const char *w;
+        mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
+        if (strcmp(rcpt_action(res, allowed, &eff, &w), "redirect") != 0 || !*eff.redirect_to)
+            continue;
+        bool dup = false;
+        for (size_t k = 0; k < n && !dup; k++)
+            dup = strcasecmp(v[k].addr, eff.redirect_to) == 0;
+        if (dup)
+            continue;
+        snprintf(v[n].addr, sizeof v[n].addr, "%s", eff.redirect_to);
+        if (ll < sizeof list)
+            ll += (size_t)snprintf(list + ll, sizeof list - ll, "%s<%s>", n ? "," : "",
+                                   eff.redirect_to);
+        n++;
+    }
+    int rc = 0;
+    if (n == 0) {
+        /* the configuration check makes this unreachable; never deliver then */
+        conn_log(c, "policy: %s, action redirect without redirect_to: quarantined instead", why);
+        rc = mx_queue_msg_quarantine(c->msg, "redirect without redirect_to", c->retention);
+    } else {
+        rc = mx_queue_msg_set_rcpts(c->msg, v, n);
+        if (rc == 0) {
+            conn_log(c, "policy: %s, redirected to %s instead of %zu recipient(s)", why, list,
+                     env->n_rcpts);
+            free(c->redir);
+            c->redir = v;
+            c->n_redir = n;
+            v = NULL;
+        }
+    }
+    free(v);
+    return rc;
+}
+
+/*
+ * BCC: a copy to each bcc address of the recipients whose bcc_when matches
+ * the verdict ("always"; "spam"/"clean" need a scan verdict). The copy is a
+ * further recipient of the queued message with NOTIFY=NEVER: the sender
+ * gets no DSN about an archive address it never named. Addresses already
+ * among the recipients are not added twice.
+ */
+static int apply_bcc(struct smtpd_conn *c)
+{
+    const struct mx_config *cfg = c->srv->cfg;
+    const struct mx_envelope *env = mx_smtpd_session_envelope(c->sess);
+    const char *added[64];
+    size_t n_added = 0;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        struct mx_policy_effective eff;
+        mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
+        if (!*eff.bcc)
+            continue;
+        bool spam = c->verdict && c->verdict_score >= eff.spam_threshold && !c->allowed;
+        if (strcmp(eff.bcc_when, "always") != 0 &&
+            (!c->verdict || spam != (strcmp(eff.bcc_when, "spam") == 0)))
+            continue;
+        bool dup = false;
+        for (size_t k = 0; k < n_added && !dup; k++)
+            dup = strcasecmp(added[k], eff.bcc) == 0;
+        if (c->redir) {
+            for (size_t k = 0; k < c->n_redir && !dup; k++)
+                dup = strcasecmp(c->redir[k].addr, eff.bcc) == 0;
+        } else {
+            for (size_t k = 0; k < env->n_rcpts && !dup; k++)
+                dup = strcasecmp(env->rcpts[k].addr, eff.bcc) == 0;
+        }
+        if (dup || n_added == sizeof added / sizeof added[0])
+            continue;
+        struct mx_rcpt r;
+        memset(&r, 0, sizeof r);
+        snprintf(r.addr, sizeof r.addr, "%s", eff.bcc);
+        r.notify = MX_NOTIFY_NEVER;
+        int rc = mx_queue_msg_add_rcpt(c->msg, &r);
+        if (rc < 0)
+            return rc;
+        added[n_added++] = eff.bcc;
+        conn_log(c, "policy: BCC copy to <%s> (bcc_when %s, for <%s>)", eff.bcc, eff.bcc_when,
+                 env->rcpts[i].addr);
+    }
     return 0;
 }
 
@@ -641,6 +813,55 @@ static void printable_name(const char *in, char *out, size_t cap)
 }
 
 /*
+ * The score URIBLs that listed a body URI domain (checks.c) count as rules
+ * of the verdict: their score is added and their URIBL_ZONE names join the
+ * sorted hit list (X-Spam-Status tests=, X-Spam-Rules). *names / *scores
+ * are malloc'd when there are hits (the caller frees them after rendering).
+ */
+static int add_uribl_hits(struct smtpd_conn *c, struct mx_scan_result *res, const char ***names,
+                          double **scores)
+{
+    const struct mx_checks_uri_hit *uh;
+    size_t nuh = mx_smtp_checks_uri_hits(c->chk, &uh);
+    if (!nuh)
+        return 0;
+    size_t n = res->nhits + nuh;
+    const char **nv = malloc(n * sizeof *nv);
+    double *sv = malloc(n * sizeof *sv);
+    if (!nv || !sv) {
+        free(nv);
+        free(sv);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < res->nhits; i++) {
+        nv[i] = res->hits[i];
+        sv[i] = res->hit_scores[i];
+    }
+    for (size_t k = 0; k < nuh; k++) {
+        conn_log(c, "URIBL: %s listed at %s, %s %+.1f", uh[k].domain, uh[k].zone, uh[k].rule,
+                 uh[k].score);
+        /* insertion into the sorted list */
+        size_t i = res->nhits + k;
+        while (i > 0 && strcmp(nv[i - 1], uh[k].rule) > 0) {
+            nv[i] = nv[i - 1];
+            sv[i] = sv[i - 1];
+            i--;
+        }
+        nv[i] = uh[k].rule;
+        sv[i] = uh[k].score;
+        res->score += uh[k].score;
+    }
+    res->nhits = (unsigned)n;
+    res->hits = nv;
+    res->hit_scores = sv;
+    if (res->score >= res->threshold)
+        res->flags |= MX_SCAN_SPAM;
+    *names = nv;
+    *scores = sv;
+    return 0;
+}
+
+/*
  * End of data with scanning: verdict headers first, forged ones removed, and
  * the spam action of the policy (tag / quarantine here; reject and discard
  * are reported in *out and nothing is written).
@@ -648,8 +869,13 @@ static void printable_name(const char *in, char *out, size_t cap)
 static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
 {
     *out = SPAM_COMMIT;
-    struct mx_scan_result res;
-    int rc = mx_scan_msg_end(c->scan_msg, &res);
+    struct mx_scan_result res = c->scan_res;
+    int rc = c->scan_rc;
+    if (rc < 0)
+        return rc;
+    const char **names = NULL;
+    double *scores = NULL;
+    rc = add_uribl_hits(c, &res, &names, &scores);
     if (rc < 0)
         return rc;
     if (res.flags & MX_SCAN_SPAM)
@@ -664,12 +890,16 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
         mx_stats_rule_hit(res.hits[i]);
     char hdr[4096];
     int hl = mx_scan_render_headers(&res, hdr, sizeof hdr);
-    if (hl < 0)
-        return hl;
     char tests[512] = "";
     size_t tl = 0;
     for (unsigned i = 0; i < res.nhits && tl + 2 < sizeof tests; i++)
         tl += (size_t)snprintf(tests + tl, sizeof tests - tl, "%s%s", i ? "," : "", res.hits[i]);
+    free(names);
+    free(scores);
+    res.hits = NULL;
+    res.hit_scores = NULL;
+    if (hl < 0)
+        return hl;
     conn_log(c, "verdict: %s score=%.1f required=%.1f tests=%s", res.flags & MX_SCAN_SPAM ? "spam"
              : "clean", res.score, res.threshold, tests);
     const struct mx_config *cfg = c->srv->cfg;
@@ -687,16 +917,16 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
          * message gets the most severe action any of its recipients asks for */
         struct mx_policy_effective eff;
         mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
-        if (res.score >= eff.spam_threshold && !allowed) {
+        if (res.score >= eff.spam_threshold && !allowed)
             spam_any = true;
-            if (action_rank(eff.spam_action) > action_rank(action))
-                action = eff.spam_action, why = "spam";
-        }
-        if ((res.flags & MX_SCAN_ATTACHMENT) && action_rank(eff.banned_action) > action_rank(action))
-            action = eff.banned_action, why = "banned attachment";
-        if ((res.flags & MX_SCAN_DLP) && action_rank(eff.dlp_action) > action_rank(action))
-            action = eff.dlp_action, why = "DLP rule";
+        const char *w, *a = rcpt_action(&res, allowed, &eff, &w);
+        if (action_rank(a) > action_rank(action))
+            action = a, why = w;
     }
+    /* for bcc_when: the verdict as each recipient's threshold reads it */
+    c->verdict = true;
+    c->verdict_score = res.score;
+    c->allowed = allowed;
     if ((res.flags & MX_SCAN_SPAM) && allowed)
         conn_log(c, "policy: sender allow-listed by every recipient, no spam action");
     /* which attachment (archive member) a rule hit: "invoice.zip/x.exe" */
@@ -755,11 +985,13 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     if (rc == 0 && c->hold_len > hend)
         rc = mx_queue_msg_write(c->msg, c->hold + hend, c->hold_len - hend);
     free(stripped);
+    if (rc == 0 && strcmp(action, "redirect") == 0)
+        rc = redirect_message(c, &res, allowed, why);
     if (rc == 0 && strcmp(action, "quarantine") == 0) {
         char reason[96];
         snprintf(reason, sizeof reason, "%s score=%.1f required=%.1f", why, res.score,
                  res.threshold);
-        rc = mx_queue_msg_quarantine(c->msg, reason, cfg->policy_quarantine_retention);
+        rc = mx_queue_msg_quarantine(c->msg, reason, c->retention);
     }
     return rc;
 }
@@ -810,7 +1042,7 @@ static bool av_begin(struct smtpd_conn *c)
 static void finish_data_end(struct smtpd_conn *c, uint64_t size)
 {
     c->msg_size = size;
-    if (c->srv->av && !c->av_done) {
+    if (c->av_on && !c->av_done) {
         if (!av_begin(c)) {
             conn_log(c, "AV: cannot submit the message: %s", strerror(ENOMEM));
             s_data_abort(c);
@@ -840,7 +1072,7 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
             mx_smtpd_session_data_refuse(c->sess, &r);
             return;
         }
-    } else if (c->srv->av) {
+    } else if (c->av_on) {
         /* held for AV only: its status line, then the message as received */
         int rc = mx_queue_msg_write(c->msg, c->av_header, strlen(c->av_header));
         if (rc == 0 && c->hold_len)
@@ -855,14 +1087,24 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
     }
     av_drop(c); /* the queue has its copy */
     if (c->av_quarantine[0]) {
-        int rc = mx_queue_msg_quarantine(c->msg, c->av_quarantine,
-                                         c->srv->cfg->policy_quarantine_retention);
+        int rc = mx_queue_msg_quarantine(c->msg, c->av_quarantine, c->retention);
         if (rc < 0) {
             mx_queue_msg_abort(c->msg);
             c->msg = NULL;
             mx_smtpd_session_data_done(c->sess, rc, NULL);
             return;
         }
+    }
+    int brc = apply_bcc(c);
+    free(c->redir);
+    c->redir = NULL;
+    c->n_redir = 0;
+    if (brc < 0) {
+        conn_log(c, "policy: BCC failed: %s", strerror(-brc));
+        mx_queue_msg_abort(c->msg);
+        c->msg = NULL;
+        mx_smtpd_session_data_done(c->sess, brc, NULL);
+        return;
     }
     struct mx_queue_msg *m = c->msg;
     c->msg = NULL;
@@ -872,6 +1114,11 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
         c->commit_pending = false;
         mx_smtpd_session_data_done(c->sess, rc, NULL);
     }
+}
+
+static const char *scan_uri_at(void *ctx, unsigned i)
+{
+    return mx_scan_msg_uri(ctx, i);
 }
 
 static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
@@ -888,9 +1135,25 @@ static void s_data_end(void *ud, const struct mx_envelope *env, uint64_t size)
         mx_smtpd_session_data_refuse(c->sess, &r);
         return;
     }
-    mx_smtp_checks_data_end(c->chk, &r); /* logical IP against the DNSBLs */
+    if (c->scan_msg) {
+        /* the verdict now: its URI list feeds the URIBL check below */
+        c->scan_rc = mx_scan_msg_end(c->scan_msg, &c->scan_res);
+    }
+    /* logical IP against the DNSBLs, body URI domains against the URIBLs */
+    mx_smtp_checks_data_end(c->chk, c->scan_msg && c->scan_rc == 0 ? scan_uri_at : NULL,
+                            c->scan_msg, &r);
     if (r.code == MX_SMTPD_PENDING) {
         c->msg_size = size; /* checks_answer() goes on */
+        if (mx_smtp_checks_uribl_pending(c->chk)) {
+            c->uribl_wait = true;
+            c->uribl_deadline = realtime_ms() + c->srv->cfg->uribl_timeout_ms;
+            mx_stream_set_timer(c->st, c->srv->cfg->uribl_timeout_ms);
+        }
+        return;
+    }
+    if (r.code) {
+        s_data_abort(c);
+        mx_smtpd_session_data_refuse(c->sess, &r);
         return;
     }
     finish_data_end(c, size);
@@ -935,6 +1198,12 @@ static void arm_timer(struct smtpd_conn *c)
     if (c->av_job && !c->av_done) {
         /* AV jobs are polled; the service enforces its own time limit per message */
         mx_stream_set_timer(c->st, AV_POLL_MS);
+        return;
+    }
+    if (c->uribl_wait) {
+        /* the URIBL budget of this message, whatever input arrives meanwhile */
+        uint64_t now = realtime_ms();
+        mx_stream_set_timer(c->st, c->uribl_deadline > now ? c->uribl_deadline - now : 1);
         return;
     }
     const struct mx_config *cfg = c->srv->cfg;
@@ -993,6 +1262,15 @@ static void st_timeout(struct mx_stream *s, void *ctx)
     }
     if (c->av_job && !c->av_done) {
         av_poll(c);
+        return;
+    }
+    if (c->uribl_wait) {
+        /* budget spent: what answered counts, the rest is "not listed" */
+        c->uribl_wait = false;
+        mx_smtp_checks_data_timeout(c->chk); /* answers through checks_answer() */
+        if (mx_smtpd_session_state(c->sess) == SMTPD_WAIT_COMMIT && !c->commit_pending &&
+            !c->av_job)
+            arm_timer(c); /* the logical IP still pending: bounded by the resolver */
         return;
     }
     if (c->commit_pending) {
@@ -1087,7 +1365,8 @@ static void checks_answer(void *ud, const struct mx_smtpd_reply *r)
 {
     struct smtpd_conn *c = ud;
     if (mx_smtpd_session_state(c->sess) == SMTPD_WAIT_COMMIT) {
-        /* the end-of-data check (logical IP): commit, or refuse the message */
+        /* the end-of-data checks (logical IP, URIBL): commit, or refuse the message */
+        c->uribl_wait = false;
         if (!r->code) {
             finish_data_end(c, c->msg_size);
         } else {

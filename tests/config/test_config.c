@@ -171,6 +171,9 @@ static void test_full_and_round_trip(void **state)
     assert_int_equal(c->scan_archive_max_depth, 2);
     assert_int_equal(c->scan_archive_max_members, 500);
     assert_int_equal(c->scan_archive_max_total, 32u << 20);
+    assert_int_equal(c->n_uribl_lists, 2);
+    assert_int_equal(c->uribl_max_queries, 30);
+    assert_int_equal(c->uribl_timeout_ms, 2000);
     const struct mx_route *r = mx_config_route(c, "EXAMPLE.TEST");
     assert_int_equal(r->scheme, MX_ROUTE_SMTP);
     assert_int_equal(r->n_hosts, 2);
@@ -198,7 +201,16 @@ static void test_full_and_round_trip(void **state)
                           "rules = [ \"rules/default.rules\", \"rules/local.cf\" ];",
                           "enabled = true;", "spam_threshold = 6.5;",
                           "archive_max_bytes = 8388608;", "archive_max_depth = 2;",
-                          "archive_max_members = 500;", "archive_max_total = 33554432;"};
+                          "archive_max_members = 500;", "archive_max_total = 33554432;",
+                          "lists = [ \"multi.uribl.example.test reject\", "
+                          "\"dbl.example.test score=2.5\" ];",
+                          "max_queries = 30;\n    timeout = 2000ms;",
+                          "\"example.org\" { banned_action = \"quarantine\"; bcc = \"\"; av = false; }",
+                          "redirect_to = \"spamtrap@example.test\";",
+                          "bcc = \"archive@example.test\";",
+                          "bcc = \"ceo-archive@example.test\"; bcc_when = \"spam\";",
+                          "dlp_action = \"tag\"; bcc = \"ceo-archive@example.test\"; bcc_when = "
+                          "\"spam\"; av = true; quarantine_retention = 7776000s; }"};
     for (size_t i = 0; i < sizeof(must) / sizeof(must[0]); i++)
         if (!strstr(e1, must[i]))
             fail_msg("export lacks '%s':\n%s", must[i], e1);
@@ -218,6 +230,119 @@ static void test_full_and_round_trip(void **state)
     mx_config_free(c2);
     mx_config_free(c);
     free(path);
+}
+
+/* Per-domain and per-user settings: user over domain over global, per setting. */
+static void test_policy_scopes(void **state)
+{
+    (void)state;
+    struct mx_config *c = load_text(
+        "policy {\n"
+        "  spam_action = \"tag\"; quarantine_retention = 10d;\n"
+        "  domains {\n"
+        "    \"a.test\" { av = false; quarantine_retention = 2d; banned_action = \"quarantine\"; }\n"
+        "    \"b.test\" { quarantine_retention = 0; }\n"
+        "  }\n"
+        "  users {\n"
+        "    \"boss@a.test\" { av = true; spam_action = \"reject\"; }\n"
+        "    \"keep@a.test\" { quarantine_retention = 90d; }\n"
+        "  }\n"
+        "}\n");
+    struct mx_policy_effective e;
+    mx_config_policy_for(c, "x@elsewhere.test", &e);
+    assert_true(e.av);
+    assert_int_equal(e.quarantine_retention, 10 * 86400);
+    assert_string_equal(e.spam_action, "tag");
+    assert_string_equal(e.banned_action, "reject");
+    mx_config_policy_for(c, "x@A.test", &e);
+    assert_false(e.av);
+    assert_int_equal(e.quarantine_retention, 2 * 86400);
+    assert_string_equal(e.banned_action, "quarantine");
+    /* the user's own setting wins, the rest comes from its domain */
+    mx_config_policy_for(c, "Boss+tag@a.test", &e);
+    assert_true(e.av);
+    assert_string_equal(e.spam_action, "reject");
+    assert_int_equal(e.quarantine_retention, 2 * 86400);
+    assert_string_equal(e.banned_action, "quarantine");
+    mx_config_policy_for(c, "keep@a.test", &e);
+    assert_false(e.av);
+    assert_int_equal(e.quarantine_retention, 90 * 86400);
+    mx_config_policy_for(c, "x@b.test", &e);
+    assert_int_equal(e.quarantine_retention, 0); /* kept forever */
+    /* the scope settings survive export -> load -> export */
+    char *e1 = mx_config_export(c);
+    assert_non_null(strstr(e1, "\"a.test\" { banned_action = \"quarantine\"; av = false; "
+                               "quarantine_retention = 172800s; }"));
+    assert_non_null(strstr(e1, "\"boss@a.test\" { spam_action = \"reject\"; av = true; }"));
+    struct mx_config *c2 = load_text(e1);
+    char *e2 = mx_config_export(c2);
+    assert_string_equal(e1, e2);
+    free(e1);
+    free(e2);
+    mx_config_free(c2);
+    mx_config_free(c);
+
+    expect_one_error("policy { domains { \"a.test\" { av = \"no\"; } } }\n", 1,
+                     "policy.domains.a.test.av: expected true or false, got string");
+    expect_one_error("policy { users {\n \"u@a.test\" { quarantine_retention = 400d; } } }\n", 2,
+                     "policy.users.u@a.test.quarantine_retention must be between 0 and 31536000");
+    expect_one_error("policy { users {\n \"u@a.test\" { quarantine_retention = \"x\"; } } }\n",
+                     2, "expected a duration, got string");
+    expect_one_error("policy { domains { \"a.test\" { avv = true; } } }\n", 1,
+                     "policy.domains.a.test.avv: unknown setting");
+}
+
+/* Redirect and BCC settings: inheritance, and "redirect" needs a target. */
+static void test_policy_redirect_bcc(void **state)
+{
+    (void)state;
+    struct mx_config *c = load_text(
+        "policy {\n"
+        "  spam_action = \"redirect\"; redirect_to = \"trap@corp.test\";\n"
+        "  bcc = \"archive@corp.test\";\n"
+        "  domains { \"a.test\" { bcc = \"\"; banned_action = \"redirect\";\n"
+        "                         redirect_to = \"att@corp.test\"; } }\n"
+        "  users { \"u@a.test\" { bcc = \"u-copy@corp.test\"; bcc_when = \"spam\"; } }\n"
+        "}\n");
+    struct mx_policy_effective e;
+    mx_config_policy_for(c, "x@b.test", &e);
+    assert_string_equal(e.spam_action, "redirect");
+    assert_string_equal(e.redirect_to, "trap@corp.test");
+    assert_string_equal(e.bcc, "archive@corp.test");
+    assert_string_equal(e.bcc_when, "always");
+    mx_config_policy_for(c, "x@a.test", &e);
+    assert_string_equal(e.bcc, ""); /* turned off for the domain */
+    assert_string_equal(e.redirect_to, "att@corp.test");
+    assert_string_equal(e.banned_action, "redirect");
+    mx_config_policy_for(c, "u+tag@a.test", &e);
+    assert_string_equal(e.bcc, "u-copy@corp.test");
+    assert_string_equal(e.bcc_when, "spam");
+    assert_string_equal(e.redirect_to, "att@corp.test");
+    char *e1 = mx_config_export(c);
+    assert_non_null(strstr(e1, "    redirect_to = \"trap@corp.test\";\n    bcc = "
+                               "\"archive@corp.test\";\n    bcc_when = \"always\";\n"));
+    struct mx_config *c2 = load_text(e1);
+    char *e2 = mx_config_export(c2);
+    assert_string_equal(e1, e2);
+    free(e1);
+    free(e2);
+    mx_config_free(c2);
+    mx_config_free(c);
+
+    expect_one_error("policy {\n spam_action = \"redirect\"; }\n", 2,
+                     "policy.spam_action = \"redirect\" needs policy.redirect_to");
+    expect_one_error("policy { users {\n \"u@a.test\" { dlp_action = \"redirect\"; } } }\n", 1,
+                     "policy.users.u@a.test: action \"redirect\" needs redirect_to");
+    expect_one_error("policy { redirect_to = \"nobody\"; }\n", 1,
+                     "policy.redirect_to: 'nobody' is not an address");
+    expect_one_error("policy { bcc = \"a b@x.test\"; }\n", 1, "policy.bcc: 'a b@x.test' is not");
+    expect_one_error("policy { domains {\n \"a.test\" { bcc_when = \"sometimes\"; } } }\n", 2,
+                     "is not one of always/spam/clean");
+    expect_one_error("policy { bcc_when = \"sometimes\"; }\n", 1, "policy.bcc_when");
+    /* a user's redirect may use its domain's target */
+    c = load_text("policy { domains { \"a.test\" { redirect_to = \"t@corp.test\"; } }\n"
+                  "  users { \"u@a.test\" { spam_action = \"redirect\"; } } }\n");
+    mx_config_free(c);
 }
 
 static void test_validation_errors(void **state)
@@ -540,6 +665,8 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_quickstart),
         cmocka_unit_test(test_full_and_round_trip),
+        cmocka_unit_test(test_policy_scopes),
+        cmocka_unit_test(test_policy_redirect_bcc),
         cmocka_unit_test(test_validation_errors),
         cmocka_unit_test(test_every_error_collected),
         cmocka_unit_test(test_errors_in_files),

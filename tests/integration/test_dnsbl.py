@@ -8,13 +8,23 @@ uses it as dns.servers. Clients connect from second loopback addresses:
     and a pipelined MAIL+RCPT+DATA gets its three replies in order;
   - from 127.0.0.3 (not listed): the message is accepted and delivered;
   - a sender at the NXDOMAIN domain: 550 5.1.8.
+URIBL on body URIs (a gateway with a small rule file, so the scanner
+extracts the URIs): a listed domain in a plain-text link and in an HTML
+href, and a listed IP-literal link, get 550 5.7.1 at end of data naming
+the domain and the list; a domain on a score list is delivered with the
+list's score and URIBL_ rule in X-Spam-Rules (a co.uk host reduced to its
+registered domain); a clean message and one whose list REFUSEs are
+delivered; uribl.max_queries caps the lookups; with a DNS server that
+never answers, the message is delivered after uribl.timeout.
 Usage: test_dnsbl.py MXGATE
 """
 import os
+import email
 import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +67,11 @@ def start_unbound(d, port):
   local-data: "4.0.0.127.s2.example.test. 60 IN A 127.0.0.2"
   local-zone: "uribl.example.test." static
   local-data: "spam.test.uribl.example.test. 60 IN A 127.0.0.2"
+  local-data: "2.2.0.192.uribl.example.test. 60 IN A 127.0.0.2"
+  local-zone: "urisc.example.test." static
+  local-data: "scored.test.urisc.example.test. 60 IN A 127.0.0.2"
+  local-data: "shop.co.uk.urisc.example.test. 60 IN A 127.0.0.2"
+  local-zone: "urifail.example.test." refuse
   local-zone: "spam.test." static
   local-data: "spam.test. 60 IN A 192.0.2.20"
   local-zone: "good.test." static
@@ -115,6 +130,131 @@ def raw_session(port, src, lines, expect_replies, timeout=10):
     got = [reply()[-1] for _ in range(expect_replies)]
     s.close()
     return got
+
+
+RULES = "body T_NEVER /this text never appears in a test message/\nscore T_NEVER 1\n"
+
+
+def uri_gateway(mxgate, dns_extra, uribl):
+    d = tempfile.mkdtemp(prefix="mxgate-uribl-")
+    rules = os.path.join(d, "t.rules")
+    with open(rules, "w") as f:
+        f.write(RULES)
+    return mxtest.Gateway(mxgate, trusted=["127.0.0.1/32"], keep_dir=d, extra="""
+%s
+scan { rules = [ "%s" ]; spam_threshold = 5.0; }
+uribl { %s }
+""" % (dns_extra, rules, uribl))
+
+
+def send(port, sender, mid, body, ctype=b"text/plain", helo="client.test"):
+    """One message from 127.0.0.3; returns (code, text) of the end of data."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=("127.0.0.3", 0)) as c:
+        c.ehlo(helo)
+        code, msg = c.mail(sender)
+        if code != 250:
+            return code, msg
+        c.rcpt("x@example.test")
+        return c.data(b"From: a@good.test\r\nTo: x@example.test\r\nSubject: uri test\r\n"
+                      b"Content-Type: " + ctype + b"; charset=us-ascii\r\nMessage-ID: <" +
+                      mid + b"@test>\r\n\r\n" + body + b"\r\n")
+
+
+def uribl_body(mxgate, dns_port, fails):
+    gw = uri_gateway(mxgate, 'dns { servers = [ "127.0.0.1:%d" ]; timeout = 1; tries = 2; }'
+                     % dns_port,
+                     'lists = [ "uribl.example.test reject", "urisc.example.test score=4", '
+                     '"urifail.example.test reject" ]; max_queries = 12; timeout = 5s;')
+    try:
+        gw.start()
+        # a listed domain in a plain-text link
+        code, msg = send(gw.port, "a@good.test", b"uri-plain",
+                         b"Cheap pills at http://www.spam.test/offer?id=1 today")
+        fails.check(code == 550 and msg == b"5.7.1 Message rejected; URI domain spam.test listed "
+                    b"at uribl.example.test", "listed URI in plain text: %d %r" % (code, msg))
+        # ... in an HTML href (a subdomain of it, the link text says otherwise)
+        code, msg = send(gw.port, "a@good.test", b"uri-html",
+                         b"<html><body><p>Your <a href=\"https://login.shop.spam.test/x\">"
+                         b"bank</a></p></body></html>", ctype=b"text/html")
+        fails.check(code == 550 and b"URI domain spam.test listed at uribl.example.test" in msg,
+                    "listed URI in an HTML href: %d %r" % (code, msg))
+        # an IP-literal link, queried reversed
+        code, msg = send(gw.port, "a@good.test", b"uri-ip",
+                         b"<a href='http://192.0.2.2:8080/win'>win</a>", ctype=b"text/html")
+        fails.check(code == 550 and b"URI domain 192.0.2.2 listed at uribl.example.test" in msg,
+                    "listed IP-literal URI: %d %r" % (code, msg))
+        # a score list: delivered, its score and rule in the verdict headers
+        code, msg = send(gw.port, "a@good.test", b"uri-score",
+                         b"see http://a.scored.test/ and http://b.scored.test/ and "
+                         b"www.deals.shop.co.uk/now")
+        fails.check(code == 250, "URI on a score list: accepted (%d %r)" % (code, msg))
+        # a clean message (its list on REFUSE is a DNS failure: not listed, logged)
+        code, msg = send(gw.port, "a@good.test", b"uri-clean",
+                         b"Minutes at http://www.good.test/minutes and mailto:bob@good.test")
+        fails.check(code == 250, "clean URIs: accepted (%d %r)" % (code, msg))
+        # more names than uribl.max_queries allows: 12 queries / 3 lists = 4 names asked
+        many = b" ".join(b"http://host%d.d%d.test/" % (i, i) for i in range(10))
+        code, msg = send(gw.port, "a@good.test", b"uri-many", many + b" http://www.spam.test/")
+        fails.check(code == 250, "the listed 11th name is past the cap: accepted (%d %r)"
+                    % (code, msg))
+        msgs = gw.wait_maildir(3, timeout=20)
+        by_id = {}
+        for raw in msgs:
+            m = email.message_from_bytes(raw)
+            by_id[(m["Message-ID"] or "").strip()] = m
+        fails.check(set(by_id) == {"<uri-score@test>", "<uri-clean@test>", "<uri-many@test>"},
+                    "delivered exactly the unlisted ones: %r" % sorted(by_id))
+        sc = by_id.get("<uri-score@test>")
+        rules = sc["X-Spam-Rules"] if sc is not None else ""
+        fails.check(sc is not None and "URIBL_URISC_EXAMPLE_TEST" in rules and
+                    "score=4.0" in sc["X-Spam-Status"],
+                    "score list hit in the verdict: %r / %r" %
+                    (rules, sc["X-Spam-Status"] if sc is not None else None))
+        cl = by_id.get("<uri-clean@test>")
+        fails.check(cl is not None and "URIBL" not in (cl["X-Spam-Status"] or ""),
+                    "clean message has no URIBL hit")
+        log = gw.log()
+        fails.check("URI domain scored.test listed at urisc.example.test" in log,
+                    "log names the score-list listing")
+        fails.check("URI domain shop.co.uk listed at urisc.example.test" in log,
+                    "www.deals.shop.co.uk reduced to shop.co.uk")
+        fails.check("urifail.example.test: no answer" in log,
+                    "the REFUSEd list's failure is logged")
+        fails.check("uribl.max_queries (12) reached after 4 names" in log,
+                    "max_queries caps the lookups")
+        fails.check("URIBL: 3 URIs, 2 names, 6 queries" in log,
+                    "duplicate domains asked once (a/b.scored.test)")
+    finally:
+        gw.stop()
+    if not fails.items:
+        gw.cleanup()
+
+    # a DNS server that never answers: the message waits uribl.timeout, then is delivered
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    gw = uri_gateway(mxgate, 'dns { servers = [ "127.0.0.1:%d" ]; timeout = 10; tries = 1; }'
+                     % dead.getsockname()[1],
+                     'lists = [ "uribl.example.test reject" ]; timeout = 1s;')
+    try:
+        gw.start()
+        t0 = time.monotonic()
+        # null sender and a dotless HELO: no MAIL-time URIBL lookups to wait for
+        code, msg = send(gw.port, "", b"uri-timeout", b"link http://www.spam.test/ here",
+                         helo="client")
+        took = time.monotonic() - t0
+        fails.check(code == 250, "URIBL timeout: delivered (%d %r)" % (code, msg))
+        fails.check(0.9 < took < 5, "URIBL timeout: answered in %.2f s (budget 1 s, DNS 10 s)"
+                    % took)
+        print("measured: end of data with a dead DNS server and uribl.timeout = 1s: %.2f s"
+              % took)
+        msgs = gw.wait_maildir(1, timeout=20)
+        fails.check("<uri-timeout@test>" in mxtest.message_ids(msgs), "URIBL timeout: delivered")
+        fails.check("queries unanswered after" in gw.log(), "URIBL timeout: logged")
+    finally:
+        gw.stop()
+        dead.close()
+    if not fails.items:
+        gw.cleanup()
 
 
 def main():
@@ -216,6 +356,7 @@ logical_ip = true;
                     "only the message from the unlisted logical IP was delivered: %r" % ids)
         log = gw.log()
         fails.check("client 127.0.0.2 listed at zen.example.test" in log, "log names the listing")
+        uribl_body(mxgate, port, fails)
         gw.stop()
         if not fails.items:
             gw.cleanup()

@@ -7,7 +7,10 @@ three switched by `mxctl reload` on one running gateway — plus the actions for
 a banned attachment (reject) and a DLP hit (quarantine); then anti-virus at
 SMTP time with a signature database the test writes (EICAR): an infected
 attachment is refused with 554 at end of data, clean mail is delivered with
-X-Virus-Status, and with on_infected = "quarantine" it is held instead."""
+X-Virus-Status, and with on_infected = "quarantine" it is held instead; after a
+reload with per-scope settings, a message whose every recipient has av = false is
+delivered unscanned, one with mixed recipients is scanned (and quarantined), and
+a quarantined message keeps the longest quarantine_retention of its recipients."""
 import base64
 import email
 import json
@@ -333,6 +336,51 @@ try:
     q = [m for m in items if m.get("state") == "quarantine"]
     F.check(len(q) == 1 and "Eicar-Test-Signature" in q[0].get("reason", ""),
             "infected message quarantined with the virus name (%s)" % items)
+
+    # per-scope av and quarantine_retention (reload): other.test has AV off and
+    # keeps quarantined mail 1 day, example.test 3 days, ceo@example.test 9 days
+    with open(gw.conf) as f:
+        text = f.read()
+    text = text.replace('relay_domains = [ "example.test" ];',
+                        'relay_domains = [ "example.test", "other.test" ];')
+    text += ('policy { domains { "other.test" { av = false; quarantine_retention = 1d; }\n'
+             '  "example.test" { quarantine_retention = 3d; } }\n'
+             '  users { "ceo@example.test" { quarantine_retention = 9d; } } }\n')
+    with open(gw.conf, "w") as f:
+        f.write(text)
+    F.check(gw.ctl("reload").startswith("reloaded"), "reload with per-scope av / retention")
+    with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=60) as s:
+        # every recipient has AV off: not scanned, delivered as is
+        s.sendmail("a@remote.invalid", ["user@other.test"], attachment_mail(EICAR, b"v3"))
+        # mixed recipients: scanned (the safe side), so quarantined as infected
+        s.sendmail("a@remote.invalid", ["user@other.test", "ceo@example.test"],
+                   attachment_mail(EICAR, b"v4"))
+        s.sendmail("a@remote.invalid", ["user@example.test"], attachment_mail(EICAR, b"v5"))
+    got = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "<v3@t>" not in got:
+        got = {(m["Message-ID"] or "").strip(): m for m in
+               (email.message_from_bytes(r) for r in gw.maildir_messages())}
+        time.sleep(0.1)
+    F.check("<v3@t>" in got and got["<v3@t>"]["X-Virus-Status"] is None,
+            "AV off for every recipient: delivered unscanned, no X-Virus-Status")
+    F.check("<v4@t>" not in got and "<v5@t>" not in got, "AV on for some: not delivered")
+    F.check("policy: AV off for every recipient (1), message not virus-scanned" in gw.log() and
+            "policy: AV off for 1 of 2 recipients, scanned for the others" in gw.log(),
+            "AV skip and mixed recipients logged")
+    lst = json.loads(gw.ctl("queue", "list", "--json"))
+    items = lst if isinstance(lst, list) else lst.get("messages", [])
+    ret = {}
+    for m in items:
+        if m.get("state") == "quarantine" and m.get("id"):
+            show = gw.ctl("queue", "show", m["id"])
+            r = [ln.split(":", 1)[1].strip() for ln in show.splitlines()
+                 if ln.startswith("retention:")]
+            ret[tuple(sorted(m.get("rcpts", [])))] = r[0] if r else None
+    F.check(ret.get(("ceo@example.test", "user@other.test")) == "777600",
+            "mixed recipients: kept as long as the longest retention (9d): %r" % ret)
+    F.check(ret.get(("user@example.test",)) == "259200",
+            "domain retention 3d applies: %r" % ret)
     F.check(gw.stop() == 0, "clean stop")
 finally:
     if F.items:

@@ -20,6 +20,8 @@
 #include "config/config.h"
 #include "smtp/checks_internal.h"
 
+#define MX_DNS_NAME_MAX_TEST 256
+
 static void test_parse_list(void **st)
 {
     (void)st;
@@ -71,6 +73,71 @@ static void test_query_name(void **st)
     assert_string_equal(name, "10.2.0.192.bl.test");
     struct sockaddr un = {.sa_family = AF_UNIX};
     assert_int_equal(mx_smtp_checks_query_name(&un, "bl.test", name, sizeof name), -EAFNOSUPPORT);
+}
+
+/* What a URIBL is asked for each kind of body URI (mx_smtp_checks_uri_name). */
+static void test_uri_name(void **st)
+{
+    (void)st;
+    static const struct {
+        const char *uri;
+        int kind; /* MX_URI_DOMAIN, MX_URI_IP or -ENOENT */
+        const char *name;
+    } cases[] = {
+        {"http://www.Spam.Test/path?q=1", MX_URI_DOMAIN, "spam.test"},
+        {"https://a.b.c.spam.test:8443/x", MX_URI_DOMAIN, "spam.test"},
+        {"HTTPS://user:pw@Host.Spam.Test/", MX_URI_DOMAIN, "spam.test"},
+        {"http://evil.test@good.test/", MX_URI_DOMAIN, "good.test"}, /* the host is after '@' */
+        {"http://good.test/@evil.test", MX_URI_DOMAIN, "good.test"}, /* '@' in the path */
+        {"www.spam.test/offer", MX_URI_DOMAIN, "spam.test"},
+        {"//cdn.spam.test/x.js", MX_URI_DOMAIN, "spam.test"},
+        {"ftp://files.spam.test", MX_URI_DOMAIN, "spam.test"},
+        {"http://spam.test.", MX_URI_DOMAIN, "spam.test"},
+        {"http://%73pam.test/", MX_URI_DOMAIN, "spam.test"}, /* %XX decoded */
+        {"http:\\\\shop.spam.test\\x", -ENOENT, ""},         /* no "//": not a link here */
+        {"http://\\shop.spam.test\\x", MX_URI_DOMAIN, "spam.test"},
+        {"http://shop.example.co.uk/", MX_URI_DOMAIN, "example.co.uk"},
+        {"http://example.co.uk/", MX_URI_DOMAIN, "example.co.uk"},
+        {"http://a.b.example.com.au", MX_URI_DOMAIN, "example.com.au"},
+        {"http://co.uk/", -ENOENT, ""},
+        {"http://www.example.uk/", MX_URI_DOMAIN, "example.uk"},
+        {"mailto:Sales@Mail.Spam.Test?subject=hi", MX_URI_DOMAIN, "spam.test"},
+        {"mailto:nobody", -ENOENT, ""},
+        {"http://192.0.2.10/x", MX_URI_IP, "10.2.0.192"},
+        {"http://192.0.2.10:8080", MX_URI_IP, "10.2.0.192"},
+        {"http://3221225994/", MX_URI_IP, "10.2.0.192"},    /* one decimal number */
+        {"http://0xc0.0.2.10/", MX_URI_IP, "10.2.0.192"},   /* hex label */
+        {"http://999.0.2.10/", -ENOENT, ""},
+        {"http://[2001:db8::1]/", MX_URI_IP,
+         "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2"},
+        {"http://[::ffff:192.0.2.10]/", MX_URI_IP, "10.2.0.192"},
+        {"http://[zz]/", -ENOENT, ""},
+        {"http://localhost/", -ENOENT, ""},
+        {"http:///", -ENOENT, ""},
+        {"http://bad..test/", -ENOENT, ""},
+        {"http://b\xc3\xa4" "d.test/", -ENOENT, ""}, /* raw IDN bytes */
+        {"http://sp am.test/", -ENOENT, ""},
+        {"/relative/link.html", -ENOENT, ""},
+        {"cid:part1@x.test", -ENOENT, ""},
+        {"javascript:alert(1)", -ENOENT, ""},
+        {"", -ENOENT, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out[MX_DNS_NAME_MAX_TEST] = "";
+        int rc = mx_smtp_checks_uri_name(cases[i].uri, out, sizeof out);
+        if (rc != cases[i].kind || (rc > 0 && strcmp(out, cases[i].name) != 0))
+            fail_msg("'%s': got %d '%s', want %d '%s'", cases[i].uri, rc, rc > 0 ? out : "",
+                     cases[i].kind, cases[i].name);
+    }
+    /* a label over 63 characters is no DNS name */
+    char longl[120] = "http://";
+    memset(longl + 7, 'a', 64);
+    strcpy(longl + 71, ".test/");
+    char out[300];
+    assert_int_equal(mx_smtp_checks_uri_name(longl, out, sizeof out), -ENOENT);
+    /* too small an output buffer is "no name", never an overflow */
+    assert_int_equal(mx_smtp_checks_uri_name("http://spam.test/", out, 5), -ENOENT);
+    assert_int_equal(mx_smtp_checks_uri_name("http://192.0.2.10/", out, 8), -ENOENT);
 }
 
 static const char HDRS[] =
@@ -222,6 +289,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_list),
         cmocka_unit_test(test_query_name),
+        cmocka_unit_test(test_uri_name),
         cmocka_unit_test(test_received_ip),
         cmocka_unit_test(test_static_verification),
         cmocka_unit_test(test_bad_list_refused),
