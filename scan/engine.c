@@ -89,6 +89,7 @@ struct mx_scan_engine {
     bool has_full;     /* some `full` rule: keep the raw message for PCRE2 */
     uint32_t *metas, *dlps, *attachs, *mimehdrs, *mimeevals, *natives;
     size_t nmetas, ndlps, nattachs, nmimehdrs, nmimeevals, nnatives;
+    bool text_types; /* an attachment rule tells text types apart: libmagic on text too */
     uint16_t *mh_namelen; /* per mimeheader rule: length of the header name */
     bool *mh_raw;         /* per mimeheader rule: ":raw" (no decoding) */
     uint32_t *report; /* rules a verdict can report (not sub, not skipped, running) */
@@ -156,6 +157,34 @@ static char *hs_pattern(const struct mx_rule *r)
         memcpy(p + 4, r->re, n + 1);
     }
     return p;
+}
+
+/*
+ * Does an attachment rule tell text types apart? A type condition (true type,
+ * or the declared type, which is the true type for archive members) that is
+ * negated, names a text/ type other than text/plain, or is a wildcard that
+ * could match one. If no rule does, a text head is typed text/plain without
+ * libmagic, whose text tests cost ~0.3-2 ms per attachment (docs/SCAN.md).
+ */
+static bool rule_reads_text_types(const struct mx_rule *r)
+{
+    for (size_t c = 0; c < r->nconds; c++) {
+        const struct mx_attach_cond *ac = &r->conds[c];
+        if (ac->field != 'T' && ac->field != 't')
+            continue;
+        if (ac->negate)
+            return true;
+        for (const char *v = ac->values; *v; v += strlen(v) + 1) {
+            size_t lit = strcspn(v, "*?[");
+            bool wild = v[lit] != '\0';
+            if (!wild && strncasecmp(v, "text/", 5) == 0 && strcasecmp(v, "text/plain") != 0)
+                return true;
+            /* the literal start of a wildcard is compatible with "text/..." */
+            if (wild && strncasecmp(v, "text/", lit < 5 ? lit : 5) == 0)
+                return true;
+        }
+    }
+    return false;
 }
 
 static int add_u32(uint32_t **a, size_t *n, uint32_t v)
@@ -377,6 +406,7 @@ static int classify(struct mx_scan_engine *e)
             e->st.attachment++;
             if (add_u32(&e->attachs, &e->nattachs, (uint32_t)i))
                 return -ENOMEM;
+            e->text_types |= rule_reads_text_types(r);
             continue;
         }
         if (r->type == MX_RULE_MIMEEVAL) {
@@ -2224,12 +2254,6 @@ static void attach_rules(struct mx_scan_msg *m, const char *path, const char *na
     }
 }
 
-static void true_type(struct mx_scan_msg *m, const uint8_t *d, size_t n, char *out, size_t cap)
-{
-    const char *tt = n ? magic_buffer(m->w->magic, d, n) : NULL;
-    snprintf(out, cap, "%s", tt ? tt : "application/x-empty");
-}
-
 /* Text: no control bytes but whitespace (bytes >= 0x80 allowed: UTF-8,
  * legacy charsets). */
 static bool looks_text(const uint8_t *d, size_t n)
@@ -2240,21 +2264,29 @@ static bool looks_text(const uint8_t *d, size_t n)
     return n > 0;
 }
 
+/* An attachment's or member's true type from its first bytes: libmagic, but a
+ * text head is "text/plain" when no rule tells text types apart. */
+static void true_type(struct mx_scan_msg *m, const uint8_t *d, size_t n, char *out, size_t cap)
+{
+    if (!m->w->e->text_types && looks_text(d, n)) {
+        snprintf(out, cap, "text/plain");
+        return;
+    }
+    const char *tt = n ? magic_buffer(m->w->magic, d, n) : NULL;
+    snprintf(out, cap, "%s", tt ? tt : "application/x-empty");
+}
+
 /*
  * An archive member: its true type stands for the declared type it lacks.
- * A member whose head is text is "text/plain" without asking libmagic: its
- * text tests take 1-2 ms per 4 KiB of text (docs/SCAN.md), so a zip of 1000
- * small text files would cost seconds; executables, documents and images
- * are binary and get libmagic like any attachment.
+ * Text members are typed like text attachments (true_type()): a zip of 1000
+ * small text files costs milliseconds, not seconds, unless rules need the
+ * finer text types.
  */
 static void on_member(void *ud, const struct mx_archive_member *mb)
 {
     struct mx_scan_msg *m = ud;
     char truetype[128];
-    if (looks_text(mb->head, mb->headlen))
-        snprintf(truetype, sizeof truetype, "text/plain");
-    else
-        true_type(m, mb->head, mb->headlen, truetype, sizeof truetype);
+    true_type(m, mb->head, mb->headlen, truetype, sizeof truetype);
     attach_rules(m, mb->path, mb->name, truetype, truetype, true, mb->flags);
 }
 

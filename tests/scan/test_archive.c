@@ -521,6 +521,44 @@ static void test_default_rules(void **state)
     mx_scan_engine_free(e);
 }
 
+/* Text heads: "text/plain" without libmagic while no rule tells text types
+ * apart; a rule that names one (here text/x-shellscript) gets libmagic's
+ * answer for text attachments and members alike. */
+static void test_text_types(void **state)
+{
+    (void)state;
+    static const uint8_t script[] = "#!/bin/sh\necho cleaning up\nrm -f /tmp/x\n";
+    struct out o;
+    /* eng's rules have `truetype=text/plain` only: the script is text/plain */
+    const struct ent md[] = {{"notes.md", script, sizeof script - 1, 0}};
+    scan_archive(eng, "notes.zip", "zip", NULL, NULL, NULL, md, 1, &o);
+    assert_string_equal(o.hits, "MEMBER_TEXT,TOP_ARCHIVE");
+    char path[] = "/tmp/test_archive_text.XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    static const char rules[] = "attachment SCRIPT truetype=text/x-shellscript\n"
+                                "attachment PLAIN truetype=text/plain\n";
+    assert_int_equal(write(fd, rules, sizeof rules - 1), (ssize_t)(sizeof rules - 1));
+    close(fd);
+    const char *paths[] = {path};
+    struct mx_scan_opts opts = {.rule_paths = paths, .n_rule_paths = 1};
+    struct mx_scan_engine *e = NULL;
+    char *err = NULL;
+    assert_int_equal(mx_scan_engine_load(&opts, &e, &err), 0);
+    const struct ent sh[] = {{"cleanup.txt", script, sizeof script - 1, 0},
+                             {"readme.txt", text, sizeof text - 1, 0}};
+    scan_archive(e, "tools.zip", "zip", NULL, NULL, NULL, sh, 2, &o);
+    assert_string_equal(o.hits, "PLAIN,SCRIPT");
+    assert_string_equal(o.attachment, "tools.zip/cleanup.txt");
+    assert_string_equal(o.rule, "SCRIPT");
+    char *msg = make_msg("cleanup.txt", script, sizeof script - 1);
+    scan_msg(e, msg, &o);
+    free(msg);
+    assert_string_equal(o.hits, "SCRIPT");
+    mx_scan_engine_free(e);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -528,7 +566,7 @@ int main(void)
         cmocka_unit_test(test_formats),       cmocka_unit_test(test_nested_depth),
         cmocka_unit_test(test_member_limit),  cmocka_unit_test(test_bomb_and_size),
         cmocka_unit_test(test_corrupt),       cmocka_unit_test(test_encrypted),
-        cmocka_unit_test(test_default_rules),
+        cmocka_unit_test(test_default_rules), cmocka_unit_test(test_text_types),
     };
     return cmocka_run_group_tests_name("archive", tests, setup, teardown);
 }
