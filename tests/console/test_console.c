@@ -65,18 +65,25 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static void test_counting_threads(void **state)
+/* A fresh registry of 2 slots; fn runs on slot 0, slot 1 and an unbound thread
+ * (its argument: 0, 1, 2), all at once. */
+static void run_threads(void *(*fn)(void *))
 {
-    (void)state;
     assert_int_equal(mx_stats_init(2), 0);
     pthread_t t[3];
-    for (uintptr_t i = 0; i < 3; i++) /* slots 0, 1 and one unbound thread */
-        assert_int_equal(pthread_create(&t[i], NULL, worker, (void *)i), 0);
+    for (uintptr_t i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, fn, (void *)i), 0);
     for (int i = 0; i < 3; i++) {
         void *r;
         pthread_join(t[i], &r);
         assert_null(r);
     }
+}
+
+static void test_counting_threads(void **state)
+{
+    (void)state;
+    run_threads(worker);
     struct mx_stats_snapshot *s = malloc(sizeof(*s));
     mx_stats_snapshot(s);
     assert_int_equal(s->nslots, 2);
@@ -120,15 +127,7 @@ static void *rule_worker(void *arg)
 static void test_rule_hits(void **state)
 {
     (void)state;
-    assert_int_equal(mx_stats_init(2), 0);
-    pthread_t t[3];
-    for (uintptr_t i = 0; i < 3; i++)
-        assert_int_equal(pthread_create(&t[i], NULL, rule_worker, (void *)i), 0);
-    for (int i = 0; i < 3; i++) {
-        void *r;
-        pthread_join(t[i], &r);
-        assert_null(r);
-    }
+    run_threads(rule_worker);
     struct mx_stats_snapshot *s = malloc(sizeof(*s));
     mx_stats_snapshot(s);
     assert_int_equal(s->nrules, MX_STATS_TOP_RULES);
