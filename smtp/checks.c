@@ -1,6 +1,8 @@
 /*
  * checks.c - asynchronous DNS-based checks and recipient verification for
- * the SMTP server (see checks_internal.h).
+ * the SMTP server (see checks_internal.h): DNSBL on the client and on the
+ * logical IP, URIBL on the MAIL FROM/HELO domains and, at end of data, on
+ * the registered domains of the message's body URIs.
  *
  * Nothing here blocks a worker: every lookup goes through the DNS service
  * (mx_dns_query, answered later on the same worker) and every callout is a

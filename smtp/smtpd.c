@@ -900,6 +900,13 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     res.hit_scores = NULL;
     if (hl < 0)
         return hl;
+    /* the AV status line goes with the verdict headers (it was only written
+     * for messages held for AV alone) */
+    size_t avl = strlen(c->av_header);
+    if (avl && (size_t)hl + avl < sizeof hdr) {
+        memcpy(hdr + hl, c->av_header, avl);
+        hl += (int)avl;
+    }
     conn_log(c, "verdict: %s score=%.1f required=%.1f tests=%s", res.flags & MX_SCAN_SPAM ? "spam"
              : "clean", res.score, res.threshold, tests);
     const struct mx_config *cfg = c->srv->cfg;

@@ -3,6 +3,8 @@
 mxgate whose every route leads to an aiosmtpd downstream (sink.py); the test
 reads which envelope recipients each message reached there.
 
+Scanning (a small rule file) and anti-virus (the EICAR signature) are both on,
+so each delivered copy must carry the verdict headers and X-Virus-Status.
 Policy under test: spam (GTUBE) is redirected to spamtrap@corp.example (for
 vip@example.test to its own vip-trap@corp.example); every message is copied
 to archive@corp.example; other.test tags spam instead and has no copy;
@@ -23,7 +25,12 @@ mxgate = sys.argv[1]
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 F = mxtest.Failures()
 
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 d = tempfile.mkdtemp(prefix="mxgate-actions-")
+avdb = os.path.join(d, "avdb")
+os.mkdir(avdb)
+with open(os.path.join(avdb, "test.ndb"), "w") as f:
+    f.write("Eicar-Test-Signature:0:*:" + EICAR.hex() + "\n")
 rules = os.path.join(d, "t.rules")
 with open(rules, "w") as f:
     f.write("body GTUBE /XJS\\*C4JDBQADN1\\.NSBN3\\*2IDNEN\\*GTUBE/\nscore GTUBE 1000\n")
@@ -31,7 +38,7 @@ sink_port = mxtest.free_port()
 sink_dir = os.path.join(d, "sink")
 gw = mxtest.Gateway(mxgate, keep_dir=d, relay_domains=["example.test", "other.test"],
                     routes={"*": "smtp:127.0.0.1:%d" % sink_port}, extra="""
-scan { rules = [ "%s" ]; }
+scan { rules = [ "%s" ]; clamav { enabled = true; database = "%s"; } }
 queue { retry_first = 1s; }
 policy {
   spam_action = "redirect"; redirect_to = "spamtrap@corp.example";
@@ -42,15 +49,16 @@ policy {
     "legal@example.test" { bcc = "legal-archive@corp.example"; bcc_when = "spam"; }
   }
 }
-""" % rules)
+""" % (rules, avdb))
 
 sink = subprocess.Popen(["/usr/bin/python3", os.path.join(os.path.dirname(__file__), "sink.py"),
                          str(sink_port), sink_dir], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE)
 
 
-def received():
-    """Message-ID -> set of envelope recipients it reached downstream."""
+def received(headers=None):
+    """Message-ID -> set of envelope recipients it reached downstream; with a
+    dict for headers, also Message-ID -> its X-Virus-Status."""
     out = {}
     if not os.path.isdir(sink_dir):
         return out
@@ -63,6 +71,8 @@ def received():
         mid = (m["Message-ID"] or "").strip()
         rc = {a for a in (m["X-Envelope-To"] or "").split(",") if a}
         out.setdefault(mid, set()).update(rc)
+        if headers is not None:
+            headers[mid] = m["X-Virus-Status"]
     return out
 
 
@@ -100,7 +110,11 @@ try:
             break
         time.sleep(0.2)
     time.sleep(0.5)  # anything extra would have arrived by now
-    got = received()
+    avs = {}
+    got = received(avs)
+    # scanned and AV-checked: the AV status goes with the verdict headers
+    F.check(avs and all(v == "Clean" for v in avs.values()),
+            "every delivered copy carries X-Virus-Status: Clean: %r" % avs)
     for mid, rcpts, spam, exp in CASES:
         F.check(got.get("<%s@t>" % mid) == exp, "%s: downstream recipients %r (want %r)"
                 % (mid, sorted(got.get("<%s@t>" % mid, set())), sorted(exp)))
