@@ -3263,7 +3263,7 @@ int mx_scan_render_headers(const struct mx_scan_result *r, char *buf, size_t cap
 bool mx_scan_is_verdict_header(const char *name, size_t len)
 {
     static const char *const names[] = {"X-Spam-Status", "X-Spam-Score", "X-Spam-Rules",
-                                        "X-Spam-Flag", "X-Spam-Level"};
+                                        "X-Spam-Flag",   "X-Spam-Level", "X-Virus-Status"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
             return true;

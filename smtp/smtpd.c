@@ -861,6 +861,16 @@ static int add_uribl_hits(struct smtpd_conn *c, struct mx_scan_result *res, cons
     return 0;
 }
 
+/* Length of the header block of a held message: up to and with the line
+ * ending before the first empty line (the whole message when there is none). */
+static size_t header_end(const uint8_t *h, size_t n)
+{
+    if (n >= 2 && h[0] == '\r' && h[1] == '\n')
+        return 0;
+    const uint8_t *e = memmem(h, n, "\r\n\r\n", 4);
+    return e ? (size_t)(e - h) + 2 : n;
+}
+
 /*
  * End of data with scanning: verdict headers first, forged ones removed, and
  * the spam action of the policy (tag / quarantine here; reject and discard
@@ -959,15 +969,7 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     const char *tag = spam_any && strcmp(action, "tag") == 0
                           ? cfg->policy_spam_subject_tag
                           : "";
-    /* header block: up to the first empty line (or the whole message) */
-    size_t hend = c->hold_len;
-    if (c->hold_len >= 2 && c->hold[0] == '\r' && c->hold[1] == '\n')
-        hend = 0;
-    else {
-        const uint8_t *e = memmem(c->hold, c->hold_len, "\r\n\r\n", 4);
-        if (e)
-            hend = (size_t)(e - c->hold) + 2;
-    }
+    size_t hend = header_end(c->hold, c->hold_len);
     char *stripped = malloc(hend + 1);
     if (!stripped)
         return -ENOMEM;
@@ -1080,10 +1082,20 @@ static void finish_data_end(struct smtpd_conn *c, uint64_t size)
             return;
         }
     } else if (c->av_on) {
-        /* held for AV only: its status line, then the message as received */
-        int rc = mx_queue_msg_write(c->msg, c->av_header, strlen(c->av_header));
-        if (rc == 0 && c->hold_len)
-            rc = mx_queue_msg_write(c->msg, c->hold, c->hold_len);
+        /* held for AV only: its status line, then the message as received
+         * less any X-Virus-Status (or X-Spam-*) header from outside */
+        size_t hend = header_end(c->hold, c->hold_len);
+        char *stripped = malloc(hend + 1);
+        int rc = stripped ? mx_queue_msg_write(c->msg, c->av_header, strlen(c->av_header))
+                          : -ENOMEM;
+        if (rc == 0) {
+            size_t sl = mx_scan_strip_verdict_headers((const char *)c->hold, hend, stripped,
+                                                      hend + 1);
+            rc = mx_queue_msg_write(c->msg, stripped, sl);
+        }
+        free(stripped);
+        if (rc == 0 && c->hold_len > hend)
+            rc = mx_queue_msg_write(c->msg, c->hold + hend, c->hold_len - hend);
         if (rc < 0) {
             av_drop(c);
             mx_queue_msg_abort(c->msg);

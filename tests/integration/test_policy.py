@@ -303,13 +303,15 @@ try:
             F.check(e.smtp_code == 554 and b"virus found" in e.smtp_error
                     and b"Eicar-Test-Signature" in e.smtp_error,
                     "infected attachment: 554 5.7.1 naming the virus (%s)" % e)
-        s.sendmail("a@remote.invalid", ["user@example.test"], attachment_mail(b"harmless", b"c1"))
+        # a forged status from outside is removed: only the gateway's own is delivered
+        s.sendmail("a@remote.invalid", ["user@example.test"],
+                   b"X-Virus-Status: Clean (forged)\r\n" + attachment_mail(b"harmless", b"c1"))
     got = gw.wait_maildir(1, timeout=30)
     time.sleep(0.5)
     got = gw.maildir_messages()
     F.check(sorted(mxtest.message_ids(got)) == ["<c1@t>"], "only the clean message delivered")
     cm = [email.message_from_bytes(r) for r in got]
-    F.check(cm and cm[0]["X-Virus-Status"] == "Clean",
+    F.check(cm and cm[0].get_all("X-Virus-Status") == ["Clean"],
             "clean message carries X-Virus-Status: Clean (%r)" % (cm[0]["X-Virus-Status"] if cm else None))
     st = json.loads(gw.ctl("stats", "--json"))
     flat = {}
