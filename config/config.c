@@ -49,6 +49,7 @@ enum kind {
     K_IFADDR,    /* "a.b.c.d/n" or "" */
     K_IPADDR,    /* "a.b.c.d" / IPv6 or "" */
     K_STR_LIST,
+    K_RULE_NAMES, /* only as an element kind of build_str_list() */
     K_DOMAIN_LIST,
     K_CIDR_LIST,
     K_ROUTES,
@@ -173,6 +174,8 @@ static const struct key keys[] = {
      "tag|reject|quarantine|discard|redirect"},
     {"policy.dlp_action", K_ENUM, F(policy_dlp_action), 0, 0, 0,
      "tag|reject|quarantine|discard|redirect"},
+    {"policy.attachment_allow", K_STR_LIST, F(policy_attachment_allow),
+     F(n_policy_attachment_allow), 0, 0, NULL},
     {"policy.redirect_to", K_STRING, F(policy_redirect_to), 0, 0, 0, NULL},
     {"policy.bcc", K_STRING, F(policy_bcc), 0, 0, 0, NULL},
     {"policy.bcc_when", K_ENUM, F(policy_bcc_when), 0, 0, 0, "always|spam|clean"},
@@ -543,6 +546,7 @@ static void free_scopes(struct mx_policy_scope *v, size_t n)
         free(v[i].redirect_to);
         free(v[i].bcc);
         free(v[i].bcc_when);
+        free_strv(v[i].attachment_allow, v[i].n_attachment_allow);
     }
     free(v);
 }
@@ -576,6 +580,7 @@ void mx_config_free(struct mx_config *c)
     free_strv(c->dnsbl_lists, c->n_dnsbl_lists);
     free(c->policy_subaddress_sep);
     free_strv(c->policy_allow, c->n_policy_allow);
+    free_strv(c->policy_attachment_allow, c->n_policy_attachment_allow);
     free_strv(c->policy_block, c->n_policy_block);
     free(c->policy_spam_action);
     free(c->policy_spam_subject_tag);
@@ -833,37 +838,57 @@ static void apply_listen(struct loader *L, const struct key *k, const struct mx_
     *(size_t *)((char *)L->cfg + k->off_n) = n;
 }
 
-static void apply_str_list(struct loader *L, const struct key *k, const struct mx_ucl *v)
+/* A rule name as the rule files write it: letters, digits, '_'. */
+static bool valid_rule_name(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '_')
+            return false;
+    return true;
+}
+
+/*
+ * A list of strings (a single string is a list of one): domains (K_DOMAIN_LIST:
+ * lower-cased, checked, no duplicates), rule names (K_RULE_NAMES) or other
+ * non-empty strings. out and nout are set only when every element is good.
+ */
+static bool build_str_list(struct loader *L, const char *path, int kind, const struct mx_ucl *v,
+                           char ***out, size_t *nout)
 {
     size_t n = list_count(v);
     char **a = calloc(n ? n : 1, sizeof(*a));
     if (!a) {
         L->oom = true;
-        return;
+        return false;
     }
     struct list_iter it = {v, 0, 0};
     size_t i = 0;
     bool ok = true;
     for (const struct mx_ucl *e; (e = list_next(&it)); i++) {
-        if (!want_string(L, k->path, e)) {
+        if (!want_string(L, path, e)) {
             ok = false;
             continue;
         }
-        if (k->kind == K_DOMAIN_LIST) {
+        if (kind == K_DOMAIN_LIST) {
             a[i] = lower_dup(e->u.str.s);
             if (a[i] && !valid_domain(a[i])) {
-                VERR(L, e, "%s: '%s' is not a domain name", k->path, e->u.str.s);
+                VERR(L, e, "%s: '%s' is not a domain name", path, e->u.str.s);
                 ok = false;
             }
             for (size_t j = 0; a[i] && ok && j < i; j++)
                 if (a[j] && strcmp(a[j], a[i]) == 0) {
-                    VERR(L, e, "%s: '%s' is listed twice", k->path, e->u.str.s);
+                    VERR(L, e, "%s: '%s' is listed twice", path, e->u.str.s);
                     ok = false;
                 }
         } else {
             a[i] = strdup(e->u.str.s);
-            if (a[i] && !a[i][0]) {
-                VERR(L, e, "%s: empty file name", k->path);
+            if (a[i] && kind == K_RULE_NAMES && !valid_rule_name(a[i])) {
+                VERR(L, e, "%s: '%s' is not a rule name (letters, digits, _)", path, a[i]);
+                ok = false;
+            } else if (a[i] && !a[i][0]) {
+                VERR(L, e, "%s: empty string", path);
                 ok = false;
             }
         }
@@ -872,8 +897,20 @@ static void apply_str_list(struct loader *L, const struct key *k, const struct m
     }
     if (!ok || L->oom) {
         free_strv(a, n);
-        return;
+        return false;
     }
+    *out = a;
+    *nout = n;
+    return true;
+}
+
+static void apply_str_list(struct loader *L, const struct key *k, const struct mx_ucl *v)
+{
+    char **a;
+    size_t n;
+    bool rules = strcmp(k->path, "policy.attachment_allow") == 0;
+    if (!build_str_list(L, k->path, rules ? K_RULE_NAMES : (int)k->kind, v, &a, &n))
+        return;
     char ***dst = (char ***)((char *)L->cfg + k->off);
     size_t *dn = (size_t *)((char *)L->cfg + k->off_n);
     free_strv(*dst, *dn);
@@ -1119,6 +1156,19 @@ static bool apply_scope(struct loader *L, const char *path, const struct mx_ucl 
                 ok = false;
             continue;
         }
+        if (strcmp(p->key, "attachment_allow") == 0) {
+            char **a;
+            size_t n;
+            if (!build_str_list(L, kp, K_RULE_NAMES, p->val, &a, &n)) {
+                ok = false;
+                continue;
+            }
+            free_strv(sc->attachment_allow, sc->n_attachment_allow);
+            sc->attachment_allow = a;
+            sc->n_attachment_allow = n;
+            sc->has_attachment_allow = true;
+            continue;
+        }
         char **dst = strcmp(p->key, "spam_action") == 0     ? &sc->spam_action
                      : strcmp(p->key, "banned_action") == 0 ? &sc->banned_action
                      : strcmp(p->key, "dlp_action") == 0    ? &sc->dlp_action
@@ -1128,8 +1178,8 @@ static bool apply_scope(struct loader *L, const char *path, const struct mx_ucl 
                                                             : NULL;
         if (!dst) {
             cerr(L, p->file, p->line, "%s: unknown setting (expected spam_threshold, spam_action, "
-                 "banned_action, dlp_action, av, quarantine_retention, redirect_to, bcc or "
-                 "bcc_when)", kp);
+                 "banned_action, dlp_action, attachment_allow, av, quarantine_retention, "
+                 "redirect_to, bcc or bcc_when)", kp);
             ok = false;
             continue;
         }
@@ -1855,14 +1905,21 @@ static void put_kv_str(FILE *f, int indent, const char *k, const char *v)
 }
 
 /* "    name = [ "a", "b" ];" (the DNS-check and recipient-verification lists) */
-static void put_list(FILE *f, const char *name, char *const *v, size_t n)
+/* name = [ "a", "b" ]; with no line end */
+static void put_strs(FILE *f, const char *name, char *const *v, size_t n)
 {
     fprintf(f, "%s = [", name);
     for (size_t i = 0; i < n; i++) {
         fputs(i ? ", " : " ", f);
         put_quoted(f, v[i]);
     }
-    fputs(n ? " ];\n" : "];\n", f);
+    fputs(n ? " ];" : "];", f);
+}
+
+static void put_list(FILE *f, const char *name, char *const *v, size_t n)
+{
+    put_strs(f, name, v, n);
+    fputc('\n', f);
 }
 
 static void put_double(FILE *f, double d)
@@ -1908,6 +1965,10 @@ static void put_scopes(FILE *f, const char *name, const struct mx_policy_scope *
                 put_quoted(f, vals2[k]);
                 fputs(";", f);
             }
+        if (v[i].has_attachment_allow) {
+            fputs(" ", f);
+            put_strs(f, "attachment_allow", v[i].attachment_allow, v[i].n_attachment_allow);
+        }
         if (v[i].av >= 0)
             fprintf(f, " av = %s;", v[i].av ? "true" : "false");
         if (v[i].quarantine_retention >= 0)
@@ -1933,7 +1994,8 @@ void mx_config_policy_for(const struct mx_config *cfg, const char *rcpt,
                                         cfg->policy_banned_action,  cfg->policy_dlp_action,
                                         true, cfg->policy_quarantine_retention,
                                         cfg->policy_redirect_to,    cfg->policy_bcc,
-                                        cfg->policy_bcc_when};
+                                        cfg->policy_bcc_when,       cfg->policy_attachment_allow,
+                                        cfg->n_policy_attachment_allow};
     char addr[600];
     if (mx_policy_resolve_address(rcpt, cfg->policy_subaddress_sep[0], addr, sizeof addr) < 0)
         return;
@@ -1961,6 +2023,10 @@ void mx_config_policy_for(const struct mx_config *cfg, const char *rcpt,
             out->bcc = sc->bcc;
         if (sc->bcc_when)
             out->bcc_when = sc->bcc_when;
+        if (sc->has_attachment_allow) {
+            out->attachment_allow = sc->attachment_allow;
+            out->n_attachment_allow = sc->n_attachment_allow;
+        }
         if (sc->quarantine_retention >= 0)
             out->quarantine_retention = (unsigned)sc->quarantine_retention;
     }
@@ -2151,6 +2217,8 @@ char *mx_config_export(const struct mx_config *c)
     put_kv_str(f, 4, "spam_subject_tag", c->policy_spam_subject_tag);
     put_kv_str(f, 4, "banned_action", c->policy_banned_action);
     put_kv_str(f, 4, "dlp_action", c->policy_dlp_action);
+    put_list(f, "    attachment_allow", c->policy_attachment_allow,
+             c->n_policy_attachment_allow);
     put_kv_str(f, 4, "redirect_to", c->policy_redirect_to);
     put_kv_str(f, 4, "bcc", c->policy_bcc);
     put_kv_str(f, 4, "bcc_when", c->policy_bcc_when);

@@ -32,6 +32,9 @@ struct mx_policy_scope {
     char *redirect_to;         /**< target of the "redirect" action; NULL: inherit */
     char *bcc;                 /**< copy to this address; "" = none; NULL: inherit */
     char *bcc_when;            /**< "always", "spam", "clean"; NULL: inherit */
+    char **attachment_allow;   /**< attachment rules that do not count here */
+    size_t n_attachment_allow;
+    bool has_attachment_allow; /**< false: inherit */
 };
 
 /** Effective policy for one recipient (user over domain over global). */
@@ -43,6 +46,8 @@ struct mx_policy_effective {
     const char *redirect_to;       /**< "" = none */
     const char *bcc;               /**< "" = none */
     const char *bcc_when;          /**< "always", "spam" or "clean" */
+    char *const *attachment_allow; /**< attachment rules exempted for this recipient */
+    size_t n_attachment_allow;
 };
 
 /** A CIDR entry of an ordered list; negated entries exclude. */
@@ -184,6 +189,8 @@ struct mx_config {
     char *policy_spam_subject_tag;    /**< prefix for spam subjects, "" = none */
     char *policy_banned_action;       /**< attachment rule hit: default "reject" */
     char *policy_dlp_action;          /**< dlp rule hit: default "quarantine" */
+    char **policy_attachment_allow;   /**< attachment rule names that do not ban */
+    size_t n_policy_attachment_allow;
     char *policy_redirect_to;         /**< target of the "redirect" action, "" = none */
     char *policy_bcc;                 /**< copy of each message to this address, "" = none */
     char *policy_bcc_when;            /**< "always" (default), "spam", "clean" */

@@ -1433,6 +1433,8 @@ struct mx_scan_msg {
     /* result storage */
     const char **hits;
     double *hit_scores;
+    const char **att_hits; /* the attachment rules among hits */
+    unsigned natt_hits;
     unsigned nhits;
     char envfrom[256];
     /* for the native evals (evals.c) */
@@ -1527,6 +1529,7 @@ static void msg_destroy(struct mx_scan_msg *m)
     free(m->uoff);
     free(m->hits);
     free(m->hit_scores);
+    free(m->att_hits);
     free(m->arch);
     free(m);
 }
@@ -2378,8 +2381,9 @@ static struct mx_scan_msg *msg_new(struct mx_scan_worker *w)
     m->uoff = calloc(e->o.max_uris, sizeof *m->uoff);
     m->hits = calloc(nr, sizeof *m->hits);
     m->hit_scores = calloc(nr, sizeof *m->hit_scores);
+    m->att_hits = calloc(nr, sizeof *m->att_hits);
     bool ok = m->mp && m->count && m->cand && m->val && m->dval && m->vstate && m->ha && m->hdrs &&
-              m->body && m->raw && m->ua && m->uoff && m->hits && m->hit_scores &&
+              m->body && m->raw && m->ua && m->uoff && m->hits && m->hit_scores && m->att_hits &&
               m->streams && (m->full || !e->has_full) && m->stage[0] && m->stage[1] &&
               m->stage[2];
     for (size_t i = 0; ok && i < e->ng; i++)
@@ -3162,6 +3166,10 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
             flags |= MX_SCAN_ATTACHMENT;
     }
     qsort(m->hits, m->nhits, sizeof *m->hits, cmp_hit);
+    m->natt_hits = 0;
+    for (unsigned i = 0; i < m->nhits; i++)
+        if (e->rs.rules[mx_rules_find(&e->rs, m->hits[i])].type == MX_RULE_ATTACH)
+            m->att_hits[m->natt_hits++] = m->hits[i];
     for (unsigned i = 0; i < m->nhits; i++)
         m->hit_scores[i] = e->rs.rules[mx_rules_find(&e->rs, m->hits[i])].score;
     unsigned defects = mx_mime_parser_defects(m->mp);
@@ -3188,6 +3196,8 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
         res->attachment = m->att_hit;
         res->attachment_rule = m->att_hit_rule;
     }
+    res->natt_hits = m->natt_hits;
+    res->att_hits = m->att_hits;
     return 0;
 }
 

@@ -160,6 +160,10 @@ struct mx_scan_result {
      * a reply sanitise them), and that rule; NULL when none hit */
     const char *attachment;
     const char *attachment_rule;
+    /* the reported attachment rules that hit (a subset of hits, sorted), for
+     * policies that exempt some of them per recipient */
+    unsigned natt_hits;
+    const char *const *att_hits;
 };
 
 /**

@@ -665,14 +665,48 @@ static int action_rank(const char *a)
 }
 
 /* What one recipient's own settings ask for the verdict: its most severe action. */
+/* Does the recipient's policy (attachment_allow) exempt this attachment rule? */
+static bool att_exempt(const struct mx_policy_effective *eff, const char *rule)
+{
+    for (size_t i = 0; i < eff->n_attachment_allow; i++)
+        if (strcmp(eff->attachment_allow[i], rule) == 0)
+            return true;
+    return false;
+}
+
+/* An attachment rule hit that the recipient does not exempt. */
+static bool rcpt_banned(const struct mx_scan_result *res, const struct mx_policy_effective *eff)
+{
+    for (unsigned i = 0; i < res->natt_hits; i++)
+        if (!att_exempt(eff, res->att_hits[i]))
+            return true;
+    return false;
+}
+
+/* The score as the recipient's policy reads it: exempted attachment rules add nothing. */
+static double rcpt_score(const struct mx_scan_result *res, const struct mx_policy_effective *eff)
+{
+    double score = res->score;
+    for (unsigned i = 0; eff->n_attachment_allow && i < res->nhits; i++)
+        if (att_exempt(eff, res->hits[i])) {
+            for (unsigned k = 0; k < res->natt_hits; k++)
+                if (strcmp(res->att_hits[k], res->hits[i]) == 0) {
+                    score -= res->hit_scores[i];
+                    break;
+                }
+        }
+    return score;
+}
+
 static const char *rcpt_action(const struct mx_scan_result *res, bool allowed,
                                const struct mx_policy_effective *eff, const char **why)
 {
     const char *a = "deliver";
     *why = "";
-    if (res->score >= eff->spam_threshold && !allowed && action_rank(eff->spam_action) > 0)
+    if (rcpt_score(res, eff) >= eff->spam_threshold && !allowed &&
+        action_rank(eff->spam_action) > 0)
         a = eff->spam_action, *why = "spam";
-    if ((res->flags & MX_SCAN_ATTACHMENT) && action_rank(eff->banned_action) > action_rank(a))
+    if (rcpt_banned(res, eff) && action_rank(eff->banned_action) > action_rank(a))
         a = eff->banned_action, *why = "banned attachment";
     if ((res->flags & MX_SCAN_DLP) && action_rank(eff->dlp_action) > action_rank(a))
         a = eff->dlp_action, *why = "DLP rule";
@@ -876,6 +910,8 @@ static size_t header_end(const uint8_t *h, size_t n)
  * the spam action of the policy (tag / quarantine here; reject and discard
  * are reported in *out and nothing is written).
  */
+static int write_verdict(struct smtpd_conn *c, struct mx_scan_result res, enum spam_outcome *out);
+
 static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
 {
     *out = SPAM_COMMIT;
@@ -883,11 +919,20 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     int rc = c->scan_rc;
     if (rc < 0)
         return rc;
+    /* the hit list with the URIBL hits lives until the verdict is acted on */
     const char **names = NULL;
     double *scores = NULL;
     rc = add_uribl_hits(c, &res, &names, &scores);
-    if (rc < 0)
-        return rc;
+    if (rc == 0)
+        rc = write_verdict(c, res, out);
+    free(names);
+    free(scores);
+    return rc;
+}
+
+static int write_verdict(struct smtpd_conn *c, struct mx_scan_result res, enum spam_outcome *out)
+{
+    int rc;
     if (res.flags & MX_SCAN_SPAM)
         MX_STATS_INC(VERDICT_SPAM);
     else
@@ -904,10 +949,6 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     size_t tl = 0;
     for (unsigned i = 0; i < res.nhits && tl + 2 < sizeof tests; i++)
         tl += (size_t)snprintf(tests + tl, sizeof tests - tl, "%s%s", i ? "," : "", res.hits[i]);
-    free(names);
-    free(scores);
-    res.hits = NULL;
-    res.hit_scores = NULL;
     if (hl < 0)
         return hl;
     /* the AV status line goes with the verdict headers (it was only written
@@ -928,14 +969,15 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     const char *action = "deliver", *why = "";
     const struct mx_envelope *env = mx_smtpd_session_envelope(c->sess);
     bool allowed = policy_allowlisted(c, env);
-    bool spam_any = false;
+    bool spam_any = false, banned_any = false;
     for (size_t i = 0; i < env->n_rcpts; i++) {
         /* each recipient's own settings (user over domain over global); the
          * message gets the most severe action any of its recipients asks for */
         struct mx_policy_effective eff;
         mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
-        if (res.score >= eff.spam_threshold && !allowed)
+        if (rcpt_score(&res, &eff) >= eff.spam_threshold && !allowed)
             spam_any = true;
+        banned_any |= rcpt_banned(&res, &eff);
         const char *w, *a = rcpt_action(&res, allowed, &eff, &w);
         if (action_rank(a) > action_rank(action))
             action = a, why = w;
@@ -950,7 +992,11 @@ static int write_scanned(struct smtpd_conn *c, enum spam_outcome *out)
     char att[200] = "";
     if (res.attachment) {
         printable_name(res.attachment, att, sizeof att);
-        conn_log(c, "banned attachment: %s (rule %s)", att, res.attachment_rule);
+        conn_log(c, "%s: %s (rule %s)",
+                 banned_any ? "banned attachment"
+                            : "attachment rule hit, exempted by attachment_allow for every "
+                              "recipient",
+                 att, res.attachment_rule);
     }
     if (*why)
         conn_log(c, "policy: %s, action %s", why, action);

@@ -205,7 +205,9 @@ static void test_full_and_round_trip(void **state)
                           "lists = [ \"multi.uribl.example.test reject\", "
                           "\"dbl.example.test score=2.5\" ];",
                           "max_queries = 30;\n    timeout = 2000ms;",
-                          "\"example.org\" { banned_action = \"quarantine\"; bcc = \"\"; av = false; }",
+                          "\"example.org\" { banned_action = \"quarantine\"; bcc = \"\"; attachment_allow = [ "
+                          "\"MX_ATT_MACRO_DOC\", \"MX_ATT_VBA_PROJECT\" ]; av = false; }",
+                          "    attachment_allow = [];\n",
                           "redirect_to = \"spamtrap@example.test\";",
                           "bcc = \"archive@example.test\";",
                           "bcc = \"ceo-archive@example.test\"; bcc_when = \"spam\";",
@@ -290,6 +292,34 @@ static void test_policy_scopes(void **state)
                      2, "expected a duration, got string");
     expect_one_error("policy { domains { \"a.test\" { avv = true; } } }\n", 1,
                      "policy.domains.a.test.avv: unknown setting");
+
+    /* attachment_allow: global, replaced (not merged) per scope, "[]" clears it */
+    c = load_text("policy {\n"
+                  "  attachment_allow = \"MX_ATT_MACRO_DOC\";\n"
+                  "  domains { \"a.test\" { attachment_allow = [ \"MX_ATT_EXEC_EXT\", \"LOCAL_1\" ]; } }\n"
+                  "  users { \"u@a.test\" { attachment_allow = []; } }\n"
+                  "}\n");
+    mx_config_policy_for(c, "x@elsewhere.test", &e);
+    assert_int_equal(e.n_attachment_allow, 1);
+    assert_string_equal(e.attachment_allow[0], "MX_ATT_MACRO_DOC");
+    mx_config_policy_for(c, "x@a.test", &e);
+    assert_int_equal(e.n_attachment_allow, 2);
+    assert_string_equal(e.attachment_allow[1], "LOCAL_1");
+    mx_config_policy_for(c, "u+x@a.test", &e);
+    assert_int_equal(e.n_attachment_allow, 0);
+    e1 = mx_config_export(c);
+    assert_non_null(strstr(e1, "\"u@a.test\" { attachment_allow = []; }"));
+    c2 = load_text(e1);
+    e2 = mx_config_export(c2);
+    assert_string_equal(e1, e2);
+    free(e1);
+    free(e2);
+    mx_config_free(c2);
+    mx_config_free(c);
+    expect_one_error("policy {\n domains { \"a.test\" { attachment_allow = [ \"X Y\" ]; } } }\n", 2,
+                     "policy.domains.a.test.attachment_allow: 'X Y' is not a rule name");
+    expect_one_error("policy { attachment_allow = [ 5 ]; }\n", 1,
+                     "policy.attachment_allow: expected a string");
 }
 
 /* Redirect and BCC settings: inheritance, and "redirect" needs a target. */

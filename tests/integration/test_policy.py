@@ -158,7 +158,8 @@ finally:
 
 # ---- gateway B: reject, discard, tag (switched by reload) ---------------
 db = tempfile.mkdtemp(prefix="mxgate-policy-")
-gw = mxtest.Gateway(mxgate, trusted=["192.0.2.0/24"], keep_dir=db, extra=policy_conf(db, "reject"))
+gw = mxtest.Gateway(mxgate, trusted=["192.0.2.0/24"], keep_dir=db, extra=policy_conf(
+    db, "reject", 'policy { users { "dev@example.test" { attachment_allow = [ "T_EXE" ]; } } }\n'))
 try:
     gw.start(timeout=60)
     p = gw.port
@@ -215,6 +216,15 @@ try:
             F.check(e.smtp_code == 550 and
                     b"attachment type not allowed: invoice.zip/setup.exe" in e.smtp_error,
                     "exe inside a zip (banned_action reject): 550 naming the member (%s)" % e)
+        # dev@ exempts T_EXE (attachment_allow): delivered to dev alone; with user@
+        # among the recipients the strictest one decides
+        s.sendmail("a@remote.invalid", ["dev@example.test"], exe.replace(b"<x1@t>", b"<x2@t>"))
+        try:
+            s.sendmail("a@remote.invalid", ["dev@example.test", "user@example.test"],
+                       exe.replace(b"<x1@t>", b"<x3@t>"))
+            F.check(False, "exe to dev@ and user@ refused")
+        except smtplib.SMTPDataError as e:
+            F.check(e.smtp_code == 550, "exe to dev@ and user@: 550, user@ does not exempt (%s)" % e)
     with smtplib.SMTP("127.0.0.1", p, local_hostname="client.example", timeout=30) as s:
         # a zip of documents only passes
         s.sendmail("a@remote.invalid", ["user@example.test"], zip_mail(
@@ -226,12 +236,14 @@ try:
     q = [m for m in items if m.get("state") == "quarantine"]
     F.check(len(q) == 1 and q[0].get("reason", "").startswith("DLP rule"),
             "card number (dlp_action quarantine): quarantined (%s)" % items)
-    got = gw.wait_maildir(3, timeout=30)
+    got = gw.wait_maildir(4, timeout=30)
     time.sleep(0.5)
     got = gw.maildir_messages()
     ids = sorted(mxtest.message_ids(got))
-    F.check(ids == ["<h2@t>", "<t1@t>", "<z2@t>"],
-            "only ham, the tagged spam and the clean zip delivered (%s)" % ids)
+    F.check(ids == ["<h2@t>", "<t1@t>", "<x2@t>", "<z2@t>"],
+            "only ham, the tagged spam, the clean zip and dev@'s exempted exe delivered (%s)" % ids)
+    F.check("attachment rule hit, exempted by attachment_allow for every recipient: "
+            "invoice.exe (rule T_EXE)" in gw.log(), "the exemption is logged")
     F.check("banned attachment: invoice.zip/setup.exe (rule T_EXE)" in gw.log(),
             "the log line names the member and the rule")
     tagged = [email.message_from_bytes(r) for r in got if b"<t1@t>" in r]
