@@ -396,6 +396,9 @@ static int classify(struct mx_scan_engine *e)
             PCRE2_SIZE eoff;
             er->pc = pcre2_compile((PCRE2_SPTR)r->re, PCRE2_ZERO_TERMINATED,
                                    pcre_flags_for(r, SC_HEADER), &perr, &eoff, NULL);
+            /* (they were the only rules PCRE2 interpreted instead of JIT) */
+            if (er->pc)
+                pcre2_jit_compile(er->pc, PCRE2_JIT_COMPLETE);
             if (!er->runs) {
                 e->st.zero_score++;
             } else if (!er->pc) {
