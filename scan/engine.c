@@ -322,51 +322,6 @@ static unsigned long big_repeat(const char *re)
 
 static int order_metas(struct mx_scan_engine *e);
 
-/* Drop the ^ and $ anchors of a regex outside character classes, in place:
- * an assertion only narrows what matches, so the result matches whatever
- * the regex does (a necessary condition for a prefilter). Hyperscan rejects
- * embedded anchors such as (?:^|\s) even in prefilter mode. */
-static void drop_anchors(char *re)
-{
-    char *o = re;
-    bool in_class = false;
-    for (const char *p = re; *p; p++) {
-        if (*p == '\\' && p[1] == 'Q') {
-            /* \Q...\E: literal text */
-            const char *e = strstr(p + 2, "\\E");
-            size_t n = e ? (size_t)(e - p) + 2 : strlen(p);
-            memmove(o, p, n);
-            o += n;
-            p += n - 1;
-            continue;
-        }
-        if (*p == '\\' && p[1]) {
-            *o++ = *p++;
-            *o++ = *p;
-            continue;
-        }
-        if (in_class) {
-            if (*p == ']')
-                in_class = false;
-            *o++ = *p;
-            continue;
-        }
-        if (*p == '[') {
-            *o++ = *p;
-            if (p[1] == '^')
-                *o++ = *++p;
-            if (p[1] == ']')
-                *o++ = *++p;
-            in_class = true;
-            continue;
-        }
-        /* "(?^" is an option reset, not an anchor */
-        if ((*p == '^' && !(o - re >= 2 && o[-1] == '?' && o[-2] == '(')) || *p == '$')
-            continue;
-        *o++ = *p;
-    }
-    *o = 0;
-}
 
 
 /* Decide how each regex rule runs. */
@@ -427,6 +382,9 @@ static int classify(struct mx_scan_engine *e)
             PCRE2_SIZE eoff;
             er->pc = pcre2_compile((PCRE2_SPTR)r->re, PCRE2_ZERO_TERMINATED,
                                    pcre_flags_for(r, SC_HEADER), &perr, &eoff, NULL);
+            /* (they were the only rules PCRE2 interpreted instead of JIT) */
+            if (er->pc)
+                pcre2_jit_compile(er->pc, PCRE2_JIT_COMPLETE);
             if (!er->runs) {
                 e->st.zero_score++;
             } else if (!er->pc) {
@@ -503,7 +461,7 @@ static int classify(struct mx_scan_engine *e)
             }
             for (int a = 0; a < 2 && !er->relaxed; a++) {
                 if (a)
-                    drop_anchors(rx);
+                    mx_rules_drop_anchors(rx);
                 hs_free_compile_error(cerr);
                 cerr = NULL;
                 if (hs_expression_info(rx, fl | HS_FLAG_PREFILTER, &info, &cerr) == HS_SUCCESS) {
@@ -775,7 +733,7 @@ static int group_pats(struct mx_scan_engine *e, struct group *g, struct pats *p)
                 free(p->expr[k]);
                 p->expr[k] = rx;
                 if (rx && e->er[g->rules[k]].relaxed == 2)
-                    drop_anchors(rx);
+                    mx_rules_drop_anchors(rx);
             }
             if (!p->expr[k])
                 return -ENOMEM;

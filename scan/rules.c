@@ -1414,6 +1414,57 @@ char *mx_rules_relax_repeats(const char *re, unsigned max, bool extended)
     return out;
 }
 
+void mx_rules_drop_anchors(char *re)
+{
+    char *o = re;
+    bool in_class = false;
+    for (const char *p = re; *p; p++) {
+        if (*p == '\\' && p[1] == 'Q') {
+            /* \Q...\E: literal text */
+            const char *e = strstr(p + 2, "\\E");
+            size_t n = e ? (size_t)(e - p) + 2 : strlen(p);
+            memmove(o, p, n);
+            o += n;
+            p += n - 1;
+            continue;
+        }
+        if (*p == '\\' && p[1]) {
+            *o++ = *p++;
+            *o++ = *p;
+            continue;
+        }
+        if (in_class) {
+            const char *pe;
+            if (*p == '[' && p[1] == ':' && (pe = strstr(p + 2, ":]")) != NULL) {
+                /* [:alpha:] inside a class does not end it */
+                size_t n = (size_t)(pe - p) + 2;
+                memmove(o, p, n);
+                o += n;
+                p += n - 1;
+                continue;
+            }
+            if (*p == ']')
+                in_class = false;
+            *o++ = *p;
+            continue;
+        }
+        if (*p == '[') {
+            *o++ = *p;
+            if (p[1] == '^')
+                *o++ = *++p;
+            if (p[1] == ']')
+                *o++ = *++p;
+            in_class = true;
+            continue;
+        }
+        /* "(?^" is an option reset, not an anchor */
+        if ((*p == '^' && !(o - re >= 2 && o[-1] == '?' && o[-2] == '(')) || *p == '$')
+            continue;
+        *o++ = *p;
+    }
+    *o = 0;
+}
+
 int mx_rules_finish(struct mx_ruleset *rs)
 {
     for (size_t i = 0; i < rs->nreplace; i++) {

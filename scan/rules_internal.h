@@ -172,6 +172,15 @@ int mx_rules_finish(struct mx_ruleset *rs);
 char *mx_rules_relax_repeats(const char *re, unsigned max, bool extended);
 
 /**
+ * Drop the ^ and $ anchors of regex `re` outside character classes (and
+ * \Q...\E), in place: an assertion only narrows what matches, so the result
+ * matches whatever `re` does (a necessary condition for a prefilter; Hyperscan
+ * rejects embedded anchors such as (?:^|\s) even in prefilter mode). "(?^"
+ * option resets stay. The result is never longer.
+ */
+void mx_rules_drop_anchors(char *re);
+
+/**
  * SpamAssassin matches body and raw-body rules paragraph by paragraph, so
  * \z and \Z there mean "end of the paragraph"; mxgate scans the text as one
  * multi-line string, where that is `$`. Rewrites re in place (it only

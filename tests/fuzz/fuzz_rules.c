@@ -2,7 +2,8 @@
  * fuzz_rules.c - libFuzzer target for the rule-file parser: parse, expand
  * replace_tags, compile meta expressions, rewrite paragraph anchors; every
  * rule must come out with a consistent definition, and relaxing its regex's
- * repeats (mx_rules_relax_repeats) must stay within its bound.
+ * repeats (mx_rules_relax_repeats) must stay within its bound, and dropping
+ * its anchors (mx_rules_drop_anchors) must not lengthen it.
  */
 #include "scan/rules_internal.h"
 
@@ -27,6 +28,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                  * "{10,}" grew past a same-size buffer) */
                 char *x = mx_rules_relax_repeats(r->re, 10, (r->reflags & MX_RE_X) != 0);
                 if (!x || strlen(x) > 2 * strlen(r->re))
+                    abort();
+                /* dropping anchors never lengthens it */
+                size_t xl = strlen(x);
+                mx_rules_drop_anchors(x);
+                if (strlen(x) > xl)
                     abort();
                 free(x);
             }

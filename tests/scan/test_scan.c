@@ -263,6 +263,29 @@ static void test_engine_scopes(void **state)
     assert_false(r.flags & MX_SCAN_SPAM);
 }
 
+/* mx_rules_drop_anchors(): anchors go, classes, escapes, \Q...\E and (?^
+ * stay (a dropped class member would make the prefilter miss matches) */
+static void test_rules_drop_anchors(void **state)
+{
+    (void)state;
+    static const char *const cases[][2] = {
+        {"(?:^|\\s)foo$", "(?:|\\s)foo"},
+        {"[^$]x^", "[^$]x"},
+        {"[[:alpha:]^]$", "[[:alpha:]^]"},
+        {"[]^]$", "[]^]"},
+        {"\\^a\\$", "\\^a\\$"},
+        {"\\Q^$\\E^", "\\Q^$\\E"},
+        {"(?^i)^a", "(?^i)a"},
+        {"^$", ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%s", cases[i][0]);
+        mx_rules_drop_anchors(buf);
+        assert_string_equal(buf, cases[i][1]);
+    }
+}
+
 /* Value of rule `name` after scanning `msg` whole (the message stays open
  * so values are read as a meta would read them). */
 static double value_after(const char *msg, const char *name)
@@ -483,6 +506,7 @@ int main(void)
         cmocka_unit_test(test_mime_decoding),
         cmocka_unit_test(test_mime_limits),
         cmocka_unit_test(test_rules_parse),
+        cmocka_unit_test(test_rules_drop_anchors),
         cmocka_unit_test(test_verdict_headers),
         cmocka_unit_test(test_default_rules),
     };
