@@ -1393,6 +1393,7 @@ struct mx_scan_msg {
     double *hit_scores;
     const char **att_hits; /* the attachment rules among hits */
     unsigned natt_hits;
+    unsigned regex_errors; /* PCRE2 matches that ended in an error, not a result */
     unsigned nhits;
     char envfrom[256];
     /* for the native evals (evals.c) */
@@ -1971,6 +1972,20 @@ static bool has_attachment_word(const char *v, size_t vl)
     return false;
 }
 
+/*
+ * pcre2_match() on the worker's match data. An error (match or depth limit,
+ * JIT stack, bad UTF) is no match, but it is counted: the verdict says a limit
+ * was hit instead of passing the rule over silently.
+ */
+static int rx_match(struct mx_scan_msg *m, const pcre2_code *pc, const char *s, size_t n,
+                    size_t off)
+{
+    int rc = pcre2_match(pc, (PCRE2_SPTR)s, n, off, 0, m->w->md, NULL);
+    if (rc < PCRE2_ERROR_NOMATCH && m->regex_errors < UINT_MAX)
+        m->regex_errors++;
+    return rc;
+}
+
 static void on_header(void *ud, const struct mx_mime_part *p, const char *name, size_t nl,
                       const char *v, size_t vl)
 {
@@ -1989,11 +2004,11 @@ static void on_header(void *ud, const struct mx_mime_part *p, const char *name, 
         if (e->mh_namelen[k] != nl || m->count[ri] || strncasecmp(r->target, name, nl) != 0)
             continue;
         if (e->mh_raw[k]) {
-            m->count[ri] = pcre2_match(e->er[ri].pc, (PCRE2_SPTR)v, vl, 0, 0, m->w->md, NULL) >= 0;
+            m->count[ri] = rx_match(m, e->er[ri].pc, v, vl, 0) >= 0;
         } else {
             char tmp[4096];
             size_t n = mx_mime_decode_header(v, vl, tmp, sizeof tmp);
-            m->count[ri] = pcre2_match(e->er[ri].pc, (PCRE2_SPTR)tmp, n, 0, 0, m->w->md, NULL) >= 0;
+            m->count[ri] = rx_match(m, e->er[ri].pc, tmp, n, 0) >= 0;
         }
     }
     if (p->index != 0)
@@ -2388,7 +2403,8 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->nattach = 0;
     m->att_hit[0] = 0;
     m->att_hit_rule = NULL;
-    m->nhits = 0;
+    m->nhits = m->natt_hits = 0;
+    m->regex_errors = 0;
     m->envfrom[0] = 0;
     memset(&m->nmime, 0, sizeof m->nmime);
     m->fed = m->body_at = 0;
@@ -2440,7 +2456,7 @@ static bool pcre_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_t n
         return false;
     struct mx_scan_prof *p = m->w->prof;
     uint64_t t0 = p ? cpu_ns() : 0;
-    int rc = pcre2_match(pc, (PCRE2_SPTR)s, n, 0, 0, m->w->md, NULL);
+    int rc = rx_match(m, pc, s, n, 0);
     if (p) {
         p->r_pcre_ns[ri] += cpu_ns() - t0;
         p->r_pcre_calls[ri]++;
@@ -2656,7 +2672,7 @@ static unsigned pcre_count(struct mx_scan_msg *m, uint32_t ri, const char *s, si
     struct mx_scan_prof *p = m->w->prof;
     uint64_t t0 = p ? cpu_ns() : 0;
     while (c < max && off <= n) {
-        if (pcre2_match(er->pc, (PCRE2_SPTR)s, n, off, 0, m->w->md, NULL) < 0)
+        if (rx_match(m, er->pc, s, n, off) < 0)
             break;
         c++;
         const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(m->w->md);
@@ -3135,6 +3151,8 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
         flags |= MX_SCAN_MALFORMED;
     if (defects & (MX_MIME_DEF_TOO_DEEP | MX_MIME_DEF_TOO_MANY_PARTS | MX_MIME_DEF_HDR_TRUNCATED))
         flags |= MX_SCAN_TRUNCATED;
+    if (m->regex_errors)
+        flags |= MX_SCAN_TRUNCATED;
     /* round like SpamAssassin does before comparing */
     score = (double)(long long)(score * 1000 + (score < 0 ? -0.5 : 0.5)) / 1000;
     if (score >= e->o.threshold)
@@ -3156,6 +3174,7 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
     }
     res->natt_hits = m->natt_hits;
     res->att_hits = m->att_hits;
+    res->regex_errors = m->regex_errors;
     return 0;
 }
 

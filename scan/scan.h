@@ -164,6 +164,9 @@ struct mx_scan_result {
      * policies that exempt some of them per recipient */
     unsigned natt_hits;
     const char *const *att_hits;
+    /* regex matches PCRE2 ended with an error (match/depth limit, JIT stack):
+     * counted as no match, and MX_SCAN_TRUNCATED is set */
+    unsigned regex_errors;
 };
 
 /**

@@ -960,6 +960,9 @@ static int write_verdict(struct smtpd_conn *c, struct mx_scan_result res, enum s
     }
     conn_log(c, "verdict: %s score=%.1f required=%.1f tests=%s", res.flags & MX_SCAN_SPAM ? "spam"
              : "clean", res.score, res.threshold, tests);
+    if (res.regex_errors)
+        conn_log(c, "scan: %u regex match(es) ended at a PCRE2 limit, counted as no match",
+                 res.regex_errors);
     const struct mx_config *cfg = c->srv->cfg;
     /*
      * One action for the message: the most severe of what its verdicts ask

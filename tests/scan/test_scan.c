@@ -230,7 +230,7 @@ static void test_engine_stats(void **state)
     (void)state;
     struct mx_scan_stats st;
     mx_scan_engine_stats(test_engine, &st);
-    assert_int_equal(st.hs_prefilter + st.pcre_only, 2); /* BACKREF, __TRIPLE */
+    assert_int_equal(st.hs_prefilter + st.pcre_only, 3); /* BACKREF, __TRIPLE, RX_LIMIT */
     assert_int_equal(st.skipped, 1);                     /* EVAL_RULE */
     const char *name, *why;
     assert_int_equal(mx_scan_engine_skipped(test_engine, 0, &name, &why), 0);
@@ -320,6 +320,26 @@ static void test_engine_pcre_multiple(void **state)
     assert_string_equal(h, "NO_DATE,PRIZE_TRIPLE");
     assert_true(value_after("Subject: x\r\n\r\nno prize, zzz\r\n", "PRIZE_TRIPLE") == 1);
     assert_true(value_after("Subject: x\r\n\r\nno prize\r\n", "__TRIPLE") == 0);
+}
+
+/* A PCRE2 error (here the match limit of a catastrophic lookahead) is no
+ * match, but counted in regex_errors and flagged MX_SCAN_TRUNCATED. */
+static void test_engine_regex_limit(void **state)
+{
+    (void)state;
+    char msg[256];
+    snprintf(msg, sizeof msg, "Subject: x\r\n\r\n%.60s\r\n",
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+    struct mx_scan_result r;
+    scan(msg, &r);
+    assert_true(r.regex_errors >= 1);
+    assert_true(r.flags & MX_SCAN_TRUNCATED);
+    assert_true(value_after(msg, "RX_LIMIT") == 0);
+    /* a b after the run: the lookahead succeeds quickly, no error */
+    scan("Subject: x\r\n\r\naaaab\r\n", &r);
+    assert_int_equal(r.regex_errors, 0);
+    assert_false(r.flags & MX_SCAN_TRUNCATED);
+    assert_true(value_after("Subject: x\r\n\r\naaaab\r\n", "RX_LIMIT") == 1);
 }
 
 static void test_engine_charset(void **state)
@@ -514,6 +534,7 @@ int main(void)
         cmocka_unit_test(test_engine_stats),
         cmocka_unit_test(test_engine_scopes),
         cmocka_unit_test(test_engine_pcre_multiple),
+        cmocka_unit_test(test_engine_regex_limit),
         cmocka_unit_test(test_engine_charset),
         cmocka_unit_test(test_engine_dlp),
         cmocka_unit_test(test_engine_attachments),
