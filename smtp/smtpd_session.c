@@ -1053,7 +1053,7 @@ static void process(struct mx_smtpd_session *s)
         return; /* the outer call continues with the new state */
     s->in_process = true;
     size_t off = 0;
-    while (off < s->in_len) {
+    while (s->in && off < s->in_len) {
         if (s->state == SMTPD_CLOSED || s->state == SMTPD_WAIT_COMMIT ||
             s->state == SMTPD_WAIT_REPLY || s->state == SMTPD_TLS_HANDSHAKE)
             break;
