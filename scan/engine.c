@@ -2562,14 +2562,17 @@ static struct mx_relays *relays_of(const struct mx_scan_msg *m)
         return NULL;
     }
     rel->r = r;
-    const char *vals[MX_RCVD_MAX_RELAYS];
-    size_t lens[MX_RCVD_MAX_RELAYS], n = 0;
-    for (size_t i = 0; i < m->nhdrs && n < MX_RCVD_MAX_RELAYS; i++)
-        if (m->hdrs[i].nl == 8 && strncasecmp(m->ha + m->hdrs[i].no, "received", 8) == 0) {
-            vals[n] = m->ha + m->hdrs[i].vo;
-            lens[n++] = m->hdrs[i].vl;
-        }
-    mx_relays_build(rel, vals, lens, n);
+    struct mx_rcvd_hdr *h = calloc(m->nhdrs ? m->nhdrs : 1, sizeof *h);
+    if (!h) {
+        free(r);
+        free(rel);
+        return NULL;
+    }
+    for (size_t i = 0; i < m->nhdrs; i++)
+        h[i] = (struct mx_rcvd_hdr){m->ha + m->hdrs[i].no, m->ha + m->hdrs[i].vo,
+                                    m->hdrs[i].nl, m->hdrs[i].vl};
+    mx_relays_build(rel, h, m->nhdrs);
+    free(h);
     return rel;
 }
 

@@ -789,15 +789,57 @@ size_t mx_relay_as_string(const struct mx_relay *r, char *out, size_t cap)
     return (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
-void mx_relays_build(struct mx_relays *rel, const char *const *vals, const size_t *lens,
-                     size_t n)
+/* SpamAssassin's stock originating_ip_headers (10_default_prefs.cf): the
+ * first address in the last instance of each is appended to the chain */
+static const char *const originating[] = {
+    "X-Yahoo-Post-IP", "X-Originating-IP", "X-Apparently-From", "X-SenderIP", "X-AOL-IP",
+    "X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp",
+};
+#define NORIG (sizeof originating / sizeof originating[0])
+
+void mx_relays_build(struct mx_relays *rel, const struct mx_rcvd_hdr *h, size_t nh)
 {
     bool in_trusted = true, in_internal = true, allow_fetch_markers = true;
     char qms[MX_RCVD_FIELD] = "", next_qms[MX_RCVD_FIELD];
     rel->n = 0;
     rel->unparseable = 0;
-    if (n > MX_RCVD_MAX_RELAYS)
-        n = MX_RCVD_MAX_RELAYS;
+
+    /* the lines: every Received value, then the originating-IP pseudo lines */
+    const char *vals[MX_RCVD_MAX_RELAYS];
+    size_t lens[MX_RCVD_MAX_RELAYS], n = 0;
+    for (size_t i = 0; i < nh && n < MX_RCVD_MAX_RELAYS; i++)
+        if (h[i].nl == 8 && strncasecmp(h[i].name, "received", 8) == 0) {
+            vals[n] = h[i].v;
+            lens[n++] = h[i].vl;
+        }
+    char orig[NORIG][MX_RCVD_FIELD + 32];
+    pcre2_match_data *md = pcre2_match_data_create(4, NULL);
+    pcre2_match_context *mc = pcre2_match_context_create(NULL);
+    if (md && mc) {
+        pcre2_set_match_limit(mc, MX_RCVD_MATCH_LIMIT);
+        struct ctx cx = {.md = md, .mc = mc}, *c = &cx;
+        for (size_t o = 0; o < NORIG && n < MX_RCVD_MAX_RELAYS; o++) {
+            const struct mx_rcvd_hdr *last = NULL;
+            size_t ol = strlen(originating[o]);
+            for (size_t i = 0; i < nh; i++)
+                if (h[i].nl == ol && strncasecmp(h[i].name, originating[o], ol) == 0)
+                    last = &h[i];
+            if (!last)
+                continue;
+            char v[MX_RCVD_MAX_LINE + 1], ip[MX_RCVD_FIELD];
+            size_t vl = last->vl < MX_RCVD_MAX_LINE ? last->vl : MX_RCVD_MAX_LINE;
+            memcpy(v, last->v, vl);
+            v[vl] = 0;
+            if (!MS(v, "(" IPA ")"))
+                continue;
+            cap(c, 1, ip);
+            vals[n] = orig[o];
+            lens[n++] = (size_t)snprintf(orig[o], sizeof orig[o], "from X-Originating-IP: %s", ip);
+        }
+    }
+    pcre2_match_data_free(md);
+    pcre2_match_context_free(mc);
+
     for (size_t i = 0; i < n; i++) {
         struct mx_relay *r = &rel->r[rel->n];
         enum mx_rcvd_rc rc = mx_received_parse_line(vals[i], lens[i], r, next_qms);

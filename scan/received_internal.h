@@ -59,12 +59,20 @@ struct mx_relays {
     size_t unparseable;
 };
 
+/** One header field of the message (name without the colon, raw value). */
+struct mx_rcvd_hdr {
+    const char *name, *v;
+    size_t nl, vl;
+};
+
 /**
- * Parse the Received values (top first, as in the header block) and infer
- * trust. `rel->r` must hold MX_RCVD_MAX_RELAYS records.
+ * Parse the Received values (top first, as in the header block), append the
+ * first address of SpamAssassin's stock originating_ip_headers
+ * (X-Originating-IP...) as SpamAssassin does, and infer trust. `h`: the
+ * message's header fields in order. `rel->r` must hold MX_RCVD_MAX_RELAYS
+ * records.
  */
-void mx_relays_build(struct mx_relays *rel, const char *const *vals, const size_t *lens,
-                     size_t n);
+void mx_relays_build(struct mx_relays *rel, const struct mx_rcvd_hdr *h, size_t nh);
 
 enum mx_relays_which {
     MX_RELAYS_TRUSTED,

@@ -10,7 +10,7 @@
  *   X-Spam-Relays-External: ...
  *
  * The header block ends at the first empty line; a field continues on lines
- * starting with a space or tab.
+ * starting with a space or tab (up to 1024 fields).
  */
 #include "scan/received_internal.h"
 
@@ -51,36 +51,36 @@ static int dump(const char *path)
         perror(path);
         return 1;
     }
-    const char *vals[MX_RCVD_MAX_RELAYS];
-    size_t lens[MX_RCVD_MAX_RELAYS], nv = 0;
+    struct mx_rcvd_hdr h[1024];
+    size_t nh = 0;
     size_t i = 0;
-    while (i < n) {
+    while (i < n && nh < sizeof h / sizeof h[0]) {
         size_t e = i;
         while (e < n && b[e] != '\n')
             e++;
         size_t le = e > i && b[e - 1] == '\r' ? e - 1 : e;
         if (le == i)
             break; /* end of the header block */
-        if (le - i > 9 && strncasecmp(b + i, "received:", 9) == 0 && nv < MX_RCVD_MAX_RELAYS) {
-            /* the value runs over the continuation lines */
-            size_t ve = e;
-            while (ve + 1 < n && (b[ve + 1] == ' ' || b[ve + 1] == '\t')) {
+        /* the value runs over the continuation lines */
+        size_t ve = e;
+        while (ve + 1 < n && (b[ve + 1] == ' ' || b[ve + 1] == '\t')) {
+            ve++;
+            while (ve < n && b[ve] != '\n')
                 ve++;
-                while (ve < n && b[ve] != '\n')
-                    ve++;
-            }
-            vals[nv] = b + i + 9;
-            lens[nv++] = ve - (i + 9);
-            e = ve;
         }
-        i = e + 1;
+        const char *colon = memchr(b + i, ':', le - i);
+        if (colon) {
+            h[nh++] = (struct mx_rcvd_hdr){b + i, colon + 1, (size_t)(colon - (b + i)),
+                                           ve - (size_t)(colon + 1 - b)};
+        }
+        i = ve + 1;
     }
     struct mx_relays rel = {.r = calloc(MX_RCVD_MAX_RELAYS, sizeof(struct mx_relay))};
     if (!rel.r) {
         free(b);
         return 1;
     }
-    mx_relays_build(&rel, vals, lens, nv);
+    mx_relays_build(&rel, h, nh);
     static const char *const names[] = {"Trusted", "Untrusted", "Internal", "External"};
     static char out[1 << 18];
     printf("== %s\n", path);

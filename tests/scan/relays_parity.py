@@ -1,14 +1,15 @@
 #!/usr/bin/python3
 """relays_parity.py - mxgate's X-Spam-Relays-* pseudo headers against SpamAssassin's.
 
-usage: relays_parity.py [-v] [--limit N] [--require-all] RELAYS_DUMP PATH...
+usage: relays_parity.py [-v] [--limit N] [--received-only] [--require-all] RELAYS_DUMP PATH...
 
 PATH: message files or folders (every file under them, sorted, README.md left
 out). SpamAssassin runs once per message (`spamassassin -D metadata -L -t`,
 no network, ~1.3 s each); its "metadata: X-Spam-Relays-*" debug lines
 give its four strings per message, tests/scan/relays_dump gives mxgate's.
 Reports per message how many of the four strings are identical, in total and
-for the messages that have a Received header. --require-all: exit 1 unless
+for the messages that have a Received header (--received-only: only those
+are compared; --limit N: the first N messages). --require-all: exit 1 unless
 every string of every message is identical (the test on a few messages).
 """
 import os
@@ -75,12 +76,14 @@ def has_received(f):
 
 def main():
     args = sys.argv[1:]
-    verbose = require_all = False
+    verbose = require_all = received_only = False
     limit = None
     while args and args[0].startswith("-"):
         a = args.pop(0)
         if a == "-v":
             verbose = True
+        elif a == "--received-only":
+            received_only = True
         elif a == "--require-all":
             require_all = True
         elif a == "--limit":
@@ -90,6 +93,8 @@ def main():
     if len(args) < 2:
         sys.exit(__doc__)
     dump, files = args[0], files_of(args[1:])
+    if received_only:
+        files = [f for f in files if has_received(f)]
     if limit:
         files = files[:limit]
     sa, mx = sa_strings(files), mx_strings(dump, files)
