@@ -37,6 +37,16 @@ static void test_lines(void **state)
          "id BBB222;\n\tMon,  7 Dec 2026 00:00:05 +0000 (UTC)",
          "[ ip=203.0.113.9 rdns= helo=helo.example by=relay.example.org ident= envfrom= intl=0 "
          "id=BBB222 auth= msa=0 ]"},
+        /* mxgate's own trace header (smtp/smtpd.c), IPv4 with TLS and IPv6 */
+        {"from client.example (unknown [198.51.100.99])\r\n\tby mx.gw.example (mxgate) with "
+         "ESMTPS id 7f3a9c01\r\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n\tfor "
+         "<u@example.net>; Mon, 07 Dec 2026 00:10:00 +0000",
+         "[ ip=198.51.100.99 rdns= helo=client.example by=mx.gw.example ident= envfrom= intl=0 "
+         "id=7f3a9c01 auth= msa=0 ]"},
+        {"from v6.example (unknown [IPv6:2001:db8::5])\r\n\tby relay.example.org (mxgate) with "
+         "SMTP id 00ab; Mon, 07 Dec 2026 00:09:00 +0000",
+         "[ ip=2001:db8::5 rdns= helo=v6.example by=relay.example.org ident= envfrom= intl=0 "
+         "id=00ab auth= msa=0 ]"},
         /* Exim, both forms */
         {"from [203.0.113.5] (helo=foo.example)\n\tby relay2.example.org with esmtp (Exim 4.96)\n"
          "\t(envelope-from <bounce@example.com>)\n\tid 1abcDE-000123-Xy; Mon, 07 Dec 2026 "
