@@ -11,9 +11,11 @@ Reports per message how many of the four strings are identical, in total and
 for the messages that have a Received header (--received-only: only those
 are compared; --limit N: the first N messages). --require-all: exit 1 unless
 every string of every message is identical (the test on a few messages).
+Exit 77 (skipped) without spamassassin.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -92,6 +94,9 @@ def main():
             sys.exit(__doc__)
     if len(args) < 2:
         sys.exit(__doc__)
+    if shutil.which("spamassassin") is None:
+        print("spamassassin is not installed: skipped")
+        return 77
     dump, files = args[0], files_of(args[1:])
     if received_only:
         files = [f for f in files if has_received(f)]
