@@ -2615,6 +2615,31 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
         vb_add(b, "\n", 1);
         return true;
     }
+    long rstart, rend;
+    if (strncmp(name, "ALL-", 4) == 0 && mx_relays_all_range(&(struct mx_relays){0}, name,
+                                                              &rstart, &rend)) {
+        /* ALL-TRUSTED...: the ALL lines of a range of Received headers */
+        if (!*rel)
+            *rel = relays_of(m);
+        if (!*rel)
+            return false;
+        mx_relays_all_range(*rel, name, &rstart, &rend);
+        long cur = -1;
+        for (size_t i = 0; i < m->nhdrs; i++) {
+            const struct hdr *h = &m->hdrs[i];
+            cur += h->nl == 8 && strncasecmp(m->ha + h->no, "received", 8) == 0;
+            if (!(rstart <= cur && cur <= rend))
+                continue;
+            vb_add(b, m->ha + h->no, h->nl);
+            vb_add(b, ": ", 2);
+            vb_add(b, m->ha + h->vo, h->vl);
+            vb_add(b, "\n", 1);
+            found = true;
+            if (cur == rend)
+                break;
+        }
+        return found;
+    }
     enum mx_relays_which which;
     if (mx_relays_name(name, &which)) {
         /* always present, as in SA (an empty string without relays) */

@@ -11,6 +11,7 @@
 #include "scan/received_internal.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -803,6 +804,7 @@ void mx_relays_build(struct mx_relays *rel, const struct mx_rcvd_hdr *h, size_t 
     char qms[MX_RCVD_FIELD] = "", next_qms[MX_RCVD_FIELD];
     rel->n = 0;
     rel->unparseable = 0;
+    rel->last_trusted = rel->last_internal = -1;
 
     /* the lines: every Received value, then the originating-IP pseudo lines */
     const char *vals[MX_RCVD_MAX_RELAYS];
@@ -851,12 +853,17 @@ void mx_relays_build(struct mx_relays *rel, const struct mx_rcvd_hdr *h, size_t 
             if (allow_fetch_markers)
                 for (size_t k = 0; k < rel->n; k++)
                     rel->dropped[k] = true;
+            rel->last_trusted += in_trusted;
+            rel->last_internal += in_internal;
             continue;
         }
         if (rc == MX_RCVD_UNPARSEABLE)
             rel->unparseable++;
-        if (rc != MX_RCVD_RELAY)
+        if (rc != MX_RCVD_RELAY) {
+            rel->last_trusted += in_trusted;
+            rel->last_internal += in_internal;
             continue;
+        }
         if (had_qms)
             strcpy(r->envfrom, cur_qms);
         if (in_trusted && !r->ip_private && !truthy(r->auth))
@@ -865,6 +872,8 @@ void mx_relays_build(struct mx_relays *rel, const struct mx_rcvd_hdr *h, size_t 
         rel->trusted[rel->n] = in_trusted;
         rel->dropped[rel->n] = false;
         allow_fetch_markers = in_trusted;
+        rel->last_trusted += in_trusted;
+        rel->last_internal += in_internal;
         rel->n++;
     }
 }
@@ -899,6 +908,25 @@ size_t mx_relays_string(const struct mx_relays *rel, enum mx_relays_which which,
     }
     out[k < cap ? k : cap - 1] = 0;
     return k < cap ? k : cap - 1;
+}
+
+bool mx_relays_all_range(const struct mx_relays *rel, const char *name, long *start, long *end)
+{
+    /* the '+1' of PerMsgStatus::_get: the Received header of the first
+     * relay outside the part was added inside it */
+    *start = LONG_MIN;
+    *end = LONG_MAX;
+    if (strcmp(name, "ALL-TRUSTED") == 0)
+        *end = rel->last_trusted + 1;
+    else if (strcmp(name, "ALL-INTERNAL") == 0)
+        *end = rel->last_internal + 1;
+    else if (strcmp(name, "ALL-UNTRUSTED") == 0)
+        *start = rel->last_trusted + 1;
+    else if (strcmp(name, "ALL-EXTERNAL") == 0)
+        *start = rel->last_internal + 1;
+    else
+        return false;
+    return true;
 }
 
 bool mx_relays_name(const char *name, enum mx_relays_which *which)

@@ -57,6 +57,10 @@ struct mx_relays {
     bool trusted[MX_RCVD_MAX_RELAYS]; /* per relay (internal: r[i].internal) */
     bool dropped[MX_RCVD_MAX_RELAYS]; /* removed from Trusted/Internal/External */
     size_t unparseable;
+    /* SA's last_trusted_relay_index / last_internal_relay_index: the index
+     * of the last line (Received values, then originating-IP lines; -1: none)
+     * in the trusted / internal part, relays or not */
+    long last_trusted, last_internal;
 };
 
 /** One header field of the message (name without the colon, raw value). */
@@ -84,6 +88,16 @@ enum mx_relays_which {
 /** The X-Spam-Relays-<which> string (no line end); returns its length (truncated to cap-1). */
 size_t mx_relays_string(const struct mx_relays *rel, enum mx_relays_which which, char *out,
                         size_t cap);
+
+/**
+ * The pseudo headers ALL-TRUSTED, ALL-INTERNAL, ALL-UNTRUSTED, ALL-EXTERNAL
+ * (case-sensitive, as in SA) are the header lines in a range of Received
+ * indexes (SA's get_all_hdrs_in_rcvd_index_range): a line belongs when the
+ * number of Received headers up to and including it, minus one, is in
+ * [*start, *end), or is *end (the Received header at index *end and nothing
+ * after it). Returns false for other names.
+ */
+bool mx_relays_all_range(const struct mx_relays *rel, const char *name, long *start, long *end);
 
 /** "X-Spam-Relays-Trusted" ... -> which; false for other names (case-insensitive, as SA). */
 bool mx_relays_name(const char *name, enum mx_relays_which *which);

@@ -1,9 +1,10 @@
 /*
  * test_received.c - the X-Spam-Relays-* pseudo headers (scan/received.c):
  * single Received lines, a whole chain with trust inference, and header
- * rules on the pseudo headers through the engine. Every expected string is
- * what spamassassin 4.0.1 printed for the same input
- * (`spamassassin -D metadata -L -t < data/relays-chain.eml`).
+ * rules on the pseudo headers (and on ALL-TRUSTED/-UNTRUSTED/-EXTERNAL)
+ * through the engine. Every expected string and hit is what spamassassin
+ * 4.0.1 printed or hit for the same input (`spamassassin -D metadata,rules
+ * -L -t < data/relays-chain.eml`, the rules added with --cf).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -123,11 +124,11 @@ static void test_lines(void **state)
 #define TRUSTED T1 " " T2 " " T3
 #define UNTRUSTED U1 " " U2 " " U3 " " U4 " " U5 " " U6 " " U7 " " U8
 
-static char *chain_msg(size_t *n)
+static char *data_msg(const char *name, size_t *n)
 {
     const char *dir = getenv("SCAN_TEST_DATA");
     char path[4096];
-    snprintf(path, sizeof path, "%s/relays-chain.eml", dir ? dir : "tests/scan/data");
+    snprintf(path, sizeof path, "%s/%s", dir ? dir : "tests/scan/data", name);
     FILE *f = fopen(path, "rb");
     assert_non_null(f);
     static char buf[16384];
@@ -141,7 +142,7 @@ static void test_chain(void **state)
 {
     (void)state;
     size_t n;
-    char *b = chain_msg(&n);
+    char *b = data_msg("relays-chain.eml", &n);
     struct mx_rcvd_hdr h[64];
     size_t nh = 0;
     /* header fields: name up to ':', value over the continuation lines */
@@ -195,10 +196,14 @@ static const char RULES[] =
     "header TRUSTED_AUTH X-Spam-Relays-Trusted =~ / auth=ESMTPSA /\n"
     "header INTERNAL_LOCAL X-Spam-Relays-Internal =~ /^\\[ ip=127\\.0\\.0\\.1 /\n"
     "header NO_UNTRUSTED X-Spam-Relays-Untrusted !~ /\\S/\n"
+    "header DOS_RELAYED_EXT ALL-EXTERNAL =~ "
+    "/(?:^|\\n)[Rr][eE][cC][eE][iI][vV][eE][dD]:\\s.+\\n[Rr][eE][cC][eE][iI][vV][eE][dD]:\\s/s\n"
+    "header TRUSTED_FROM ALL-TRUSTED =~ /^From:/m\n"
+    "header UNTRUSTED_FROM ALL-UNTRUSTED =~ /^From:/m\n"
     "meta LAST_NOAUTH __LAST_UNTRUSTED_RELAY_NO_AUTH && __LAST_EXTERNAL_RELAY_NO_AUTH\n"
     "meta NONE_RDNS __RDNS_NONE\n"
     "score TRUSTED_AUTH 1\nscore INTERNAL_LOCAL 1\nscore NO_UNTRUSTED 1\nscore LAST_NOAUTH 1\n"
-    "score NONE_RDNS 1\n";
+    "score NONE_RDNS 1\nscore DOS_RELAYED_EXT 1\nscore TRUSTED_FROM 1\nscore UNTRUSTED_FROM 1\n";
 
 static int setup(void **state)
 {
@@ -255,20 +260,31 @@ static void test_engine_relays(void **state)
 {
     (void)state;
     size_t n;
-    /* the chain: trusted local + authenticated hops, first untrusted has rDNS, no auth */
-    assert_string_equal(scan(chain_msg(&n)), "INTERNAL_LOCAL,LAST_NOAUTH,TRUSTED_AUTH");
+    /* the chain: trusted local + authenticated hops, first untrusted has rDNS, no auth;
+     * eight external Received headers (SpamAssassin: __DOS_RELAYED_EXT hits); the
+     * header fields below the last Received belong to ALL-UNTRUSTED */
+    assert_string_equal(scan(data_msg("relays-chain.eml", &n)),
+                        "DOS_RELAYED_EXT,INTERNAL_LOCAL,LAST_NOAUTH,TRUSTED_AUTH,UNTRUSTED_FROM");
+    /* two external hops (mxgate's own and the one before): __DOS_RELAYED_EXT hits in SA */
+    assert_string_equal(scan(data_msg("relays-mxgate.eml", &n)),
+                        "DOS_RELAYED_EXT,LAST_NOAUTH,NONE_RDNS");
+    /* local hop, fetcher marker, one external hop: __DOS_RELAYED_EXT does not hit in SA */
+    assert_string_equal(scan(data_msg("relays-fetch.eml", &n)), "LAST_NOAUTH");
     /* first untrusted relay without rDNS */
     assert_string_equal(scan("Received: from helo.example (unknown [203.0.113.9])\r\n"
                              "\tby relay.example.org (Postfix) with ESMTP id BBB222;\r\n"
                              "\tMon,  7 Dec 2026 00:00:05 +0000 (UTC)\r\nSubject: x\r\n\r\nx\r\n"),
                         "LAST_NOAUTH,NONE_RDNS");
-    /* no Received header: the pseudo headers exist but are empty */
-    assert_string_equal(scan("Subject: x\r\n\r\nx\r\n"), "NO_UNTRUSTED");
+    /* no Received header: the pseudo headers exist but are empty; every header is
+     * in ALL-TRUSTED, none in ALL-UNTRUSTED (SA's index ranges) */
+    assert_string_equal(scan("From: a@example.org\r\nSubject: x\r\n\r\nx\r\n"),
+                        "NO_UNTRUSTED,TRUSTED_FROM");
     /* only a private hop: trusted, nothing untrusted */
     assert_string_equal(scan("Received: from localhost (localhost [127.0.0.1])\r\n"
                              "\tby mx.example.net (Postfix) with ESMTP id AAA111;\r\n"
-                             "\tMon,  7 Dec 2026 00:00:09 +0000 (UTC)\r\n\r\nx\r\n"),
-                        "INTERNAL_LOCAL,NO_UNTRUSTED");
+                             "\tMon,  7 Dec 2026 00:00:09 +0000 (UTC)\r\nFrom: a@example.org\r\n"
+                             "\r\nx\r\n"),
+                        "INTERNAL_LOCAL,NO_UNTRUSTED,TRUSTED_FROM");
 }
 
 int main(void)
