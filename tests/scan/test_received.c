@@ -184,6 +184,45 @@ static void test_chain(void **state)
     free(rel.r);
 }
 
+/* every example line of Received.pm's comments (data/received-examples.txt):
+ * the four strings spamassassin printed for a message with that one line */
+static void test_sa_examples(void **state)
+{
+    (void)state;
+    const char *dir = getenv("SCAN_TEST_DATA");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/received-examples.txt", dir ? dir : "tests/scan/data");
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    static char line[16384], got[16384];
+    static const char *const names[] = {"X-Spam-Relays-Trusted: ", "X-Spam-Relays-Untrusted: ",
+                                        "X-Spam-Relays-Internal: ", "X-Spam-Relays-External: "};
+    struct mx_relays rel = {.r = calloc(MX_RCVD_MAX_RELAYS, sizeof(struct mx_relay))};
+    assert_non_null(rel.r);
+    static char rcvd[16384];
+    int nex = 0, k = 0;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        if (strncmp(line, "Received: ", 10) == 0) {
+            memmove(rcvd, line + 10, strlen(line + 10) + 1);
+            struct mx_rcvd_hdr h = {"Received", rcvd, 8, strlen(rcvd)};
+            mx_relays_build(&rel, &h, 1);
+            nex++;
+            k = 0;
+        } else if (strncmp(line, "X-Spam-Relays-", 14) == 0) {
+            assert_true(k < 4);
+            assert_int_equal(strncmp(line, names[k], strlen(names[k])), 0);
+            mx_relays_string(&rel, (enum mx_relays_which)k, got, sizeof got);
+            if (strcmp(got, line + strlen(names[k])) != 0)
+                fail_msg("Received: %s\n%s: mxgate %s", rcvd, line, got);
+            k++;
+        }
+    }
+    fclose(f);
+    free(rel.r);
+    assert_int_equal(nex, 144);
+}
+
 /* header rules on the pseudo headers (stock rules' patterns) through the engine */
 static char rules_path[] = "/tmp/test_received_rulesXXXXXX";
 static struct mx_scan_engine *eng;
@@ -292,6 +331,7 @@ int main(void)
     const struct CMUnitTest plain[] = {
         cmocka_unit_test(test_lines),
         cmocka_unit_test(test_chain),
+        cmocka_unit_test(test_sa_examples),
     };
     const struct CMUnitTest engine[] = {
         cmocka_unit_test(test_engine_relays),
