@@ -18,10 +18,10 @@
 #include <stddef.h>
 
 /* bounds: the header block is attacker-controlled */
-#define MX_RCVD_MAX_LINE 8192    /* bytes of one Received value parsed (the rest ignored) */
+#define MX_RCVD_MAX_LINE 2048    /* bytes of one Received value parsed (the rest ignored) */
 #define MX_RCVD_MAX_RELAYS 64    /* Received values parsed per message (the rest ignored) */
 #define MX_RCVD_FIELD 512        /* bytes kept of one field (ip, rdns, helo, ...) */
-#define MX_RCVD_MATCH_LIMIT 200000 /* PCRE2 match limit per regex call */
+#define MX_RCVD_MATCH_LIMIT 50000 /* PCRE2 match limit per regex call */
 
 /** One parsed relay. */
 struct mx_relay {
