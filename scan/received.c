@@ -70,6 +70,7 @@ static pcre2_code *rx_code(struct rx *r)
     c = pcre2_compile((PCRE2_SPTR)r->pat, PCRE2_ZERO_TERMINATED, r->opts, &err, &off, NULL);
     if (!c)
         return NULL;
+    pcre2_jit_compile(c, PCRE2_JIT_COMPLETE); /* where JIT is missing, the interpreter runs */
     pcre2_code *expect = NULL;
     if (!__atomic_compare_exchange_n(&r->code, &expect, c, false, __ATOMIC_ACQ_REL,
                                      __ATOMIC_ACQUIRE)) {
