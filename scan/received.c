@@ -24,34 +24,36 @@
 #define V4OCT "(?:1\\d\\d|2[0-4]\\d|25[0-5]|[1-9]\\d|\\d)"
 #define V4 V4OCT "\\." V4OCT "\\." V4OCT "\\." V4OCT
 #define H4 "[a-f0-9]{1,4}"
-#define IPA                                                                              \
-    "(?i:(?:\\b(?<!:)" V4 "\\b|(?:IPv6:|(?<![a-f0-9:]))(?:(?:(?:" H4 ":){6}|::(?:" H4    \
-    ":){0,5}|(?:" H4 ":){1,5}:|" H4 "::(?:" H4 ":){1,4}|(?:" H4 ":){2}:(?:" H4           \
-    ":){1,3}|(?:" H4 ":){3}:(?:" H4 ":){1,2}|(?:" H4 ":){4}:" H4 ":)" V4 "|(?:" H4       \
-    ":){7}" H4 "|:(?::" H4 "){1,7}|(?:" H4 ":){1,7}:|" H4 ":(?::" H4 "){1,6}|(?:" H4     \
-    ":){2}(?::" H4 "){1,5}|(?:" H4 ":){3}(?::" H4 "){1,4}|(?:" H4 ":){4}(?::" H4         \
-    "){1,3}|(?:" H4 ":){5}(?::" H4 "){1,2}|(?:" H4 ":){6}:" H4 "|::)(?![a-f0-9:])))"
+#define IPA                                                                                        \
+    "(?i:(?:\\b(?<!:)" V4 "\\b|(?:IPv6:|(?<![a-f0-9:]))(?:(?:(?:" H4 ":){6}|::(?:" H4              \
+    ":){0,5}|(?:" H4 ":){1,5}:|" H4 "::(?:" H4 ":){1,4}|(?:" H4 ":){2}:(?:" H4 ":){1,3}|(?:" H4    \
+    ":){3}:(?:" H4 ":){1,2}|(?:" H4 ":){4}:" H4 ":)" V4 "|(?:" H4 ":){7}" H4 "|:(?::" H4           \
+    "){1,7}|(?:" H4 ":){1,7}:|" H4 ":(?::" H4 "){1,6}|(?:" H4 ":){2}(?::" H4 "){1,5}|(?:" H4       \
+    ":){3}(?::" H4 "){1,4}|(?:" H4 ":){4}(?::" H4 "){1,3}|(?:" H4 ":){5}(?::" H4 "){1,2}|(?:" H4   \
+    ":){6}:" H4 "|::)(?![a-f0-9:])))"
 
 /* Constants.pm LOCALHOST (its own /i) */
 #define Z4 "0{1,4}"
-#define LOCALHOST                                                                        \
-    "(?i:(?:localhost(?:\\.localdomain)?|\\b(?<!:)127\\.0\\.0\\.1\\b|(?:IPv6:|(?<![a-f0-9:]))" \
-    "(?:(?:(?:" Z4 ":){5}ffff:|::(?:" Z4 ":){0,4}ffff:|(?:" Z4 ":){1,4}:ffff:|" Z4         \
-    "::(?:" Z4 ":){1,3}ffff:|(?:" Z4 ":){2}:0{1,2}:ffff:|(?:" Z4 ":){3}:0:ffff:|(?:" Z4    \
-    ":){4}:ffff:)127\\.0\\.0\\.1|(?:" Z4 ":){7}0{0,3}1|:(?::" Z4 "){0,6}:0{0,3}1|" Z4     \
-    ":(?::" Z4 "){0,5}:0{0,3}1|(?:" Z4 ":){2}(?::" Z4 "){0,4}:0{0,3}1|(?:" Z4 ":){3}(?::"  \
-    Z4 "){0,3}:0{0,3}1|(?:" Z4 ":){4}(?::" Z4 "){0,2}:0{0,3}1|(?:" Z4 ":){5}(?::" Z4       \
+#define LOCALHOST                                                                                  \
+    "(?i:(?:localhost(?:\\.localdomain)?|\\b(?<!:)127\\.0\\.0\\.1\\b|(?:IPv6:|(?<![a-f0-9:]))"     \
+    "(?:(?:(?:" Z4 ":){5}ffff:|::(?:" Z4 ":){0,4}ffff:|(?:" Z4 ":){1,4}:ffff:|" Z4 "::(?:" Z4      \
+    ":){1,3}ffff:|(?:" Z4 ":){2}:0{1,2}:ffff:|(?:" Z4 ":){3}:0:ffff:|(?:" Z4                       \
+    ":){4}:ffff:)127\\.0\\.0\\.1|(?:" Z4 ":){7}0{0,3}1|:(?::" Z4 "){0,6}:0{0,3}1|" Z4 ":(?::" Z4   \
+    "){0,5}:0{0,3}1|(?:" Z4 ":){2}(?::" Z4 "){0,4}:0{0,3}1|(?:" Z4 ":){3}(?::" Z4                  \
+    "){0,3}:0{0,3}1|(?:" Z4 ":){4}(?::" Z4 "){0,2}:0{0,3}1|(?:" Z4 ":){5}(?::" Z4                  \
     "){0,1}:0{0,3}1|(?:" Z4 ":){6}:0{0,3}1)(?![a-f0-9:])))"
 
 /* Constants.pm IP_PRIVATE (anchored, /i) */
-#define PRIV4 "(?:10|127|169\\.254|172\\.(?:1[6-9]|2[0-9]|3[01])|192\\.168|100\\.(?:6[4-9]|[7-9][0-9]|1[01][0-9]|12[0-7]))"
-#define IP_PRIVATE                                                                       \
-    "^(?i:(?:" PRIV4 "\\..*|(?:(?:IPv6:|(?<![a-f0-9:]))(?:(?:(?:" Z4 ":){5}ffff:|::(?:"   \
-    Z4 ":){0,4}ffff:|(?:" Z4 ":){1,4}:ffff:|" Z4 "::(?:" Z4 ":){1,3}ffff:|(?:" Z4         \
-    ":){2}:0{1,2}:ffff:|(?:" Z4 ":){3}:0:ffff:|(?:" Z4 ":){4}:ffff:)" PRIV4               \
-    "\\..*|fe[89ab][0-9a-f]:.*|(?:" Z4 ":){7}0{0,3}1|:(?::" Z4 "){0,6}:0{0,3}1|" Z4        \
-    ":(?::" Z4 "){0,5}:0{0,3}1|(?:" Z4 ":){2}(?::" Z4 "){0,4}:0{0,3}1|(?:" Z4 ":){3}(?::"  \
-    Z4 "){0,3}:0{0,3}1|(?:" Z4 ":){4}(?::" Z4 "){0,2}:0{0,3}1|(?:" Z4 ":){5}(?::" Z4       \
+#define PRIV4                                                                                      \
+    "(?:10|127|169\\.254|172\\.(?:1[6-9]|2[0-9]|3[01])|192\\.168|100\\.(?:6[4-9]|[7-9][0-9]|1[01]" \
+    "[0-9]|12[0-7]))"
+#define IP_PRIVATE                                                                                 \
+    "^(?i:(?:" PRIV4 "\\..*|(?:(?:IPv6:|(?<![a-f0-9:]))(?:(?:(?:" Z4 ":){5}ffff:|::(?:" Z4         \
+    ":){0,4}ffff:|(?:" Z4 ":){1,4}:ffff:|" Z4 "::(?:" Z4 ":){1,3}ffff:|(?:" Z4                     \
+    ":){2}:0{1,2}:ffff:|(?:" Z4 ":){3}:0:ffff:|(?:" Z4 ":){4}:ffff:)" PRIV4                        \
+    "\\..*|fe[89ab][0-9a-f]:.*|(?:" Z4 ":){7}0{0,3}1|:(?::" Z4 "){0,6}:0{0,3}1|" Z4 ":(?::" Z4     \
+    "){0,5}:0{0,3}1|(?:" Z4 ":){2}(?::" Z4 "){0,4}:0{0,3}1|(?:" Z4 ":){3}(?::" Z4                  \
+    "){0,3}:0{0,3}1|(?:" Z4 ":){4}(?::" Z4 "){0,2}:0{0,3}1|(?:" Z4 ":){5}(?::" Z4                  \
     "){0,1}:0{0,3}1|(?:" Z4 ":){6}:0{0,3}1)(?![a-f0-9:]))))"
 
 struct rx {
@@ -124,10 +126,10 @@ static void cut(struct ctx *c, char *s)
     memmove(s + a, s + b, strlen(s + b) + 1);
 }
 
-#define RXO(p, o)                                                                        \
-    ({                                                                                   \
-        static struct rx r_ = {p, o, NULL};                                              \
-        &r_;                                                                             \
+#define RXO(p, o)                                                                                  \
+    ({                                                                                             \
+        static struct rx r_ = {p, o, NULL};                                                        \
+        &r_;                                                                                       \
     })
 /* m/p/ on the line, m/p/i */
 #define M(p) rx_match(c, RXO(p, 0), s)
@@ -221,9 +223,12 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
     }
     if (M(" id <?([^\\s<>;]{3,})"))
         C(1, id);
-    if (M("\\bhelo=([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
+    if (M("\\bhelo=([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/"
+          "]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
         C(1, helo);
-    else if (M("\\b(?:HELO|EHLO) ([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
+    else if (M("\\b(?:HELO|EHLO) "
+               "([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/"
+               "]|$)"))
         C(1, helo);
     if (M(" by (\\S+)(?:[^-A-Za-z0-9\\;\\.]|$)"))
         C(1, by);
@@ -231,24 +236,29 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
     /* authentication */
     if (M(" by ") && MI(" with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)")) {
         C(1, auth);
-    } else if (M(" by mx\\.google\\.com with ESMTPS id [a-z0-9]{1,4}sm[0-9]{2,9}[a-z]{3}\\.[0-9]{1,3}\\.[0-9]{4}\\.(?:[0-6][0-9]\\.){4}[0-6][0-9]") &&
+    } else if (M(" by mx\\.google\\.com with ESMTPS id "
+                 "[a-z0-9]{1,4}sm[0-9]{2,9}[a-z]{3}\\.[0-9]{1,3}\\.[0-9]{4}\\.(?:[0-6][0-9]\\.){4}["
+                 "0-6][0-9]") &&
                M("\\(version=([^ ]+) cipher=([^\\)]+)\\)")) {
         char a[MX_RCVD_FIELD], b[MX_RCVD_FIELD];
         cap(c, 1, a);
         cap(c, 2, b);
         snprintf(r->auth, sizeof r->auth, "GMail - transport=%.200s cipher=%.200s", a, b);
-    } else if (M("^from .*?(?:\\]\\)|\\)\\]) \\(AUTH: (LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \\S+(?:, .*?)?\\) by ")) {
+    } else if (M("^from .*?(?:\\]\\)|\\)\\]) \\(AUTH: (LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \\S+(?:, "
+                 ".*?)?\\) by ")) {
         C(1, auth);
-    } else if (M("authenticated") &&
-               M("^from .*?(?:\\](?: \\([^)]*\\))?\\)|\\)\\]) .*?\\(.*?authenticated.*?\\).*? by")) {
+    } else if (M("authenticated") && M("^from .*?(?:\\](?: \\([^)]*\\))?\\)|\\)\\]) "
+                                       ".*?\\(.*?authenticated.*?\\).*? by")) {
         strcpy(r->auth, "Sendmail");
-    } else if (M("from \\S* \\((?:HELO|EHLO) (\\S*)\\) \\[(" IPA ")\\] by (mail\\.gmx\\.(?:net|com)) \\([^\\)]+\\) with ((?:ESMTP|SMTP))")) {
+    } else if (M("from \\S* \\((?:HELO|EHLO) (\\S*)\\) \\[(" IPA
+                 ")\\] by (mail\\.gmx\\.(?:net|com)) \\([^\\)]+\\) with ((?:ESMTP|SMTP))")) {
         char a[MX_RCVD_FIELD], b[MX_RCVD_FIELD];
         cap(c, 4, a);
         cap(c, 3, b);
         snprintf(r->auth, sizeof r->auth, "GMX (%.200s / %.200s)", a, b);
     } else if (M(" \\(authenticated as ") &&
-               M("\\) by .+ \\(\\d{1,2}\\.\\d\\.\\d{3}(?:\\.\\d{1,3})?\\) \\(authenticated as .+\\) id ")) {
+               M("\\) by .+ \\(\\d{1,2}\\.\\d\\.\\d{3}(?:\\.\\d{1,3})?\\) \\(authenticated as "
+                 ".+\\) id ")) {
         strcpy(r->auth, "CriticalPath");
     } else if (M("\\) \\(Authenticated sender: \\S+\\) by \\S+ \\(([^\\)]+)\\) with ")) {
         cap(c, 1, tmp);
@@ -289,14 +299,16 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
             }
             if (M("^mail pickup service by (\\S+) with Microsoft SMTPSVC$"))
                 return MX_RCVD_SKIP;
-        } else if (M(" with (?:Microsoft SMTP Server|mapi id) (?:\\([^\\)]+\\) )?\\d+\\.\\d+\\.\\d+\\.\\d+(?:$| )")) {
+        } else if (M(" with (?:Microsoft SMTP Server|mapi id) (?:\\([^\\)]+\\) "
+                     ")?\\d+\\.\\d+\\.\\d+\\.\\d+(?:$| )")) {
             if (M("^(\\S+) \\(\\[?(" IPA ")(?:%[A-Z0-9._~-]*)?\\]?\\) by (\\S+) ")) {
                 C(1, helo), C(2, ip), C(3, by);
                 r->id[0] = 0;
                 goto enough;
             }
         } else if (M("\\[XMail ")) {
-            if (M("^(\\S+) \\((\\[?" IPA "\\]?)(?::\\d+)\\) by (\\S+)(?: \\(\\S+\\))? with \\[XMail")) {
+            if (M("^(\\S+) \\((\\[?" IPA
+                  "\\]?)(?::\\d+)\\) by (\\S+)(?: \\(\\S+\\))? with \\[XMail")) {
                 C(1, helo), C(2, ip), C(3, by);
                 if (M(" id <(\\S+)>"))
                     C(1, id);
@@ -420,7 +432,8 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
                 C(1, ip);
             goto enough;
         }
-        if (M("^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((" IPA ")\\) by (\\S+) \\(qpsmtpd/\\S+\\) with (?:ESMTP|SMTP)")) {
+        if (M("^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((" IPA
+              ")\\) by (\\S+) \\(qpsmtpd/\\S+\\) with (?:ESMTP|SMTP)")) {
             C(1, rdns), C(2, helo), C(3, ip), C(4, by);
             goto enough;
         }
@@ -428,7 +441,8 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
             C(1, rdns), C(2, helo), C(3, ip), C(4, by);
             goto enough;
         }
-        if (M("^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\[(" IPA ")\\] by (\\S+) \\([^\\)]+\\) with (?:ESMTP|SMTP)")) {
+        if (M("^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\[(" IPA
+              ")\\] by (\\S+) \\([^\\)]+\\) with (?:ESMTP|SMTP)")) {
             C(1, rdns), C(2, helo), C(3, ip), C(4, by);
             goto enough;
         }
@@ -437,14 +451,20 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
             goto enough;
         }
         /* qmail */
-        if (M("^\\S+( \\((?:HELO|EHLO) \\S*\\))? \\((\\S+\\@)?\\[?" IPA "\\]?\\)( \\(envelope-sender <\\S+>\\))? by \\S+( \\(.+\\))* with (.* )?(SMTP|QMQP)(?! id )")) {
-            if (M("^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\((\\S*)\\@\\[?(" IPA ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+        if (M("^\\S+( \\((?:HELO|EHLO) \\S*\\))? \\((\\S+\\@)?\\[?" IPA
+              "\\]?\\)( \\(envelope-sender <\\S+>\\))? by \\S+( \\(.+\\))* with (.* "
+              ")?(SMTP|QMQP)(?! id )")) {
+            if (M("^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\((\\S*)\\@\\[?(" IPA
+                  ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 C(1, rdns), C(2, helo), C(3, ident), C(4, ip), C(6, by);
-            } else if (M("^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\(\\[?(" IPA ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+            } else if (M("^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\(\\[?(" IPA
+                         ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 C(1, rdns), C(2, helo), C(3, ip), C(5, by);
-            } else if (M("^(\\S+) \\((\\S*)\\@\\[?(" IPA ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+            } else if (M("^(\\S+) \\((\\S*)\\@\\[?(" IPA
+                         ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 C(1, helo), C(1, rdns), C(2, ident), C(3, ip), C(5, by);
-            } else if (M("^(\\S+) \\(\\[?(" IPA ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+            } else if (M("^(\\S+) \\(\\[?(" IPA
+                         ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 C(1, helo), C(1, rdns), C(2, ip), C(4, by);
             }
             if (strcmp(r->rdns, "unknown") != 0)
@@ -496,13 +516,15 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
             C(1, helo), C(2, ip), C(3, by);
             goto enough;
         }
-        if (M("^(\\S+) \\((\\S+) \\[(" IPA ")\\]\\)(?: \\(authenticated bits=\\d+\\))? by (\\S+) \\(")) {
+        if (M("^(\\S+) \\((\\S+) \\[(" IPA
+              ")\\]\\)(?: \\(authenticated bits=\\d+\\))? by (\\S+) \\(")) {
             C(1, helo), C(2, rdns), C(3, ip), C(4, by);
             goto enough;
         }
         if (M("with (?:POP3|IMAP)"))
             return MX_RCVD_FETCHER;
-        if (M("^(\\S+) \\((?:HELO|EHLO) ([^\\)]*)\\) \\((\\S*@)?\\[?(" IPA ")\\]?\\).* by (\\S+) ")) {
+        if (M("^(\\S+) \\((?:HELO|EHLO) ([^\\)]*)\\) \\((\\S*@)?\\[?(" IPA
+              ")\\]?\\).* by (\\S+) ")) {
             C(1, rdns), C(2, helo), C(3, ident), C(4, ip), C(5, by);
             size_t k = strlen(r->ident);
             if (k && r->ident[k - 1] == '@')
@@ -546,7 +568,8 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
             C(1, helo), C(2, rdns), C(3, ip), C(4, by);
             goto enough;
         }
-        if (M("^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((?:(\\S+)\\@)?(" IPA ").*?\\) by (\\S+) with ")) {
+        if (M("^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((?:(\\S+)\\@)?(" IPA
+              ").*?\\) by (\\S+) with ")) {
             C(1, rdns), C(2, helo), C(4, ip), C(5, by);
             if (c->rc > 3 && c->ov[6] != PCRE2_UNSET)
                 C(3, ident);
@@ -638,8 +661,7 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
             M("^\\S+ \\S+ by \\S+ with local-e?smtp ") ||
             M("^127\\.0\\.0\\.1 \\(AVG SMTP \\S+ \\[\\S+\\]\\)") ||
             M("^\\S+\\@\\S+ by \\S+ by uid \\S+ ") || M("^\\S+\\@\\S+ by \\S+ ") ||
-            M("^Unknown/Local \\(") ||
-            M("^" LOCALHOST " \\((?:\\S+\\@)?" LOCALHOST "[\\)\\[]") ||
+            M("^Unknown/Local \\(") || M("^" LOCALHOST " \\((?:\\S+\\@)?" LOCALHOST "[\\)\\[]") ||
             M("^\\S+ \\((?:\\S+\\@)?" LOCALHOST "\\) ") ||
             M("^\\S+ \\(\\S+\\@\\S+ \\[" LOCALHOST "\\]\\) ") ||
             M("^\\(AUTH: \\S+\\) by \\S+ with ") ||
@@ -658,7 +680,8 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
             return MX_RCVD_SKIP;
         }
         if (M("^\\S+ by \\S+ with local") ||
-            M("^\\S+ \\(\\[unix socket\\]\\) by \\S+ \\(Cyrus v[0-9]*?\\.[0-9]*?\\.[0-9]*?\\) with LMTPA") ||
+            M("^\\S+ \\(\\[unix socket\\]\\) by \\S+ \\(Cyrus v[0-9]*?\\.[0-9]*?\\.[0-9]*?\\) with "
+              "LMTPA") ||
             M("^\\S+ by \\S+ (?:with|via|for|\\()") ||
             M("^\\S+ (?:(?:with|via|for) \\S+|\\(unverified\\)) by\\b") ||
             M("^\\S+ \\(unknown\\) by \\S+ \\(SG\\) with \\b") ||
@@ -672,7 +695,8 @@ static enum mx_rcvd_rc parse(struct ctx *c, char *s, struct mx_relay *r, char *q
             C(1, helo);
     } else if (strncmp(s, "FROM ", 5) == 0) {
         memmove(s, s + 5, strlen(s + 5) + 1);
-        if (M("^(\\S+) \\((\\S+) \\[(" IPA ")\\]\\) BY (\\S+) (?:\\([^\\)]+\\) WITH SMTP )?ID <?(\\S+?)>?(?: FOR <[^>]+>)?$")) {
+        if (M("^(\\S+) \\((\\S+) \\[(" IPA
+              ")\\]\\) BY (\\S+) (?:\\([^\\)]+\\) WITH SMTP )?ID <?(\\S+?)>?(?: FOR <[^>]+>)?$")) {
             C(1, helo), C(2, rdns), C(3, ip), C(4, by), C(5, id);
             if (strcmp(r->rdns, "unverified") == 0)
                 r->rdns[0] = 0;
@@ -782,10 +806,9 @@ enum mx_rcvd_rc mx_received_parse_line(const char *v, size_t n, struct mx_relay 
 
 size_t mx_relay_as_string(const struct mx_relay *r, char *out, size_t cap)
 {
-    int n = snprintf(out, cap,
-                     "[ ip=%s rdns=%s helo=%s by=%s ident=%s envfrom=%s intl=%d id=%s auth=%s msa=0 ]",
-                     r->ip, r->rdns, r->helo, r->by, r->ident, r->envfrom, r->internal ? 1 : 0,
-                     r->id, r->auth);
+    int n = snprintf(
+        out, cap, "[ ip=%s rdns=%s helo=%s by=%s ident=%s envfrom=%s intl=%d id=%s auth=%s msa=0 ]",
+        r->ip, r->rdns, r->helo, r->by, r->ident, r->envfrom, r->internal ? 1 : 0, r->id, r->auth);
     if (n < 0)
         return 0;
     return (size_t)n < cap ? (size_t)n : cap - 1;
@@ -794,8 +817,9 @@ size_t mx_relay_as_string(const struct mx_relay *r, char *out, size_t cap)
 /* SpamAssassin's stock originating_ip_headers (10_default_prefs.cf): the
  * first address in the last instance of each is appended to the chain */
 static const char *const originating[] = {
-    "X-Yahoo-Post-IP", "X-Originating-IP", "X-Apparently-From", "X-SenderIP", "X-AOL-IP",
-    "X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp",
+    "X-Yahoo-Post-IP",   "X-Originating-IP",
+    "X-Apparently-From", "X-SenderIP",
+    "X-AOL-IP",          "X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp",
 };
 #define NORIG (sizeof originating / sizeof originating[0])
 

@@ -18,9 +18,9 @@
 #include <stddef.h>
 
 /* bounds: the header block is attacker-controlled */
-#define MX_RCVD_MAX_LINE 2048    /* bytes of one Received value parsed (the rest ignored) */
-#define MX_RCVD_MAX_RELAYS 64    /* Received values parsed per message (the rest ignored) */
-#define MX_RCVD_FIELD 512        /* bytes kept of one field (ip, rdns, helo, ...) */
+#define MX_RCVD_MAX_LINE 2048     /* bytes of one Received value parsed (the rest ignored) */
+#define MX_RCVD_MAX_RELAYS 64     /* Received values parsed per message (the rest ignored) */
+#define MX_RCVD_FIELD 512         /* bytes kept of one field (ip, rdns, helo, ...) */
 #define MX_RCVD_MATCH_LIMIT 50000 /* PCRE2 match limit per regex call */
 
 /** One parsed relay. */
@@ -32,10 +32,10 @@ struct mx_relay {
 };
 
 enum mx_rcvd_rc {
-    MX_RCVD_SKIP = 0,  /* not a relay (local handover, "by" only, ...): SA returns 0 */
-    MX_RCVD_RELAY = 1, /* *out filled */
+    MX_RCVD_SKIP = 0,        /* not a relay (local handover, "by" only, ...): SA returns 0 */
+    MX_RCVD_RELAY = 1,       /* *out filled */
     MX_RCVD_UNPARSEABLE = 2, /* SA returns undef */
-    MX_RCVD_FETCHER = 3, /* a POP3/IMAP fetcher handover (SA's found_pop_fetcher_sig) */
+    MX_RCVD_FETCHER = 3,     /* a POP3/IMAP fetcher handover (SA's found_pop_fetcher_sig) */
 };
 
 /**

@@ -94,8 +94,9 @@ static void test_lines(void **state)
     for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++)
         assert_int_equal(mx_received_parse_line(skip[i], strlen(skip[i]), &r, NULL), MX_RCVD_SKIP);
     /* a POP/IMAP fetcher handover */
-    const char *pop = "from pop.example.org [198.51.100.1] by localhost with POP3 (fetchmail-6.4.37) "
-                      "for <u@localhost> (single-drop); Mon, 07 Dec 2026 00:00:00 +0000 (UTC)";
+    const char *pop =
+        "from pop.example.org [198.51.100.1] by localhost with POP3 (fetchmail-6.4.37) "
+        "for <u@localhost> (single-drop); Mon, 07 Dec 2026 00:00:00 +0000 (UTC)";
     assert_int_equal(mx_received_parse_line(pop, strlen(pop), &r, NULL), MX_RCVD_FETCHER);
     /* no "by": unparseable */
     const char *bad = "from somewhere (no address here)";
@@ -110,16 +111,36 @@ static void test_lines(void **state)
 }
 
 /* SpamAssassin's four strings for data/relays-chain.eml */
-#define T1 "[ ip=127.0.0.1 rdns=localhost helo=localhost by=mx.example.net ident= envfrom= intl=1 id=AAA111 auth= msa=0 ]"
-#define T2 "[ ip=10.1.2.3 rdns=EXC01.corp.example helo=EXC01.corp.example by=EXC02.corp.example ident= envfrom= intl=1 id=15.1.2507.27 auth= msa=0 ]"
-#define T3 "[ ip=198.51.100.33 rdns= helo=!192.168.1.5! by=smtp.example.org ident= envfrom= intl=1 id=1234ABCD auth=ESMTPSA msa=0 ]"
-#define U1 "[ ip=198.51.100.7 rdns=mail.example.org helo=mail.example.org by=mx.example.net ident= envfrom= intl=0 id=4F1A2B3C4D auth= msa=0 ]"
-#define U2 "[ ip=203.0.113.9 rdns= helo=helo.example by=relay.example.org ident= envfrom= intl=0 id=BBB222 auth= msa=0 ]"
-#define U3 "[ ip=203.0.113.5 rdns= helo=foo.example by=relay2.example.org ident= envfrom=bounce@example.com intl=0 id=1abcDE-000123-Xy auth= msa=0 ]"
-#define U4 "[ ip=198.51.100.20 rdns=mail.example.com helo=smtp.example.com by=relay3.example.org ident= envfrom= intl=0 id=1xyzAB-000456-Cd auth= msa=0 ]"
-#define U5 "[ ip=217.35.105.172 rdns= helo=tthompson by=mail.neosinteractive.com ident= envfrom= intl=0 id= auth= msa=0 ]"
-#define U6 "[ ip=216.254.40.70 rdns= helo=terpsichore.farfalle.com by=mail13.speakeasy.net ident=jdavid envfrom= intl=0 id= auth= msa=0 ]"
-#define U7 "[ ip=63.148.93.62 rdns=natpool62.rev.net helo=rev.net by=mail.rev.net ident= envfrom= intl=0 id=h0KKa7d32306 auth=Sendmail msa=0 ]"
+#define T1                                                                                         \
+    "[ ip=127.0.0.1 rdns=localhost helo=localhost by=mx.example.net ident= envfrom= intl=1 "       \
+    "id=AAA111 auth= msa=0 ]"
+#define T2                                                                                         \
+    "[ ip=10.1.2.3 rdns=EXC01.corp.example helo=EXC01.corp.example by=EXC02.corp.example ident= "  \
+    "envfrom= intl=1 id=15.1.2507.27 auth= msa=0 ]"
+#define T3                                                                                         \
+    "[ ip=198.51.100.33 rdns= helo=!192.168.1.5! by=smtp.example.org ident= envfrom= intl=1 "      \
+    "id=1234ABCD auth=ESMTPSA msa=0 ]"
+#define U1                                                                                         \
+    "[ ip=198.51.100.7 rdns=mail.example.org helo=mail.example.org by=mx.example.net ident= "      \
+    "envfrom= intl=0 id=4F1A2B3C4D auth= msa=0 ]"
+#define U2                                                                                         \
+    "[ ip=203.0.113.9 rdns= helo=helo.example by=relay.example.org ident= envfrom= intl=0 "        \
+    "id=BBB222 auth= msa=0 ]"
+#define U3                                                                                         \
+    "[ ip=203.0.113.5 rdns= helo=foo.example by=relay2.example.org ident= "                        \
+    "envfrom=bounce@example.com intl=0 id=1abcDE-000123-Xy auth= msa=0 ]"
+#define U4                                                                                         \
+    "[ ip=198.51.100.20 rdns=mail.example.com helo=smtp.example.com by=relay3.example.org ident= " \
+    "envfrom= intl=0 id=1xyzAB-000456-Cd auth= msa=0 ]"
+#define U5                                                                                         \
+    "[ ip=217.35.105.172 rdns= helo=tthompson by=mail.neosinteractive.com ident= envfrom= intl=0 " \
+    "id= auth= msa=0 ]"
+#define U6                                                                                         \
+    "[ ip=216.254.40.70 rdns= helo=terpsichore.farfalle.com by=mail13.speakeasy.net ident=jdavid " \
+    "envfrom= intl=0 id= auth= msa=0 ]"
+#define U7                                                                                         \
+    "[ ip=63.148.93.62 rdns=natpool62.rev.net helo=rev.net by=mail.rev.net ident= envfrom= "       \
+    "intl=0 id=h0KKa7d32306 auth=Sendmail msa=0 ]"
 #define U8 "[ ip=203.0.113.77 rdns= helo= by= ident= envfrom= intl=0 id= auth= msa=0 ]"
 #define TRUSTED T1 " " T2 " " T3
 #define UNTRUSTED U1 " " U2 " " U3 " " U4 " " U5 " " U6 " " U7 " " U8
@@ -174,7 +195,8 @@ static void test_chain(void **state)
     /* a POP3 fetcher line below trusted relays drops them from Trusted/Internal */
     const char *pop = "from pop.example.org [198.51.100.1] by localhost with POP3; Mon, 07 Dec "
                       "2026 00:00:00 +0000";
-    struct mx_rcvd_hdr h2[] = {{"Received", h[0].v, 8, h[0].vl}, {"Received", pop, 8, strlen(pop)},
+    struct mx_rcvd_hdr h2[] = {{"Received", h[0].v, 8, h[0].vl},
+                               {"Received", pop, 8, strlen(pop)},
                                {"Received", h[3].v, 8, h[3].vl}};
     mx_relays_build(&rel, h2, 3);
     mx_relays_string(&rel, MX_RELAYS_TRUSTED, s, sizeof s);
