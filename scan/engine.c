@@ -17,6 +17,7 @@
 #include "scan/archive_internal.h"
 #include "scan/charset_internal.h"
 #include "scan/mime_internal.h"
+#include "scan/received_internal.h"
 #include "scan/rules_internal.h"
 
 #include <ctype.h>
@@ -2528,9 +2529,36 @@ static size_t name_of(const char *v, size_t n, char *out, size_t cap)
     return k;
 }
 
+/* SpamAssassin's relay records of the message's Received chain
+ * (scan/received.c), for the X-Spam-Relays-* pseudo headers */
+static struct mx_relays *relays_of(const struct mx_scan_msg *m)
+{
+    struct mx_relays *rel = calloc(1, sizeof *rel);
+    struct mx_relay *r = rel ? calloc(MX_RCVD_MAX_RELAYS, sizeof *r) : NULL;
+    if (!r) {
+        free(rel);
+        return NULL;
+    }
+    rel->r = r;
+    struct mx_rcvd_hdr *h = calloc(m->nhdrs ? m->nhdrs : 1, sizeof *h);
+    if (!h) {
+        free(r);
+        free(rel);
+        return NULL;
+    }
+    for (size_t i = 0; i < m->nhdrs; i++)
+        h[i] = (struct mx_rcvd_hdr){m->ha + m->hdrs[i].no, m->ha + m->hdrs[i].vo,
+                                    m->hdrs[i].nl, m->hdrs[i].vl};
+    mx_relays_build(rel, h, m->nhdrs);
+    free(h);
+    return rel;
+}
+
 /* The text a header rule of `target` is matched against. Returns false
- * when the header is absent (the value is then empty). */
-static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf *b)
+ * when the header is absent (the value is then empty). `*rel` caches the
+ * relay records (built on first use, freed by the caller). */
+static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf *b,
+                         struct mx_relays **rel)
 {
     char name[128];
     const char *colon = strchr(target, ':');
@@ -2563,6 +2591,40 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
             return false;
         vb_add(b, m->ha + h->vo, h->vl);
         vb_add(b, "\n", 1);
+        return true;
+    }
+    long rstart, rend;
+    if (strncmp(name, "ALL-", 4) == 0 && mx_relays_all_range(&(struct mx_relays){0}, name,
+                                                              &rstart, &rend)) {
+        /* ALL-TRUSTED...: the ALL lines of a range of Received headers */
+        if (!*rel)
+            *rel = relays_of(m);
+        if (!*rel)
+            return false;
+        mx_relays_all_range(*rel, name, &rstart, &rend);
+        long cur = -1;
+        for (size_t i = 0; i < m->nhdrs; i++) {
+            const struct hdr *h = &m->hdrs[i];
+            cur += h->nl == 8 && strncasecmp(m->ha + h->no, "received", 8) == 0;
+            if (!(rstart <= cur && cur <= rend))
+                continue;
+            vb_add(b, m->ha + h->no, h->nl);
+            vb_add(b, ": ", 2);
+            vb_add(b, m->ha + h->vo, h->vl);
+            vb_add(b, "\n", 1);
+            found = true;
+            if (cur == rend)
+                break;
+        }
+        return found;
+    }
+    enum mx_relays_which which;
+    if (mx_relays_name(name, &which)) {
+        /* always present, as in SA (an empty string without relays) */
+        if (!*rel)
+            *rel = relays_of(m);
+        if (*rel)
+            b->n = mx_relays_string(*rel, which, b->s, b->cap);
         return true;
     }
     static const char *const tocc[] = {"to", "cc", NULL};
@@ -2608,11 +2670,12 @@ static void scan_headers(struct mx_scan_msg *m)
     struct mx_scan_engine *e = m->w->e;
     char store[65536];
     struct vbuf b = {store, 0, sizeof store};
+    struct mx_relays *rel = NULL;
     for (size_t gi = 0; gi < e->ng; gi++) {
         struct group *g = &e->g[gi];
         if (g->scope != SC_HEADER)
             continue;
-        bool present = header_value(m, g->target, &b);
+        bool present = header_value(m, g->target, &b, &rel);
         for (size_t k = 0; k < g->nexists; k++)
             m->count[g->exists[k]] = present;
         if (!g->db && !g->npcre)
@@ -2654,6 +2717,9 @@ static void scan_headers(struct mx_scan_msg *m)
             if (e->rs.rules[g->pcre[k]].negate)
                 m->count[g->pcre[k]] = !m->count[g->pcre[k]];
     }
+    if (rel)
+        free(rel->r);
+    free(rel);
 }
 
 /* PCRE2's count of a confirmed rule: 1 for a hit, or for `tflags multiple`
