@@ -80,9 +80,6 @@ static void test_parse_call(void **state)
 
 /* ---- through the engine ---------------------------------------------------- */
 
-static struct mx_scan_engine *eng;
-static struct mx_scan_worker *wk;
-static char rules_path[] = "/tmp/mxgate-evals-XXXXXX";
 
 static const char RULES[] =
     "header DATE_PAST_96 eval:check_for_shifted_date('undef', '-96')\n"
@@ -105,56 +102,7 @@ static const char RULES[] =
     "score TWO_SUBJECTS 1\nscore MIME_HTML_ONLY 1\nscore MIME_B64_TEXT 1\nscore MIME_BAD_ISO 1\n"
     "score SHORT_B64 1\nscore HTML_ANY 1\n";
 
-static int setup(void **state)
-{
-    (void)state;
-    int fd = mkstemp(rules_path);
-    if (fd < 0)
-        return -1;
-    ssize_t w = write(fd, RULES, sizeof RULES - 1);
-    close(fd);
-    if (w != (ssize_t)(sizeof RULES - 1))
-        return -1;
-    const char *paths[] = {rules_path};
-    struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = 1};
-    char *err = NULL;
-    if (mx_scan_engine_load(&o, &eng, &err)) {
-        fprintf(stderr, "load: %s\n", err ? err : "?");
-        free(err);
-        return -1;
-    }
-    wk = mx_scan_worker_new(eng);
-    return wk ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    mx_scan_worker_free(wk);
-    mx_scan_engine_free(eng);
-    unlink(rules_path);
-    return 0;
-}
-
-static const char *scan(const char *msg)
-{
-    static char hits[1024];
-    struct mx_scan_msg *m = mx_scan_msg_begin(wk);
-    assert_non_null(m);
-    size_t n = strlen(msg);
-    for (size_t off = 0; off < n; off += 7)
-        assert_int_equal(mx_scan_msg_feed(m, (const uint8_t *)msg + off, n - off < 7 ? n - off : 7),
-                         0);
-    struct mx_scan_result r;
-    assert_int_equal(mx_scan_msg_end(m, &r), 0);
-    hits[0] = 0;
-    for (unsigned i = 0; i < r.nhits; i++) {
-        strcat(hits, i ? "," : "");
-        strcat(hits, r.hits[i]);
-    }
-    mx_scan_msg_free(m);
-    return hits;
-}
+#include "tests/scan/rule_harness.h"
 
 static void test_engine_natives(void **state)
 {
