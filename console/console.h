@@ -72,6 +72,18 @@
     X(VERDICT_DLP, VERDICT, C, "mxgate_verdicts_total", "verdict=\"dlp\"",                         \
       "Scan verdicts, by verdict")                                                                 \
     X(AV_QUEUE, VERDICT, G, "mxgate_av_queue_depth", "", "Messages waiting for the AV pool")       \
+    X(SCAN_ENCRYPTED, VERDICT, C, "mxgate_scan_flags_total", "flag=\"encrypted\"",                    \
+      "Scanned messages with a condition, by flag")                                               \
+    X(SCAN_ARCHIVE_CORRUPT, VERDICT, C, "mxgate_scan_flags_total", "flag=\"archive_corrupt\"",        \
+      "Scanned messages with a condition, by flag")                                               \
+    X(SCAN_TRUNCATED, VERDICT, C, "mxgate_scan_flags_total", "flag=\"truncated\"",                    \
+      "Scanned messages with a condition, by flag")                                               \
+    X(DNSBL_LISTED, VERDICT, C, "mxgate_dns_list_hits_total", "kind=\"dnsbl\"",                      \
+      "DNS list answers that list the name asked, by kind of list")                               \
+    X(URIBL_LISTED, VERDICT, C, "mxgate_dns_list_hits_total", "kind=\"uribl\"",                      \
+      "DNS list answers that list the name asked, by kind of list")                               \
+    X(DNS_LIST_FAILED, VERDICT, C, "mxgate_dns_list_failures_total", "",                          \
+      "DNS list queries that failed (SERVFAIL, refused, timeout): counted as not listed")         \
     X(QUEUE_INCOMING, QUEUE, G, "mxgate_queue_messages", "state=\"incoming\"",                     \
       "Messages in the queue, by state")                                                           \
     X(QUEUE_ACTIVE, QUEUE, G, "mxgate_queue_messages", "state=\"active\"",                         \

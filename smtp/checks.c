@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "config/config.h"
+#include "console/console.h"
 #include "dataplane/dataplane.h"
 #include "smtp/checks_internal.h"
 #include "smtp/smtp.h"
@@ -610,11 +611,21 @@ static void start_query(struct mx_checks_conn *cc, int kind, unsigned list, cons
                         enum mx_dns_type type, const char *domain);
 
 /* One DNSBL answer for the address tallied in t (who/ip name it in the log). */
+/* Console counters of one DNS list answer. */
+static void count_answer(const struct mx_dns_result *r, bool listed, bool uribl)
+{
+    if (listed)
+        mx_stats_add(uribl ? MX_STAT_URIBL_LISTED : MX_STAT_DNSBL_LISTED, 1);
+    else if (r->status != 0 && r->status != -ENOENT)
+        MX_STATS_INC(DNS_LIST_FAILED);
+}
+
 static void tally_answer(struct mx_checks_conn *cc, struct bl_tally *t, unsigned list,
                          const struct mx_dns_result *r, const char *who, const char *ip)
 {
     const struct mx_checks_list *l = &cc->ck->dnsbl[list];
     t->pending--;
+    count_answer(r, dnsbl_listed(l, r), false);
     if (!dnsbl_listed(l, r))
         return;
     logf_cc(cc, "%s %s listed at %s", who, ip, l->zone);
@@ -689,6 +700,7 @@ static void uri_answer(struct mx_checks_conn *cc, const struct dnsq *q,
     u->pending--;
     if (r->status != 0 && r->status != -ENOENT)
         u->unanswered++;
+    count_answer(r, dnsbl_listed(l, r), true);
     if (!dnsbl_listed(l, r))
         return;
     logf_cc(cc, "URI domain %s listed at %s", q->domain, l->zone);
@@ -776,6 +788,7 @@ static void on_dns(void *arg, const struct mx_dns_result *r)
     cc->mw.pending--;
     if (q->kind == Q_URIBL) {
         const struct mx_checks_list *l = &cc->ck->uribl[q->list];
+        count_answer(r, dnsbl_listed(l, r), true);
         if (dnsbl_listed(l, r) && l->reject &&
             (cc->mw.uribl_hit < 0 || (int)q->list < cc->mw.uribl_hit)) {
             cc->mw.uribl_hit = (int)q->list;

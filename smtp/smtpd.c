@@ -941,6 +941,12 @@ static int write_verdict(struct smtpd_conn *c, struct mx_scan_result res, enum s
         MX_STATS_INC(VERDICT_DLP);
     if (res.flags & MX_SCAN_ATTACHMENT)
         MX_STATS_INC(VERDICT_BANNED);
+    if (res.flags & MX_SCAN_ENCRYPTED)
+        MX_STATS_INC(SCAN_ENCRYPTED);
+    if (res.flags & MX_SCAN_ARCHIVE_CORRUPT)
+        MX_STATS_INC(SCAN_ARCHIVE_CORRUPT);
+    if (res.flags & MX_SCAN_TRUNCATED)
+        MX_STATS_INC(SCAN_TRUNCATED);
     for (unsigned i = 0; i < res.nhits; i++)
         mx_stats_rule_hit(res.hits[i]);
     char hdr[4096];

@@ -20,6 +20,7 @@ Usage: test_dnsbl.py MXGATE
 """
 import os
 import email
+import json
 import smtplib
 import socket
 import subprocess
@@ -224,6 +225,15 @@ def uribl_body(mxgate, dns_port, fails):
                     "max_queries caps the lookups")
         fails.check("URIBL: 3 URIs, 2 names, 6 queries" in log,
                     "duplicate domains asked once (a/b.scored.test)")
+        # console counters: 5 listings (spam.test twice, 192.0.2.2, scored.test,
+        # shop.co.uk); every message asked the REFUSEd list at least once
+        st = json.loads(gw.ctl("stats", "--json"))["counters"]
+        fails.check(st.get("uribl_listed") == 5, "stats: uribl_listed == 5 (%s)"
+                    % st.get("uribl_listed"))
+        fails.check(st.get("dns_list_failed", 0) >= 6, "stats: dns_list_failed >= 6 (%s)"
+                    % st.get("dns_list_failed"))
+        fails.check(st.get("dnsbl_listed") == 0, "stats: no DNSBL listing (%s)"
+                    % st.get("dnsbl_listed"))
         fails.check(gw.stop() == 0, "URIBL gateway: clean stop")
     finally:
         gw.stop()
@@ -359,6 +369,9 @@ logical_ip = true;
                     "only the message from the unlisted logical IP was delivered: %r" % ids)
         log = gw.log()
         fails.check("client 127.0.0.2 listed at zen.example.test" in log, "log names the listing")
+        st = json.loads(gw.ctl("stats", "--json"))["counters"]
+        fails.check(st.get("dnsbl_listed", 0) >= 1, "stats: DNSBL listings counted (%s)"
+                    % st.get("dnsbl_listed"))
         uribl_body(mxgate, port, fails)
         gw.stop()
         if not fails.items:
