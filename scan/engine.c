@@ -53,8 +53,6 @@ struct group {
     size_t npcre;
     uint32_t *exists;      /* header exists: rules of this target */
     size_t nexists;
-    bool same_target;      /* header scope: the group before it in hord has the same
-                              target, so the message's value is already at hand */
 };
 
 /* value kinds for the end-of-message evaluation */
@@ -87,8 +85,6 @@ struct mx_scan_engine {
     struct erule *er;
     struct group *g;
     size_t ng;
-    uint32_t *hord; /* header groups, those of one target next to each other */
-    size_t nhord;
     int dlp_g;         /* DLP dictionary database (block mode) */
     bool legacy_layout; /* layout 1 (for the parity test): 48 per scope, no classes */
     bool has_full;     /* some `full` rule: keep the raw message for PCRE2 */
@@ -1107,24 +1103,6 @@ static int build_dbs(struct mx_scan_engine *e)
         if (e->g[i].scope == SC_FULL)
             e->has_full = true;
     }
-    /* header groups ordered so that the groups of one target (a target with
-     * more than GROUP_MAX rules has several) follow each other: the value of
-     * a target is built once per message, not once per database */
-    free(e->hord);
-    e->nhord = 0;
-    e->hord = calloc(e->ng + 1, sizeof *e->hord);
-    if (!e->hord)
-        return -ENOMEM;
-    for (size_t i = 0; i < e->ng; i++) {
-        if (e->g[i].scope != SC_HEADER || e->g[i].same_target)
-            continue;
-        e->hord[e->nhord++] = (uint32_t)i;
-        for (size_t j = i + 1; j < e->ng; j++)
-            if (e->g[j].scope == SC_HEADER && strcmp(e->g[j].target, e->g[i].target) == 0) {
-                e->g[j].same_target = true;
-                e->hord[e->nhord++] = (uint32_t)j;
-            }
-    }
     /* final counts */
     e->st.hs_exact = e->st.hs_prefilter = 0;
     e->st.pcre_only = (unsigned)e->nmimehdrs;
@@ -1226,7 +1204,6 @@ void mx_scan_engine_free(struct mx_scan_engine *e)
         free(e->g[i].exists);
     }
     free(e->g);
-    free(e->hord);
     if (e->er)
         for (size_t i = 0; i < e->rs.nrules; i++)
             pcre2_code_free(e->er[i].pc);
@@ -1335,19 +1312,7 @@ const struct mx_ruleset *mx_scan_engine_rules(const struct mx_scan_engine *e)
 
 struct hdr {
     uint32_t no, nl, vo, vl;
-    uint32_t hash; /* name_hash() of the name */
 };
-
-/* FNV-1a of a header name, ASCII case folded: compared before the name */
-static uint32_t name_hash(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        h = (h ^ (c >= 'A' && c <= 'Z' ? c + 32u : c)) * 16777619u;
-    }
-    return h;
-}
 
 struct mx_scan_worker {
     struct mx_scan_engine *e;
@@ -2056,7 +2021,6 @@ static void on_header(void *ud, const struct mx_mime_part *p, const char *name, 
     struct hdr *h = &m->hdrs[m->nhdrs++];
     h->no = (uint32_t)m->hlen;
     h->nl = (uint32_t)nl;
-    h->hash = name_hash(name, nl);
     memcpy(m->ha + m->hlen, name, nl);
     m->ha[m->hlen + nl] = 0;
     m->hlen += nl + 1;
@@ -2070,10 +2034,8 @@ static void on_header(void *ud, const struct mx_mime_part *p, const char *name, 
 static const struct hdr *find_hdr(const struct mx_scan_msg *m, const char *name, size_t from)
 {
     size_t nl = strlen(name);
-    uint32_t hash = name_hash(name, nl);
     for (size_t i = from; i < m->nhdrs; i++)
-        if (m->hdrs[i].nl == nl && m->hdrs[i].hash == hash &&
-            strncasecmp(m->ha + m->hdrs[i].no, name, nl) == 0)
+        if (m->hdrs[i].nl == nl && strncasecmp(m->ha + m->hdrs[i].no, name, nl) == 0)
             return &m->hdrs[i];
     return NULL;
 }
@@ -2671,27 +2633,23 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
     const char *const *names = strcmp(name, "ToCc") == 0        ? tocc
                                : strcmp(name, "MESSAGEID") == 0 ? msgid
                                                                 : single;
-    bool raw = strcmp(mod, "raw") == 0, addr = strcmp(mod, "addr") == 0,
-         nam = strcmp(mod, "name") == 0;
     for (size_t k = 0; names[k]; k++) {
-        size_t kl = strlen(names[k]);
-        uint32_t kh = name_hash(names[k], kl);
         for (size_t i = 0; i < m->nhdrs; i++) {
             const struct hdr *h = &m->hdrs[i];
-            if (h->nl != kl || h->hash != kh || strncasecmp(m->ha + h->no, names[k], kl) != 0)
+            if (h->nl != strlen(names[k]) || strncasecmp(m->ha + h->no, names[k], h->nl) != 0)
                 continue;
             const char *v = m->ha + h->vo;
             size_t vl = h->vl;
             char tmp[4096];
             size_t tl;
-            if (raw) {
+            if (strcmp(mod, "raw") == 0) {
                 vb_add(b, v, vl);
             } else {
                 tl = mx_mime_decode_header(v, vl, tmp, sizeof tmp);
-                if (addr) {
+                if (strcmp(mod, "addr") == 0) {
                     char a[1024];
                     vb_add(b, a, addr_of(tmp, tl, a, sizeof a));
-                } else if (nam) {
+                } else if (strcmp(mod, "name") == 0) {
                     char a[1024];
                     vb_add(b, a, name_of(tmp, tl, a, sizeof a));
                 } else {
@@ -2699,7 +2657,7 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
                 }
             }
             found = true;
-            if (addr || nam)
+            if (strcmp(mod, "addr") == 0 || strcmp(mod, "name") == 0)
                 return true; /* first address only, no line end */
             vb_add(b, "\n", 1);
         }
@@ -2713,13 +2671,11 @@ static void scan_headers(struct mx_scan_msg *m)
     char store[65536];
     struct vbuf b = {store, 0, sizeof store};
     struct mx_relays *rel = NULL;
-    bool present = false;
-    for (size_t oi = 0; oi < e->nhord; oi++) {
-        size_t gi = e->hord[oi];
+    for (size_t gi = 0; gi < e->ng; gi++) {
         struct group *g = &e->g[gi];
-        /* b still holds the value of the group before (same target) */
-        if (!g->same_target)
-            present = header_value(m, g->target, &b, &rel);
+        if (g->scope != SC_HEADER)
+            continue;
+        bool present = header_value(m, g->target, &b, &rel);
         for (size_t k = 0; k < g->nexists; k++)
             m->count[g->exists[k]] = present;
         if (!g->db && !g->npcre)
