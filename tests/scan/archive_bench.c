@@ -17,6 +17,7 @@
  */
 #include "scan/archive_internal.h"
 #include "scan/scan.h"
+#include "tests/scan/attach_msg.h"
 
 #include <magic.h>
 #include <stdio.h>
@@ -65,36 +66,9 @@ static void on_member(void *ud, const struct mx_archive_member *mb)
 
 static char *make_msg(const char *name, const uint8_t *d, size_t len, size_t *out)
 {
-    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t cap = len / 3 * 4 + len / 57 * 2 + 1024 + strlen(name) * 2;
-    char *m = malloc(cap);
+    char *m = attach_msg(name, d, len, out);
     if (!m)
         exit(1);
-    size_t p = (size_t)snprintf(m, cap,
-                                "From: a@example.com\r\nSubject: files\r\n"
-                                "Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
-                                "Content-Type: text/plain\r\n\r\nsee attached\r\n--zz\r\n"
-                                "Content-Type: application/octet-stream; name=\"%s\"\r\n"
-                                "Content-Disposition: attachment; filename=\"%s\"\r\n"
-                                "Content-Transfer-Encoding: base64\r\n\r\n",
-                                name, name);
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)d[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)d[i + 1] << 8;
-        if (i + 2 < len)
-            v |= d[i + 2];
-        m[p++] = b64[v >> 18];
-        m[p++] = b64[(v >> 12) & 63];
-        m[p++] = i + 1 < len ? b64[(v >> 6) & 63] : '=';
-        m[p++] = i + 2 < len ? b64[v & 63] : '=';
-        if ((i / 3) % 19 == 18 || i + 3 >= len) {
-            m[p++] = '\r';
-            m[p++] = '\n';
-        }
-    }
-    p += (size_t)snprintf(m + p, cap - p, "--zz--\r\n");
-    *out = p;
     return m;
 }
 

@@ -8,6 +8,7 @@
  * so no input is a blob that cannot be regenerated.
  */
 #include "scan/scan.h"
+#include "tests/scan/attach_msg.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -81,35 +82,8 @@ static uint8_t *make_archive(const char *format, const char *filter, const char 
 /* A message with one text part and `data` as a base64 attachment `name`. */
 static char *make_msg(const char *name, const uint8_t *data, size_t len)
 {
-    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t cap = len / 3 * 4 + len / 57 * 2 + 1024 + 2 * strlen(name);
-    char *m = malloc(cap);
+    char *m = attach_msg(name, data, len, NULL);
     assert_non_null(m);
-    int o = snprintf(m, cap,
-                     "From: a@example.com\r\nSubject: files\r\n"
-                     "Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
-                     "Content-Type: text/plain\r\n\r\nsee attached\r\n--zz\r\n"
-                     "Content-Type: application/octet-stream; name=\"%s\"\r\n"
-                     "Content-Disposition: attachment; filename=\"%s\"\r\n"
-                     "Content-Transfer-Encoding: base64\r\n\r\n",
-                     name, name);
-    size_t p = (size_t)o;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)data[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)data[i + 1] << 8;
-        if (i + 2 < len)
-            v |= data[i + 2];
-        m[p++] = b64[v >> 18];
-        m[p++] = b64[(v >> 12) & 63];
-        m[p++] = i + 1 < len ? b64[(v >> 6) & 63] : '=';
-        m[p++] = i + 2 < len ? b64[v & 63] : '=';
-        if ((i / 3) % 19 == 18 || i + 3 >= len) {
-            m[p++] = '\r';
-            m[p++] = '\n';
-        }
-    }
-    p += (size_t)snprintf(m + p, cap - p, "--zz--\r\n");
     return m;
 }
 
