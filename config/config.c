@@ -49,7 +49,7 @@ enum kind {
     K_IFADDR,    /* "a.b.c.d/n" or "" */
     K_IPADDR,    /* "a.b.c.d" / IPv6 or "" */
     K_STR_LIST,
-    K_RULE_NAMES, /* only as an element kind of build_str_list() */
+    K_RULE_NAMES, /* list of rule names (letters, digits, _) */
     K_DOMAIN_LIST,
     K_CIDR_LIST,
     K_ROUTES,
@@ -174,7 +174,7 @@ static const struct key keys[] = {
      "tag|reject|quarantine|discard|redirect"},
     {"policy.dlp_action", K_ENUM, F(policy_dlp_action), 0, 0, 0,
      "tag|reject|quarantine|discard|redirect"},
-    {"policy.attachment_allow", K_STR_LIST, F(policy_attachment_allow),
+    {"policy.attachment_allow", K_RULE_NAMES, F(policy_attachment_allow),
      F(n_policy_attachment_allow), 0, 0, NULL},
     {"policy.redirect_to", K_STRING, F(policy_redirect_to), 0, 0, 0, NULL},
     {"policy.bcc", K_STRING, F(policy_bcc), 0, 0, 0, NULL},
@@ -908,8 +908,7 @@ static void apply_str_list(struct loader *L, const struct key *k, const struct m
 {
     char **a;
     size_t n;
-    bool rules = strcmp(k->path, "policy.attachment_allow") == 0;
-    if (!build_str_list(L, k->path, rules ? K_RULE_NAMES : (int)k->kind, v, &a, &n))
+    if (!build_str_list(L, k->path, (int)k->kind, v, &a, &n))
         return;
     char ***dst = (char ***)((char *)L->cfg + k->off);
     size_t *dn = (size_t *)((char *)L->cfg + k->off_n);
@@ -1274,7 +1273,7 @@ static void apply(struct loader *L, size_t ki, const struct mx_ucl *v)
         apply_listen(L, k, v);
         return;
     }
-    if (k->kind == K_STR_LIST || k->kind == K_DOMAIN_LIST) {
+    if (k->kind == K_STR_LIST || k->kind == K_DOMAIN_LIST || k->kind == K_RULE_NAMES) {
         apply_str_list(L, k, v);
         return;
     }

@@ -3192,7 +3192,7 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
     /* values of every rule; the verdict sums reported rules */
     double score = 0;
     unsigned flags = m->flags;
-    m->nhits = 0;
+    m->nhits = m->natt_hits = 0;
     for (size_t k = 0; k < e->nreport; k++) {
         uint32_t i = e->report[k];
         const struct mx_rule *r = &e->rs.rules[i];
@@ -3202,14 +3202,13 @@ int mx_scan_msg_end(struct mx_scan_msg *m, struct mx_scan_result *res)
         score += r->score;
         if (r->type == MX_RULE_DLP)
             flags |= MX_SCAN_DLP;
-        if (r->type == MX_RULE_ATTACH)
+        if (r->type == MX_RULE_ATTACH) {
             flags |= MX_SCAN_ATTACHMENT;
+            m->att_hits[m->natt_hits++] = r->name;
+        }
     }
     qsort(m->hits, m->nhits, sizeof *m->hits, cmp_hit);
-    m->natt_hits = 0;
-    for (unsigned i = 0; i < m->nhits; i++)
-        if (e->rs.rules[mx_rules_find(&e->rs, m->hits[i])].type == MX_RULE_ATTACH)
-            m->att_hits[m->natt_hits++] = m->hits[i];
+    qsort(m->att_hits, m->natt_hits, sizeof *m->att_hits, cmp_hit);
     for (unsigned i = 0; i < m->nhits; i++)
         m->hit_scores[i] = e->rs.rules[mx_rules_find(&e->rs, m->hits[i])].score;
     unsigned defects = mx_mime_parser_defects(m->mp);

@@ -698,15 +698,22 @@ static double rcpt_score(const struct mx_scan_result *res, const struct mx_polic
     return score;
 }
 
+/* spam/banned (may be NULL): whether the message is spam / banned for this recipient. */
 static const char *rcpt_action(const struct mx_scan_result *res, bool allowed,
-                               const struct mx_policy_effective *eff, const char **why)
+                               const struct mx_policy_effective *eff, const char **why,
+                               bool *spam, bool *banned)
 {
     const char *a = "deliver";
     *why = "";
-    if (rcpt_score(res, eff) >= eff->spam_threshold && !allowed &&
-        action_rank(eff->spam_action) > 0)
+    bool is_spam = rcpt_score(res, eff) >= eff->spam_threshold && !allowed;
+    bool is_banned = rcpt_banned(res, eff);
+    if (spam)
+        *spam = is_spam;
+    if (banned)
+        *banned = is_banned;
+    if (is_spam && action_rank(eff->spam_action) > 0)
         a = eff->spam_action, *why = "spam";
-    if (rcpt_banned(res, eff) && action_rank(eff->banned_action) > action_rank(a))
+    if (is_banned && action_rank(eff->banned_action) > action_rank(a))
         a = eff->banned_action, *why = "banned attachment";
     if ((res->flags & MX_SCAN_DLP) && action_rank(eff->dlp_action) > action_rank(a))
         a = eff->dlp_action, *why = "DLP rule";
@@ -733,7 +740,8 @@ static int redirect_message(struct smtpd_conn *c, const struct mx_scan_result *r
         struct mx_policy_effective eff;
         const char *w;
         mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
-        if (strcmp(rcpt_action(res, allowed, &eff, &w), "redirect") != 0 || !*eff.redirect_to)
+        if (strcmp(rcpt_action(res, allowed, &eff, &w, NULL, NULL), "redirect") != 0 ||
+            !*eff.redirect_to)
             continue;
         bool dup = false;
         for (size_t k = 0; k < n && !dup; k++)
@@ -984,10 +992,10 @@ static int write_verdict(struct smtpd_conn *c, struct mx_scan_result res, enum s
          * message gets the most severe action any of its recipients asks for */
         struct mx_policy_effective eff;
         mx_config_policy_for(cfg, env->rcpts[i].addr, &eff);
-        if (rcpt_score(&res, &eff) >= eff.spam_threshold && !allowed)
-            spam_any = true;
-        banned_any |= rcpt_banned(&res, &eff);
-        const char *w, *a = rcpt_action(&res, allowed, &eff, &w);
+        bool spam, banned;
+        const char *w, *a = rcpt_action(&res, allowed, &eff, &w, &spam, &banned);
+        spam_any |= spam;
+        banned_any |= banned;
         if (action_rank(a) > action_rank(action))
             action = a, why = w;
     }
