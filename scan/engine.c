@@ -64,6 +64,7 @@ struct erule {
     uint8_t relaxed;        /* prefilter pattern: the regex with repeats relaxed (1),
                                and its ^ $ anchors dropped (2) */
     bool twin;              /* a second prefilter pattern (see TWIN_MAX) must match too */
+    uint32_t loc;           /* 1 + index of its locator in e->loc (see struct locator) */
     bool runs;              /* counts in the verdict (score != 0 or sub rule) */
     uint8_t vkind;          /* enum vkind */
     bool multiple;          /* tflags multiple: the value is the count */
@@ -78,6 +79,31 @@ struct erule {
 
 struct skipped {
     const char *name, *why;
+};
+
+/*
+ * A locator tells where a match of a rule can start, so that its PCRE2
+ * confirmation tries only those places instead of every byte of the text.
+ * `__FILL_THIS_FORM_SHORT2` and `_LONG2` (~48 ms of PCRE2 per corpus pass
+ * each, 2 and 0 hits) cost ~200 ns per byte at every start position: their
+ * units begin with a long optional prefix and an alternation of ~100 words.
+ * Hyperscan cannot say where a match starts (SOM compiles fail with
+ * "pattern too large"), but it reports every end: so the locator is the
+ * rule's twin (repeats relaxed, TWIN_MAX) written backwards
+ * (mx_rules_reverse()), run in block mode over the text reversed; each end
+ * it reports there is a place where a match can start here. Every real
+ * match starts at one of them (the reversed twin matches a superset of the
+ * reversed matches). PCRE2 then tries an anchored match at each of them
+ * (with the regex compiled anchored: JIT does not run PCRE2_ANCHORED given
+ * at match time).
+ * Only for rules with a twin that count no more than one hit.
+ */
+struct locator {
+    uint32_t rule;
+    char *expr; /* reversed twin */
+    unsigned flags;
+    hs_database_t *db;
+    pcre2_code *anchored; /* the rule's regex, PCRE2_ANCHORED */
 };
 
 struct mx_scan_engine {
@@ -107,6 +133,8 @@ struct mx_scan_engine {
     size_t nterms;
     struct skipped *skips;
     size_t nskips;
+    struct locator *loc;
+    size_t nloc;
     struct mx_scan_stats st;
     struct mx_scan_opts o;
 };
@@ -144,6 +172,33 @@ static uint32_t pcre_flags_for(const struct mx_rule *r, enum scope sc)
     if (r->reflags & MX_RE_X)
         f |= PCRE2_EXTENDED;
     return f;
+}
+
+/* PCRE2 compile (and JIT) of a rule's regex. A regex whose bounded repeats
+ * of a big group overflow PCRE2's compiled-size limit is compiled again
+ * with those groups written once and called as subroutines, which matches
+ * the same strings (mx_rules_share_repeats()); *shared counts the rewrites. */
+static pcre2_code *compile_rule_pcre(const struct mx_rule *r, uint32_t flags, unsigned *shared)
+{
+    int perr;
+    PCRE2_SIZE eoff;
+    pcre2_code *pc =
+        pcre2_compile((PCRE2_SPTR)r->re, PCRE2_ZERO_TERMINATED, flags, &perr, &eoff, NULL);
+    char *re = NULL;
+    for (unsigned k = 0; !pc && perr == PCRE2_ERROR_PATTERN_TOO_LARGE && k < 8; k++) {
+        char *next = mx_rules_share_repeats(re ? re : r->re, (r->reflags & MX_RE_X) != 0, k);
+        free(re);
+        re = next;
+        if (!re)
+            break;
+        pc = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, flags, &perr, &eoff, NULL);
+        if (pc)
+            ++*shared;
+    }
+    free(re);
+    if (pc)
+        pcre2_jit_compile(pc, PCRE2_JIT_COMPLETE);
+    return pc;
 }
 
 /* pattern text handed to Hyperscan: /x has no flag there, only (?x) */
@@ -323,7 +378,47 @@ static unsigned long big_repeat(const char *re)
 
 static int order_metas(struct mx_scan_engine *e);
 
-
+/* Give rule ri a locator (struct locator) if its reversed twin is a regex
+ * Hyperscan runs exactly. Returns 0 (with or without) or -ENOMEM. */
+static int add_locator(struct mx_scan_engine *e, uint32_t ri, enum scope sc)
+{
+    struct mx_rule *r = &e->rs.rules[ri];
+    struct erule *er = &e->er[ri];
+    char *hp = hs_pattern(r);
+    char *tw = hp ? mx_rules_relax_repeats(hp, TWIN_MAX, false) : NULL;
+    free(hp);
+    if (!tw)
+        return -ENOMEM;
+    char *rev = mx_rules_reverse(tw, (r->reflags & MX_RE_X) != 0);
+    free(tw);
+    if (!rev)
+        return 0;
+    unsigned fl = hs_flags_for(r, sc) & ~(unsigned)HS_FLAG_SINGLEMATCH;
+    hs_expr_info_t *info = NULL;
+    hs_compile_error_t *cerr = NULL;
+    bool ok = hs_expression_info(rev, fl, &info, &cerr) == HS_SUCCESS;
+    if (getenv("MX_SCAN_PROFILE"))
+        fprintf(stderr, "locator %s: %s\n", r->name, ok ? "yes" : cerr ? cerr->message : "?");
+    hs_free_compile_error(cerr);
+    free(info);
+    unsigned shared = 0;
+    pcre2_code *anch =
+        ok && er->pc ? compile_rule_pcre(r, pcre_flags_for(r, sc) | PCRE2_ANCHORED, &shared) : NULL;
+    if (!anch) {
+        free(rev);
+        return 0;
+    }
+    struct locator *nl = realloc(e->loc, (e->nloc + 1) * sizeof *nl);
+    if (!nl) {
+        pcre2_code_free(anch);
+        free(rev);
+        return -ENOMEM;
+    }
+    e->loc = nl;
+    e->loc[e->nloc] = (struct locator){.rule = ri, .expr = rev, .flags = fl, .anchored = anch};
+    er->loc = (uint32_t)++e->nloc;
+    return 0;
+}
 
 /* Decide how each regex rule runs. */
 static int classify(struct mx_scan_engine *e)
@@ -379,13 +474,7 @@ static int classify(struct mx_scan_engine *e)
         if (r->type == MX_RULE_MIMEHEADER) {
             /* few rules (about 60 in SA), run with PCRE2 on each part's header */
             e->st.regex++;
-            int perr;
-            PCRE2_SIZE eoff;
-            er->pc = pcre2_compile((PCRE2_SPTR)r->re, PCRE2_ZERO_TERMINATED,
-                                   pcre_flags_for(r, SC_HEADER), &perr, &eoff, NULL);
-            /* (they were the only rules PCRE2 interpreted instead of JIT) */
-            if (er->pc)
-                pcre2_jit_compile(er->pc, PCRE2_JIT_COMPLETE);
+            er->pc = compile_rule_pcre(r, pcre_flags_for(r, SC_HEADER), &e->st.pcre_shared);
             if (!er->runs) {
                 e->st.zero_score++;
             } else if (!er->pc) {
@@ -420,12 +509,7 @@ static int classify(struct mx_scan_engine *e)
             continue;
         }
         /* PCRE2 first: a regex Perl would reject is skipped */
-        int perr;
-        PCRE2_SIZE eoff;
-        er->pc = pcre2_compile((PCRE2_SPTR)r->re, PCRE2_ZERO_TERMINATED, pcre_flags_for(r, sc),
-                               &perr, &eoff, NULL);
-        if (er->pc)
-            pcre2_jit_compile(er->pc, PCRE2_JIT_COMPLETE);
+        er->pc = compile_rule_pcre(r, pcre_flags_for(r, sc), &e->st.pcre_shared);
         char *pat = hs_pattern(r);
         if (!pat)
             return -ENOMEM;
@@ -505,6 +589,11 @@ static int classify(struct mx_scan_engine *e)
             free(info);
             info = NULL;
             free(tw);
+            if (er->twin && !(r->tflags & MX_TF_MULTIPLE) && !e->legacy_layout) {
+                int lrc = add_locator(e, (uint32_t)i, sc);
+                if (lrc)
+                    return lrc;
+            }
         }
         const char *kind = er->how == HOW_PREFILTER                          ? "prefilter"
                            : er->how == HOW_HS && (r->tflags & MX_TF_MULTIPLE) ? "count"
@@ -869,17 +958,50 @@ static void cache_key(struct mx_scan_engine *e, char hex[65])
         }
         pats_free(&p);
     }
+    for (size_t i = 0; i < e->nloc; i++) {
+        EVP_DigestUpdate(c, &e->loc[i].rule, sizeof e->loc[i].rule);
+        EVP_DigestUpdate(c, &e->loc[i].flags, sizeof e->loc[i].flags);
+        EVP_DigestUpdate(c, e->loc[i].expr, strlen(e->loc[i].expr) + 1);
+    }
     EVP_DigestFinal_ex(c, md, &mdl);
     EVP_MD_CTX_free(c);
     for (int i = 0; i < 32; i++)
         sprintf(hex + 2 * i, "%02x", md[i]);
 }
 
+/* u64 length and a serialized database (length 0: none) */
+static bool read_db(FILE *f, hs_database_t **db)
+{
+    uint64_t len;
+    if (fread(&len, 8, 1, f) != 1 || len > (1ull << 32))
+        return false;
+    if (!len)
+        return true;
+    char *buf = malloc(len);
+    bool ok =
+        buf && fread(buf, 1, len, f) == len && hs_deserialize_database(buf, len, db) == HS_SUCCESS;
+    free(buf);
+    return ok;
+}
+
+static bool write_db(FILE *f, const hs_database_t *db)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    if (db && hs_serialize_database(db, &buf, &len) != HS_SUCCESS)
+        return false;
+    uint64_t l64 = len;
+    bool ok = fwrite(&l64, 8, 1, f) == 1 && (len == 0 || fwrite(buf, 1, len, f) == len);
+    free(buf);
+    return ok;
+}
+
 /*
- * Cache file: "MXHSDB1\n", u32 group count, then per group u32 rule count,
+ * Cache file: "MXHSDB2\n", u32 group count, then per group u32 rule count,
  * the rule indexes that stayed in Hyperscan (compile may move some to
  * PCRE2; bit 31: moved to prefilter mode, bit 30: has a twin that
- * compiled), u64 length and the serialized database (length 0: none).
+ * compiled) and the database (read_db()); then u32 locator count and per
+ * locator its u32 rule index and database (none: its compile failed).
  */
 static int cache_load(struct mx_scan_engine *e, const char *path)
 {
@@ -889,13 +1011,12 @@ static int cache_load(struct mx_scan_engine *e, const char *path)
     char magic[8];
     uint32_t ng = 0;
     int rc = -EIO;
-    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "MXHSDB1\n", 8) != 0 ||
+    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "MXHSDB2\n", 8) != 0 ||
         fread(&ng, 4, 1, f) != 1 || ng != e->ng)
         goto out;
     for (size_t i = 0; i < e->ng; i++) {
         struct group *g = &e->g[i];
         uint32_t nr;
-        uint64_t len;
         if (fread(&nr, 4, 1, f) != 1 || (g->scope != SC_DLP && nr > g->nrules))
             goto out;
         if (g->scope != SC_DLP) {
@@ -933,17 +1054,16 @@ static int cache_load(struct mx_scan_engine *e, const char *path)
             g->nrules = nr;
             free(keep);
         }
-        if (fread(&len, 8, 1, f) != 1 || len > (1ull << 32))
+        if (!read_db(f, &g->db))
             goto out;
-        if (len) {
-            char *buf = malloc(len);
-            if (!buf || fread(buf, 1, len, f) != len ||
-                hs_deserialize_database(buf, len, &g->db) != HS_SUCCESS) {
-                free(buf);
-                goto out;
-            }
-            free(buf);
-        }
+    }
+    uint32_t nl;
+    if (fread(&nl, 4, 1, f) != 1 || nl != e->nloc)
+        goto out;
+    for (size_t i = 0; i < e->nloc; i++) {
+        uint32_t ri;
+        if (fread(&ri, 4, 1, f) != 1 || ri != e->loc[i].rule || !read_db(f, &e->loc[i].db))
+            goto out;
     }
     rc = 0;
 out:
@@ -959,7 +1079,7 @@ static void cache_store(struct mx_scan_engine *e, const char *path)
     if (!f)
         return;
     uint32_t ng = (uint32_t)e->ng;
-    bool ok = fwrite("MXHSDB1\n", 1, 8, f) == 8 && fwrite(&ng, 4, 1, f) == 1;
+    bool ok = fwrite("MXHSDB2\n", 1, 8, f) == 8 && fwrite(&ng, 4, 1, f) == 1;
     for (size_t i = 0; ok && i < e->ng; i++) {
         struct group *g = &e->g[i];
         uint32_t nr = g->scope == SC_DLP ? (uint32_t)e->nterms : (uint32_t)g->nrules;
@@ -969,14 +1089,12 @@ static void cache_store(struct mx_scan_engine *e, const char *path)
                          (e->er[g->rules[k]].twin ? 0x40000000u : 0);
             ok = fwrite(&v, 4, 1, f) == 1;
         }
-        char *buf = NULL;
-        size_t len = 0;
-        if (ok && g->db && hs_serialize_database(g->db, &buf, &len) != HS_SUCCESS)
-            ok = false;
-        uint64_t l64 = len;
-        ok = ok && fwrite(&l64, 8, 1, f) == 1 && (len == 0 || fwrite(buf, 1, len, f) == len);
-        free(buf);
+        ok = ok && write_db(f, g->db);
     }
+    uint32_t nl = (uint32_t)e->nloc;
+    ok = ok && fwrite(&nl, 4, 1, f) == 1;
+    for (size_t i = 0; ok && i < e->nloc; i++)
+        ok = fwrite(&e->loc[i].rule, 4, 1, f) == 1 && write_db(f, e->loc[i].db);
     if (fclose(f) != 0)
         ok = false;
     if (ok)
@@ -1069,11 +1187,16 @@ static int build_dbs(struct mx_scan_engine *e)
         cache_key(e, key);
         snprintf(path, sizeof path, "%s/%s.hsdb", e->o.cache_dir, key);
         cached = cache_load(e, path) == 0;
-        if (!cached)
+        if (!cached) {
             for (size_t i = 0; i < e->ng; i++) {
                 hs_free_database(e->g[i].db);
                 e->g[i].db = NULL;
             }
+            for (size_t i = 0; i < e->nloc; i++) {
+                hs_free_database(e->loc[i].db);
+                e->loc[i].db = NULL;
+            }
+        }
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1082,6 +1205,14 @@ static int build_dbs(struct mx_scan_engine *e)
             int rc = compile_group(e, &e->g[i]);
             if (rc)
                 return rc;
+        }
+        for (size_t i = 0; i < e->nloc; i++) {
+            /* a locator that does not compile only means no locator */
+            hs_compile_error_t *cerr = NULL;
+            if (hs_compile(e->loc[i].expr, e->loc[i].flags, HS_MODE_BLOCK, NULL, &e->loc[i].db,
+                           &cerr) != HS_SUCCESS)
+                e->loc[i].db = NULL;
+            hs_free_compile_error(cerr);
         }
         if (e->o.cache_dir) {
             mkdir_parents(e->o.cache_dir);
@@ -1102,6 +1233,11 @@ static int build_dbs(struct mx_scan_engine *e)
             e->dlp_g = (int)i;
         if (e->g[i].scope == SC_FULL)
             e->has_full = true;
+    }
+    for (size_t i = 0; i < e->nloc; i++) {
+        if (!e->loc[i].db)
+            e->er[e->loc[i].rule].loc = 0;
+        e->st.located += e->loc[i].db != NULL;
     }
     /* final counts */
     e->st.hs_exact = e->st.hs_prefilter = 0;
@@ -1204,6 +1340,12 @@ void mx_scan_engine_free(struct mx_scan_engine *e)
         free(e->g[i].exists);
     }
     free(e->g);
+    for (size_t i = 0; i < e->nloc; i++) {
+        hs_free_database(e->loc[i].db);
+        free(e->loc[i].expr);
+        pcre2_code_free(e->loc[i].anchored);
+    }
+    free(e->loc);
     if (e->er)
         for (size_t i = 0; i < e->rs.nrules; i++)
             pcre2_code_free(e->er[i].pc);
@@ -1395,6 +1537,14 @@ struct mx_scan_msg {
     const char **att_hits; /* the attachment rules among hits */
     unsigned natt_hits;
     unsigned regex_errors; /* PCRE2 matches that ended in an error, not a result */
+    /* located confirmation (struct locator): the kept text reversed, and
+     * where matches can start */
+    char *rev;
+    size_t revcap, rev_n;
+    const char *rev_of;
+    uint32_t *starts;
+    size_t nstarts, startcap;
+    bool starts_over;
     unsigned nhits;
     char envfrom[256];
     /* for the native evals (evals.c) */
@@ -1457,6 +1607,12 @@ struct mx_scan_worker *mx_scan_worker_new(struct mx_scan_engine *e)
             return NULL;
         }
     }
+    for (size_t i = 0; i < e->nloc; i++) {
+        if (e->loc[i].db && hs_alloc_scratch(e->loc[i].db, &w->scratch) != HS_SUCCESS) {
+            mx_scan_worker_free(w);
+            return NULL;
+        }
+    }
     w->md = pcre2_match_data_create(4, NULL);
     w->magic = magic_open(MAGIC_MIME_TYPE | MAGIC_ERROR);
     if (!w->md || !w->magic || magic_load(w->magic, NULL) != 0) {
@@ -1491,6 +1647,8 @@ static void msg_destroy(struct mx_scan_msg *m)
     free(m->hit_scores);
     free(m->att_hits);
     free(m->arch);
+    free(m->rev);
+    free(m->starts);
     free(m);
 }
 
@@ -2406,6 +2564,7 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->att_hit_rule = NULL;
     m->nhits = m->natt_hits = 0;
     m->regex_errors = 0;
+    m->rev_of = NULL;
     m->envfrom[0] = 0;
     memset(&m->nmime, 0, sizeof m->nmime);
     m->fed = m->body_at = 0;
@@ -2791,6 +2950,79 @@ static void mark_pending(struct mx_scan_msg *m, int gi)
         m->cand[g->pcre[k]] = CAND_PENDING;
 }
 
+/* Located confirmation (struct locator). More possible starts than this
+ * (hostile text) mean a plain search instead. */
+#define LOC_MAX_STARTS 65536
+
+static int on_start(unsigned id, unsigned long long from, unsigned long long to, unsigned fl,
+                    void *ctx)
+{
+    (void)id;
+    (void)from;
+    (void)fl;
+    struct mx_scan_msg *m = ctx;
+    if (m->nstarts == m->startcap) {
+        size_t nc = m->startcap ? 2 * m->startcap : 256;
+        uint32_t *ns = nc <= LOC_MAX_STARTS ? realloc(m->starts, nc * sizeof *ns) : NULL;
+        if (!ns) {
+            m->starts_over = true;
+            return 1; /* stop: search everywhere */
+        }
+        m->starts = ns;
+        m->startcap = nc;
+    }
+    m->starts[m->nstarts++] = (uint32_t)(m->rev_n - to);
+    return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bool located_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_t n)
+{
+    struct mx_scan_worker *w = m->w;
+    const struct erule *er = &w->e->er[ri];
+    const struct locator *lc = &w->e->loc[er->loc - 1];
+    if (n == 0 || n > UINT32_MAX)
+        return pcre_hit(m, ri, s, n);
+    uint64_t t0 = w->prof ? cpu_ns() : 0;
+    if (m->rev_of != s || m->rev_n != n) {
+        if (n > m->revcap) {
+            char *nr = realloc(m->rev, n);
+            if (!nr)
+                return pcre_hit(m, ri, s, n);
+            m->rev = nr;
+            m->revcap = n;
+        }
+        for (size_t i = 0; i < n; i++)
+            m->rev[i] = s[n - 1 - i];
+        m->rev_of = s;
+        m->rev_n = n;
+    }
+    m->nstarts = 0;
+    m->starts_over = false;
+    hs_error_t hr = hs_scan(lc->db, m->rev, (unsigned)n, 0, w->scratch, on_start, m);
+    if ((hr != HS_SUCCESS && hr != HS_SCAN_TERMINATED) || m->starts_over)
+        return pcre_hit(m, ri, s, n);
+    /* leftmost first, as a plain search would find it */
+    qsort(m->starts, m->nstarts, sizeof *m->starts, cmp_u32);
+    bool hit = false;
+    for (size_t i = 0; i < m->nstarts && !hit; i++) {
+        int rc = pcre2_match(lc->anchored, (PCRE2_SPTR)s, n, m->starts[i], 0, w->md, NULL);
+        if (rc < PCRE2_ERROR_NOMATCH && m->regex_errors < UINT_MAX)
+            m->regex_errors++;
+        hit = rc >= 0;
+    }
+    if (w->prof) {
+        w->prof->r_pcre_ns[ri] += cpu_ns() - t0;
+        w->prof->r_pcre_calls[ri]++;
+    }
+    return hit;
+}
+
 static void confirm_now(struct mx_scan_msg *m, uint32_t ri)
 {
     const struct mx_scan_engine *e = m->w->e;
@@ -2808,7 +3040,11 @@ static void confirm_now(struct mx_scan_msg *m, uint32_t ri)
         s = m->full, n = m->flen;
     else
         return;
-    m->count[ri] = (uint16_t)pcre_count(m, ri, s, n);
+    const struct erule *er = &e->er[ri];
+    if (er->loc && !er->multiple)
+        m->count[ri] = located_hit(m, ri, s, n);
+    else
+        m->count[ri] = (uint16_t)pcre_count(m, ri, s, n);
 }
 
 /* The count of a regex, DLP, attachment or native rule. */

@@ -1298,39 +1298,84 @@ static int compile_meta(struct mx_ruleset *rs, size_t ri)
     return 0;
 }
 
+/* Index just past the character class that opens at re[i] ('['): "[]" and
+ * "[^]" start with a literal ']', an escape takes two bytes, and a POSIX
+ * class such as "[:alpha:]" inside does not end it (PCRE2's rule: "[:"
+ * followed by a run without ']' that ends in ":]"). */
+static size_t class_end(const char *re, size_t i, size_t n)
+{
+    size_t j = i + 1;
+    if (j < n && re[j] == '^')
+        j++;
+    if (j < n && re[j] == ']')
+        j++;
+    while (j < n) {
+        if (re[j] == '\\' && j + 1 < n) {
+            j += 2;
+            continue;
+        }
+        if (re[j] == '[' && j + 1 < n && re[j + 1] == ':') {
+            size_t k = j + 2;
+            while (k < n && re[k] != ']')
+                k++;
+            if (k < n && k > j + 2 && re[k - 1] == ':') {
+                j = k + 1;
+                continue;
+            }
+        }
+        if (re[j] == ']')
+            return j + 1;
+        j++;
+    }
+    return n;
+}
+
+/* Length of a verbatim run at re[i] that no rewrite looks inside: an escape
+ * (two bytes), \Q...\E, a character class, a (?#...) comment, and with
+ * `extended` a # comment to the end of the line. 0 for anything else. */
+static size_t opaque_len(const char *re, size_t i, size_t n, bool extended)
+{
+    if (re[i] == '\\' && i + 1 < n) {
+        if (re[i + 1] == 'Q') {
+            const char *e = strstr(re + i + 2, "\\E");
+            return (e ? (size_t)(e - re) + 2 : n) - i;
+        }
+        return 2;
+    }
+    if (re[i] == '[')
+        return class_end(re, i, n) - i;
+    if (re[i] == '(' && i + 2 < n && re[i + 1] == '?' && re[i + 2] == '#') {
+        const char *e = strchr(re + i, ')');
+        return (e ? (size_t)(e - re) + 1 : n) - i;
+    }
+    if (extended && re[i] == '#') {
+        const char *e = strchr(re + i, '\n');
+        return (e ? (size_t)(e - re) : n) - i;
+    }
+    return 0;
+}
+
 /* SpamAssassin matches body and raw-body rules paragraph by paragraph (line
  * by line), so \z and \Z there mean "end of the paragraph"; mxgate scans the
  * text as one multi-line string, where that is `$`. Rewritten in place
  * (shorter), outside character classes. */
 void mx_rules_paragraph_anchors(char *re)
 {
-    bool in_class = false;
-    char *o = re;
-    for (char *p = re; *p; p++) {
-        if (*p == '\\' && p[1]) {
-            if (!in_class && (p[1] == 'z' || p[1] == 'Z')) {
-                *o++ = '$';
-                p++;
-                continue;
-            }
-            *o++ = *p++;
-            *o++ = *p;
+    size_t n = strlen(re), o = 0;
+    for (size_t i = 0; i < n;) {
+        if (re[i] == '\\' && i + 1 < n && (re[i + 1] == 'z' || re[i + 1] == 'Z')) {
+            re[o++] = '$';
+            i += 2;
             continue;
         }
-        if (*p == '[' && !in_class) {
-            in_class = true;
-            *o++ = *p;
-            if (p[1] == '^')
-                *o++ = *++p;
-            if (p[1] == ']')
-                *o++ = *++p;
-            continue;
-        }
-        if (*p == ']')
-            in_class = false;
-        *o++ = *p;
+        size_t k = opaque_len(re, i, n, false);
+        if (!k)
+            k = 1;
+        memmove(re + o, re + i, k);
+        o += k;
+        i += k;
     }
-    *o = 0;
+    re[o] = 0;
 }
 
 char *mx_rules_relax_repeats(const char *re, unsigned max, bool extended)
@@ -1342,53 +1387,13 @@ char *mx_rules_relax_repeats(const char *re, unsigned max, bool extended)
     if (!out)
         return NULL;
     size_t o = 0;
-    bool in_class = false;
     for (size_t i = 0; i < n; i++) {
         char c = re[i];
-        if (c == '\\' && i + 1 < n) {
-            /* \Q...\E quotes a literal run */
-            if (re[i + 1] == 'Q') {
-                const char *e = strstr(re + i + 2, "\\E");
-                size_t end = e ? (size_t)(e - re) + 2 : n;
-                memcpy(out + o, re + i, end - i);
-                o += end - i;
-                i = end - 1;
-                continue;
-            }
-            out[o++] = c;
-            out[o++] = re[++i];
-            continue;
-        }
-        if (in_class) {
-            /* "[]" and "[^]" start with a literal ']' */
-            if (c == ']')
-                in_class = false;
-            out[o++] = c;
-            continue;
-        }
-        if (c == '[') {
-            out[o++] = c;
-            if (i + 1 < n && re[i + 1] == '^')
-                out[o++] = re[++i];
-            if (i + 1 < n && re[i + 1] == ']')
-                out[o++] = re[++i];
-            in_class = true;
-            continue;
-        }
-        if (c == '(' && i + 2 < n && re[i + 1] == '?' && re[i + 2] == '#') {
-            const char *e = strchr(re + i, ')');
-            size_t end = e ? (size_t)(e - re) + 1 : n;
-            memcpy(out + o, re + i, end - i);
-            o += end - i;
-            i = end - 1;
-            continue;
-        }
-        if (extended && c == '#') {
-            const char *e = strchr(re + i, '\n');
-            size_t end = e ? (size_t)(e - re) : n;
-            memcpy(out + o, re + i, end - i);
-            o += end - i;
-            i = end - 1;
+        size_t k = opaque_len(re, i, n, extended);
+        if (k) {
+            memcpy(out + o, re + i, k);
+            o += k;
+            i += k - 1;
             continue;
         }
         if (c == '{' && i + 1 < n && isdigit((unsigned char)re[i + 1])) {
@@ -1402,8 +1407,8 @@ char *mx_rules_relax_repeats(const char *re, unsigned max, bool extended)
                     open = true, end++;
             }
             if (*end == '}' && (open ? false : hi > max)) {
-                unsigned long k = lo < max ? lo : max;
-                o += (size_t)sprintf(out + o, "{%lu,}", k);
+                unsigned long m = lo < max ? lo : max;
+                o += (size_t)sprintf(out + o, "{%lu,}", m);
                 i = (size_t)(end - re);
                 continue;
             }
@@ -1416,53 +1421,417 @@ char *mx_rules_relax_repeats(const char *re, unsigned max, bool extended)
 
 void mx_rules_drop_anchors(char *re)
 {
-    char *o = re;
-    bool in_class = false;
-    for (const char *p = re; *p; p++) {
-        if (*p == '\\' && p[1] == 'Q') {
-            /* \Q...\E: literal text */
-            const char *e = strstr(p + 2, "\\E");
-            size_t n = e ? (size_t)(e - p) + 2 : strlen(p);
-            memmove(o, p, n);
-            o += n;
-            p += n - 1;
-            continue;
-        }
-        if (*p == '\\' && p[1]) {
-            *o++ = *p++;
-            *o++ = *p;
-            continue;
-        }
-        if (in_class) {
-            const char *pe;
-            if (*p == '[' && p[1] == ':' && (pe = strstr(p + 2, ":]")) != NULL) {
-                /* [:alpha:] inside a class does not end it */
-                size_t n = (size_t)(pe - p) + 2;
-                memmove(o, p, n);
-                o += n;
-                p += n - 1;
-                continue;
-            }
-            if (*p == ']')
-                in_class = false;
-            *o++ = *p;
-            continue;
-        }
-        if (*p == '[') {
-            *o++ = *p;
-            if (p[1] == '^')
-                *o++ = *++p;
-            if (p[1] == ']')
-                *o++ = *++p;
-            in_class = true;
+    size_t n = strlen(re), o = 0;
+    for (size_t i = 0; i < n;) {
+        size_t k = opaque_len(re, i, n, false);
+        if (k) {
+            memmove(re + o, re + i, k);
+            o += k;
+            i += k;
             continue;
         }
         /* "(?^" is an option reset, not an anchor */
-        if ((*p == '^' && !(o - re >= 2 && o[-1] == '?' && o[-2] == '(')) || *p == '$')
+        char c = re[i++];
+        if ((c == '^' && !(o >= 2 && re[o - 1] == '?' && re[o - 2] == '(')) || c == '$')
             continue;
-        *o++ = *p;
+        re[o++] = c;
     }
-    *o = 0;
+    re[o] = 0;
+}
+
+/* Does the regex refer to a group by number, or change how groups are
+ * numbered (backreferences, recursion, conditions, branch reset)? Then a
+ * group added by mx_rules_share_repeats() could change its meaning. */
+static bool refers_to_groups(const char *re, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (re[i] == '\\' && i + 1 < n) {
+            char c = re[i + 1];
+            if ((c >= '1' && c <= '9') || c == 'g' || c == 'k')
+                return true;
+        }
+        size_t k = opaque_len(re, i, n, false);
+        if (k > 1) {
+            i += k - 1;
+            continue;
+        }
+        if (re[i] == '(' && i + 2 < n && re[i + 1] == '?') {
+            char c = re[i + 2];
+            if (c == 'R' || c == '&' || c == '(' || c == '|' || c == '+' || c == '-' ||
+                isdigit((unsigned char)c) ||
+                (c == 'P' && i + 3 < n && (re[i + 3] == '=' || re[i + 3] == '>')))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* a {m}, {m,} or {m,n} quantifier at re[i]: its bounds (hi = -1 unbounded)
+ * and length, lazy '?' included; 0 if there is none, or it is possessive */
+static size_t quantifier_at(const char *re, size_t i, size_t n, long *lo, long *hi, bool *lazy)
+{
+    if (i >= n || re[i] != '{' || i + 1 >= n || !isdigit((unsigned char)re[i + 1]))
+        return 0;
+    char *end;
+    *lo = strtol(re + i + 1, &end, 10);
+    *hi = *lo;
+    if (*end == ',') {
+        if (isdigit((unsigned char)end[1]))
+            *hi = strtol(end + 1, &end, 10);
+        else
+            *hi = -1, end++;
+    }
+    if (*end != '}' || (*hi >= 0 && *hi < *lo) || *lo > 65535 || *hi > 65535)
+        return 0;
+    size_t len = (size_t)(end - (re + i)) + 1;
+    *lazy = i + len < n && re[i + len] == '?';
+    if (i + len < n && re[i + len] == '+')
+        return 0;
+    return len + (*lazy ? 1 : 0);
+}
+
+char *mx_rules_share_repeats(const char *re, bool extended, unsigned serial)
+{
+    size_t n = strlen(re);
+    if (extended || refers_to_groups(re, n))
+        return NULL;
+    char name[24];
+    snprintf(name, sizeof name, "mxrep%u", serial);
+    if (strstr(re, name))
+        return NULL;
+    /* find the (?:...){..} whose copies weigh most */
+    size_t stack[64], depth = 0, best_s = 0, best_e = 0, best_q = 0;
+    unsigned long long best_w = 0;
+    long best_lo = 0, best_hi = 0;
+    bool best_lazy = false;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = opaque_len(re, i, n, false);
+        if (k) {
+            i += k - 1;
+            continue;
+        }
+        if (re[i] == '(') {
+            if (depth == 64)
+                return NULL;
+            stack[depth++] = i;
+        } else if (re[i] == ')' && depth) {
+            size_t s = stack[--depth];
+            long lo, hi;
+            bool lazy;
+            size_t q = quantifier_at(re, i + 1, n, &lo, &hi, &lazy);
+            if (!q || re[s + 1] != '?' || re[s + 2] != ':')
+                continue;
+            unsigned long long copies =
+                hi < 0 ? (unsigned long long)lo + 1 : (unsigned long long)hi;
+            if (copies < 2)
+                continue;
+            unsigned long long w = copies * (i - s);
+            if (w > best_w) {
+                best_w = w, best_s = s, best_e = i, best_q = q;
+                best_lo = lo, best_hi = hi, best_lazy = lazy;
+            }
+        }
+    }
+    if (!best_w)
+        return NULL;
+    /* (?:B){m,n} -> (?<x>B)(?&x){m-1,n-1}; with m = 0 the whole is optional */
+    size_t blen = best_e - (best_s + 3);
+    char *out = malloc(n + 2 * sizeof name + 64);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    memcpy(out, re, best_s);
+    o = best_s;
+    if (best_lo == 0)
+        o += (size_t)sprintf(out + o, "(?:");
+    o += (size_t)sprintf(out + o, "(?<%s>", name);
+    memcpy(out + o, re + best_s + 3, blen);
+    o += blen;
+    long lo = best_lo ? best_lo - 1 : 0;
+    if (best_hi < 0)
+        o += (size_t)sprintf(out + o, ")(?&%s){%ld,}", name, lo);
+    else if (best_hi - 1 == lo)
+        o += (size_t)sprintf(out + o, ")(?&%s){%ld}", name, lo);
+    else
+        o += (size_t)sprintf(out + o, ")(?&%s){%ld,%ld}", name, lo, best_hi - 1);
+    if (best_lazy)
+        out[o++] = '?';
+    if (best_lo == 0) {
+        out[o++] = ')';
+        out[o++] = '?';
+        if (best_lazy)
+            out[o++] = '?';
+    }
+    size_t tail = best_e + 1 + best_q;
+    memcpy(out + o, re + tail, n - tail + 1);
+    return out;
+}
+
+/* ---- reversal (mx_rules_reverse()) ------------------------------------- */
+
+struct rv {
+    const char *re;
+    size_t i, n;
+    bool bad;
+};
+
+/* the items of one sequence, each a reversed atom with its quantifier */
+struct rv_items {
+    struct sb *v;
+    size_t n, cap;
+};
+
+static struct sb *rv_push(struct rv *r, struct rv_items *l)
+{
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? 2 * l->cap : 16;
+        struct sb *nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv) {
+            r->bad = true;
+            return NULL;
+        }
+        l->v = nv;
+        l->cap = nc;
+    }
+    memset(&l->v[l->n], 0, sizeof l->v[l->n]);
+    return &l->v[l->n++];
+}
+
+static void rv_alt(struct rv *r, struct sb *out);
+
+/* A quantifier at r->i, appended greedy to item (a lazy or possessive
+ * suffix is dropped: the same strings, or more of them). */
+static void rv_quant(struct rv *r, struct sb *item)
+{
+    const char *re = r->re;
+    size_t i = r->i, n = r->n, k = 0;
+    if (i >= n)
+        return;
+    if (re[i] == '*' || re[i] == '+' || re[i] == '?') {
+        k = 1;
+    } else if (re[i] == '{' && i + 1 < n && isdigit((unsigned char)re[i + 1])) {
+        size_t j = i + 1;
+        while (j < n && (isdigit((unsigned char)re[j]) || re[j] == ','))
+            j++;
+        if (j >= n || re[j] != '}')
+            return; /* a literal '{' */
+        k = j + 1 - i;
+    } else {
+        return;
+    }
+    if (item)
+        sb_add(item, re + i, k);
+    r->i = i + k;
+    if (r->i < n && (re[r->i] == '?' || re[r->i] == '+'))
+        r->i++;
+}
+
+/* One group "(...)" at r->i into item; false: dropped (an assertion). */
+static bool rv_group(struct rv *r, struct sb *item)
+{
+    const char *re = r->re;
+    size_t n = r->n, j = r->i + 1;
+    bool keep = true;
+    struct sb head = {0};
+    if (j < n && re[j] == '*') {
+        r->bad = true; /* (*VERB) */
+        return false;
+    }
+    if (j < n && re[j] == '?') {
+        char k = j + 1 < n ? re[j + 1] : 0;
+        j += 2;
+        if (k == ':' || k == '>') {
+            /* non-capturing, atomic (its strings are a subset) */
+        } else if (k == '=' || k == '!') {
+            keep = false;
+        } else if (k == '<' && j < n && (re[j] == '=' || re[j] == '!')) {
+            keep = false, j++;
+        } else if (k == '<' || k == '\'' || (k == 'P' && j < n && re[j] == '<')) {
+            char close = k == '\'' ? '\'' : '>';
+            while (j < n && re[j] != close)
+                j++;
+            j++;
+        } else {
+            /* "(?i:...)" keeps its options; option changes without a group,
+             * references, conditions and recursion are refused */
+            size_t o = j - 1;
+            while (o < n && (isalpha((unsigned char)re[o]) || re[o] == '-' || re[o] == '^'))
+                o++;
+            if (o == j - 1 || o >= n || re[o] != ':' || k == 'P' || k == 'R') {
+                r->bad = true;
+                return false;
+            }
+            sb_add(&head, re + r->i, o + 1 - r->i);
+            j = o + 1;
+        }
+    }
+    r->i = j;
+    struct sb inner = {0};
+    rv_alt(r, &inner);
+    if (!r->bad && (r->i >= n || re[r->i] != ')'))
+        r->bad = true;
+    r->i++;
+    if (keep && !r->bad) {
+        if (head.n)
+            sb_add(item, head.s, head.n);
+        else
+            sb_add(item, "(?:", 3);
+        sb_add(item, inner.s ? inner.s : "", inner.n);
+        sb_add(item, ")", 1);
+    }
+    free(inner.s);
+    free(head.s);
+    return keep;
+}
+
+/* One escape at r->i into item; false: dropped (an anchor). */
+static bool rv_escape(struct rv *r, struct sb *item)
+{
+    const char *re = r->re;
+    size_t i = r->i, n = r->n, k = 2;
+    if (i + 1 >= n) {
+        r->bad = true;
+        return false;
+    }
+    char e = re[i + 1];
+    /* references, \K \G, and the multi-character \R \X */
+    if ((e >= '1' && e <= '9') || strchr("gkKGRXC", e)) {
+        r->bad = true;
+        return false;
+    }
+    if (e == 'A' || e == 'z' || e == 'Z') {
+        r->i += 2;
+        return false;
+    }
+    if (strchr("xopPN", e) && i + 2 < n && re[i + 2] == '{') {
+        const char *cl = memchr(re + i, '}', n - i);
+        if (!cl) {
+            r->bad = true;
+            return false;
+        }
+        k = (size_t)(cl - (re + i)) + 1;
+    } else if (e == 'x') {
+        while (k < 4 && i + k < n && isxdigit((unsigned char)re[i + k]))
+            k++;
+    } else if (e == '0') {
+        while (k < 4 && i + k < n && re[i + k] >= '0' && re[i + k] <= '7')
+            k++;
+    } else if (e == 'c' || e == 'p' || e == 'P') {
+        k = 3;
+    }
+    if (i + k > n) {
+        r->bad = true;
+        return false;
+    }
+    sb_add(item, re + i, k);
+    r->i = i + k;
+    return true;
+}
+
+/* One sequence (up to '|' or ')'), its items in reverse order, into out. */
+static void rv_seq(struct rv *r, struct sb *out)
+{
+    const char *re = r->re;
+    struct rv_items l = {0};
+    while (!r->bad && r->i < r->n && re[r->i] != '|' && re[r->i] != ')') {
+        size_t i = r->i, n = r->n;
+        char c = re[i];
+        if (c == '(' && i + 2 < n && re[i + 1] == '?' && re[i + 2] == '#') {
+            r->i += opaque_len(re, i, n, false);
+            continue;
+        }
+        if (c == '\\' && i + 1 < n && re[i + 1] == 'Q') {
+            /* quoted literals: one item each, so that they turn too */
+            size_t q = opaque_len(re, i, n, false);
+            size_t end =
+                q >= 4 && re[i + q - 2] == '\\' && re[i + q - 1] == 'E' ? i + q - 2 : i + q;
+            for (size_t k = i + 2; k < end && !r->bad; k++) {
+                struct sb *it = rv_push(r, &l);
+                char lit[8];
+                if (it)
+                    sb_add(it, lit,
+                           (size_t)snprintf(lit, sizeof lit, "\\x%02x", (unsigned char)re[k]));
+            }
+            r->i = i + q;
+            continue;
+        }
+        struct sb *it = rv_push(r, &l);
+        if (!it)
+            break;
+        bool kept = true;
+        if (c == '(') {
+            kept = rv_group(r, it);
+        } else if (c == '[') {
+            size_t k = class_end(re, i, n);
+            if (re[k - 1] != ']' || k == i + 1) {
+                r->bad = true;
+                break;
+            }
+            sb_add(it, re + i, k - i);
+            r->i = k;
+        } else if (c == '\\') {
+            kept = rv_escape(r, it);
+        } else if (c == '^' || c == '$') {
+            kept = false; /* anchors only narrow what matches */
+            r->i++;
+        } else {
+            sb_add(it, re + i, 1);
+            r->i++;
+        }
+        if (r->bad)
+            break;
+        rv_quant(r, kept ? it : NULL);
+        if (!kept) {
+            free(it->s);
+            l.n--;
+        } else if (it->oom) {
+            r->bad = true;
+        }
+    }
+    for (size_t k = l.n; k-- > 0;) {
+        if (!r->bad)
+            sb_add(out, l.v[k].s, l.v[k].n);
+        free(l.v[k].s);
+    }
+    free(l.v);
+}
+
+static void rv_alt(struct rv *r, struct sb *out)
+{
+    for (;;) {
+        rv_seq(r, out);
+        if (r->bad || r->i >= r->n || r->re[r->i] != '|')
+            return;
+        sb_add(out, "|", 1);
+        r->i++;
+    }
+}
+
+char *mx_rules_reverse(const char *re, bool extended)
+{
+    if (extended)
+        return NULL;
+    struct rv r = {.re = re, .n = strlen(re)};
+    struct sb out = {0};
+    /* leading option settings, "(?i)", apply to the whole regex: kept first */
+    while (r.i + 2 < r.n && re[r.i] == '(' && re[r.i + 1] == '?') {
+        size_t o = r.i + 2;
+        while (o < r.n && (isalpha((unsigned char)re[o]) || re[o] == '-' || re[o] == '^'))
+            o++;
+        if (o == r.i + 2 || o >= r.n || re[o] != ')')
+            break;
+        sb_add(&out, re + r.i, o + 1 - r.i);
+        r.i = o + 1;
+    }
+    rv_alt(&r, &out);
+    if (r.i != r.n)
+        r.bad = true; /* an unbalanced ')' */
+    sb_add(&out, "", 0);
+    if (r.bad || out.oom) {
+        free(out.s);
+        return NULL;
+    }
+    return out.s;
 }
 
 int mx_rules_finish(struct mx_ruleset *rs)

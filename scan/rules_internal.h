@@ -172,6 +172,36 @@ int mx_rules_finish(struct mx_ruleset *rs);
 char *mx_rules_relax_repeats(const char *re, unsigned max, bool extended);
 
 /**
+ * The same regex with its heaviest repeated non-capturing group written once:
+ * "(?:B){m,n}" becomes "(?<mxrepS>B)(?&mxrepS){m-1,n-1}" (S = `serial`; with
+ * m = 0 the whole is made optional). PCRE2 compiles a bounded repeat as that
+ * many copies of the group, so a big group repeated a few times overflows its
+ * compiled-size limit ("regular expression is too large": SpamAssassin's
+ * __FILL_THIS_FORM_LONG1/2); a subroutine call is one small opcode. PCRE2
+ * (10.30 and later) backtracks into subroutine calls as into groups, so the
+ * regex matches the same strings; the added group only shifts the numbers of
+ * the groups after it, so a regex that refers to groups by number (\1, \g,
+ * (?1), conditions, branch reset) is left alone, as is one in /x mode.
+ * Returns a malloc'd string, or NULL when there is nothing to rewrite (or on
+ * allocation failure).
+ */
+char *mx_rules_share_repeats(const char *re, bool extended, unsigned serial);
+
+/**
+ * A regex for the reversed strings of `re`: whatever `re` matches, read
+ * backwards, the result matches (a superset: lookarounds and ^ $ \A \z \Z
+ * are dropped, atomic groups and possessive or lazy quantifiers become plain
+ * ones). Sequences are reversed item by item, alternatives and character
+ * classes stay as they are, \b \B are symmetric. Leading option settings
+ * ("(?i)") stay in front. Returns NULL (nothing to use) for what has no
+ * simple reverse: back-references, recursion, conditions, option changes
+ * in the middle, \K \G \R \X, /x mode; or on allocation failure. Used to
+ * find where a match can start: the ends of the result's matches in the
+ * reversed text (scan/engine.c, "located" confirmation).
+ */
+char *mx_rules_reverse(const char *re, bool extended);
+
+/**
  * Drop the ^ and $ anchors of regex `re` outside character classes (and
  * \Q...\E), in place: an assertion only narrows what matches, so the result
  * matches whatever `re` does (a necessary condition for a prefilter; Hyperscan

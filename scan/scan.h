@@ -68,6 +68,10 @@ struct mx_scan_stats {
     unsigned hs_exact;       /* ... run exactly by Hyperscan */
     unsigned hs_prefilter;   /* ... Hyperscan prefilter + PCRE2 confirmation */
     unsigned pcre_only;      /* ... PCRE2 alone (Hyperscan refused even prefilter) */
+    unsigned pcre_shared;    /* ... whose repeated group PCRE2 runs as a subroutine
+                              * (too large for PCRE2 as written) */
+    unsigned located;        /* ... whose PCRE2 search starts only where a match can
+                              * (a reversed-regex locator, see engine.c) */
     unsigned meta;           /* meta rules */
     unsigned dlp;            /* dlp rules */
     unsigned attachment;     /* attachment rules */

@@ -3,12 +3,81 @@
  * replace_tags, compile meta expressions, rewrite paragraph anchors; every
  * rule must come out with a consistent definition, and relaxing its regex's
  * repeats (mx_rules_relax_repeats) must stay within its bound, and dropping
- * its anchors (mx_rules_drop_anchors) must not lengthen it.
+ * its anchors (mx_rules_drop_anchors) must not lengthen it. Where PCRE2
+ * compiles the regex, its reversal (mx_rules_reverse) must compile too, and
+ * with its repeated group shared (mx_rules_share_repeats) it must match the
+ * same subjects at the same offsets.
  */
 #include "scan/rules_internal.h"
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <stdlib.h>
 #include <string.h>
+
+static pcre2_code *compile(const char *re, uint32_t fl)
+{
+    int err;
+    PCRE2_SIZE off;
+    return pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, fl, &err, &off, NULL);
+}
+
+/* the rewrites of scan/engine.c, checked against PCRE2 itself */
+static void check_rewrites(const struct mx_rule *r)
+{
+    bool x = (r->reflags & MX_RE_X) != 0;
+    if (strlen(r->re) > 1024)
+        return;
+    uint32_t fl = PCRE2_CASELESS | PCRE2_MULTILINE | (x ? PCRE2_EXTENDED : 0);
+    pcre2_code *pc = compile(r->re, fl);
+    if (!pc)
+        return;
+    char *rev = mx_rules_reverse(r->re, x);
+    if (rev) {
+        pcre2_code *rc = compile(rev, fl);
+        if (!rc)
+            abort(); /* the reversal of a valid regex is one */
+        pcre2_code_free(rc);
+        free(rev);
+    }
+    char *sh = mx_rules_share_repeats(r->re, x, 0);
+    pcre2_code *sc = sh ? compile(sh, fl) : NULL;
+    if (sh && !sc)
+        abort();
+    if (sc) {
+        static const char *const subjects[] = {"",
+                                               "a",
+                                               "aaaa",
+                                               "abcabcabc",
+                                               "ab ab ab\nab",
+                                               "Your name: ____\nYour address: ____\n",
+                                               "xyz 123 ,.;: xyz",
+                                               "\n\n",
+                                               "ababab ba"};
+        pcre2_match_data *m1 = pcre2_match_data_create_from_pattern(pc, NULL);
+        pcre2_match_data *m2 = pcre2_match_data_create_from_pattern(sc, NULL);
+        pcre2_match_context *mc = pcre2_match_context_create(NULL);
+        pcre2_set_match_limit(mc, 100000);
+        for (size_t i = 0; m1 && m2 && mc && i < sizeof subjects / sizeof *subjects; i++) {
+            size_t n = strlen(subjects[i]);
+            int a = pcre2_match(pc, (PCRE2_SPTR)subjects[i], n, 0, 0, m1, mc);
+            int b = pcre2_match(sc, (PCRE2_SPTR)subjects[i], n, 0, 0, m2, mc);
+            if (a == PCRE2_ERROR_MATCHLIMIT || b == PCRE2_ERROR_MATCHLIMIT)
+                continue;
+            if ((a >= 0) != (b >= 0))
+                abort();
+            if (a >= 0 && (pcre2_get_ovector_pointer(m1)[0] != pcre2_get_ovector_pointer(m2)[0] ||
+                           pcre2_get_ovector_pointer(m1)[1] != pcre2_get_ovector_pointer(m2)[1]))
+                abort();
+        }
+        pcre2_match_context_free(mc);
+        pcre2_match_data_free(m1);
+        pcre2_match_data_free(m2);
+        pcre2_code_free(sc);
+    }
+    free(sh);
+    pcre2_code_free(pc);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -35,6 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (strlen(x) > xl)
                     abort();
                 free(x);
+                check_rewrites(r);
             }
         }
     }

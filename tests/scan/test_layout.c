@@ -7,8 +7,13 @@
  * small odd-sized chunks (stream writes cut anywhere must not change hits).
  *
  * And, as a reference independent of Hyperscan: every body and raw-body
- * rule counted once (no `multiple`) that Hyperscan ran exactly hits exactly
- * when PCRE2 alone matches the same kept text.
+ * rule counted once (no `multiple`) that Hyperscan ran exactly, or whose
+ * prefilter match PCRE2 confirms (with a twin, a locator: engine.c), hits
+ * exactly when PCRE2 alone matches the same kept text.
+ *
+ * Beside the corpus, 48 generated messages that fill in forms, so that the
+ * __FILL_THIS_FORM_* rules (too large for PCRE2 as written, located
+ * confirmation) hit and nearly hit.
  *
  * Environment: SHARED_CORPUS (folder tree of messages), SCAN_CACHE_DIR.
  * Skips when Debian's spamassassin package (the stock rules) is missing.
@@ -52,6 +57,52 @@ static void values(struct mx_scan_worker *w, size_t nrules, size_t i, size_t chu
     mx_scan_msg_free(m);
 }
 
+/* Append generated form-filling messages to the corpus (see the top). */
+static void add_forms(void)
+{
+    static const char *const fields[] = {"full name",      "home address",
+                                         "phone number",   "age",
+                                         "occupation",     "country",
+                                         "city",           "date of birth",
+                                         "marital status", "sex",
+                                         "email",          "bank name",
+                                         "account number", "passport number",
+                                         "zip code",       "monthly income",
+                                         "next of kin",    "nationality"};
+    static const char *const seps[] = {
+        ": ____________\n",        ":\n", " ..........\n", ": \n\n", " / ", " and ",
+        ": Please write it here\n"};
+    uint32_t seed = 12345;
+    for (int k = 0; k < 48; k++) {
+        size_t cap = 8192, n = 0;
+        char *b = malloc(cap);
+        assert_non_null(b);
+        n += (size_t)snprintf(b + n, cap - n,
+                              "From: \"Barrister\" <a@example.net>\nTo: b@example.com\n"
+                              "Subject: claim %d\nMessage-ID: <form%d@example.net>\n"
+                              "Date: Mon, 07 Dec 2026 10:00:00 +0000\n\n"
+                              "Dear friend,\nto claim the funds reply with the following:\n\n",
+                              k, k);
+        int nf = 1 + k % 7;
+        for (int f = 0; f < nf; f++) {
+            seed = seed * 1103515245u + 12345u;
+            const char *fld = fields[(seed >> 8) % (sizeof fields / sizeof *fields)];
+            const char *sep = seps[(seed >> 16) % (sizeof seps / sizeof *seps)];
+            if ((k / 7) % 2)
+                n += (size_t)snprintf(b + n, cap - n, "%d. ", f + 1);
+            n += (size_t)snprintf(b + n, cap - n, "%s%s%s", (seed >> 24) & 1 ? "Your " : "", fld,
+                                  sep);
+        }
+        n += (size_t)snprintf(b + n, cap - n, "\nRegards,\nJames\n");
+        struct corpus_file *nf2 = realloc(files, (nfiles + 1) * sizeof *nf2);
+        assert_non_null(nf2);
+        files = nf2;
+        files[nfiles].b = b;
+        files[nfiles].n = n;
+        nfiles++;
+    }
+}
+
 static void test_layouts_same_hits(void **state)
 {
     (void)state;
@@ -63,6 +114,7 @@ static void test_layouts_same_hits(void **state)
     assert_non_null(corpus);
     corpus_files_load(corpus);
     assert_true(nfiles > 100);
+    add_forms();
 
     const char *paths[] = {"/etc/spamassassin", "/usr/share/spamassassin"};
     struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = 2,
@@ -114,7 +166,7 @@ static void test_layouts_same_hits(void **state)
     struct mx_scan_worker *w = mx_scan_worker_new(cur);
     assert_non_null(w);
     pcre2_match_data *md = pcre2_match_data_create(4, NULL);
-    size_t checked = 0, agree_hits = 0, mismatch = 0;
+    size_t checked = 0, agree_hits = 0, mismatch = 0, confirmed = 0, located_hits = 0;
     for (size_t i = 0; i < nfiles; i++) {
         struct mx_scan_msg *m = mx_scan_msg_begin(w);
         mx_scan_msg_feed(m, (const uint8_t *)files[i].b, files[i].n);
@@ -126,8 +178,9 @@ static void test_layouts_same_hits(void **state)
         }
         for (size_t ri = 0; ri < nr; ri++) {
             const struct mx_rule *rule = &rs->rules[ri];
+            int how = mx_scan_engine_rule_how(cur, ri);
             if ((rule->type != MX_RULE_BODY && rule->type != MX_RULE_RAWBODY) ||
-                (rule->tflags & MX_TF_MULTIPLE) || mx_scan_engine_rule_how(cur, ri) != 'h')
+                (rule->tflags & MX_TF_MULTIPLE) || (how != 'h' && how != 'f'))
                 continue;
             const pcre2_code *pc = mx_scan_engine_rule_pcre(cur, ri);
             if (!pc)
@@ -145,15 +198,19 @@ static void test_layouts_same_hits(void **state)
             bool got = mx_scan_msg_rule_value(m, ri) != 0;
             checked++;
             agree_hits += ref && got;
+            confirmed += how == 'f';
+            located_hits += ref && got && strncmp(rule->name, "__FILL_THIS_FORM_", 17) == 0;
             if (ref != got && mismatch++ < 20)
                 printf("# message %zu rule %s: Hyperscan %d, PCRE2 %d\n", i, rule->name, got, ref);
         }
         mx_scan_msg_free(m);
     }
-    printf("# PCRE2 reference: %zu (message, rule) pairs, %zu hits agree, %zu differ\n", checked,
-           agree_hits, mismatch);
+    printf("# PCRE2 reference: %zu (message, rule) pairs (%zu confirmed by PCRE2), %zu hits agree "
+           "(%zu __FILL_THIS_FORM_*), %zu differ\n",
+           checked, confirmed, agree_hits, located_hits, mismatch);
     assert_int_equal(mismatch, 0);
     assert_true(agree_hits > 50);
+    assert_true(located_hits > 20); /* the generated forms do hit */
     pcre2_match_data_free(md);
     mx_scan_worker_free(w);
     mx_scan_engine_free(cur);
