@@ -278,6 +278,14 @@ static int add_u32(uint32_t **a, size_t *n, uint32_t v)
  * "pattern too large" retry recompiles the group), which bounds the sizes.
  */
 #define LAYOUT_VERSION 3
+/*
+ * Match limit of every PCRE2 search (PCRE2's own default: 10,000,000). A
+ * catastrophic regex on hostile text runs until the limit: ~13 ms per search
+ * at the default with JIT on this machine, for each of the ~300 regexes PCRE2
+ * may run on a message; 1.3 ms at this one. No search over the shared corpus
+ * comes near it (regex_errors 0 at 100,000 too: docs/SCAN.md).
+ */
+#define RX_MATCH_LIMIT 1000000
 /* bound of mx_rules_relax_repeats() for regexes prefilter mode rejects as
  * they are (classify()) */
 #define RELAX_MAX 10
@@ -1461,6 +1469,7 @@ struct mx_scan_worker {
     struct mx_scan_prof *prof; /* NULL unless a profiling tool attached one */
     hs_scratch_t *scratch;
     pcre2_match_data *md;
+    pcre2_match_context *mctx; /* RX_MATCH_LIMIT */
     magic_t magic;
     struct mx_scan_msg *free_list;
     unsigned live;
@@ -1614,8 +1623,11 @@ struct mx_scan_worker *mx_scan_worker_new(struct mx_scan_engine *e)
         }
     }
     w->md = pcre2_match_data_create(4, NULL);
+    w->mctx = pcre2_match_context_create(NULL);
+    if (w->mctx)
+        pcre2_set_match_limit(w->mctx, RX_MATCH_LIMIT);
     w->magic = magic_open(MAGIC_MIME_TYPE | MAGIC_ERROR);
-    if (!w->md || !w->magic || magic_load(w->magic, NULL) != 0) {
+    if (!w->md || !w->mctx || !w->magic || magic_load(w->magic, NULL) != 0) {
         mx_scan_worker_free(w);
         return NULL;
     }
@@ -1663,6 +1675,7 @@ void mx_scan_worker_free(struct mx_scan_worker *w)
     }
     hs_free_scratch(w->scratch);
     pcre2_match_data_free(w->md);
+    pcre2_match_context_free(w->mctx);
     if (w->magic)
         magic_close(w->magic);
     free(w);
@@ -2139,9 +2152,12 @@ static bool has_attachment_word(const char *v, size_t vl)
 static int rx_match(struct mx_scan_msg *m, const pcre2_code *pc, const char *s, size_t n,
                     size_t off)
 {
-    int rc = pcre2_match(pc, (PCRE2_SPTR)s, n, off, 0, m->w->md, NULL);
-    if (rc < PCRE2_ERROR_NOMATCH && m->regex_errors < UINT_MAX)
+    int rc = pcre2_match(pc, (PCRE2_SPTR)s, n, off, 0, m->w->md, m->w->mctx);
+    if (rc < PCRE2_ERROR_NOMATCH && m->regex_errors < UINT_MAX) {
         m->regex_errors++;
+        if (getenv("MX_SCAN_PROFILE"))
+            fprintf(stderr, "regex error %d on %zu bytes\n", rc, n);
+    }
     return rc;
 }
 
@@ -3011,10 +3027,7 @@ static bool located_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_
     qsort(m->starts, m->nstarts, sizeof *m->starts, cmp_u32);
     bool hit = false;
     for (size_t i = 0; i < m->nstarts && !hit; i++) {
-        int rc = pcre2_match(lc->anchored, (PCRE2_SPTR)s, n, m->starts[i], 0, w->md, NULL);
-        if (rc < PCRE2_ERROR_NOMATCH && m->regex_errors < UINT_MAX)
-            m->regex_errors++;
-        hit = rc >= 0;
+        hit = rx_match(m, lc->anchored, s, n, m->starts[i]) >= 0;
     }
     if (w->prof) {
         w->prof->r_pcre_ns[ri] += cpu_ns() - t0;

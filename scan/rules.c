@@ -1753,6 +1753,15 @@ static void rv_seq(struct rv *r, struct sb *out)
                            (size_t)snprintf(lit, sizeof lit, "\\x%02x", (unsigned char)re[k]));
             }
             r->i = i + q;
+            /* a quantifier after \Q..\E repeats its last character; after an
+             * empty one it would stick to the item before (a+\Q\E+) */
+            size_t at = r->i;
+            if (end > i + 2 && l.n)
+                rv_quant(r, &l.v[l.n - 1]);
+            else
+                rv_quant(r, NULL);
+            if (end == i + 2 && r->i != at)
+                r->bad = true;
             continue;
         }
         struct sb *it = rv_push(r, &l);

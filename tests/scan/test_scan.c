@@ -328,6 +328,7 @@ static void test_rules_reverse(void **state)
         {"(?>ab)+c", "c(?:ba)+"},
         {"(?i:ab)c", "c(?i:ba)"},
         {"\\Qa.\\E!", "!\\x2e\\x61"},
+        {"\\Qab\\E{2,3}c", "c\\x62{2,3}\\x61"},
         {"\\x{41}b\\x42", "\\x42b\\x{41}"},
         {"[[:alpha:]]x[]a]", "[]a]x[[:alpha:]]"},
         {"(?<name>ab)c", "c(?:ba)"},
@@ -342,8 +343,9 @@ static void test_rules_reverse(void **state)
         assert_string_equal(r, cases[i][1]);
         free(r);
     }
-    static const char *const refused[] = {"(a)\\1",  "a(?i)b", "(?(1)a|b)", "(?1)",   "a\\Kb",
-                                          "(*UTF)a", "\\R",    "(?|a|b)",   "(?P=x)", "a)"};
+    static const char *const refused[] = {"(a)\\1", "a(?i)b",  "(?(1)a|b)", "(?1)",
+                                          "a\\Kb",  "(*UTF)a", "\\R",       "(?|a|b)",
+                                          "(?P=x)", "a)",      "a+\\Q\\E+"};
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         assert_null(mx_rules_reverse(refused[i], false));
     assert_null(mx_rules_reverse("a b", true)); /* /x */
@@ -535,6 +537,13 @@ static void test_engine_regex_limit(void **state)
     assert_int_equal(r.regex_errors, 0);
     assert_false(r.flags & MX_SCAN_TRUNCATED);
     assert_true(value_after("Subject: x\r\n\r\naaaab\r\n", "RX_LIMIT") == 1);
+    /* the engine's limit (RX_MATCH_LIMIT, 1,000,000) is lower than PCRE2's
+     * default (10,000,000, which searches 20 a's to the end: no match, no
+     * error); 18 a's stay under it */
+    scan("Subject: x\r\n\r\naaaaaaaaaaaaaaaaaaaa\r\n", &r);
+    assert_int_equal(r.regex_errors, 1);
+    scan("Subject: x\r\n\r\naaaaaaaaaaaaaaaaaa\r\n", &r);
+    assert_int_equal(r.regex_errors, 0);
 }
 
 static void test_engine_charset(void **state)
