@@ -3026,9 +3026,8 @@ static bool located_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_
     /* leftmost first, as a plain search would find it */
     qsort(m->starts, m->nstarts, sizeof *m->starts, cmp_u32);
     bool hit = false;
-    for (size_t i = 0; i < m->nstarts && !hit; i++) {
+    for (size_t i = 0; i < m->nstarts && !hit; i++)
         hit = rx_match(m, lc->anchored, s, n, m->starts[i]) >= 0;
-    }
     if (w->prof) {
         w->prof->r_pcre_ns[ri] += cpu_ns() - t0;
         w->prof->r_pcre_calls[ri]++;

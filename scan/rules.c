@@ -1610,11 +1610,15 @@ static void rv_quant(struct rv *r, struct sb *item)
     if (re[i] == '*' || re[i] == '+' || re[i] == '?') {
         k = 1;
     } else if (re[i] == '{' && i + 1 < n && isdigit((unsigned char)re[i + 1])) {
+        /* {m} {m,} {m,n}; anything else is a literal '{' */
         size_t j = i + 1;
-        while (j < n && (isdigit((unsigned char)re[j]) || re[j] == ','))
+        while (j < n && isdigit((unsigned char)re[j]))
             j++;
+        if (j < n && re[j] == ',')
+            for (j++; j < n && isdigit((unsigned char)re[j]);)
+                j++;
         if (j >= n || re[j] != '}')
-            return; /* a literal '{' */
+            return;
         k = j + 1 - i;
     } else {
         return;
@@ -1784,6 +1788,9 @@ static void rv_seq(struct rv *r, struct sb *out)
             kept = false; /* anchors only narrow what matches */
             r->i++;
         } else {
+            /* a literal brace, escaped: reversed, "}3{" would read "{3}" */
+            if (c == '{' || c == '}')
+                sb_add(it, "\\", 1);
             sb_add(it, re + i, 1);
             r->i++;
         }

@@ -228,24 +228,27 @@ int main(int argc, char **argv)
         if (v.db)
             hs_alloc_scratch(v.db, &scratch);
     }
-    printf("%-3s %-7s %-18s %-8s %4s %4s %6s %8s %9s %8s %9s %9s %10s\n", "db", "scope",
-           "target", "kind", "pats", "pcre", "state", "calls", "MB", "ms", "replay-ms",
+    printf("%-3s %-7s %-18s %-8s %4s %4s %6s %8s %8s %9s %8s %9s %9s %10s\n", "db", "scope",
+           "target", "kind", "pats", "pcre", "state", "db-KB", "calls", "MB", "ms", "replay-ms",
            "MB/s", "callbacks");
     for (size_t i = 0; i < ndb; i++) {
         struct mx_scan_dbview v;
         mx_scan_engine_dbview(e, i, &v);
-        size_t state = 0;
+        size_t state = 0, dbsize = 0;
         if (v.db && v.stream)
             hs_stream_size(v.db, &state);
+        if (v.db)
+            hs_database_size(v.db, &dbsize);
         uint64_t cbs = 0, rm = 0;
         for (size_t k = 0; v.ids && k < v.npatterns; k++)
             cbs += p.r_matches[v.ids[k]];
         double rs_s = v.db ? replay(v.db, v.stream, &p.cap[i], scratch, &rm) : 0;
-        printf("%-3zu %-7s %-18.18s %-8s %4zu %4zu %6zu %8llu %9.3f %8.2f %9.2f %9.1f %10llu\n", i,
-               v.scope, v.target, v.kind, v.npatterns, v.npcre, state,
-               (unsigned long long)p.db_calls[i], (double)p.db_bytes[i] / 1e6,
-               (double)p.db_ns[i] / 1e6, rs_s * 1e3,
-               rs_s > 0 ? (double)p.cap[i].len / 1e6 / rs_s : 0.0, (unsigned long long)cbs);
+        printf(
+            "%-3zu %-7s %-18.18s %-8s %4zu %4zu %6zu %8zu %8llu %9.3f %8.2f %9.2f %9.1f %10llu\n",
+            i, v.scope, v.target, v.kind, v.npatterns, v.npcre, state, dbsize / 1024,
+            (unsigned long long)p.db_calls[i], (double)p.db_bytes[i] / 1e6,
+            (double)p.db_ns[i] / 1e6, rs_s * 1e3,
+            rs_s > 0 ? (double)p.cap[i].len / 1e6 / rs_s : 0.0, (unsigned long long)cbs);
     }
     if (exact) {
         /* try one rule's pattern in exact mode (without the prefilter flag),

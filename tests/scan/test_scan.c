@@ -333,7 +333,9 @@ static void test_rules_reverse(void **state)
         {"[[:alpha:]]x[]a]", "[]a]x[[:alpha:]]"},
         {"(?<name>ab)c", "c(?:ba)"},
         {"(?#note)ab", "ba"},
-        {"a{,3}", "}3,{a"}, /* not a quantifier in PCRE2 10.42: literals */
+        {"a{,3}", "\\}3,\\{a"}, /* not a quantifier in PCRE2 10.42: literals */
+        {"a}3{", "\\{3\\}a"},
+        {"b{1,2,3}", "\\}3,2,1\\{b"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *r = mx_rules_reverse(cases[i][0], false);
