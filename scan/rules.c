@@ -1768,6 +1768,16 @@ static void rv_seq(struct rv *r, struct sb *out)
                 r->bad = true;
             continue;
         }
+        if (c == '\\' && i + 1 < n && re[i + 1] == 'E') {
+            /* a stray \E is ignored; a quantifier after it would stick to
+             * the item before, like after an empty \Q\E: refused */
+            r->i += 2;
+            size_t at = r->i;
+            rv_quant(r, NULL);
+            if (r->i != at)
+                r->bad = true;
+            continue;
+        }
         struct sb *it = rv_push(r, &l);
         if (!it)
             break;

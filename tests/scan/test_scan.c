@@ -336,6 +336,7 @@ static void test_rules_reverse(void **state)
         {"a{,3}", "\\}3,\\{a"}, /* not a quantifier in PCRE2 10.42: literals */
         {"a}3{", "\\{3\\}a"},
         {"b{1,2,3}", "\\}3,2,1\\{b"},
+        {"a\\Eb", "ba"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *r = mx_rules_reverse(cases[i][0], false);
@@ -347,7 +348,7 @@ static void test_rules_reverse(void **state)
     }
     static const char *const refused[] = {"(a)\\1", "a(?i)b",  "(?(1)a|b)", "(?1)",
                                           "a\\Kb",  "(*UTF)a", "\\R",       "(?|a|b)",
-                                          "(?P=x)", "a)",      "a+\\Q\\E+"};
+                                          "(?P=x)", "a)",      "a+\\Q\\E+", "[ab]\\E+"};
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         assert_null(mx_rules_reverse(refused[i], false));
     assert_null(mx_rules_reverse("a b", true)); /* /x */
