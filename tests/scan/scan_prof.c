@@ -10,7 +10,8 @@
  *   - with -s, through every pattern compiled alone with the same flags and
  *     mode, printing the slowest patterns and those with the most callbacks.
  *
- * usage: scan_prof [-c CACHE] [-L LAYOUT] [-s] [-n TOP] [-x RULE [-R N]] -r RULES [-r RULES...] CORPUS...
+ * usage: scan_prof [-c CACHE] [-L LAYOUT] [-s] [-C] [-n TOP] [-x RULE [-R N]] -r RULES [-r RULES...] CORPUS...
+ *   -C: replay with the caches evicted before each message (cold tables)
  *   -L 1: the original database organisation (see engine.c LAYOUT_VERSION)
  *   -x RULE: that rule's pattern alone as is, exact, relaxed, relaxed prefilter
  *   -R N: the bound of the relaxation for -x (repeats above N become {min(m,N),}; 10)
@@ -49,15 +50,26 @@ static int count_cb(unsigned id, unsigned long long from, unsigned long long to,
     return 0;
 }
 
+/* -C: caches are evicted between messages (a write over this many bytes,
+ * not timed), as the engine's other work and other databases do between
+ * two calls of one database */
+#define EVICT_BYTES (64u << 20)
+static unsigned char *evict;
+
 /* Replay a capture through db the way the engine called it; returns seconds
- * and the number of match callbacks in *matches. */
+ * (of the Hyperscan calls only) and the number of match callbacks in
+ * *matches. */
 static double replay1(const hs_database_t *db, bool stream, const struct mx_scan_capture *c,
                       hs_scratch_t *scratch, uint64_t *matches)
 {
     *matches = 0;
-    double t0 = now();
+    double t = 0;
     size_t start = 0;
     for (size_t u = 0; u < c->nends; u++) {
+        if (evict)
+            for (size_t k = 0; k < EVICT_BYTES; k += 64)
+                evict[k]++;
+        double t0 = now();
         size_t end = c->ends[u];
         if (stream) {
             hs_stream_t *st;
@@ -72,9 +84,10 @@ static double replay1(const hs_database_t *db, bool stream, const struct mx_scan
         } else {
             hs_scan(db, c->buf + start, (unsigned)(end - start), 0, scratch, count_cb, matches);
         }
+        t += now() - t0;
         start = end;
     }
-    return now() - t0;
+    return t;
 }
 
 /* PCRE2 over the same units (a match or not per unit, as the engine
@@ -138,7 +151,11 @@ int main(int argc, char **argv)
     const char *exact = NULL;
     int layout = 0; /* 0: the current one */
     unsigned relax = 10;
-    while ((c = getopt(argc, argv, "r:c:sn:x:L:R:")) != -1) {
+    while ((c = getopt(argc, argv, "r:c:sn:x:L:R:C")) != -1) {
+        if (c == 'C') {
+            evict = calloc(1, EVICT_BYTES);
+            continue;
+        }
         if (c == 'r' && nr < 16)
             rules[nr++] = optarg;
         else if (c == 'c')
