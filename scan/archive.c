@@ -314,10 +314,18 @@ static unsigned walk_level(struct walk *w, const uint8_t *data, size_t len, cons
 }
 
 unsigned mx_archive_walk(const uint8_t *data, size_t len, const char *name,
-                         const struct mx_archive_limits *lim, mx_archive_cb cb, void *ud)
+                         const struct mx_archive_limits *lim, mx_archive_cb cb, void *ud,
+                         struct mx_archive_usage *use)
 {
     struct walk w = {.lim = lim, .cb = cb, .ud = ud};
+    unsigned flags;
     if (lim->max_depth == 0 || len > lim->max_bytes)
-        return MX_ARCH_ARCHIVE | MX_ARCH_LIMIT;
-    return walk_level(&w, data, len, name && *name ? name : "attachment", 1);
+        flags = MX_ARCH_ARCHIVE | MX_ARCH_LIMIT;
+    else
+        flags = walk_level(&w, data, len, name && *name ? name : "attachment", 1);
+    if (use) {
+        use->total = w.total;
+        use->members = w.members;
+    }
+    return flags;
 }

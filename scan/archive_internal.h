@@ -57,6 +57,14 @@ struct mx_archive_member {
 
 typedef void (*mx_archive_cb)(void *ud, const struct mx_archive_member *mb);
 
+/** What one walk used, for the engine's per-message budget: a message's
+ * walks share scan.archive_max_message_total / _members, so the engine
+ * gives each walk the smaller of the per-attachment limit and what is left. */
+struct mx_archive_usage {
+    uint64_t total;   /* bytes decompressed, all levels, drained ones included */
+    unsigned members; /* member headers read, all levels */
+};
+
 /**
  * Does content starting with `head` (n bytes), named `name` (may be NULL or
  * ""), look like an archive worth opening? Signatures: zip, rar (4 and 5),
@@ -71,10 +79,12 @@ bool mx_archive_sniff(const uint8_t *head, size_t n, const char *name);
  * regular-file member to `cb` (members of a nested archive before the
  * nested archive itself). Data that libarchive reads as no archive at all
  * (the raw format without a compression filter) reports nothing.
+ * @param use  receives what the walk used (may be NULL)
  * @return the flags of the archive: MX_ARCH_ARCHIVE when it was read as
  *         one, plus ENCRYPTED / CORRUPT / LIMIT seen anywhere inside it.
  */
 unsigned mx_archive_walk(const uint8_t *data, size_t len, const char *name,
-                         const struct mx_archive_limits *lim, mx_archive_cb cb, void *ud);
+                         const struct mx_archive_limits *lim, mx_archive_cb cb, void *ud,
+                         struct mx_archive_usage *use);
 
 #endif

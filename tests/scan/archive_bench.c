@@ -148,14 +148,14 @@ int main(int argc, char **argv)
             c.members = 0;
             c.size = 0;
             double t0 = cpu_us();
-            af = mx_archive_walk(d, (size_t)n, base, &lim, on_member, &c);
+            af = mx_archive_walk(d, (size_t)n, base, &lim, on_member, &c, NULL);
             t[r] = cpu_us() - t0;
         }
         double walk = median(t, runs);
         struct count c0 = {.magic = NULL};
         for (int r = 0; r < runs; r++) {
             double t0 = cpu_us();
-            (void)mx_archive_walk(d, (size_t)n, base, &lim, on_member, &c0);
+            (void)mx_archive_walk(d, (size_t)n, base, &lim, on_member, &c0, NULL);
             t[r] = cpu_us() - t0;
         }
         double walk0 = median(t, runs);

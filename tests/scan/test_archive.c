@@ -533,14 +533,130 @@ static void test_text_types(void **state)
     unlink(path);
 }
 
+/* Scan `n` attachments in one message with engine `eng`. */
+static void scan_parts(struct mx_scan_engine *e, const struct attach_part *parts, size_t n,
+                       struct out *out)
+{
+    char *msg = attach_msgv(parts, n, NULL);
+    assert_non_null(msg);
+    scan_msg(e, msg, out);
+    free(msg);
+}
+
+/* The message's budget (archive_max_message_total / _members): the walks of
+ * all its archive attachments share it; the attachment that reaches it stops
+ * there (`limit`, its first member still seen: MEMBER_TEXT), those after it
+ * are not opened (`limit` on the attachment, none of its members seen). The
+ * result names a1.zip in every case (TOP_ARCHIVE hits it first), so the hit
+ * lists tell the cases apart. */
+static void test_message_budget(void **state)
+{
+    (void)state;
+    struct out o;
+    static uint8_t zeros[1 << 20];
+    const struct ent z[] = {{"z.bin", zeros, sizeof zeros, 0}};
+    const struct ent last[] = {{"notes.md", text, sizeof text - 1, 0},
+                               {"z.bin", zeros, sizeof zeros, 0},
+                               {"x.exe", text, sizeof text - 1, 0}};
+    size_t zl, ll;
+    uint8_t *za = make_archive("zip", NULL, NULL, NULL, z, 1, &zl);
+    uint8_t *la = make_archive("zip", NULL, NULL, NULL, last, 3, &ll);
+    const struct attach_part parts[] = {
+        {"a1.zip", za, zl}, {"a2.zip", za, zl}, {"a3.zip", za, zl}, {"a4.zip", la, ll}};
+    /* the defaults: 4 MiB inflated is far within the budget */
+    scan_parts(eng, parts, 4, &o);
+    assert_string_equal(o.hits, "BAD_EXE,MEMBER_TEXT,TOP_ARCHIVE");
+    assert_false(o.flags & MX_SCAN_TRUNCATED);
+    /* 3.5 MiB: a4.zip is opened with 0.5 MiB left, stops inside z.bin */
+    struct mx_scan_engine *e1 = load((struct mx_scan_opts){.archive_max_message_total = 7u << 19});
+    scan_parts(e1, parts, 4, &o);
+    assert_string_equal(o.hits, "LIMIT,MEMBER_TEXT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e1);
+    /* 3 MiB: spent by a1-a3, a4.zip is not opened at all */
+    e1 = load((struct mx_scan_opts){.archive_max_message_total = 3u << 20});
+    scan_parts(e1, parts, 4, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    /* a budget is the message's: the next message on the same engine has
+     * its own (and a worker's pooled message starts from zero) */
+    const struct attach_part one[] = {{"a4.zip", la, ll}};
+    scan_parts(e1, one, 1, &o);
+    assert_string_equal(o.hits, "BAD_EXE,MEMBER_TEXT,TOP_ARCHIVE");
+    mx_scan_engine_free(e1);
+    free(za);
+    free(la);
+
+    /* members: two per archive, the third archive's second member is the
+     * 6th of the message (as with archive_max_members, a walk that has used
+     * its last member is `limit` without trying for one more: 7 to pass) */
+    const struct ent m1[] = {{"a.txt", text, sizeof text - 1, 0},
+                             {"b.txt", text, sizeof text - 1, 0}};
+    const struct ent m3[] = {{"notes.md", text, sizeof text - 1, 0},
+                             {"f.exe", text, sizeof text - 1, 0}};
+    size_t l1, l3;
+    uint8_t *a1 = make_archive("zip", NULL, NULL, NULL, m1, 2, &l1);
+    uint8_t *a3 = make_archive("7zip", NULL, NULL, NULL, m3, 2, &l3);
+    const struct attach_part mp[] = {{"m1.zip", a1, l1}, {"m2.zip", a1, l1}, {"m3.7z", a3, l3}};
+    e1 = load((struct mx_scan_opts){.archive_max_message_members = 7});
+    scan_parts(e1, mp, 3, &o);
+    assert_string_equal(o.hits, "BAD_EXE,MEMBER_TEXT,TOP_ARCHIVE");
+    assert_false(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e1);
+    e1 = load((struct mx_scan_opts){.archive_max_message_members = 5});
+    scan_parts(e1, mp, 3, &o);
+    assert_string_equal(o.hits, "LIMIT,MEMBER_TEXT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e1);
+    e1 = load((struct mx_scan_opts){.archive_max_message_members = 4});
+    scan_parts(e1, mp, 3, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    mx_scan_engine_free(e1);
+    free(a1);
+    free(a3);
+}
+
+/* Eight 48 MiB zip bombs in one message under the defaults (64 MiB each,
+ * 256 MiB for the message): five are read through, the sixth stops at the
+ * budget, the last two are not opened: the exe in the eighth is not seen,
+ * the message is truncated, and the walk inflated 256 MiB, not 384. */
+static void test_message_bombs(void **state)
+{
+    (void)state;
+    struct out o;
+    static uint8_t zeros[1 << 20];
+    const struct ent b[] = {{"zeros.bin", zeros, sizeof zeros, 48}};
+    const struct ent bx[] = {{"x.exe", text, sizeof text - 1, 0},
+                             {"zeros.bin", zeros, sizeof zeros, 48}};
+    size_t bl, bxl;
+    uint8_t *ba = make_archive("zip", NULL, NULL, NULL, b, 1, &bl);
+    uint8_t *bxa = make_archive("zip", NULL, NULL, NULL, bx, 2, &bxl);
+    struct attach_part parts[8];
+    char names[8][16];
+    for (int i = 0; i < 8; i++) {
+        snprintf(names[i], sizeof names[i], "bomb%d.zip", i + 1);
+        parts[i] = (struct attach_part){names[i], i == 7 ? bxa : ba, i == 7 ? bxl : bl};
+    }
+    scan_parts(eng, parts, 8, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    /* alone, the eighth is read within its own limits */
+    scan_parts(eng, parts + 7, 1, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    assert_false(o.flags & MX_SCAN_TRUNCATED);
+    free(ba);
+    free(bxa);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rule_parse),    cmocka_unit_test(test_zip_member),
-        cmocka_unit_test(test_formats),       cmocka_unit_test(test_nested_depth),
-        cmocka_unit_test(test_member_limit),  cmocka_unit_test(test_bomb_and_size),
-        cmocka_unit_test(test_corrupt),       cmocka_unit_test(test_encrypted),
-        cmocka_unit_test(test_default_rules), cmocka_unit_test(test_text_types),
+        cmocka_unit_test(test_rule_parse),     cmocka_unit_test(test_zip_member),
+        cmocka_unit_test(test_formats),        cmocka_unit_test(test_nested_depth),
+        cmocka_unit_test(test_member_limit),   cmocka_unit_test(test_bomb_and_size),
+        cmocka_unit_test(test_corrupt),        cmocka_unit_test(test_encrypted),
+        cmocka_unit_test(test_default_rules),  cmocka_unit_test(test_text_types),
+        cmocka_unit_test(test_message_budget), cmocka_unit_test(test_message_bombs),
     };
     return cmocka_run_group_tests_name("archive", tests, setup, teardown);
 }
