@@ -136,7 +136,6 @@ static void raw_member_name(const char *archive, char *out, size_t cap)
         snprintf(out, cap, "%s", *base ? base : "data");
 }
 
-
 /*
  * The 7z header check (see the top of the file). It flags only what it has
  * read for certain: a header it cannot parse is left to libarchive, which
@@ -225,8 +224,8 @@ static uint32_t sz_le32(const uint8_t *p)
 }
 
 /* one coder's declared memory against the cap */
-static void sz_coder(struct sz_streams *s, const uint8_t *id, unsigned idlen,
-                     const uint8_t *props, uint64_t np, uint64_t cap)
+static void sz_coder(struct sz_streams *s, const uint8_t *id, unsigned idlen, const uint8_t *props,
+                     uint64_t np, uint64_t cap)
 {
     uint64_t mem = 0;
     if (idlen == 1 && id[0] == 0x21 && np >= 1) { /* LZMA2 */
@@ -385,7 +384,8 @@ static uint8_t *sz_decode(const struct sz_streams *s, const uint8_t *in, size_t 
 {
     lzma_filter f[2] = {{.id = s->idlen == 1 ? LZMA_FILTER_LZMA2 : LZMA_FILTER_LZMA1},
                         {.id = LZMA_VLI_UNKNOWN}};
-    if (s->nprops > 5 || lzma_properties_decode(&f[0], NULL, s->props, (size_t)s->nprops) != LZMA_OK)
+    if (s->nprops > 5 ||
+        lzma_properties_decode(&f[0], NULL, s->props, (size_t)s->nprops) != LZMA_OK)
         return NULL;
     lzma_stream z = LZMA_STREAM_INIT;
     lzma_ret rc = lzma_raw_decoder(&z, f);

@@ -12,6 +12,7 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <lzma.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -533,6 +534,169 @@ static void test_text_types(void **state)
     unlink(path);
 }
 
+/* 7z's variable-length number (see sz_num() in scan/archive.c) */
+static size_t put_7znum(uint8_t *o, uint64_t v)
+{
+    unsigned n = 0;
+    while (n < 8 && v >= (1ull << (8 * n + 7 - n)))
+        n++;
+    o[0] = (uint8_t)((0xff00u >> n) & 0xff);
+    if (n < 8)
+        o[0] |= (uint8_t)(v >> (8 * n));
+    for (unsigned i = 0; i < n; i++)
+        o[1 + i] = (uint8_t)(v >> (8 * i));
+    return 1 + n;
+}
+
+/*
+ * A one-member 7z written by libarchive with `options` (its header is
+ * plain: one entry), the declared memory of its coder set to `mem` when not
+ * 0 (LZMA2: the dictionary byte; PPMd: the model size), and when `encode`,
+ * its header packed with LZMA2 the way 7-Zip packs headers, the packed
+ * header declaring `hdr_unpack` bytes when not 0.
+ */
+static uint8_t *make_7z(const char *options, uint32_t mem, bool encode, uint64_t hdr_unpack,
+                        const struct ent *e, size_t *outlen)
+{
+    size_t len;
+    uint8_t *a = make_archive("7zip", NULL, options, NULL, e, 1, &len);
+    uint64_t off = 0, size = 0;
+    for (int i = 7; i >= 0; i--) {
+        off = off << 8 | a[12 + i];
+        size = size << 8 | a[20 + i];
+    }
+    uint8_t *h = a + 32 + off;
+    assert_int_equal(h[0], 0x01); /* kHeader */
+    if (mem) {
+        bool ppmd = strstr(options, "ppmd") != NULL;
+        static const uint8_t lzma2[] = {0x21, 0x21, 0x01}, pp[] = {0x23, 0x03, 0x04, 0x01, 0x05};
+        const uint8_t *pat = ppmd ? pp : lzma2;
+        size_t pl = ppmd ? sizeof pp : sizeof lzma2, i = 0;
+        while (i + pl + 5 <= size && memcmp(h + i, pat, pl) != 0)
+            i++;
+        assert_true(i + pl + 5 <= size);
+        if (ppmd)
+            for (int k = 0; k < 4; k++)
+                h[i + pl + 1 + k] = (uint8_t)(mem >> (8 * k));
+        else
+            h[i + pl] = (uint8_t)mem;
+    }
+    uint8_t *out = malloc(len + 4096);
+    assert_non_null(out);
+    memcpy(out, a, 32 + off);
+    size_t o = 32 + off;
+    if (encode) {
+        lzma_options_lzma opt;
+        assert_false(lzma_lzma_preset(&opt, 1));
+        lzma_filter f[] = {{LZMA_FILTER_LZMA2, &opt}, {LZMA_VLI_UNKNOWN, NULL}};
+        size_t pk = 0;
+        assert_int_equal(lzma_raw_buffer_encode(f, NULL, h, size, out + o, &pk, len + 2048),
+                         LZMA_OK);
+        uint32_t propsz;
+        uint8_t prop;
+        assert_int_equal(lzma_properties_size(&propsz, f), LZMA_OK);
+        assert_int_equal(propsz, 1);
+        assert_int_equal(lzma_properties_encode(f, &prop), LZMA_OK);
+        size_t eh = o + pk, p = eh;
+        out[p++] = 0x17; /* kEncodedHeader */
+        out[p++] = 0x06; /* PackInfo: at off, one stream of pk bytes */
+        p += put_7znum(out + p, off);
+        out[p++] = 1;
+        out[p++] = 0x09;
+        p += put_7znum(out + p, pk);
+        out[p++] = 0x00;
+        out[p++] = 0x07; /* UnpackInfo: one folder, one LZMA2 coder */
+        out[p++] = 0x0b;
+        out[p++] = 1;
+        out[p++] = 0;
+        out[p++] = 1;
+        out[p++] = 0x21;
+        out[p++] = 0x21;
+        out[p++] = 1;
+        out[p++] = prop;
+        out[p++] = 0x0c;
+        p += put_7znum(out + p, hdr_unpack ? hdr_unpack : size);
+        out[p++] = 0x00;
+        out[p++] = 0x00;
+        off += pk;
+        size = p - eh;
+        h = out + eh;
+        o = p;
+    } else {
+        memcpy(out + o, h, size);
+        o += size;
+    }
+    for (int i = 0; i < 8; i++) {
+        out[12 + i] = (uint8_t)(off >> (8 * i));
+        out[20 + i] = (uint8_t)(size >> (8 * i));
+    }
+    uint32_t crc = lzma_crc32(h, size, 0);
+    for (int i = 0; i < 4; i++)
+        out[28 + i] = (uint8_t)(crc >> (8 * i));
+    crc = lzma_crc32(out + 12, 20, 0);
+    for (int i = 0; i < 4; i++)
+        out[8 + i] = (uint8_t)(crc >> (8 * i));
+    free(a);
+    *outlen = o;
+    return out;
+}
+
+/* 7z coders declaring more memory than archive_max_total (an LZMA2
+ * dictionary of 1.5 GiB, a PPMd model of 1 GiB; libarchive would allocate
+ * them) are `limit` and the archive is not opened, whether the header is
+ * plain or packed; a packed header larger than archive_max_bytes too. The
+ * same archives with their own sizes are read. */
+static void test_7z_memory(void **state)
+{
+    (void)state;
+    struct out o;
+    uint8_t pe[512];
+    make_pe(pe, sizeof pe);
+    const struct ent e[] = {{"x.exe", pe, sizeof pe, 0}};
+    static const struct {
+        const char *options;
+        uint32_t mem;
+        bool encode;
+        uint64_t hdr_unpack;
+        const char *hits;
+    } cases[] = {
+        {"compression=lzma2", 0, false, 0, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"},
+        {"compression=lzma2", 0, true, 0, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"},
+        {"compression=lzma2", 28, false, 0, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"}, /* 64 MiB */
+        {"compression=lzma2", 29, false, 0, "LIMIT,TOP_ARCHIVE"},            /* 96 MiB */
+        {"compression=lzma2", 37, false, 0, "LIMIT,TOP_ARCHIVE"},            /* 1.5 GiB */
+        {"compression=lzma2", 40, true, 0, "LIMIT,TOP_ARCHIVE"},             /* 4 GiB */
+        {"compression=ppmd", 0, false, 0, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"},
+        {"compression=ppmd", 1u << 30, false, 0, "LIMIT,TOP_ARCHIVE"},
+        {"compression=ppmd", 1u << 30, true, 0, "LIMIT,TOP_ARCHIVE"},
+        {"compression=lzma2", 0, true, 5u << 20, "LIMIT,TOP_ARCHIVE"}, /* > 4 MiB header */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len;
+        uint8_t *a =
+            make_7z(cases[i].options, cases[i].mem, cases[i].encode, cases[i].hdr_unpack, e, &len);
+        char *msg = make_msg("a.7z", a, len);
+        scan_msg(eng, msg, &o);
+        if (strcmp(o.hits, cases[i].hits) != 0)
+            fprintf(stderr, "case %zu: %s\n", i, o.hits);
+        assert_string_equal(o.hits, cases[i].hits);
+        assert_int_equal(!!(o.flags & MX_SCAN_TRUNCATED), strncmp(cases[i].hits, "LIMIT", 5) == 0);
+        free(msg);
+        /* the same 7z in a gzip: libarchive does not read it as a 7z
+         * behind the filter, its raw member a.7z is checked one level
+         * deeper */
+        struct ent g[] = {{"a.7z", a, len, 0}};
+        size_t gl;
+        uint8_t *ga = make_archive("raw", "gzip", NULL, NULL, g, 1, &gl);
+        msg = make_msg("a.7z.gz", ga, gl);
+        scan_msg(eng, msg, &o);
+        assert_string_equal(o.hits, cases[i].hits);
+        free(msg);
+        free(ga);
+        free(a);
+    }
+}
+
 /* Scan `n` attachments in one message with engine `eng`. */
 static void scan_parts(struct mx_scan_engine *e, const struct attach_part *parts, size_t n,
                        struct out *out)
@@ -657,6 +821,7 @@ int main(void)
         cmocka_unit_test(test_corrupt),        cmocka_unit_test(test_encrypted),
         cmocka_unit_test(test_default_rules),  cmocka_unit_test(test_text_types),
         cmocka_unit_test(test_message_budget), cmocka_unit_test(test_message_bombs),
+        cmocka_unit_test(test_7z_memory),
     };
     return cmocka_run_group_tests_name("archive", tests, setup, teardown);
 }
