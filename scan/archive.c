@@ -142,6 +142,10 @@ static void raw_member_name(const char *archive, char *out, size_t cap)
  * then fails on it as well (CORRUPT).
  */
 #define SZ_SIG "7z\xbc\xaf\x27\x1c"
+/* files, folders, packed or unpacked streams of one 7z: libarchive
+ * allocates ~100 bytes per file before it reads them and touches every
+ * entry; 7z can describe a file in one bit of its header */
+#define SZ_MAX_COUNT (1u << 18)
 
 struct sz_rd {
     const uint8_t *p, *end;
@@ -155,7 +159,9 @@ struct sz_streams {
     unsigned idlen;
     const uint8_t *props;
     uint64_t nprops;
-    bool over;      /* a coder declares more memory than the cap */
+    bool over;      /* a coder declares more memory than the cap, or a
+                     * count is above SZ_MAX_COUNT */
+    bool bad;       /* a count larger than the header's bytes could describe */
     bool encrypted; /* an AES coder */
 };
 
@@ -198,24 +204,35 @@ static bool sz_skip(struct sz_rd *r, uint64_t n)
     return true;
 }
 
-/* a bit vector of n bits, or "all defined" (one byte) and nothing */
-static bool sz_digests(struct sz_rd *r, uint64_t n)
+/* digests of n items: "all defined" (one byte) or a bit vector, then a CRC
+ * for each defined one; defs (may be NULL) receives which are */
+static bool sz_digests(struct sz_rd *r, uint64_t n, uint8_t *defs)
 {
     uint8_t all;
     if (!sz_byte(r, &all))
         return false;
-    uint64_t defined = n;
-    if (!all) {
-        defined = 0;
-        for (uint64_t i = 0; i < n; i += 8) {
-            uint8_t b;
-            if (!sz_byte(r, &b))
-                return false;
-            for (unsigned k = 0; k < 8 && i + k < n; k++)
-                defined += (b >> (7 - k)) & 1;
-        }
+    uint64_t defined = all && !defs ? n : 0;
+    uint8_t b = 0;
+    for (uint64_t i = 0; i < n && (!all || defs); i++) {
+        if (!all && i % 8 == 0 && !sz_byte(r, &b))
+            return false;
+        bool d = all || ((b >> (7 - i % 8)) & 1);
+        defined += d;
+        if (defs)
+            defs[i] = d;
     }
     return defined <= UINT64_MAX / 4 && sz_skip(r, defined * 4);
+}
+
+/* A count libarchive allocates for: false (and over/bad set) when the walk
+ * must not let libarchive read on. */
+static bool sz_count(struct sz_streams *s, uint64_t n, const struct sz_rd *r)
+{
+    if (n > (uint64_t)(r->end - r->p))
+        s->bad = true;
+    else if (n > SZ_MAX_COUNT)
+        s->over = true;
+    return !s->bad && !s->over;
 }
 
 static uint32_t sz_le32(const uint8_t *p)
@@ -243,11 +260,15 @@ static void sz_coder(struct sz_streams *s, const uint8_t *id, unsigned idlen, co
         s->over = true;
 }
 
-/* StreamsInfo: PackInfo, then the folders of UnpackInfo with their coders
- * and output sizes; what follows (SubStreamsInfo) is not needed */
+/* StreamsInfo: PackInfo, the folders of UnpackInfo with their coders and
+ * output sizes, SubStreamsInfo; r is left after its end. Counts that
+ * libarchive allocates for (streams, folders) are checked as they come. */
 static bool sz_streams(struct sz_rd *r, struct sz_streams *s, uint64_t cap)
 {
-    uint64_t t, n;
+    uint64_t t, n, nfolders = 0;
+    uint8_t *crc = NULL;   /* per folder: its CRC is given */
+    uint64_t *nsub = NULL; /* per folder: its unpack streams */
+    bool ok = false;
     if (!sz_num(r, &t))
         return false;
     if (t == 0x06) { /* PackInfo */
@@ -260,6 +281,8 @@ static bool sz_streams(struct sz_rd *r, struct sz_streams *s, uint64_t cap)
             if (t == 0x00)
                 break;
             if (t == 0x09) {
+                if (!sz_count(s, npack, r))
+                    return true;
                 for (uint64_t i = 0; i < npack; i++) {
                     if (!sz_num(r, &n))
                         return false;
@@ -267,7 +290,7 @@ static bool sz_streams(struct sz_rd *r, struct sz_streams *s, uint64_t cap)
                         s->pack_size = n;
                 }
             } else if (t == 0x0a) {
-                if (!sz_digests(r, npack))
+                if (!sz_digests(r, npack, NULL))
                     return false;
             } else {
                 return false;
@@ -276,79 +299,135 @@ static bool sz_streams(struct sz_rd *r, struct sz_streams *s, uint64_t cap)
         if (!sz_num(r, &t))
             return false;
     }
-    if (t != 0x07) /* no UnpackInfo: no coders */
-        return t == 0x08 || t == 0x00;
-    uint64_t nfolders;
-    uint8_t external;
-    if (!sz_num(r, &t) || t != 0x0b || !sz_num(r, &nfolders) || !sz_byte(r, &external) ||
-        external != 0 || nfolders > (uint64_t)(r->end - r->p))
-        return false;
-    s->folders = (unsigned)nfolders;
-    uint64_t outs_total = 0, first_outs = 0;
-    for (uint64_t f = 0; f < nfolders; f++) {
-        uint64_t ncoders, ins = 0, outs = 0;
-        if (!sz_num(r, &ncoders) || ncoders == 0 || ncoders > 64)
+    if (t == 0x07) { /* UnpackInfo */
+        uint8_t external;
+        if (!sz_num(r, &t) || t != 0x0b || !sz_num(r, &nfolders) || !sz_byte(r, &external) ||
+            external != 0)
             return false;
-        if (f == 0)
-            s->coders = (unsigned)ncoders;
-        for (uint64_t c = 0; c < ncoders; c++) {
-            uint8_t flag;
-            if (!sz_byte(r, &flag) || (flag & 0x80))
-                return false;
-            unsigned idlen = flag & 0x0f;
-            const uint8_t *id = r->p;
-            if (!sz_skip(r, idlen))
-                return false;
-            uint64_t ni = 1, no = 1;
-            if ((flag & 0x10) && (!sz_num(r, &ni) || !sz_num(r, &no) || ni > 64 || no > 64))
-                return false;
-            ins += ni;
-            outs += no;
-            const uint8_t *props = NULL;
-            uint64_t np = 0;
-            if (flag & 0x20) {
-                if (!sz_num(r, &np))
-                    return false;
-                props = r->p;
-                if (!sz_skip(r, np))
-                    return false;
+        if (!sz_count(s, nfolders, r))
+            return true;
+        s->folders = (unsigned)nfolders;
+        crc = calloc(nfolders ? nfolders : 1, 1);
+        nsub = malloc((nfolders ? nfolders : 1) * sizeof *nsub);
+        if (!crc || !nsub)
+            goto out;
+        uint64_t outs_total = 0, first_outs = 0;
+        for (uint64_t f = 0; f < nfolders; f++) {
+            uint64_t ncoders, ins = 0, outs = 0;
+            nsub[f] = 1;
+            if (!sz_num(r, &ncoders) || ncoders == 0 || ncoders > 64)
+                goto out;
+            if (f == 0)
+                s->coders = (unsigned)ncoders;
+            for (uint64_t c = 0; c < ncoders; c++) {
+                uint8_t flag;
+                if (!sz_byte(r, &flag) || (flag & 0x80))
+                    goto out;
+                unsigned idlen = flag & 0x0f;
+                const uint8_t *id = r->p;
+                if (!sz_skip(r, idlen))
+                    goto out;
+                uint64_t ni = 1, no = 1;
+                if ((flag & 0x10) && (!sz_num(r, &ni) || !sz_num(r, &no) || ni > 64 || no > 64))
+                    goto out;
+                ins += ni;
+                outs += no;
+                const uint8_t *props = NULL;
+                uint64_t np = 0;
+                if (flag & 0x20) {
+                    if (!sz_num(r, &np))
+                        goto out;
+                    props = r->p;
+                    if (!sz_skip(r, np))
+                        goto out;
+                }
+                sz_coder(s, id, idlen, props, np, cap);
+                if (f == 0 && c == 0 && idlen <= sizeof s->id) {
+                    memcpy(s->id, id, idlen);
+                    s->idlen = idlen;
+                    s->props = props;
+                    s->nprops = np;
+                }
             }
-            sz_coder(s, id, idlen, props, np, cap);
-            if (f == 0 && c == 0 && idlen <= sizeof s->id) {
-                memcpy(s->id, id, idlen);
-                s->idlen = idlen;
-                s->props = props;
-                s->nprops = np;
-            }
+            if (outs == 0 || ins < outs - 1)
+                goto out;
+            for (uint64_t b = 0; b < outs - 1; b++) /* bind pairs */
+                if (!sz_num(r, &n) || !sz_num(r, &n))
+                    goto out;
+            uint64_t packed = ins - (outs - 1);
+            if (packed > 1)
+                for (uint64_t k = 0; k < packed; k++)
+                    if (!sz_num(r, &n))
+                        goto out;
+            outs_total += outs;
+            if (f == 0)
+                first_outs = outs;
         }
-        if (outs == 0 || ins < outs - 1)
-            return false;
-        for (uint64_t b = 0; b < outs - 1; b++) /* bind pairs */
-            if (!sz_num(r, &n) || !sz_num(r, &n))
-                return false;
-        uint64_t packed = ins - (outs - 1);
-        if (packed > 1)
-            for (uint64_t k = 0; k < packed; k++)
-                if (!sz_num(r, &n))
-                    return false;
-        outs_total += outs;
-        if (f == 0)
-            first_outs = outs;
+        if (!sz_num(r, &t) || t != 0x0c)
+            goto out;
+        for (uint64_t i = 0; i < outs_total; i++) {
+            if (!sz_num(r, &n))
+                goto out;
+            /* a folder's output is its last (unbound) coder's: for the
+             * one-coder folders checked below, its only one */
+            if (i + 1 == first_outs)
+                s->unpack_size = n;
+        }
+        if (!sz_num(r, &t))
+            goto out;
+        if (t == 0x0a) {
+            if (!sz_digests(r, nfolders, crc) || !sz_num(r, &t))
+                goto out;
+        }
+        if (t != 0x00 || !sz_num(r, &t))
+            goto out;
     }
-    if (!sz_num(r, &t) || t != 0x0c)
-        return false;
-    for (uint64_t i = 0; i < outs_total; i++) {
-        if (!sz_num(r, &n))
-            return false;
-        /* a folder's output is its last (unbound) coder's: for the
-         * one-coder folders checked below, its only one */
-        if (i + 1 == first_outs)
-            s->unpack_size = n;
+    if (t == 0x08) { /* SubStreamsInfo */
+        if (!sz_num(r, &t))
+            goto out;
+        if (t == 0x0d) {
+            uint64_t streams = 0;
+            for (uint64_t f = 0; f < nfolders; f++) {
+                if (!sz_num(r, &nsub[f]))
+                    goto out;
+                /* libarchive allocates for all streams before it reads
+                 * the bytes that describe them */
+                if (nsub[f] > SZ_MAX_COUNT || (streams += nsub[f]) > SZ_MAX_COUNT) {
+                    s->over = true;
+                    ok = true;
+                    goto out;
+                }
+            }
+            if (!sz_num(r, &t))
+                goto out;
+        }
+        if (t == 0x09) {
+            for (uint64_t f = 0; f < nfolders; f++)
+                for (uint64_t k = 1; k < nsub[f]; k++)
+                    if (!sz_num(r, &n))
+                        goto out;
+            if (!sz_num(r, &t))
+                goto out;
+        }
+        if (t == 0x0a) {
+            uint64_t nd = 0;
+            for (uint64_t f = 0; f < nfolders; f++)
+                if (nsub[f] != 1 || !crc[f])
+                    nd += nsub[f];
+            if (!sz_digests(r, nd, NULL) || !sz_num(r, &t))
+                goto out;
+        }
+        if (t != 0x00 || !sz_num(r, &t))
+            goto out;
     }
-    return true;
+    ok = t == 0x00;
+out:
+    free(crc);
+    free(nsub);
+    return ok;
 }
 
-/* The header (kHeader): the coders of its streams. */
+/* The header (kHeader): the coders of its streams, the number of files. */
 static bool sz_header(struct sz_rd *r, struct sz_streams *s, uint64_t cap)
 {
     uint64_t t, n;
@@ -368,15 +447,29 @@ static bool sz_header(struct sz_rd *r, struct sz_streams *s, uint64_t cap)
     }
     if (t == 0x03) { /* AdditionalStreamsInfo */
         struct sz_streams add = {0};
-        if (!sz_streams(r, &add, cap))
-            return false;
+        bool ok = sz_streams(r, &add, cap);
         s->over |= add.over;
-        if (!sz_num(r, &t))
-            return false;
+        s->bad |= add.bad;
+        if (!ok || add.over || add.bad || !sz_num(r, &t))
+            return ok;
     }
-    if (t == 0x04) /* MainStreamsInfo */
-        return sz_streams(r, s, cap);
+    if (t == 0x04) { /* MainStreamsInfo */
+        if (!sz_streams(r, s, cap) || s->over || s->bad || !sz_num(r, &t))
+            return true;
+    }
+    if (t == 0x05) { /* FilesInfo: libarchive allocates an entry per file */
+        if (sz_num(r, &n) && n > SZ_MAX_COUNT)
+            s->over = true;
+    }
     return true;
+}
+
+/* what a parse found for certain: a count the header cannot describe is
+ * CORRUPT (libarchive would fail on it, after allocating for it), one over
+ * SZ_MAX_COUNT or a coder over the memory cap LIMIT */
+static unsigned sz_flags(const struct sz_streams *s)
+{
+    return s->bad ? MX_ARCH_CORRUPT : s->over ? MX_ARCH_LIMIT : 0;
 }
 
 /* The encoded header's one LZMA/LZMA2 stream, decompressed (malloc'd). */
@@ -413,9 +506,11 @@ static uint8_t *sz_decode(const struct sz_streams *s, const uint8_t *in, size_t 
 /*
  * A 7z at the start of data: MX_ARCH_LIMIT when a coder of its header, of
  * its encoded header or of its data declares more memory than
- * lim->max_total, or the encoded header is larger than lim->max_bytes or
- * packed in a way this check cannot read (7-Zip and libarchive use LZMA or
- * LZMA2 alone); 0 otherwise (also for what libarchive is left to refuse).
+ * lim->max_total, when it has more than SZ_MAX_COUNT files, folders or
+ * streams, or the encoded header is larger than lim->max_bytes or packed in
+ * a way this check cannot read (7-Zip and libarchive use LZMA or LZMA2
+ * alone); MX_ARCH_CORRUPT for a count its header is too short to describe;
+ * 0 otherwise (also for what libarchive is left to refuse).
  */
 static unsigned sz_check(const uint8_t *d, size_t len, const struct mx_archive_limits *lim)
 {
@@ -428,13 +523,16 @@ static unsigned sz_check(const uint8_t *d, size_t len, const struct mx_archive_l
         return 0;
     struct sz_rd r = {d + 32 + off, d + 32 + off + size};
     struct sz_streams s = {0};
-    if (*r.p != 0x17)
-        return sz_header(&r, &s, cap) && s.over ? MX_ARCH_LIMIT : 0;
+    if (*r.p != 0x17) {
+        (void)sz_header(&r, &s, cap);
+        return sz_flags(&s);
+    }
     r.p++;
-    if (!sz_streams(&r, &s, cap) || s.folders == 0)
+    bool ok = sz_streams(&r, &s, cap);
+    if (s.bad || s.over)
+        return sz_flags(&s);
+    if (!ok || s.folders == 0)
         return 0;
-    if (s.over)
-        return MX_ARCH_LIMIT;
     if (s.encrypted) /* libarchive says so */
         return 0;
     bool lzma = (s.idlen == 1 && s.id[0] == 0x21) ||
@@ -448,7 +546,8 @@ static unsigned sz_check(const uint8_t *d, size_t len, const struct mx_archive_l
         return 0;
     struct sz_rd hr = {h, h + s.unpack_size};
     struct sz_streams hs = {0};
-    unsigned f = sz_header(&hr, &hs, cap) && hs.over ? MX_ARCH_LIMIT : 0;
+    (void)sz_header(&hr, &hs, cap);
+    unsigned f = sz_flags(&hs);
     free(h);
     return f;
 }
@@ -578,8 +677,9 @@ static unsigned walk_level(struct walk *w, const uint8_t *data, size_t len, cons
     unsigned flags = MX_ARCH_ARCHIVE;
     /* a 7z is read only where its header was checked: at the start */
     bool is7z = len >= 6 && memcmp(data, SZ_SIG, 6) == 0;
-    if (is7z && sz_check(data, len, lim))
-        return flags | MX_ARCH_LIMIT;
+    unsigned zf = is7z ? sz_check(data, len, lim) : 0;
+    if (zf)
+        return flags | zf;
     struct archive *a = archive_read_new();
     if (!a)
         return flags | MX_ARCH_LIMIT;
