@@ -36,6 +36,8 @@ struct mx_archive_limits {
     unsigned max_depth;   /* archive levels opened: 1 = the attachment only */
     unsigned max_members; /* members reported, all levels together */
     uint64_t max_total;   /* decompressed bytes libarchive may produce */
+    uint64_t max_cpu_ns;  /* CPU time of the calling thread the walk may use
+                           * (checked between reads); 0: no limit */
 };
 
 /* bytes of each member given to the callback (libmagic reads this much) */
@@ -63,6 +65,7 @@ typedef void (*mx_archive_cb)(void *ud, const struct mx_archive_member *mb);
 struct mx_archive_usage {
     uint64_t total;   /* bytes decompressed, all levels, drained ones included */
     unsigned members; /* member headers read, all levels */
+    uint64_t cpu_ns;  /* CPU time of the calling thread */
 };
 
 /**

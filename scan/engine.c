@@ -1167,6 +1167,8 @@ int mx_scan_engine_load_layout(const struct mx_scan_opts *o, int layout,
         e->o.archive_max_message_total = 256 * 1024 * 1024;
     if (!e->o.archive_max_message_members)
         e->o.archive_max_message_members = 4000;
+    if (!e->o.archive_max_message_cpu_ms)
+        e->o.archive_max_message_cpu_ms = 2000;
     e->o.cache_dir = NULL;
     e->dlp_g = -1;
     mx_rules_init(&e->rs);
@@ -1394,6 +1396,7 @@ struct mx_scan_msg {
     /* what the message's walks used so far (archive_max_message_*) */
     uint64_t arch_msg_total;
     unsigned arch_msg_members;
+    uint64_t arch_msg_cpu_ns;
     /* the first attachment an attachment rule hit, and the rule */
     char att_hit[MX_ARCHIVE_PATH];
     const char *att_hit_rule;
@@ -2133,7 +2136,8 @@ static bool arch_spent(const struct mx_scan_msg *m)
 {
     const struct mx_scan_engine *e = m->w->e;
     return m->arch_msg_total >= e->o.archive_max_message_total ||
-           m->arch_msg_members >= e->o.archive_max_message_members;
+           m->arch_msg_members >= e->o.archive_max_message_members ||
+           m->arch_msg_cpu_ns >= (uint64_t)e->o.archive_max_message_cpu_ms * 1000000u;
 }
 
 /* Once the first 4 KiB of an attachment (or all of a shorter one) are in:
@@ -2309,10 +2313,11 @@ static void check_attachment(struct mx_scan_msg *m, const struct mx_mime_part *p
          * budget when that is less: hitting either is `limit` */
         uint64_t tleft = e->o.archive_max_message_total - m->arch_msg_total;
         unsigned mleft = e->o.archive_max_message_members - m->arch_msg_members;
+        uint64_t cleft = (uint64_t)e->o.archive_max_message_cpu_ms * 1000000u - m->arch_msg_cpu_ns;
         struct mx_archive_limits lim = {
             e->o.archive_max_bytes, e->o.archive_max_depth,
             mleft < e->o.archive_max_members ? mleft : e->o.archive_max_members,
-            tleft < e->o.archive_max_total ? tleft : e->o.archive_max_total};
+            tleft < e->o.archive_max_total ? tleft : e->o.archive_max_total, cleft};
         struct mx_archive_usage use;
         bool whole = m->headlen < sizeof m->head;
         af = mx_archive_walk(whole ? m->head : m->arch, whole ? m->headlen : m->arch_len, path,
@@ -2320,6 +2325,7 @@ static void check_attachment(struct mx_scan_msg *m, const struct mx_mime_part *p
         /* a walk stops one byte past its limit: the sum stays bounded */
         m->arch_msg_total += use.total < tleft ? use.total : tleft;
         m->arch_msg_members += use.members < mleft ? use.members : mleft;
+        m->arch_msg_cpu_ns += use.cpu_ns < cleft ? use.cpu_ns : cleft;
     }
     if (af & MX_ARCH_ENCRYPTED)
         m->flags |= MX_SCAN_ENCRYPTED;
@@ -2435,6 +2441,7 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->nattach = 0;
     m->arch_msg_total = 0;
     m->arch_msg_members = 0;
+    m->arch_msg_cpu_ns = 0;
     m->att_hit[0] = 0;
     m->att_hit_rule = NULL;
     m->nhits = m->natt_hits = 0;

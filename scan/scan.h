@@ -63,6 +63,9 @@ struct mx_scan_opts {
      * together (many bombs in one message); default 256 MiB, 4000 */
     uint64_t archive_max_message_total;
     unsigned archive_max_message_members;
+    /* CPU time all archive walks of one message may take (thread CPU time,
+     * checked between reads); default 2000 ms */
+    unsigned archive_max_message_cpu_ms;
 };
 
 /** What mx_scan_engine_load() made of the rule files. */

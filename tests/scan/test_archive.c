@@ -778,6 +778,37 @@ static void test_7z_counts(void **state)
     }
 }
 
+/* The message's CPU budget for its walks (archive_max_message_cpu): a PPMd
+ * 7z decodes at a few MB/s, so 512 KiB of random text take tens of ms: with
+ * 1 ms the walk stops inside it (`limit`, the exe after it not seen), with
+ * the default it is read through. */
+static void test_message_cpu(void **state)
+{
+    (void)state;
+    struct out o;
+    static uint8_t txt[512 * 1024];
+    uint32_t x = 88172645u;
+    for (size_t i = 0; i < sizeof txt; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        txt[i] = (uint8_t)('a' + x % 26);
+    }
+    const struct ent e[] = {{"big.txt", txt, sizeof txt, 0}, {"x.exe", text, sizeof text - 1, 0}};
+    size_t len;
+    uint8_t *a = make_archive("7zip", NULL, "compression=ppmd", NULL, e, 2, &len);
+    char *msg = make_msg("slow.7z", a, len);
+    scan_msg(eng, msg, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    struct mx_scan_engine *e1 = load((struct mx_scan_opts){.archive_max_message_cpu_ms = 1});
+    scan_msg(e1, msg, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e1);
+    free(msg);
+    free(a);
+}
+
 /* Scan `n` attachments in one message with engine `eng`. */
 static void scan_parts(struct mx_scan_engine *e, const struct attach_part *parts, size_t n,
                        struct out *out)
@@ -903,6 +934,7 @@ int main(void)
         cmocka_unit_test(test_default_rules),  cmocka_unit_test(test_text_types),
         cmocka_unit_test(test_message_budget), cmocka_unit_test(test_message_bombs),
         cmocka_unit_test(test_7z_memory),      cmocka_unit_test(test_7z_counts),
+        cmocka_unit_test(test_message_cpu),
     };
     return cmocka_run_group_tests_name("archive", tests, setup, teardown);
 }
