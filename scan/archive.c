@@ -538,8 +538,12 @@ static unsigned sz_check(const uint8_t *d, size_t len, const struct mx_archive_l
         return 0;
     uint64_t off = (uint64_t)sz_le32(d + 12) | (uint64_t)sz_le32(d + 16) << 32;
     uint64_t size = (uint64_t)sz_le32(d + 20) | (uint64_t)sz_le32(d + 24) << 32;
-    if (size == 0 || off > len - 32 || size > len - 32 - off)
+    if (size == 0 || off >= len - 32)
         return 0;
+    /* a header said to run past the data is parsed by libarchive as far as
+     * the data goes (it checks the CRC at the end): so is it here */
+    if (size > len - 32 - off)
+        size = len - 32 - off;
     struct sz_rd r = {d + 32 + off, d + 32 + off + size};
     struct sz_streams s = {0};
     if (*r.p != 0x17) {
