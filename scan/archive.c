@@ -2,9 +2,9 @@
  * archive.c - list the members of an archive attachment (libarchive) so that
  * attachment rules see inside zip, rar, 7z, tar and compressed files.
  *
- * The archive is read from memory with every format and filter libarchive
- * has, plus the raw format so that a lone gzip/bzip2/xz file (x.exe.gz)
- * shows its one member. Each regular member gets its first MX_ARCHIVE_HEAD
+ * The archive is read from memory with every filter libarchive has and its
+ * formats less mtree, xar and iso9660 (see walk_level()), plus the raw
+ * format so that a lone gzip/bzip2/xz file (x.exe.gz) shows its one member. Each regular member gets its first MX_ARCHIVE_HEAD
  * bytes read (for libmagic in the engine's callback); a member that looks
  * like an archive itself is read whole (up to max_bytes) and walked one
  * level deeper. Everything libarchive decompresses, skipped data included,

@@ -4,16 +4,18 @@
  *
  * An attachment that looks like an archive (content signature or file
  * extension) is kept in memory while it streams in; at the end of its part
- * mx_archive_walk() opens it from memory with every libarchive format and
- * filter and reports each member (path, first bytes, flags) to a callback,
+ * mx_archive_walk() opens it from memory with libarchive (every filter, the
+ * formats less mtree, xar and iso9660) and reports each member (path, first bytes, flags) to a callback,
  * recursing into members that are archives themselves. The walker knows
  * nothing about rules or libmagic: the engine's callback runs the attachment
  * rules on what it is given.
  *
- * Every input is hostile: the kept bytes, each nested archive and the
- * decompressed bytes of all levels together are bounded; a limit hit, an
- * encrypted member or a broken archive sets a flag and the walk goes on or
- * stops, it never loops and never reads past its buffers.
+ * Every input is hostile: the kept bytes, each nested archive, the
+ * decompressed bytes of all levels together, the members and the CPU time
+ * are bounded, and a 7z's header is checked before libarchive allocates what
+ * it declares; a limit hit, an encrypted member or a broken archive sets a
+ * flag and the walk goes on or stops, it never loops and never reads past
+ * its buffers.
  */
 #ifndef MX_SCAN_ARCHIVE_INTERNAL_H
 #define MX_SCAN_ARCHIVE_INTERNAL_H
