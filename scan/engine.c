@@ -1388,8 +1388,8 @@ struct mx_scan_msg {
     size_t headlen;
     unsigned nattach;
     /* the attachment's decoded bytes while it may be an archive (see
-     * arch_decide()); the buffer stays with the message for the next one */
-    /* ARCH_OVER: too large to keep, or the message's archive budget is spent */
+     * arch_decide()); the buffer stays with the message for the next one.
+     * ARCH_OVER: too large to keep, or the message's archive budget spent */
     enum { ARCH_UNDECIDED, ARCH_KEEP, ARCH_NO, ARCH_OVER } arch_state;
     uint8_t *arch;
     size_t arch_len, arch_cap;
