@@ -4,14 +4,15 @@
  *
  * The archive is read from memory with every filter libarchive has and its
  * formats less mtree, xar and iso9660 (see walk_level()), plus the raw
- * format so that a lone gzip/bzip2/xz file (x.exe.gz) shows its one member. Each regular member gets its first MX_ARCHIVE_HEAD
- * bytes read (for libmagic in the engine's callback); a member that looks
- * like an archive itself is read whole (up to max_bytes) and walked one
- * level deeper. Everything libarchive decompresses, skipped data included,
- * is counted against max_total: skipping a member of a tar.gz or a solid 7z
- * means decompressing it, so a 10 GB member of zeros stops at the limit
- * instead of burning the worker. A zip's members are read the same way
- * (the streaming zip reader inflates on skip too).
+ * format so that a lone gzip/bzip2/xz file (x.exe.gz) shows its one
+ * member. Each regular member gets its first MX_ARCHIVE_HEAD bytes read (for
+ * libmagic in the engine's callback); a member that looks like an archive
+ * itself is read whole (up to max_bytes) and walked one level deeper.
+ * Everything libarchive decompresses, skipped data included, is counted
+ * against max_total: skipping a member of a tar.gz or a solid 7z means
+ * decompressing it, so a 10 GB member of zeros stops at the limit instead of
+ * burning the worker. A zip's members are read the same way (the streaming
+ * zip reader inflates on skip too).
  *
  * A 7z archive declares its coders' memory in its header: an LZMA/LZMA2
  * dictionary of up to 4 GiB, a PPMd model of up to 4 GiB, which libarchive

@@ -5,10 +5,10 @@
  * An attachment that looks like an archive (content signature or file
  * extension) is kept in memory while it streams in; at the end of its part
  * mx_archive_walk() opens it from memory with libarchive (every filter, the
- * formats less mtree, xar and iso9660) and reports each member (path, first bytes, flags) to a callback,
- * recursing into members that are archives themselves. The walker knows
- * nothing about rules or libmagic: the engine's callback runs the attachment
- * rules on what it is given.
+ * formats less mtree, xar and iso9660) and reports each member (path, first
+ * bytes, flags) to a callback, recursing into members that are archives
+ * themselves. The walker knows nothing about rules or libmagic: the
+ * engine's callback runs the attachment rules on what it is given.
  *
  * Every input is hostile: the kept bytes, each nested archive, the
  * decompressed bytes of all levels together, the members and the CPU time
