@@ -21,7 +21,8 @@
  * contexts it learns: 43 MiB out of a 2 MiB 7z with a 1 GiB model took
  * 1 GB of memory and 8 s. So the 7z header is read here first (the encoded
  * header decompressed with liblzma, up to max_bytes) and an archive whose
- * coders declare more than max_total is not opened (LIMIT). libarchive reads
+ * coders declare more than max_mem is not opened (LIMIT; the engine passes
+ * archive_max_total). libarchive reads
  * a 7z only where the signature is at the start of a level's bytes, i.e. where
  * that check ran (not behind a compression filter, not self-extracting).
  */
@@ -526,7 +527,7 @@ static uint8_t *sz_decode(const struct sz_streams *s, const uint8_t *in, size_t 
 /*
  * A 7z at the start of data: MX_ARCH_LIMIT when a coder of its header, of
  * its encoded header or of its data declares more memory than
- * lim->max_total, when it has more than SZ_MAX_COUNT files, folders or
+ * lim->max_mem (or max_total), when it has more than SZ_MAX_COUNT files, folders or
  * streams, or the encoded header is larger than lim->max_bytes or packed in
  * a way this check cannot read (7-Zip and libarchive use LZMA or LZMA2
  * alone); MX_ARCH_CORRUPT for a count its header is too short to describe;
@@ -534,7 +535,7 @@ static uint8_t *sz_decode(const struct sz_streams *s, const uint8_t *in, size_t 
  */
 static unsigned sz_check(const uint8_t *d, size_t len, const struct mx_archive_limits *lim)
 {
-    uint64_t cap = lim->max_total;
+    uint64_t cap = lim->max_mem ? lim->max_mem : lim->max_total;
     if (len < 32 || memcmp(d, SZ_SIG, 6) != 0)
         return 0;
     uint64_t off = (uint64_t)sz_le32(d + 12) | (uint64_t)sz_le32(d + 16) << 32;

@@ -40,6 +40,8 @@ struct mx_archive_limits {
     uint64_t max_total;   /* decompressed bytes libarchive may produce */
     uint64_t max_cpu_ns;  /* CPU time of the calling thread the walk may use
                            * (checked between reads); 0: no limit */
+    uint64_t max_mem;     /* memory a 7z coder may declare (dictionary, PPMd
+                           * model); 0: max_total */
 };
 
 /* bytes of each member given to the callback (libmagic reads this much) */

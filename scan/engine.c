@@ -2315,9 +2315,12 @@ static void check_attachment(struct mx_scan_msg *m, const struct mx_mime_part *p
         unsigned mleft = e->o.archive_max_message_members - m->arch_msg_members;
         uint64_t cleft = (uint64_t)e->o.archive_max_message_cpu_ms * 1000000u - m->arch_msg_cpu_ns;
         struct mx_archive_limits lim = {
-            e->o.archive_max_bytes, e->o.archive_max_depth,
+            e->o.archive_max_bytes,
+            e->o.archive_max_depth,
             mleft < e->o.archive_max_members ? mleft : e->o.archive_max_members,
-            tleft < e->o.archive_max_total ? tleft : e->o.archive_max_total, cleft};
+            tleft < e->o.archive_max_total ? tleft : e->o.archive_max_total,
+            cleft,
+            e->o.archive_max_total};
         struct mx_archive_usage use;
         bool whole = m->headlen < sizeof m->head;
         af = mx_archive_walk(whole ? m->head : m->arch, whole ? m->headlen : m->arch_len, path,

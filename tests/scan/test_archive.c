@@ -695,6 +695,23 @@ static void test_7z_memory(void **state)
         free(ga);
         free(a);
     }
+    /* the cap is archive_max_total, not what the message's budget has left:
+     * after 3 MiB of a 3.5 MiB budget, a 7z declaring 32 MiB is read */
+    static uint8_t zeros[1 << 20];
+    const struct ent z[] = {{"z.bin", zeros, sizeof zeros, 3}};
+    size_t zl, sl;
+    uint8_t *za = make_archive("zip", NULL, NULL, NULL, z, 1, &zl);
+    uint8_t *sa = make_7z("compression=lzma2", 26, false, 0, e, &sl);
+    const struct attach_part parts[] = {{"z.zip", za, zl}, {"a.7z", sa, sl}};
+    struct mx_scan_engine *e1 = load((struct mx_scan_opts){.archive_max_message_total = 7u << 19});
+    char *msg = attach_msgv(parts, 2, NULL);
+    assert_non_null(msg);
+    scan_msg(e1, msg, &o);
+    assert_string_equal(o.hits, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    free(msg);
+    mx_scan_engine_free(e1);
+    free(za);
+    free(sa);
 }
 
 /* A 7z with one folder (Copy) of 16 bytes, its header written here with
