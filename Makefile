@@ -11,7 +11,7 @@ FUZZ_SECONDS ?= 60
 # Debian 12 packages the build and the tests need.
 DEB_PKGS := meson ninja-build pkg-config gcc clang libclang-rt-14-dev \
 	libdpdk-dev libhyperscan-dev libclamav-dev liburing-dev libssl-dev \
-	libmimalloc-dev libcmocka-dev libc-ares-dev libmagic-dev libarchive-dev libpcre2-dev \
+	libmimalloc-dev libcmocka-dev libc-ares-dev libmagic-dev libarchive-dev liblzma-dev libpcre2-dev \
 	libjansson-dev libmicrohttpd-dev libncurses-dev \
 	openssl iproute2 ethtool nftables swaks postfix python3 python3-aiosmtpd \
 	python3-prometheus-client tmux dnsmasq-base unbound hping3 spamassassin clamav-testfiles linux-perf

@@ -330,6 +330,9 @@ static int check_rules(const struct mx_config *cfg)
         .archive_max_depth = cfg->scan_archive_max_depth,
         .archive_max_members = cfg->scan_archive_max_members,
         .archive_max_total = cfg->scan_archive_max_total,
+        .archive_max_message_total = cfg->scan_archive_max_message_total,
+        .archive_max_message_members = cfg->scan_archive_max_message_members,
+        .archive_max_message_cpu_ms = cfg->scan_archive_max_message_cpu_ms,
     };
     struct mx_scan_engine *e;
     char *err = NULL;

@@ -134,6 +134,12 @@ static const struct key keys[] = {
     {"scan.archive_max_depth", K_UINT, F(scan_archive_max_depth), 0, 1, 16, NULL},
     {"scan.archive_max_members", K_UINT, F(scan_archive_max_members), 0, 1, 1000000, NULL},
     {"scan.archive_max_total", K_U64, F(scan_archive_max_total), 0, 65536, 1ull << 36, NULL},
+    {"scan.archive_max_message_total", K_U64, F(scan_archive_max_message_total), 0, 65536,
+     1ull << 38, NULL},
+    {"scan.archive_max_message_members", K_UINT, F(scan_archive_max_message_members), 0, 1,
+     10000000, NULL},
+    {"scan.archive_max_message_cpu", K_MSEC, F(scan_archive_max_message_cpu_ms), 0, 1, 600000,
+     NULL},
     /* DNS checks and recipient verification (smtp/checks.c) */
     {"dnsbl", K_SECTION, NONE},
     {"dnsbl.lists", K_STR_LIST, F(dnsbl_lists), F(n_dnsbl_lists), 0, 0, NULL},
@@ -485,6 +491,9 @@ static int set_defaults(struct mx_config *c)
     c->scan_archive_max_depth = 3;
     c->scan_archive_max_members = 1000;
     c->scan_archive_max_total = 64u << 20;
+    c->scan_archive_max_message_total = 256u << 20;
+    c->scan_archive_max_message_members = 4000;
+    c->scan_archive_max_message_cpu_ms = 2000;
     /* DNS checks and recipient verification */
     c->dnsbl_threshold = 5.0;
     c->uribl_max_queries = 20;
@@ -2184,7 +2193,11 @@ char *mx_config_export(const struct mx_config *c)
     fprintf(f, ";\n    archive_max_bytes = %llu;\n", (unsigned long long)c->scan_archive_max_bytes);
     fprintf(f, "    archive_max_depth = %u;\n", c->scan_archive_max_depth);
     fprintf(f, "    archive_max_members = %u;\n", c->scan_archive_max_members);
-    fprintf(f, "    archive_max_total = %llu;\n}\n", (unsigned long long)c->scan_archive_max_total);
+    fprintf(f, "    archive_max_total = %llu;\n", (unsigned long long)c->scan_archive_max_total);
+    fprintf(f, "    archive_max_message_total = %llu;\n",
+            (unsigned long long)c->scan_archive_max_message_total);
+    fprintf(f, "    archive_max_message_members = %u;\n", c->scan_archive_max_message_members);
+    fprintf(f, "    archive_max_message_cpu = %ums;\n}\n", c->scan_archive_max_message_cpu_ms);
 
     /* DNS checks and recipient verification */
     fputs("dnsbl {\n", f);

@@ -153,6 +153,11 @@ struct mx_config {
     unsigned scan_archive_max_depth;   /**< archive levels opened; default 3 */
     unsigned scan_archive_max_members; /**< members listed per attachment; default 1000 */
     uint64_t scan_archive_max_total;   /**< decompressed bytes per attachment; default 64 MiB */
+    uint64_t scan_archive_max_message_total;   /**< the same, all archive attachments of a
+                                                *   message together; default 256 MiB */
+    unsigned scan_archive_max_message_members; /**< members per message; default 4000 */
+    unsigned scan_archive_max_message_cpu_ms;  /**< CPU time of a message's archive walks;
+                                                *   default 2000 ms */
 
     /* DNS checks and recipient verification (smtp/checks.c) */
     char **dnsbl_lists;       /**< "ZONE[=A.B.C.D] reject|score=N", in order */

@@ -4,16 +4,18 @@
  *
  * An attachment that looks like an archive (content signature or file
  * extension) is kept in memory while it streams in; at the end of its part
- * mx_archive_walk() opens it from memory with every libarchive format and
- * filter and reports each member (path, first bytes, flags) to a callback,
- * recursing into members that are archives themselves. The walker knows
- * nothing about rules or libmagic: the engine's callback runs the attachment
- * rules on what it is given.
+ * mx_archive_walk() opens it from memory with libarchive (every filter, the
+ * formats less mtree, xar and iso9660) and reports each member (path, first
+ * bytes, flags) to a callback, recursing into members that are archives
+ * themselves. The walker knows nothing about rules or libmagic: the
+ * engine's callback runs the attachment rules on what it is given.
  *
- * Every input is hostile: the kept bytes, each nested archive and the
- * decompressed bytes of all levels together are bounded; a limit hit, an
- * encrypted member or a broken archive sets a flag and the walk goes on or
- * stops, it never loops and never reads past its buffers.
+ * Every input is hostile: the kept bytes, each nested archive, the
+ * decompressed bytes of all levels together, the members and the CPU time
+ * are bounded, and a 7z's header is checked before libarchive allocates what
+ * it declares; a limit hit, an encrypted member or a broken archive sets a
+ * flag and the walk goes on or stops, it never loops and never reads past
+ * its buffers.
  */
 #ifndef MX_SCAN_ARCHIVE_INTERNAL_H
 #define MX_SCAN_ARCHIVE_INTERNAL_H
@@ -36,6 +38,10 @@ struct mx_archive_limits {
     unsigned max_depth;   /* archive levels opened: 1 = the attachment only */
     unsigned max_members; /* members reported, all levels together */
     uint64_t max_total;   /* decompressed bytes libarchive may produce */
+    uint64_t max_cpu_ns;  /* CPU time of the calling thread the walk may use
+                           * (checked between reads); 0: no limit */
+    uint64_t max_mem;     /* memory a 7z coder may declare (dictionary, PPMd
+                           * model); 0: max_total */
 };
 
 /* bytes of each member given to the callback (libmagic reads this much) */
@@ -57,6 +63,15 @@ struct mx_archive_member {
 
 typedef void (*mx_archive_cb)(void *ud, const struct mx_archive_member *mb);
 
+/** What one walk used, for the engine's per-message budget: a message's
+ * walks share scan.archive_max_message_total / _members, so the engine
+ * gives each walk the smaller of the per-attachment limit and what is left. */
+struct mx_archive_usage {
+    uint64_t total;   /* bytes decompressed, all levels, drained ones included */
+    unsigned members; /* member headers read, all levels */
+    uint64_t cpu_ns;  /* CPU time of the calling thread */
+};
+
 /**
  * Does content starting with `head` (n bytes), named `name` (may be NULL or
  * ""), look like an archive worth opening? Signatures: zip, rar (4 and 5),
@@ -71,10 +86,12 @@ bool mx_archive_sniff(const uint8_t *head, size_t n, const char *name);
  * regular-file member to `cb` (members of a nested archive before the
  * nested archive itself). Data that libarchive reads as no archive at all
  * (the raw format without a compression filter) reports nothing.
+ * @param use  receives what the walk used (may be NULL)
  * @return the flags of the archive: MX_ARCH_ARCHIVE when it was read as
  *         one, plus ENCRYPTED / CORRUPT / LIMIT seen anywhere inside it.
  */
 unsigned mx_archive_walk(const uint8_t *data, size_t len, const char *name,
-                         const struct mx_archive_limits *lim, mx_archive_cb cb, void *ud);
+                         const struct mx_archive_limits *lim, mx_archive_cb cb, void *ud,
+                         struct mx_archive_usage *use);
 
 #endif

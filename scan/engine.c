@@ -1307,6 +1307,12 @@ int mx_scan_engine_load_layout(const struct mx_scan_opts *o, int layout,
         e->o.archive_max_members = 1000;
     if (!e->o.archive_max_total)
         e->o.archive_max_total = 64 * 1024 * 1024;
+    if (!e->o.archive_max_message_total)
+        e->o.archive_max_message_total = 256 * 1024 * 1024;
+    if (!e->o.archive_max_message_members)
+        e->o.archive_max_message_members = 4000;
+    if (!e->o.archive_max_message_cpu_ms)
+        e->o.archive_max_message_cpu_ms = 2000;
     e->o.cache_dir = NULL;
     e->dlp_g = -1;
     mx_rules_init(&e->rs);
@@ -1533,10 +1539,15 @@ struct mx_scan_msg {
     size_t headlen;
     unsigned nattach;
     /* the attachment's decoded bytes while it may be an archive (see
-     * arch_decide()); the buffer stays with the message for the next one */
+     * arch_decide()); the buffer stays with the message for the next one.
+     * ARCH_OVER: too large to keep, or the message's archive budget spent */
     enum { ARCH_UNDECIDED, ARCH_KEEP, ARCH_NO, ARCH_OVER } arch_state;
     uint8_t *arch;
     size_t arch_len, arch_cap;
+    /* what the message's walks used so far (archive_max_message_*) */
+    uint64_t arch_msg_total;
+    unsigned arch_msg_members;
+    uint64_t arch_msg_cpu_ns;
     /* the first attachment an attachment rule hit, and the rule */
     char att_hit[MX_ARCHIVE_PATH];
     const char *att_hit_rule;
@@ -2294,12 +2305,26 @@ static void arch_keep(struct mx_scan_msg *m, const uint8_t *d, size_t n)
     m->arch_len += n;
 }
 
+/* Has the message spent its archive budget (archive_max_message_*)? */
+static bool arch_spent(const struct mx_scan_msg *m)
+{
+    const struct mx_scan_engine *e = m->w->e;
+    return m->arch_msg_total >= e->o.archive_max_message_total ||
+           m->arch_msg_members >= e->o.archive_max_message_members ||
+           m->arch_msg_cpu_ns >= (uint64_t)e->o.archive_max_message_cpu_ms * 1000000u;
+}
+
 /* Once the first 4 KiB of an attachment (or all of a shorter one) are in:
- * an archive by content signature or extension is kept from here on. */
+ * an archive by content signature or extension is kept from here on; once
+ * the message's budget is spent it is not kept (it will not be opened). */
 static void arch_decide(struct mx_scan_msg *m, const struct mx_mime_part *p)
 {
     if (!m->w->e->nattachs || !mx_archive_sniff(m->head, m->headlen, p->filename)) {
         m->arch_state = ARCH_NO;
+        return;
+    }
+    if (arch_spent(m)) {
+        m->arch_state = ARCH_OVER;
         return;
     }
     m->arch_state = ARCH_KEEP;
@@ -2458,11 +2483,26 @@ static void check_attachment(struct mx_scan_msg *m, const struct mx_mime_part *p
     if (m->arch_state == ARCH_OVER) {
         af = MX_ARCH_ARCHIVE | MX_ARCH_LIMIT;
     } else if (m->arch_state == ARCH_KEEP) {
-        struct mx_archive_limits lim = {e->o.archive_max_bytes, e->o.archive_max_depth,
-                                        e->o.archive_max_members, e->o.archive_max_total};
+        /* the per-attachment limits, or what is left of the message's
+         * budget when that is less: hitting either is `limit` */
+        uint64_t tleft = e->o.archive_max_message_total - m->arch_msg_total;
+        unsigned mleft = e->o.archive_max_message_members - m->arch_msg_members;
+        uint64_t cleft = (uint64_t)e->o.archive_max_message_cpu_ms * 1000000u - m->arch_msg_cpu_ns;
+        struct mx_archive_limits lim = {
+            e->o.archive_max_bytes,
+            e->o.archive_max_depth,
+            mleft < e->o.archive_max_members ? mleft : e->o.archive_max_members,
+            tleft < e->o.archive_max_total ? tleft : e->o.archive_max_total,
+            cleft,
+            e->o.archive_max_total};
+        struct mx_archive_usage use;
         bool whole = m->headlen < sizeof m->head;
         af = mx_archive_walk(whole ? m->head : m->arch, whole ? m->headlen : m->arch_len, path,
-                             &lim, on_member, m);
+                             &lim, on_member, m, &use);
+        /* a walk stops one byte past its limit: the sum stays bounded */
+        m->arch_msg_total += use.total < tleft ? use.total : tleft;
+        m->arch_msg_members += use.members < mleft ? use.members : mleft;
+        m->arch_msg_cpu_ns += use.cpu_ns < cleft ? use.cpu_ns : cleft;
     }
     if (af & MX_ARCH_ENCRYPTED)
         m->flags |= MX_SCAN_ENCRYPTED;
@@ -2576,6 +2616,9 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->tok_over = false;
     m->text_part = m->att_part = -1;
     m->nattach = 0;
+    m->arch_msg_total = 0;
+    m->arch_msg_members = 0;
+    m->arch_msg_cpu_ns = 0;
     m->att_hit[0] = 0;
     m->att_hit_rule = NULL;
     m->nhits = m->natt_hits = 0;

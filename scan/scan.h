@@ -59,6 +59,13 @@ struct mx_scan_opts {
     unsigned archive_max_members; /* members listed per attachment; default 1000 */
     uint64_t archive_max_total;   /* bytes decompressed per attachment, all
                                    * levels; default 64 MiB (zip bombs) */
+    /* the same two budgets for all archive attachments of one message
+     * together (many bombs in one message); default 256 MiB, 4000 */
+    uint64_t archive_max_message_total;
+    unsigned archive_max_message_members;
+    /* CPU time all archive walks of one message may take (thread CPU time,
+     * checked between reads); default 2000 ms */
+    unsigned archive_max_message_cpu_ms;
 };
 
 /** What mx_scan_engine_load() made of the rule files. */

@@ -1617,6 +1617,9 @@ int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct m
             .archive_max_depth = cfg->scan_archive_max_depth,
             .archive_max_members = cfg->scan_archive_max_members,
             .archive_max_total = cfg->scan_archive_max_total,
+            .archive_max_message_total = cfg->scan_archive_max_message_total,
+            .archive_max_message_members = cfg->scan_archive_max_message_members,
+            .archive_max_message_cpu_ms = cfg->scan_archive_max_message_cpu_ms,
         };
         char *err = NULL;
         int rc = mx_scan_engine_load(&o, &srv->scan, &err);

@@ -118,6 +118,9 @@ static void test_defaults(void **state)
     assert_int_equal(c->scan_archive_max_depth, 3);
     assert_int_equal(c->scan_archive_max_members, 1000);
     assert_int_equal(c->scan_archive_max_total, 64u << 20);
+    assert_int_equal(c->scan_archive_max_message_total, 256u << 20);
+    assert_int_equal(c->scan_archive_max_message_members, 4000);
+    assert_int_equal(c->scan_archive_max_message_cpu_ms, 2000);
     mx_config_free(c);
 }
 
@@ -171,6 +174,9 @@ static void test_full_and_round_trip(void **state)
     assert_int_equal(c->scan_archive_max_depth, 2);
     assert_int_equal(c->scan_archive_max_members, 500);
     assert_int_equal(c->scan_archive_max_total, 32u << 20);
+    assert_int_equal(c->scan_archive_max_message_total, 128u << 20);
+    assert_int_equal(c->scan_archive_max_message_members, 2000);
+    assert_int_equal(c->scan_archive_max_message_cpu_ms, 1500);
     assert_int_equal(c->n_uribl_lists, 2);
     assert_int_equal(c->uribl_max_queries, 30);
     assert_int_equal(c->uribl_timeout_ms, 2000);
@@ -202,6 +208,9 @@ static void test_full_and_round_trip(void **state)
                           "enabled = true;", "spam_threshold = 6.5;",
                           "archive_max_bytes = 8388608;", "archive_max_depth = 2;",
                           "archive_max_members = 500;", "archive_max_total = 33554432;",
+                          "archive_max_message_total = 134217728;",
+                          "archive_max_message_members = 2000;",
+                          "archive_max_message_cpu = 1500ms;",
                           "lists = [ \"multi.uribl.example.test reject\", "
                           "\"dbl.example.test score=2.5\" ];",
                           "max_queries = 30;\n    timeout = 2000ms;",
@@ -387,6 +396,14 @@ static void test_validation_errors(void **state)
                      "dataplane.workers must be between 1 and 128 (got 0)");
     expect_one_error("dataplane {\n workers = 129 }\n", 2,
                      "dataplane.workers must be between 1 and 128 (got 129)");
+    /* the per-message archive budget (scan/engine.c) */
+    expect_one_error("scan {\n archive_max_message_total = 1000; }\n", 2,
+                     "scan.archive_max_message_total must be between 65536 and 274877906944 "
+                     "(got 1000)");
+    expect_one_error("scan { archive_max_message_members = 0; }\n", 1,
+                     "scan.archive_max_message_members must be between 1 and 10000000 (got 0)");
+    expect_one_error("scan { archive_max_message_cpu = 0; }\n", 1,
+                     "scan.archive_max_message_cpu");
     expect_one_error("dataplane { workers = \"four\" }\n", 1,
                      "dataplane.workers: expected an integer, got string");
     expect_one_error("dataplane { workers = 2.5 }\n", 1, "must be a whole number");

@@ -5,7 +5,8 @@
  * archive. Checks: the walk ends, every member's path starts with the
  * attachment name and is NUL-terminated within MX_ARCHIVE_PATH, heads and
  * depths stay within their bounds, no more members than max_members are
- * reported, and the result always says "archive".
+ * reported, what the walk says it used (the engine's per-message budget)
+ * stays within the limits, and the result always says "archive".
  */
 #include "scan/archive_internal.h"
 
@@ -47,10 +48,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     struct seen s = {.top = names[data[0] % (sizeof names / sizeof names[0])]};
-    unsigned f = mx_archive_walk(data + 1, size - 1, s.top, &lim, on_member, &s);
+    struct mx_archive_usage use;
+    unsigned f = mx_archive_walk(data + 1, size - 1, s.top, &lim, on_member, &s, &use);
     if (!(f & MX_ARCH_ARCHIVE))
         abort();
     if (s.members > lim.max_members)
+        abort();
+    /* what the engine charges to the message's budget stays within the
+     * walk's own limits (one byte over shows the limit was hit) */
+    if (use.members > lim.max_members || use.total > lim.max_total + 1 || use.members < s.members)
         abort();
     /* the sniffer on the same bytes: must not read past them */
     (void)mx_archive_sniff(data + 1, size - 1, s.top);

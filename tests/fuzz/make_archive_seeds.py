@@ -13,8 +13,10 @@ import io
 import lzma
 import os
 import sys
+import struct
 import tarfile
 import zipfile
+import zlib
 
 T = (2024, 1, 1, 0, 0, 0)
 
@@ -76,6 +78,19 @@ def libarchive_bytes(fmt, members, options=None, passphrase=None):
     return buf.raw[:used.value]
 
 
+def patch_7z_dict(b, byte):
+    """A one-member LZMA2 7z (plain header) declaring another dictionary:
+    archive.c's header check (a 1.5 GiB dictionary is over the limit)."""
+    b = bytearray(b)
+    off, size = struct.unpack_from("<QQ", b, 12)
+    h = 32 + off
+    i = b.index(bytes([0x21, 0x21, 0x01]), h)
+    b[i + 3] = byte
+    struct.pack_into("<I", b, 28, zlib.crc32(b[h:h + size]))
+    struct.pack_into("<I", b, 8, zlib.crc32(b[12:32]))
+    return bytes(b)
+
+
 def main(out):
     os.makedirs(out, exist_ok=True)
     pe = b"MZ" + b"\x90\x00" * 29 + b"\x40\x00\x00\x00" + b"PE\x00\x00\x4c\x01\x01\x00" + bytes(64)
@@ -97,6 +112,13 @@ def main(out):
         "zip-cut": b"\x00" + zip_bytes([("x.exe", pe * 8)])[:150],
         "not-archive": b"\x05" + b"just text named a.bin\n",
         "7z": b"\x03" + libarchive_bytes("7zip", [("r.pdf", pe), ("n.txt", b"n\n")]),
+        "7z-lzma2-one": b"\x03" + libarchive_bytes("7zip", [("r.exe", pe)], "compression=lzma2"),
+        "7z-ppmd": b"\x03" + libarchive_bytes("7zip", [("r.exe", pe), ("n.txt", b"n\n")],
+                                              "compression=ppmd"),
+        "7z-dict-big": b"\x03" + patch_7z_dict(
+            libarchive_bytes("7zip", [("r.exe", pe)], "compression=lzma2"), 37),
+        "7z-in-gz": b"\x02" + gzip.compress(
+            libarchive_bytes("7zip", [("r.exe", pe), ("n.txt", b"n\n")]), mtime=0),
         "zip-zipcrypt": b"\x00" + libarchive_bytes("zip", [("x.exe", pe)],
                                                     "zip:encryption=zipcrypt", "secret"),
         "zip-aes": b"\x00" + libarchive_bytes("zip", [("x.exe", pe)],

@@ -12,6 +12,7 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <lzma.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -533,14 +534,452 @@ static void test_text_types(void **state)
     unlink(path);
 }
 
+/* 7z's variable-length number (see sz_num() in scan/archive.c) */
+static size_t put_7znum(uint8_t *o, uint64_t v)
+{
+    unsigned n = 0;
+    while (n < 8 && v >= (1ull << (8 * n + 7 - n)))
+        n++;
+    o[0] = (uint8_t)((0xff00u >> n) & 0xff);
+    if (n < 8)
+        o[0] |= (uint8_t)(v >> (8 * n));
+    for (unsigned i = 0; i < n; i++)
+        o[1 + i] = (uint8_t)(v >> (8 * i));
+    return 1 + n;
+}
+
+/*
+ * A one-member 7z written by libarchive with `options` (its header is
+ * plain: one entry), the declared memory of its coder set to `mem` when not
+ * 0 (LZMA2: the dictionary byte; PPMd: the model size), and when `encode`,
+ * its header packed with LZMA2 the way 7-Zip packs headers, the packed
+ * header declaring `hdr_unpack` bytes when not 0.
+ */
+static uint8_t *make_7z(const char *options, uint32_t mem, bool encode, uint64_t hdr_unpack,
+                        const struct ent *e, size_t *outlen)
+{
+    size_t len;
+    uint8_t *a = make_archive("7zip", NULL, options, NULL, e, 1, &len);
+    uint64_t off = 0, size = 0;
+    for (int i = 7; i >= 0; i--) {
+        off = off << 8 | a[12 + i];
+        size = size << 8 | a[20 + i];
+    }
+    uint8_t *h = a + 32 + off;
+    assert_int_equal(h[0], 0x01); /* kHeader */
+    if (mem) {
+        bool ppmd = strstr(options, "ppmd") != NULL;
+        static const uint8_t lzma2[] = {0x21, 0x21, 0x01}, pp[] = {0x23, 0x03, 0x04, 0x01, 0x05};
+        const uint8_t *pat = ppmd ? pp : lzma2;
+        size_t pl = ppmd ? sizeof pp : sizeof lzma2, i = 0;
+        while (i + pl + 5 <= size && memcmp(h + i, pat, pl) != 0)
+            i++;
+        assert_true(i + pl + 5 <= size);
+        if (ppmd)
+            for (int k = 0; k < 4; k++)
+                h[i + pl + 1 + k] = (uint8_t)(mem >> (8 * k));
+        else
+            h[i + pl] = (uint8_t)mem;
+    }
+    uint8_t *out = malloc(len + 4096);
+    assert_non_null(out);
+    memcpy(out, a, 32 + off);
+    size_t o = 32 + off;
+    if (encode) {
+        lzma_options_lzma opt;
+        assert_false(lzma_lzma_preset(&opt, 1));
+        lzma_filter f[] = {{LZMA_FILTER_LZMA2, &opt}, {LZMA_VLI_UNKNOWN, NULL}};
+        size_t pk = 0;
+        assert_int_equal(lzma_raw_buffer_encode(f, NULL, h, size, out + o, &pk, len + 2048),
+                         LZMA_OK);
+        uint32_t propsz;
+        uint8_t prop;
+        assert_int_equal(lzma_properties_size(&propsz, f), LZMA_OK);
+        assert_int_equal(propsz, 1);
+        assert_int_equal(lzma_properties_encode(f, &prop), LZMA_OK);
+        size_t eh = o + pk, p = eh;
+        out[p++] = 0x17; /* kEncodedHeader */
+        out[p++] = 0x06; /* PackInfo: at off, one stream of pk bytes */
+        p += put_7znum(out + p, off);
+        out[p++] = 1;
+        out[p++] = 0x09;
+        p += put_7znum(out + p, pk);
+        out[p++] = 0x00;
+        out[p++] = 0x07; /* UnpackInfo: one folder, one LZMA2 coder */
+        out[p++] = 0x0b;
+        out[p++] = 1;
+        out[p++] = 0;
+        out[p++] = 1;
+        out[p++] = 0x21;
+        out[p++] = 0x21;
+        out[p++] = 1;
+        out[p++] = prop;
+        out[p++] = 0x0c;
+        p += put_7znum(out + p, hdr_unpack ? hdr_unpack : size);
+        out[p++] = 0x00;
+        out[p++] = 0x00;
+        off += pk;
+        size = p - eh;
+        h = out + eh;
+        o = p;
+    } else {
+        memcpy(out + o, h, size);
+        o += size;
+    }
+    for (int i = 0; i < 8; i++) {
+        out[12 + i] = (uint8_t)(off >> (8 * i));
+        out[20 + i] = (uint8_t)(size >> (8 * i));
+    }
+    uint32_t crc = lzma_crc32(h, size, 0);
+    for (int i = 0; i < 4; i++)
+        out[28 + i] = (uint8_t)(crc >> (8 * i));
+    crc = lzma_crc32(out + 12, 20, 0);
+    for (int i = 0; i < 4; i++)
+        out[8 + i] = (uint8_t)(crc >> (8 * i));
+    free(a);
+    *outlen = o;
+    return out;
+}
+
+/* 7z coders declaring more memory than archive_max_total (an LZMA2
+ * dictionary of 1.5 GiB, a PPMd model of 1 GiB; libarchive would allocate
+ * them) are `limit` and the archive is not opened, whether the header is
+ * plain or packed; a packed header larger than archive_max_bytes too. The
+ * same archives with their own sizes are read. */
+static void test_7z_memory(void **state)
+{
+    (void)state;
+    struct out o;
+    uint8_t pe[512];
+    make_pe(pe, sizeof pe);
+    const struct ent e[] = {{"x.exe", pe, sizeof pe, 0}};
+    static const struct {
+        const char *options;
+        uint32_t mem;
+        bool encode;
+        uint64_t hdr_unpack;
+        const char *hits;
+    } cases[] = {
+        {"compression=lzma2", 0, false, 0, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"},
+        {"compression=lzma2", 0, true, 0, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"},
+        {"compression=lzma2", 28, false, 0, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"}, /* 64 MiB */
+        {"compression=lzma2", 29, false, 0, "LIMIT,TOP_ARCHIVE"},            /* 96 MiB */
+        {"compression=lzma2", 37, false, 0, "LIMIT,TOP_ARCHIVE"},            /* 1.5 GiB */
+        {"compression=lzma2", 40, true, 0, "LIMIT,TOP_ARCHIVE"},             /* 4 GiB */
+        {"compression=ppmd", 0, false, 0, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"},
+        {"compression=ppmd", 1u << 30, false, 0, "LIMIT,TOP_ARCHIVE"},
+        {"compression=ppmd", 1u << 30, true, 0, "LIMIT,TOP_ARCHIVE"},
+        {"compression=lzma2", 0, true, 5u << 20, "LIMIT,TOP_ARCHIVE"}, /* > 4 MiB header */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len;
+        uint8_t *a =
+            make_7z(cases[i].options, cases[i].mem, cases[i].encode, cases[i].hdr_unpack, e, &len);
+        char *msg = make_msg("a.7z", a, len);
+        scan_msg(eng, msg, &o);
+        if (strcmp(o.hits, cases[i].hits) != 0)
+            fprintf(stderr, "case %zu: %s\n", i, o.hits);
+        assert_string_equal(o.hits, cases[i].hits);
+        assert_int_equal(!!(o.flags & MX_SCAN_TRUNCATED), strncmp(cases[i].hits, "LIMIT", 5) == 0);
+        free(msg);
+        /* the same 7z in a gzip: libarchive does not read it as a 7z
+         * behind the filter, its raw member a.7z is checked one level
+         * deeper */
+        struct ent g[] = {{"a.7z", a, len, 0}};
+        size_t gl;
+        uint8_t *ga = make_archive("raw", "gzip", NULL, NULL, g, 1, &gl);
+        msg = make_msg("a.7z.gz", ga, gl);
+        scan_msg(eng, msg, &o);
+        assert_string_equal(o.hits, cases[i].hits);
+        free(msg);
+        free(ga);
+        free(a);
+    }
+    /* the cap is archive_max_total, not what the message's budget has left:
+     * after 3 MiB of a 3.5 MiB budget, a 7z declaring 32 MiB is read */
+    static uint8_t zeros[1 << 20];
+    const struct ent z[] = {{"z.bin", zeros, sizeof zeros, 3}};
+    size_t zl, sl;
+    uint8_t *za = make_archive("zip", NULL, NULL, NULL, z, 1, &zl);
+    uint8_t *sa = make_7z("compression=lzma2", 26, false, 0, e, &sl);
+    const struct attach_part parts[] = {{"z.zip", za, zl}, {"a.7z", sa, sl}};
+    struct mx_scan_engine *e1 = load((struct mx_scan_opts){.archive_max_message_total = 7u << 19});
+    char *msg = attach_msgv(parts, 2, NULL);
+    assert_non_null(msg);
+    scan_msg(e1, msg, &o);
+    assert_string_equal(o.hits, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    free(msg);
+    mx_scan_engine_free(e1);
+    free(za);
+    free(sa);
+}
+
+/* A 7z with one folder (Copy) of 16 bytes, its header written here with
+ * `nfolders` folders declared (only one described), `nsub` unpack streams
+ * in it and `nfiles` files (or with `empty_files` more files, all marked
+ * empty by one bit each). */
+static uint8_t *make_7z_counts(uint64_t nfolders, uint64_t nsub, uint64_t nfiles,
+                               uint64_t empty_files, size_t *outlen)
+{
+    uint8_t *b = calloc(1, 32 + 16 + 128 + empty_files / 8);
+    assert_non_null(b);
+    memcpy(b, "7z\xbc\xaf\x27\x1c\x00\x04", 8);
+    memcpy(b + 32, "MZ", 2);
+    uint8_t *h = b + 48, *p = h;
+    static const uint8_t pack[] = {0x01, 0x04, 0x06, 0x00, 0x01, 0x09, 0x10, 0x00, 0x07, 0x0b};
+    memcpy(p, pack, sizeof pack);
+    p += sizeof pack;
+    p += put_7znum(p, nfolders);
+    static const uint8_t folder[] = {0x00, 0x01, 0x01, 0x00, 0x0c, 0x10, 0x00, 0x08, 0x0d};
+    memcpy(p, folder, sizeof folder);
+    p += sizeof folder;
+    p += put_7znum(p, nsub);
+    *p++ = 0x00;
+    *p++ = 0x00;
+    *p++ = 0x05;
+    p += put_7znum(p, nfiles + empty_files);
+    if (empty_files) {
+        *p++ = 0x0e;
+        p += put_7znum(p, (nfiles + empty_files + 7) / 8);
+        memset(p + nfiles / 8, 0xff, (nfiles + empty_files + 7) / 8 - nfiles / 8);
+        p += (nfiles + empty_files + 7) / 8;
+    }
+    *p++ = 0x00;
+    *p++ = 0x00;
+    uint64_t size = (uint64_t)(p - h);
+    for (int i = 0; i < 8; i++) {
+        b[12 + i] = (uint8_t)((uint64_t)16 >> (8 * i));
+        b[20 + i] = (uint8_t)(size >> (8 * i));
+    }
+    uint32_t crc = lzma_crc32(h, size, 0);
+    for (int i = 0; i < 4; i++)
+        b[28 + i] = (uint8_t)(crc >> (8 * i));
+    crc = lzma_crc32(b + 12, 20, 0);
+    for (int i = 0; i < 4; i++)
+        b[8 + i] = (uint8_t)(crc >> (8 * i));
+    *outlen = (size_t)(p - b);
+    return b;
+}
+
+/* Counts libarchive allocates for while it reads a 7z header, before it
+ * reads what they count (main's walk: 512 MB for 100M unpack streams
+ * declared in 78 bytes; 2.6 GB and 8.7 s for 3.75 MB declaring 30M empty
+ * files): over 2^18 files or streams is `limit`, more folders than the
+ * header has bytes `corrupt`, and the archive is not opened. */
+static void test_7z_counts(void **state)
+{
+    (void)state;
+    struct out o;
+    static const struct {
+        uint64_t nfolders, nsub, nfiles, empty;
+        const char *hits;
+    } cases[] = {
+        {1, 1, 1, 0, "TOP_ARCHIVE"},
+        {1, 100000000, 1, 0, "LIMIT,TOP_ARCHIVE"},
+        {1, 1, 1u << 20, 0, "LIMIT,TOP_ARCHIVE"},
+        {1, 1, 1, 500, "TOP_ARCHIVE"},
+        {1, 1, 1, 300000, "LIMIT,TOP_ARCHIVE"},
+        {100000000, 1, 1, 0, "CORRUPT,TOP_ARCHIVE"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len;
+        uint8_t *a =
+            make_7z_counts(cases[i].nfolders, cases[i].nsub, cases[i].nfiles, cases[i].empty, &len);
+        char *msg = make_msg("c.7z", a, len);
+        scan_msg(eng, msg, &o);
+        if (strcmp(o.hits, cases[i].hits) != 0)
+            fprintf(stderr, "case %zu: %s\n", i, o.hits);
+        assert_string_equal(o.hits, cases[i].hits);
+        free(msg);
+        free(a);
+    }
+}
+
+/* The message's CPU budget for its walks (archive_max_message_cpu): a PPMd
+ * 7z decodes at a few MB/s, so 512 KiB of random text take tens of ms: with
+ * 1 ms the walk stops inside it (`limit`, the exe after it not seen), with
+ * the default it is read through. */
+static void test_message_cpu(void **state)
+{
+    (void)state;
+    struct out o;
+    static uint8_t txt[512 * 1024];
+    uint32_t x = 88172645u;
+    for (size_t i = 0; i < sizeof txt; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        txt[i] = (uint8_t)('a' + x % 26);
+    }
+    const struct ent e[] = {{"big.txt", txt, sizeof txt, 0}, {"x.exe", text, sizeof text - 1, 0}};
+    size_t len;
+    uint8_t *a = make_archive("7zip", NULL, "compression=ppmd", NULL, e, 2, &len);
+    char *msg = make_msg("slow.7z", a, len);
+    scan_msg(eng, msg, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    struct mx_scan_engine *e1 = load((struct mx_scan_opts){.archive_max_message_cpu_ms = 1});
+    scan_msg(e1, msg, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e1);
+    free(msg);
+    free(a);
+}
+
+/* Formats that read their whole directory before the first member (mtree,
+ * xar, iso9660) are not read: mtree lines in a gzip (main's walk: 3.4 GB
+ * for 20M lines in 466 KB; here 200k lines, which mtree listed as members
+ * up to the member limit, even without "#mtree") are the gzip's one raw
+ * member. */
+static void test_mtree_in_gzip(void **state)
+{
+    (void)state;
+    struct out o;
+    static const char line[] = "a type=file\n";
+    size_t n = 200000, len = 7 + n * (sizeof line - 1);
+    uint8_t *txt = malloc(len);
+    assert_non_null(txt);
+    memcpy(txt, "#mtree\n", 7);
+    for (size_t i = 0; i < n; i++)
+        memcpy(txt + 7 + i * (sizeof line - 1), line, sizeof line - 1);
+    const struct ent e[] = {{"lines", txt, len, 0}};
+    size_t gl;
+    uint8_t *g = make_archive("raw", "gzip", NULL, NULL, e, 1, &gl);
+    char *msg = make_msg("lines.gz", g, gl);
+    scan_msg(eng, msg, &o);
+    assert_string_equal(o.hits, "TOP_ARCHIVE");
+    assert_false(o.flags & MX_SCAN_TRUNCATED);
+    free(msg);
+    free(g);
+    free(txt);
+}
+
+/* Scan `n` attachments in one message with engine `eng`. */
+static void scan_parts(struct mx_scan_engine *e, const struct attach_part *parts, size_t n,
+                       struct out *out)
+{
+    char *msg = attach_msgv(parts, n, NULL);
+    assert_non_null(msg);
+    scan_msg(e, msg, out);
+    free(msg);
+}
+
+/* The message's budget (archive_max_message_total / _members): the walks of
+ * all its archive attachments share it; the attachment that reaches it stops
+ * there (`limit`, its first member still seen: MEMBER_TEXT), those after it
+ * are not opened (`limit` on the attachment, none of its members seen). The
+ * result names a1.zip in every case (TOP_ARCHIVE hits it first), so the hit
+ * lists tell the cases apart. */
+static void test_message_budget(void **state)
+{
+    (void)state;
+    struct out o;
+    static uint8_t zeros[1 << 20];
+    const struct ent z[] = {{"z.bin", zeros, sizeof zeros, 0}};
+    const struct ent last[] = {{"notes.md", text, sizeof text - 1, 0},
+                               {"z.bin", zeros, sizeof zeros, 0},
+                               {"x.exe", text, sizeof text - 1, 0}};
+    size_t zl, ll;
+    uint8_t *za = make_archive("zip", NULL, NULL, NULL, z, 1, &zl);
+    uint8_t *la = make_archive("zip", NULL, NULL, NULL, last, 3, &ll);
+    const struct attach_part parts[] = {
+        {"a1.zip", za, zl}, {"a2.zip", za, zl}, {"a3.zip", za, zl}, {"a4.zip", la, ll}};
+    /* the defaults: 4 MiB inflated is far within the budget */
+    scan_parts(eng, parts, 4, &o);
+    assert_string_equal(o.hits, "BAD_EXE,MEMBER_TEXT,TOP_ARCHIVE");
+    assert_false(o.flags & MX_SCAN_TRUNCATED);
+    /* 3.5 MiB: a4.zip is opened with 0.5 MiB left, stops inside z.bin */
+    struct mx_scan_engine *e1 = load((struct mx_scan_opts){.archive_max_message_total = 7u << 19});
+    scan_parts(e1, parts, 4, &o);
+    assert_string_equal(o.hits, "LIMIT,MEMBER_TEXT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e1);
+    /* 3 MiB: spent by a1-a3, a4.zip is not opened at all */
+    e1 = load((struct mx_scan_opts){.archive_max_message_total = 3u << 20});
+    scan_parts(e1, parts, 4, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    /* a budget is the message's: the next message on the same engine has
+     * its own (and a worker's pooled message starts from zero) */
+    const struct attach_part one[] = {{"a4.zip", la, ll}};
+    scan_parts(e1, one, 1, &o);
+    assert_string_equal(o.hits, "BAD_EXE,MEMBER_TEXT,TOP_ARCHIVE");
+    mx_scan_engine_free(e1);
+    free(za);
+    free(la);
+
+    /* members: two per archive, the third archive's second member is the
+     * 6th of the message (as with archive_max_members, a walk that has used
+     * its last member is `limit` without trying for one more: 7 to pass) */
+    const struct ent m1[] = {{"a.txt", text, sizeof text - 1, 0},
+                             {"b.txt", text, sizeof text - 1, 0}};
+    const struct ent m3[] = {{"notes.md", text, sizeof text - 1, 0},
+                             {"f.exe", text, sizeof text - 1, 0}};
+    size_t l1, l3;
+    uint8_t *a1 = make_archive("zip", NULL, NULL, NULL, m1, 2, &l1);
+    uint8_t *a3 = make_archive("7zip", NULL, NULL, NULL, m3, 2, &l3);
+    const struct attach_part mp[] = {{"m1.zip", a1, l1}, {"m2.zip", a1, l1}, {"m3.7z", a3, l3}};
+    e1 = load((struct mx_scan_opts){.archive_max_message_members = 7});
+    scan_parts(e1, mp, 3, &o);
+    assert_string_equal(o.hits, "BAD_EXE,MEMBER_TEXT,TOP_ARCHIVE");
+    assert_false(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e1);
+    e1 = load((struct mx_scan_opts){.archive_max_message_members = 5});
+    scan_parts(e1, mp, 3, &o);
+    assert_string_equal(o.hits, "LIMIT,MEMBER_TEXT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    mx_scan_engine_free(e1);
+    e1 = load((struct mx_scan_opts){.archive_max_message_members = 4});
+    scan_parts(e1, mp, 3, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    mx_scan_engine_free(e1);
+    free(a1);
+    free(a3);
+}
+
+/* Eight 48 MiB zip bombs in one message under the defaults (64 MiB each,
+ * 256 MiB for the message): five are read through, the sixth stops at the
+ * budget, the last two are not opened: the exe in the eighth is not seen,
+ * the message is truncated, and the walk inflated 256 MiB, not 384. */
+static void test_message_bombs(void **state)
+{
+    (void)state;
+    struct out o;
+    static uint8_t zeros[1 << 20];
+    const struct ent b[] = {{"zeros.bin", zeros, sizeof zeros, 48}};
+    const struct ent bx[] = {{"x.exe", text, sizeof text - 1, 0},
+                             {"zeros.bin", zeros, sizeof zeros, 48}};
+    size_t bl, bxl;
+    uint8_t *ba = make_archive("zip", NULL, NULL, NULL, b, 1, &bl);
+    uint8_t *bxa = make_archive("zip", NULL, NULL, NULL, bx, 2, &bxl);
+    struct attach_part parts[8];
+    char names[8][16];
+    for (int i = 0; i < 8; i++) {
+        snprintf(names[i], sizeof names[i], "bomb%d.zip", i + 1);
+        parts[i] = (struct attach_part){names[i], i == 7 ? bxa : ba, i == 7 ? bxl : bl};
+    }
+    scan_parts(eng, parts, 8, &o);
+    assert_string_equal(o.hits, "LIMIT,TOP_ARCHIVE");
+    assert_true(o.flags & MX_SCAN_TRUNCATED);
+    /* alone, the eighth is read within its own limits */
+    scan_parts(eng, parts + 7, 1, &o);
+    assert_string_equal(o.hits, "BAD_EXE,TOP_ARCHIVE");
+    assert_false(o.flags & MX_SCAN_TRUNCATED);
+    free(ba);
+    free(bxa);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rule_parse),    cmocka_unit_test(test_zip_member),
-        cmocka_unit_test(test_formats),       cmocka_unit_test(test_nested_depth),
-        cmocka_unit_test(test_member_limit),  cmocka_unit_test(test_bomb_and_size),
-        cmocka_unit_test(test_corrupt),       cmocka_unit_test(test_encrypted),
-        cmocka_unit_test(test_default_rules), cmocka_unit_test(test_text_types),
+        cmocka_unit_test(test_rule_parse),     cmocka_unit_test(test_zip_member),
+        cmocka_unit_test(test_formats),        cmocka_unit_test(test_nested_depth),
+        cmocka_unit_test(test_member_limit),   cmocka_unit_test(test_bomb_and_size),
+        cmocka_unit_test(test_corrupt),        cmocka_unit_test(test_encrypted),
+        cmocka_unit_test(test_default_rules),  cmocka_unit_test(test_text_types),
+        cmocka_unit_test(test_message_budget), cmocka_unit_test(test_message_bombs),
+        cmocka_unit_test(test_7z_memory),      cmocka_unit_test(test_7z_counts),
+        cmocka_unit_test(test_message_cpu),    cmocka_unit_test(test_mtree_in_gzip),
     };
     return cmocka_run_group_tests_name("archive", tests, setup, teardown);
 }
