@@ -1860,6 +1860,373 @@ char *mx_rules_reverse(const char *re, bool extended)
     return out.s;
 }
 
+/* ---- ASCII restriction (mx_rules_ascii_only()) ------------------------- */
+
+struct ao {
+    const char *re;
+    size_t i, n;
+    bool unsure; /* a construct it does not know: the regex is used as it is */
+    bool changed;
+};
+
+static bool ao_alt(struct ao *a, struct sb *out); /* false: cannot match ASCII */
+
+/* Value of the single-byte escape at re[i] (\xHH, \x{H..}, \0oo), -1 for
+ * any other escape; *len its length. */
+static long ao_escape_value(const char *re, size_t i, size_t n, size_t *len)
+{
+    char e = i + 1 < n ? re[i + 1] : 0;
+    *len = 2;
+    if (e == 'x' && i + 2 < n && re[i + 2] == '{') {
+        const char *cl = memchr(re + i, '}', n - i);
+        if (!cl)
+            return -1;
+        *len = (size_t)(cl - (re + i)) + 1;
+        return strtol(re + i + 3, NULL, 16);
+    }
+    if (e == 'x') {
+        size_t k = 2;
+        while (k < 4 && i + k < n && isxdigit((unsigned char)re[i + k]))
+            k++;
+        *len = k;
+        char h[3] = {0};
+        memcpy(h, re + i + 2, k - 2);
+        return k > 2 ? strtol(h, NULL, 16) : 0;
+    }
+    if (e == '0') {
+        size_t k = 2;
+        while (k < 4 && i + k < n && re[i + k] >= '0' && re[i + k] <= '7')
+            k++;
+        *len = k;
+        char o[4] = {0};
+        memcpy(o, re + i + 1, k - 1);
+        return strtol(o, NULL, 8);
+    }
+    return -1;
+}
+
+/* A character class without its members of 0x80 and above; false when none
+ * is left. A negated class, or one with a member it cannot read, stays. */
+static bool ao_class(struct ao *a, size_t end, struct sb *out)
+{
+    const char *re = a->re;
+    size_t i = a->i + 1;
+    if (i < end && re[i] == '^') {
+        sb_add(out, re + a->i, end - a->i);
+        a->i = end;
+        return true;
+    }
+    struct sb c = {0};
+    bool keep_all = false, any = false;
+    size_t last = end - 1; /* the closing ']' */
+    bool first = true;
+    while (i < last && !keep_all) {
+        long lo;
+        size_t len;
+        if (re[i] == '[' && i + 1 < last && re[i + 1] == ':') {
+            /* a POSIX class: ASCII letters, digits... in PCRE2's C tables */
+            const char *pe = strstr(re + i, ":]");
+            if (!pe || (size_t)(pe - re) >= last) {
+                keep_all = true;
+                break;
+            }
+            len = (size_t)(pe - (re + i)) + 2;
+            sb_add(&c, re + i, len);
+            i += len, any = true, first = false;
+            continue;
+        }
+        if (re[i] == '\\') {
+            lo = ao_escape_value(re, i, last, &len);
+            if (lo < 0) {
+                char e = i + 1 < last ? re[i + 1] : 0;
+                /* \d \w \s \h \v and their negations, \n \t..., escaped
+                 * punctuation: ASCII or classes PCRE2 and Hyperscan read the
+                 * same for ASCII input; \p, \Q and the rest: keep the class */
+                if (strchr("dDwWsShHvVntrfae", e) || (e && !isalnum((unsigned char)e))) {
+                    sb_add(&c, re + i, 2);
+                    i += 2, any = true, first = false;
+                    continue;
+                }
+                keep_all = true;
+                break;
+            }
+        } else {
+            lo = (unsigned char)re[i];
+            len = 1;
+            if (first && re[i] == ']') {
+                lo = ']';
+            }
+        }
+        first = false;
+        size_t at = i;
+        i += len;
+        long hi = lo;
+        size_t rlen = len;
+        if (i + 1 < last && re[i] == '-' && re[i + 1] != ']') {
+            size_t l2 = 1;
+            if (re[i + 1] == '\\') {
+                hi = ao_escape_value(re, i + 1, last, &l2);
+                if (hi < 0) {
+                    keep_all = true;
+                    break;
+                }
+            } else {
+                hi = (unsigned char)re[i + 1];
+            }
+            rlen += 1 + l2;
+            i += 1 + l2;
+        }
+        if (lo >= 0x80) {
+            a->changed = true;
+            continue; /* wholly out */
+        }
+        if (hi >= 0x80) {
+            char r[16];
+            snprintf(r, sizeof r, "\\x%02lx-\\x7f", (unsigned long)lo);
+            sb_add(&c, r, strlen(r));
+            a->changed = true;
+        } else {
+            sb_add(&c, re + at, rlen);
+        }
+        any = true;
+    }
+    if (keep_all || c.oom) {
+        sb_add(out, re + a->i, end - a->i);
+        free(c.s);
+        a->i = end;
+        return true;
+    }
+    a->i = end;
+    if (!any) {
+        free(c.s);
+        a->changed = true;
+        return false;
+    }
+    sb_add(out, "[", 1);
+    /* a member taken out may leave one first that reads otherwise there:
+     * "[\xe9^a]" -> "[\^a]", not "[^a]"; "[\xe9:alpha:]" -> "[\:alpha:]" */
+    if (c.s[0] == '^' || c.s[0] == ':' || c.s[0] == '.' || c.s[0] == '=')
+        sb_add(out, "\\", 1);
+    sb_add(out, c.s, c.n);
+    sb_add(out, "]", 1);
+    free(c.s);
+    return true;
+}
+
+/* index just past the group that opens at re[i] */
+static size_t group_end(const char *re, size_t i, size_t n)
+{
+    int depth = 0;
+    for (size_t k = i; k < n;) {
+        size_t o = opaque_len(re, k, n, false);
+        if (o) {
+            k += o;
+            continue;
+        }
+        if (re[k] == '(')
+            depth++;
+        else if (re[k] == ')' && --depth == 0)
+            return k + 1;
+        k++;
+    }
+    return n;
+}
+
+/* One atom at a->i into item; false when it cannot match ASCII input. */
+static bool ao_atom(struct ao *a, struct sb *item)
+{
+    const char *re = a->re;
+    size_t i = a->i, n = a->n;
+    char c = re[i];
+    if (c == '(') {
+        if (i + 1 < n && re[i + 1] == '*') {
+            a->unsure = true;
+            return true;
+        }
+        size_t j = i + 1;
+        if (j < n && re[j] == '?') {
+            char k = j + 1 < n ? re[j + 1] : 0;
+            if (k == '=' || k == '!' ||
+                (k == '<' && j + 2 < n && (re[j + 2] == '=' || re[j + 2] == '!'))) {
+                /* an assertion stays as it is: on ASCII input it means the
+                 * same */
+                size_t e = group_end(re, i, n);
+                sb_add(item, re + i, e - i);
+                a->i = e;
+                return true;
+            }
+            if (k == ':' || k == '>') {
+                j += 2;
+            } else if (k == '<' || k == '\'' || (k == 'P' && j + 2 < n && re[j + 2] == '<')) {
+                char close = k == '\'' ? '\'' : '>';
+                while (j < n && re[j] != close)
+                    j++;
+                j++;
+            } else {
+                size_t o = j + 1;
+                while (o < n && (isalpha((unsigned char)re[o]) || re[o] == '-' || re[o] == '^'))
+                    o++;
+                if (o == j + 1 || o >= n || (re[o] != ':' && re[o] != ')') || k == 'P' ||
+                    k == 'R') {
+                    a->unsure = true;
+                    return true;
+                }
+                if (re[o] == ')') {
+                    /* an option setting: zero-width, kept */
+                    sb_add(item, re + i, o + 1 - i);
+                    a->i = o + 1;
+                    return true;
+                }
+                j = o + 1;
+            }
+        } else {
+            j = i + 1;
+        }
+        sb_add(item, re + i, j - i);
+        a->i = j;
+        struct sb inner = {0};
+        bool live = ao_alt(a, &inner);
+        if (a->i >= n || re[a->i] != ')')
+            a->unsure = true;
+        a->i++;
+        sb_add(item, inner.s ? inner.s : "", inner.n);
+        sb_add(item, ")", 1);
+        free(inner.s);
+        return live;
+    }
+    if (c == '[')
+        return ao_class(a, class_end(re, i, n), item);
+    if (c == '\\') {
+        if (i + 1 < n && re[i + 1] == 'Q') {
+            size_t q = opaque_len(re, i, n, false);
+            bool live = true;
+            for (size_t k = i + 2; k < i + q; k++)
+                live = live && (unsigned char)re[k] < 0x80;
+            sb_add(item, re + i, q);
+            a->i = i + q;
+            if (!live)
+                a->changed = true;
+            return live;
+        }
+        if (i + 1 < n && re[i + 1] >= '1' && re[i + 1] <= '9') {
+            a->unsure = true; /* a back-reference */
+            return true;
+        }
+        size_t len;
+        long v = ao_escape_value(re, i, n, &len);
+        if (v < 0) {
+            len = 2;
+            if (i + 2 < n && re[i + 2] == '{' && strchr("pPgkoN", re[i + 1])) {
+                const char *cl = memchr(re + i, '}', n - i);
+                len = cl ? (size_t)(cl - (re + i)) + 1 : n - i;
+            }
+        }
+        sb_add(item, re + i, len);
+        a->i = i + len;
+        if (v >= 0x80) {
+            a->changed = true;
+            return false;
+        }
+        return true;
+    }
+    sb_add(item, re + i, 1);
+    a->i++;
+    if ((unsigned char)c >= 0x80) {
+        a->changed = true;
+        return false;
+    }
+    return true;
+}
+
+static bool ao_seq(struct ao *a, struct sb *out)
+{
+    const char *re = a->re;
+    bool live = true;
+    while (!a->unsure && a->i < a->n && re[a->i] != '|' && re[a->i] != ')') {
+        struct sb item = {0};
+        bool al = ao_atom(a, &item);
+        /* the quantifier, as written */
+        size_t q0 = a->i;
+        long lo = 1;
+        if (a->i < a->n && (re[a->i] == '*' || re[a->i] == '?')) {
+            lo = 0, a->i++;
+        } else if (a->i < a->n && re[a->i] == '+') {
+            a->i++;
+        } else if (a->i < a->n && re[a->i] == '{') {
+            long qlo, qhi;
+            bool lazy;
+            size_t ql = quantifier_at(re, a->i, a->n, &qlo, &qhi, &lazy);
+            if (ql) {
+                lo = qlo;
+                a->i += ql - (lazy ? 1 : 0);
+            }
+        }
+        if (a->i > q0 && a->i < a->n && (re[a->i] == '?' || re[a->i] == '+'))
+            a->i++;
+        else if (!al && a->i == q0 && a->i < a->n && re[a->i] == '{')
+            a->unsure = true; /* a quantifier it did not read (possessive) */
+        if (al) {
+            sb_add(&item, re + q0, a->i - q0);
+            sb_add(out, item.s ? item.s : "", item.n);
+        } else if (lo > 0) {
+            live = false; /* a required atom that ASCII cannot match */
+        } else {
+            a->changed = true; /* an optional one: dropped */
+        }
+        free(item.s);
+    }
+    return live;
+}
+
+static bool ao_alt(struct ao *a, struct sb *out)
+{
+    bool any = false, first = true;
+    for (;;) {
+        struct sb alt = {0};
+        bool live = ao_seq(a, &alt);
+        if (live) {
+            if (!first)
+                sb_add(out, "|", 1);
+            sb_add(out, alt.s ? alt.s : "", alt.n);
+            first = false;
+            any = true;
+        } else {
+            a->changed = true;
+        }
+        free(alt.s);
+        if (a->unsure || a->i >= a->n || a->re[a->i] != '|')
+            return any;
+        a->i++;
+    }
+}
+
+int mx_rules_ascii_only(const char *re, bool extended, char **out)
+{
+    *out = NULL;
+    if (extended)
+        return 0;
+    struct ao a = {.re = re, .n = strlen(re)};
+    struct sb o = {0};
+    bool live = ao_alt(&a, &o);
+    if (a.i != a.n)
+        a.unsure = true; /* an unbalanced ')' */
+    if (a.unsure || o.oom || !a.changed) {
+        free(o.s);
+        return o.oom ? -ENOMEM : 0;
+    }
+    if (!live) {
+        free(o.s);
+        return 2;
+    }
+    sb_add(&o, "", 0);
+    if (o.oom) {
+        free(o.s);
+        return -ENOMEM;
+    }
+    *out = o.s;
+    return 1;
+}
+
 int mx_rules_finish(struct mx_ruleset *rs)
 {
     for (size_t i = 0; i < rs->nreplace; i++) {

@@ -202,6 +202,19 @@ char *mx_rules_share_repeats(const char *re, bool extended, unsigned serial);
 char *mx_rules_reverse(const char *re, bool extended);
 
 /**
+ * `re` restricted to ASCII input: every alternative, class member and
+ * optional atom that needs a byte of 0x80 or above is taken out, so that on
+ * a text of bytes below 0x80 the result matches exactly where `re` does
+ * (the same starts and ends) while its automaton can be much smaller (the
+ * ReplaceTags look-alike letter classes are mostly multi-byte UTF-8).
+ * Assertions, negated classes, '.', \W and the like stay as written: on
+ * ASCII input they mean the same. Returns 0 (nothing to take out, or a
+ * construct it does not read: use `re` as it is), 1 (*out: a malloc'd
+ * regex), 2 (no ASCII text can match: leave the pattern out) or -ENOMEM.
+ */
+int mx_rules_ascii_only(const char *re, bool extended, char **out);
+
+/**
  * Drop the ^ and $ anchors of regex `re` outside character classes (and
  * \Q...\E), in place: an assertion only narrows what matches, so the result
  * matches whatever `re` does (a necessary condition for a prefilter; Hyperscan

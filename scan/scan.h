@@ -79,6 +79,7 @@ struct mx_scan_stats {
                               * (too large for PCRE2 as written) */
     unsigned located;        /* ... whose PCRE2 search starts only where a match can
                               * (a reversed-regex locator, see engine.c) */
+    unsigned ascii_variants; /* body databases with a variant for ASCII text */
     unsigned meta;           /* meta rules */
     unsigned dlp;            /* dlp rules */
     unsigned attachment;     /* attachment rules */

@@ -6,7 +6,8 @@
  * its anchors (mx_rules_drop_anchors) must not lengthen it. Where PCRE2
  * compiles the regex, its reversal (mx_rules_reverse) must compile too, and
  * with its repeated group shared (mx_rules_share_repeats) it must match the
- * same subjects at the same offsets.
+ * same subjects at the same offsets, and restricted to ASCII
+ * (mx_rules_ascii_only) it must match ASCII subjects where it did.
  */
 #include "scan/rules_internal.h"
 
@@ -40,6 +41,43 @@ static void check_rewrites(const struct mx_rule *r)
         pcre2_code_free(rc);
         free(rev);
     }
+    /* restricted to ASCII: the same matches on ASCII subjects */
+    char *as = NULL;
+    int ar = mx_rules_ascii_only(r->re, x, &as);
+    pcre2_code *ac = ar == 1 ? compile(as, fl) : NULL;
+    if (ar == 1 && !ac)
+        abort();
+    if (ar >= 1) {
+        static const char *const ascii[] = {"",
+                                            "a",
+                                            "abc abc",
+                                            "Ph@rmacy pharmacy",
+                                            "x\ny\n",
+                                            "1. Your name: ____",
+                                            "<b>free</b> &#169; 100%"};
+        pcre2_match_data *m1 = pcre2_match_data_create_from_pattern(pc, NULL);
+        pcre2_match_data *m2 = ac ? pcre2_match_data_create_from_pattern(ac, NULL) : NULL;
+        pcre2_match_context *mc = pcre2_match_context_create(NULL);
+        pcre2_set_match_limit(mc, 100000);
+        for (size_t i = 0; m1 && mc && i < sizeof ascii / sizeof *ascii; i++) {
+            size_t n = strlen(ascii[i]);
+            int a = pcre2_match(pc, (PCRE2_SPTR)ascii[i], n, 0, 0, m1, mc);
+            int b =
+                ac ? pcre2_match(ac, (PCRE2_SPTR)ascii[i], n, 0, 0, m2, mc) : PCRE2_ERROR_NOMATCH;
+            if (a == PCRE2_ERROR_MATCHLIMIT || b == PCRE2_ERROR_MATCHLIMIT)
+                continue;
+            if ((a >= 0) != (b >= 0))
+                abort(); /* ar == 2 ("no ASCII text matches") included */
+            if (a >= 0 && (pcre2_get_ovector_pointer(m1)[0] != pcre2_get_ovector_pointer(m2)[0] ||
+                           pcre2_get_ovector_pointer(m1)[1] != pcre2_get_ovector_pointer(m2)[1]))
+                abort();
+        }
+        pcre2_match_context_free(mc);
+        pcre2_match_data_free(m1);
+        pcre2_match_data_free(m2);
+    }
+    pcre2_code_free(ac);
+    free(as);
     char *sh = mx_rules_share_repeats(r->re, x, 0);
     pcre2_code *sc = sh ? compile(sh, fl) : NULL;
     if (sh && !sc)

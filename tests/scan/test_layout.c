@@ -13,7 +13,10 @@
  *
  * Beside the corpus, 48 generated messages that fill in forms, so that the
  * __FILL_THIS_FORM_* rules (too large for PCRE2 as written, located
- * confirmation) hit and nearly hit.
+ * confirmation) hit and nearly hit; and 6 whose body text leaves ASCII
+ * late, in the Subject, or outgrows the kept copy, with look-alike words
+ * before and after, for the body databases' ASCII variants (engine.c,
+ * ASCII MODE).
  *
  * Environment: SHARED_CORPUS (folder tree of messages), SCAN_CACHE_DIR.
  * Skips when Debian's spamassassin package (the stock rules) is missing.
@@ -57,6 +60,16 @@ static void values(struct mx_scan_worker *w, size_t nrules, size_t i, size_t chu
     mx_scan_msg_free(m);
 }
 
+static void add_file(char *b, size_t n)
+{
+    struct corpus_file *nf = realloc(files, (nfiles + 1) * sizeof *nf);
+    assert_non_null(nf);
+    files = nf;
+    files[nfiles].b = b;
+    files[nfiles].n = n;
+    nfiles++;
+}
+
 /* Append generated form-filling messages to the corpus (see the top). */
 static void add_forms(void)
 {
@@ -94,12 +107,47 @@ static void add_forms(void)
                                   sep);
         }
         n += (size_t)snprintf(b + n, cap - n, "\nRegards,\nJames\n");
-        struct corpus_file *nf2 = realloc(files, (nfiles + 1) * sizeof *nf2);
-        assert_non_null(nf2);
-        files = nf2;
-        files[nfiles].b = b;
-        files[nfiles].n = n;
-        nfiles++;
+        add_file(b, n);
+    }
+}
+
+/* Messages for the ASCII variants (see the top). */
+static void add_ascii_switches(void)
+{
+    static const char *const words[] = {"ph@rmacy", "cheap",  "v1agra", "pharmacy",
+                                        "meds",     "online", "order",  "Ph-armacy",
+                                        "the",      "and",    "now"};
+    static const struct {
+        const char *subject; /* raw header value */
+        size_t filler;       /* ASCII bytes before the tail */
+        const char *tail;    /* then this */
+    } cases[] = {
+        {"plain", 20000, "buy \xd1\x80h\xd0\xb0rmacy and ph\xc3\xa0rmacy here\n"},
+        {"plain", 40000, "price \xe2\x82\xac 5 ph@rmacy\n"},
+        {"=?UTF-8?B?cGjQsHJtYWN5?=", 20000, "ph@rmacy\n"},
+        {"plain", 300000, "ph\xc3\xa0rmacy\n"},
+        {"plain", 30000, "pharrmacy v1@gra\n"},
+        {"ph\xc3\xa0rmacy", 500, "\n"},
+    };
+    uint32_t seed = 777;
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        size_t cap = cases[c].filler + 4096, n = 0;
+        char *b = malloc(cap);
+        assert_non_null(b);
+        n += (size_t)snprintf(b + n, cap - n,
+                              "From: a@example.net\nTo: b@example.com\nSubject: %s\n"
+                              "Message-ID: <ascii%zu@example.net>\n"
+                              "Date: Mon, 07 Dec 2026 10:00:00 +0000\n"
+                              "Content-Type: text/plain; charset=utf-8\n"
+                              "Content-Transfer-Encoding: 8bit\n\n",
+                              cases[c].subject, c);
+        while (n < cases[c].filler) {
+            seed = seed * 1103515245u + 12345u;
+            const char *w = words[(seed >> 8) % (sizeof words / sizeof *words)];
+            n += (size_t)snprintf(b + n, cap - n, "%s%s", w, (seed >> 20) % 9 ? " " : ".\n");
+        }
+        n += (size_t)snprintf(b + n, cap - n, "\n%s", cases[c].tail);
+        add_file(b, n);
     }
 }
 
@@ -115,6 +163,7 @@ static void test_layouts_same_hits(void **state)
     corpus_files_load(corpus);
     assert_true(nfiles > 100);
     add_forms();
+    add_ascii_switches();
 
     const char *paths[] = {"/etc/spamassassin", "/usr/share/spamassassin"};
     struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = 2,

@@ -433,6 +433,45 @@ static void test_rules_reverse_starts(void **state)
     assert_true(matched > 20); /* not vacuous */
 }
 
+/* mx_rules_ascii_only(): what needs a byte of 0x80 or more goes, the rest
+ * (assertions, negated classes) stays; 0 unchanged, 2 never matches ASCII */
+static void test_rules_ascii_only(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *re;
+        int rc;
+        const char *out;
+    } cases[] = {
+        {"abc", 0, NULL},
+        {"a\\xe9b", 2, NULL},
+        {"(?:[aA\\xe0-\\xe6]|\\xc3[\\xa0-\\xa6])b", 1, "(?:[aA])b"},
+        {"[^\\xe9]x", 0, NULL},
+        {"x(?:\\xc3\\xa9)?y", 1, "xy"},
+        {"x[\\xc0-\\xff]{0,2}y", 1, "xy"},
+        {"x[\\xc0-\\xff]{1,2}y|z", 1, "z"},
+        {"[a-\\xff]", 1, "[\\x61-\\x7f]"},
+        {"(?!\\xc3)a", 0, NULL},
+        {"\\xe9{0,2}+b", 0, NULL}, /* possessive: not read, kept */
+        {"[[:alpha:]\\xe9]", 1, "[[:alpha:]]"},
+        {"[\\xe9^a]", 1, "[\\^a]"},
+        {"[\\xe9:alpha:]x", 1, "[\\:alpha:]x"},
+        {"(a)\\1\\xe9", 0, NULL}, /* back-reference: kept */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out = NULL;
+        int rc = mx_rules_ascii_only(cases[i].re, false, &out);
+        if (rc != cases[i].rc || (cases[i].out && (!out || strcmp(out, cases[i].out) != 0)))
+            printf("# ascii_only(%s) = %d %s\n", cases[i].re, rc, out ? out : "-");
+        assert_int_equal(rc, cases[i].rc);
+        if (cases[i].out)
+            assert_string_equal(out, cases[i].out);
+        else
+            assert_null(out);
+        free(out);
+    }
+}
+
 /* mx_rules_share_repeats(): the heaviest (?:...){m,n} becomes a named group
  * and subroutine calls; a regex PCRE2 finds too large as written compiles
  * and matches the same */
@@ -675,15 +714,17 @@ static void test_stock_rules(void **state)
     mx_scan_engine_stats(e, &st);
     printf("# stock rules: live=%u regex=%u hs_exact=%u hs_prefilter=%u pcre_only=%u meta=%u "
            "skipped=%u zero_score=%u databases=%u from_cache=%d compile=%.1fs pcre_shared=%u "
-           "located=%u\n",
+           "located=%u ascii_variants=%u\n",
            st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.meta, st.skipped,
            st.zero_score, st.databases, st.from_cache, st.compile_seconds, st.pcre_shared,
-           st.located);
+           st.located, st.ascii_variants);
     assert_true(st.regex > 1500);
     /* __FILL_THIS_FORM_LONG1/2 are too large for PCRE2 as written; the
      * __FILL_THIS_FORM_* rules and their like get locators */
     assert_int_equal(st.pcre_shared, 2);
     assert_true(st.located >= 20);
+    /* the look-alike database at least has an ASCII variant */
+    assert_true(st.ascii_variants >= 1);
     assert_true(st.meta > 900);
     struct mx_scan_worker *w = mx_scan_worker_new(e);
     assert_non_null(w);
@@ -740,7 +781,8 @@ int main(void)
         cmocka_unit_test(test_rules_parse),          cmocka_unit_test(test_rules_drop_anchors),
         cmocka_unit_test(test_rules_relax_repeats),  cmocka_unit_test(test_rules_reverse),
         cmocka_unit_test(test_rules_reverse_starts), cmocka_unit_test(test_rules_share_repeats),
-        cmocka_unit_test(test_verdict_headers),      cmocka_unit_test(test_default_rules),
+        cmocka_unit_test(test_rules_ascii_only),     cmocka_unit_test(test_verdict_headers),
+        cmocka_unit_test(test_default_rules),
     };
     const struct CMUnitTest engine[] = {
         cmocka_unit_test(test_engine_stats),
