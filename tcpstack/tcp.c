@@ -560,6 +560,12 @@ static void tcp_output(struct tcp_conn *c)
             n = 0;
         else
             n = umin32(n, (uint32_t)usable);
+        /* Sender SWS avoidance (RFC 9293 3.8.6.2.1): a window remnant
+         * smaller than a segment, with more data queued, waits while data
+         * is in flight (its ACK opens the window) instead of leaving as a
+         * runt. With nothing in flight it goes, or nothing would. */
+        if (n < avail && n < c->mss && c->snd_nxt != c->snd_una)
+            n = 0;
         bool fin = c->fin_queued && SEQ_LEQ(c->snd_nxt, c->snd_end) && c->snd_nxt + n == c->snd_end &&
                    (n > 0 || avail == 0);
         if (n == 0 && !fin)
