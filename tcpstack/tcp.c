@@ -310,6 +310,27 @@ static uint32_t rcv_window(const struct tcp_conn *c)
     return c->rbuf_sz - (c->rcv_nxt - c->rcv_user);
 }
 
+/** SACK blocks (RFC 2018) that fit in our ACKs beside the timestamp option. */
+static unsigned sack_blocks(const struct tcp_conn *c)
+{
+    if (!c->sack_ok || !c->n_ooo)
+        return 0;
+    return umin32(c->n_ooo, c->ts_ok ? 3 : 4);
+}
+
+/**
+ * Payload bytes one segment may carry now: the MSS (timestamps already
+ * taken off) less the SACK option our ACK carries while we hold out-of-order
+ * data. RFC 6691: the sender reduces the data by the options it sends, so
+ * the frame stays within the path MTU; a full-sized segment plus SACK blocks
+ * is 12-28 bytes over and an MTU-sized link drops it.
+ */
+static uint32_t seg_room(const struct tcp_conn *c)
+{
+    unsigned n = sack_blocks(c);
+    return c->mss - (n ? 4 + 8 * n : 0);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Output */
 
@@ -403,9 +424,11 @@ static void tcp_emit(struct tcp_conn *c, uint32_t seq, uint8_t flags, uint32_t l
             memcpy(opt + 8, &e, 4);
             optlen = 12;
         }
-        if (c->sack_ok && c->n_ooo && (flags & TH_ACK) && !(flags & TH_RST)) {
-            unsigned max = c->ts_ok ? 3 : 4;
-            unsigned n = umin32(c->n_ooo, max);
+        unsigned n = (flags & TH_ACK) && !(flags & TH_RST) ? sack_blocks(c) : 0;
+        /* Never past the MTU: with more data than seg_room() allows, fewer blocks. */
+        while (n && 20 + TCP_HLEN + optlen + 4 + 8 * n + len > c->pmtu)
+            n--;
+        if (n) {
             opt[optlen++] = 1;
             opt[optlen++] = 1;
             opt[optlen++] = 5;
@@ -555,7 +578,8 @@ static void tcp_output(struct tcp_conn *c)
     for (;;) {
         uint32_t avail = SEQ_LT(c->snd_nxt, c->snd_end) ? c->snd_end - c->snd_nxt : 0;
         int32_t usable = (int32_t)(c->snd_una + win - c->snd_nxt);
-        uint32_t n = umin32(avail, c->mss);
+        uint32_t room = seg_room(c);
+        uint32_t n = umin32(avail, room);
         if (usable <= 0)
             n = 0;
         else
@@ -564,7 +588,7 @@ static void tcp_output(struct tcp_conn *c)
          * smaller than a segment, with more data queued, waits while data
          * is in flight (its ACK opens the window) instead of leaving as a
          * runt. With nothing in flight it goes, or nothing would. */
-        if (n < avail && n < c->mss && c->snd_nxt != c->snd_una)
+        if (n < avail && n < room && c->snd_nxt != c->snd_una)
             n = 0;
         bool fin = c->fin_queued && SEQ_LEQ(c->snd_nxt, c->snd_end) && c->snd_nxt + n == c->snd_end &&
                    (n > 0 || avail == 0);
@@ -1044,7 +1068,7 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
                 c->dupacks = 0;
             } else {
                 /* NewReno partial ACK: resend the next hole, deflate. */
-                uint32_t len = umin32(c->mss, c->snd_end - c->snd_una);
+                uint32_t len = umin32(seg_room(c), c->snd_end - c->snd_una);
                 if (SEQ_LT(c->snd_una, c->snd_end) && len) {
                     tcp_emit(c, c->snd_una, TH_ACK, len);
                     st->stats.tcp_retrans++;
@@ -1078,7 +1102,7 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
             uint32_t flight = c->snd_max - c->snd_una;
             c->ssthresh = umax32(flight / 2, 2u * c->mss);
             c->recover = c->snd_max;
-            uint32_t len = umin32(c->mss, c->snd_end - c->snd_una);
+            uint32_t len = umin32(seg_room(c), c->snd_end - c->snd_una);
             if (SEQ_LT(c->snd_una, c->snd_end) && len) {
                 tcp_emit(c, c->snd_una, TH_ACK, len);
             } else {

@@ -4,7 +4,8 @@
  * from the peer ("<"), expects one from the stack (">"), or acts as the
  * application ("app ..."). Time is simulated (1 ms steps), so retransmission
  * timers are checked to the millisecond. Every frame the stack sends must be
- * expected by a line, in order; its IP and TCP checksums are verified.
+ * expected by a line, in order; its IP and TCP checksums are verified, and
+ * its IP length must fit the configured MTU.
  *
  * Line syntax (see scripts/README for the full list):
  *   [+]SECONDS < FLAGS SEQ:END(LEN) [ack N] [win N] [<OPTIONS>] [data "TEXT"]
@@ -415,6 +416,8 @@ static void expect(struct runner *r, struct pkt *k, uint64_t t)
     size_t tot = rte_be_to_cpu_16(ip->total_length);
     if (tot + 14 != f->len)
         sfail(r, "IP length %zu vs frame %zu", tot, f->len);
+    if (tot > r->cfg.mtu)
+        sfail(r, "IP length %zu is over the MTU %u (a real link drops it)", tot, r->cfg.mtu);
     const uint8_t *th = d + 34;
     uint16_t l4 = (uint16_t)(tot - 20);
     uint32_t sum = rte_ipv4_phdr_cksum(ip, 0) + (uint32_t)rte_raw_cksum(th, l4);
