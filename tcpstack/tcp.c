@@ -1355,6 +1355,20 @@ static void input_synchronized(struct tcp_conn *c, struct tcp_seg *s, struct tcp
                            SEQ_LT(s->seq + slen - 1, c->rcv_nxt + wnd)));
     if (!ok && wnd == 0 && s->seq == c->rcv_nxt)
         ok = true; /* zero-window probe: process its ACK, trim its data */
+    /* A segment wholly left of the window (a duplicate; the peer's
+     * zero-window probes and keepalives use RCV.NXT - 1) is not
+     * acceptable, but its ACK is (RFC 9293 3.10.7.4: "special allowance
+     * should be made to accept valid ACKs"; BSD goes on "processing for
+     * RST or ACK"). With our window closed the peer's probes are the only
+     * segments it sends, so they alone carry the acknowledgment of our
+     * retransmissions. It gets an ACK back; its data and FIN are old and
+     * ignored below. */
+    if (!ok && c->state != TCP_SYN_RCVD && (s->flags & TH_ACK) && !(s->flags & (TH_RST | TH_SYN)) &&
+        SEQ_LT(s->seq, c->rcv_nxt) && SEQ_LEQ(s->seq + slen, c->rcv_nxt) &&
+        c->rcv_nxt - s->seq <= st->cfg.rcvbuf) {
+        ok = true;
+        c->ack_now = true;
+    }
     if (!ok) {
         if (!(s->flags & TH_RST))
             send_ack(c);
