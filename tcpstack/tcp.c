@@ -331,6 +331,18 @@ static uint32_t seg_room(const struct tcp_conn *c)
     return c->mss - (n ? 4 + 8 * n : 0);
 }
 
+/**
+ * Bytes at snd_una that have been sent (FIN excluded): all a fast or NewReno
+ * retransmission may resend. More would extend past snd_max, and the
+ * peer's ACK of it would then look like an ACK of data never sent and be
+ * dropped, again at every retransmission.
+ */
+static uint32_t sent_unacked(const struct tcp_conn *c)
+{
+    uint32_t end = SEQ_LT(c->snd_max, c->snd_end) ? c->snd_max : c->snd_end;
+    return SEQ_GT(end, c->snd_una) ? end - c->snd_una : 0;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Output */
 
@@ -1068,7 +1080,7 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
                 c->dupacks = 0;
             } else {
                 /* NewReno partial ACK: resend the next hole, deflate. */
-                uint32_t len = umin32(seg_room(c), c->snd_end - c->snd_una);
+                uint32_t len = umin32(seg_room(c), sent_unacked(c));
                 if (SEQ_LT(c->snd_una, c->snd_end) && len) {
                     tcp_emit(c, c->snd_una, TH_ACK, len);
                     st->stats.tcp_retrans++;
@@ -1102,7 +1114,7 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
             uint32_t flight = c->snd_max - c->snd_una;
             c->ssthresh = umax32(flight / 2, 2u * c->mss);
             c->recover = c->snd_max;
-            uint32_t len = umin32(seg_room(c), c->snd_end - c->snd_una);
+            uint32_t len = umin32(seg_room(c), sent_unacked(c));
             if (SEQ_LT(c->snd_una, c->snd_end) && len) {
                 tcp_emit(c, c->snd_una, TH_ACK, len);
             } else {
