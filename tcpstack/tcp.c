@@ -13,7 +13,8 @@
  * What the code follows: RFC 9293 (state machine), RFC 6298 (RTO), RFC 5681
  * and 6582 (slow start, congestion avoidance, fast retransmit, NewReno),
  * RFC 7323 (window scale, timestamps, PAWS), RFC 2018 (SACK blocks in our
- * ACKs; the peer's SACK blocks are parsed but not used for sending),
+ * ACKs, and a scoreboard of the peer's: RFC 6675 duplicate ACKs, holes
+ * resent in recovery, SACKed data skipped after an RTO),
  * RFC 5961 (RST/SYN/ACK injection defences, challenge ACKs), RFC 6528 (ISNs),
  * RFC 4987 (SYN cookies, only when the SYN backlog is full), RFC 1122
  * (delayed ACK, keepalive, zero-window probes).
@@ -344,6 +345,109 @@ static uint32_t sent_unacked(const struct tcp_conn *c)
 }
 
 /* ---------------------------------------------------------------------- */
+/* The peer's SACK blocks (RFC 2018, used as RFC 6675 does): a scoreboard of
+ * what the peer holds above snd_una, so that loss recovery resends the holes
+ * and not what already arrived. */
+
+/** Forget what the cumulative ACK now covers. */
+static void sb_prune(struct tcp_conn *c)
+{
+    unsigned k = 0;
+    for (unsigned i = 0; i < c->n_sacked; i++) {
+        struct ooo_range r = c->sacked[i];
+        if (SEQ_LEQ(r.r, c->snd_una))
+            continue;
+        if (SEQ_LT(r.l, c->snd_una))
+            r.l = c->snd_una;
+        c->sacked[k++] = r;
+    }
+    c->n_sacked = (uint8_t)k;
+}
+
+/**
+ * Merge the segment's SACK blocks, clipped to [lo, snd_max), into the
+ * scoreboard. @return true when they cover bytes it did not: an RFC 6675
+ * duplicate ACK, whatever data or window the segment carries.
+ */
+static bool sb_update(struct tcp_conn *c, const struct tcp_seg *s, uint32_t lo)
+{
+    bool grew = false;
+    for (unsigned b = 0; b < s->n_sack; b++) {
+        uint32_t l = s->sack[b][0], r = s->sack[b][1];
+        if (SEQ_GT(r, c->snd_max) || SEQ_GT(l, r))
+            continue; /* not data we sent: ignore the block */
+        if (SEQ_LT(l, lo))
+            l = lo; /* D-SACK (RFC 2883) or already acknowledged */
+        if (!SEQ_LT(l, r))
+            continue;
+        unsigned n = c->n_sacked, i = 0;
+        while (i < n && SEQ_LT(c->sacked[i].r, l))
+            i++;
+        if (i < n && SEQ_LEQ(c->sacked[i].l, l) && SEQ_GEQ(c->sacked[i].r, r))
+            continue; /* nothing new */
+        unsigned j = i;
+        while (j < n && SEQ_LEQ(c->sacked[j].l, r)) {
+            if (SEQ_LT(c->sacked[j].l, l))
+                l = c->sacked[j].l;
+            if (SEQ_GT(c->sacked[j].r, r))
+                r = c->sacked[j].r;
+            j++;
+        }
+        if (j == i) {
+            if (n >= MAX_SACKED)
+                continue; /* full: this block is not remembered */
+            memmove(&c->sacked[i + 1], &c->sacked[i], (n - i) * sizeof c->sacked[0]);
+            c->n_sacked++;
+        } else if (j > i + 1) {
+            memmove(&c->sacked[i + 1], &c->sacked[j], (n - j) * sizeof c->sacked[0]);
+            c->n_sacked = (uint8_t)(n - (j - i - 1));
+        }
+        c->sacked[i].l = l;
+        c->sacked[i].r = r;
+        grew = true;
+    }
+    return grew;
+}
+
+/**
+ * The first hole at or above from: bytes the peer has not SACKed, below
+ * bytes it has (so taken for lost), before the FIN. At most one segment.
+ */
+static bool sb_next_hole(const struct tcp_conn *c, uint32_t from, uint32_t *seq, uint32_t *len)
+{
+    uint32_t x = SEQ_LT(from, c->snd_una) ? c->snd_una : from;
+    for (unsigned i = 0; i < c->n_sacked; i++) {
+        if (SEQ_LT(x, c->sacked[i].l)) {
+            uint32_t end = SEQ_LT(c->sacked[i].l, c->snd_end) ? c->sacked[i].l : c->snd_end;
+            if (!SEQ_LT(x, end))
+                return false;
+            *seq = x;
+            *len = umin32(end - x, seg_room(c));
+            return true;
+        }
+        if (SEQ_LT(x, c->sacked[i].r))
+            x = c->sacked[i].r;
+    }
+    return false;
+}
+
+/**
+ * Resending from snd_nxt below snd_max (after an RTO or a PMTU drop): step
+ * over what the peer SACKed. @return where this stretch of unSACKed data
+ * ends (the next SACKed byte, or stop).
+ */
+static uint32_t sb_skip(struct tcp_conn *c, uint32_t stop)
+{
+    for (unsigned i = 0; i < c->n_sacked; i++) {
+        if (SEQ_LEQ(c->sacked[i].l, c->snd_nxt) && SEQ_LT(c->snd_nxt, c->sacked[i].r))
+            c->snd_nxt = c->sacked[i].r;
+        else if (SEQ_GT(c->sacked[i].l, c->snd_nxt))
+            return SEQ_LT(c->sacked[i].l, stop) ? c->sacked[i].l : stop;
+    }
+    return stop;
+}
+
+/* ---------------------------------------------------------------------- */
 /* Output */
 
 /** Option bytes for a SYN or SYN-ACK (flags tell which the peer offered). */
@@ -588,7 +692,10 @@ static void tcp_output(struct tcp_conn *c)
     uint32_t lt = !c->in_recovery && c->dupacks < 3 ? c->dupacks * c->mss : 0;
     uint32_t win = umin32(c->snd_wnd, c->cwnd + lt);
     for (;;) {
-        uint32_t avail = SEQ_LT(c->snd_nxt, c->snd_end) ? c->snd_end - c->snd_nxt : 0;
+        uint32_t stop = c->snd_end;
+        if (c->n_sacked && SEQ_LT(c->snd_nxt, c->snd_max))
+            stop = sb_skip(c, stop);
+        uint32_t avail = SEQ_LT(c->snd_nxt, stop) ? stop - c->snd_nxt : 0;
         int32_t usable = (int32_t)(c->snd_una + win - c->snd_nxt);
         uint32_t room = seg_room(c);
         uint32_t n = umin32(avail, room);
@@ -734,6 +841,11 @@ static void rexmt_timeout(struct tcp_conn *c)
     uint32_t flight = c->snd_max - c->snd_una;
     c->ssthresh = umax32(flight / 2, 2u * c->mss);
     c->cwnd = c->mss;
+    /* The go-back-N resend below steps over SACKed data (RFC 6675 5.1);
+     * a second RTO in a row may mean the peer dropped what it SACKed
+     * (RFC 2018 reneging), so then everything goes again. */
+    if (c->backoff >= 1)
+        c->n_sacked = 0;
     c->in_recovery = false;
     c->recover = c->snd_max;
     c->dupacks = 0;
@@ -1057,11 +1169,14 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
         return false;
     }
     uint32_t wnd = s->wnd << c->snd_ws;
+    bool sack_new = c->sack_ok && s->n_sack &&
+                    sb_update(c, s, SEQ_GT(s->ack, c->snd_una) ? s->ack : c->snd_una);
     if (SEQ_GT(s->ack, c->snd_una)) {
         uint32_t acked = s->ack - c->snd_una;
         c->snd_una = s->ack;
         if (SEQ_LT(c->snd_nxt, c->snd_una))
             c->snd_nxt = c->snd_una;
+        sb_prune(c);
         /* RTT: timestamps echo when the acked segment left; else Karn. */
         if (c->ts_ok && s->has_ts && s->tsecr) {
             uint32_t r = ts_now(c) - s->tsecr;
@@ -1079,11 +1194,17 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
                 c->in_recovery = false;
                 c->dupacks = 0;
             } else {
-                /* NewReno partial ACK: resend the next hole, deflate. */
-                uint32_t len = umin32(seg_room(c), sent_unacked(c));
-                if (SEQ_LT(c->snd_una, c->snd_end) && len) {
-                    tcp_emit(c, c->snd_una, TH_ACK, len);
+                /* NewReno partial ACK: resend the next hole, deflate. With
+                 * SACK, the hole at snd_una only if this recovery has not
+                 * resent it yet, else the next one the scoreboard shows. */
+                uint32_t seq = c->snd_una, len = umin32(seg_room(c), sent_unacked(c));
+                if (c->n_sacked && !sb_next_hole(c, c->rxt_next, &seq, &len))
+                    len = 0;
+                if (SEQ_LT(seq, c->snd_end) && len) {
+                    tcp_emit(c, seq, TH_ACK, len);
                     st->stats.tcp_retrans++;
+                    if (SEQ_GT(seq + len, c->rxt_next))
+                        c->rxt_next = seq + len;
                 }
                 c->cwnd = (c->cwnd > acked ? c->cwnd - acked : 0) + c->mss;
                 arm_rexmt(c);
@@ -1104,17 +1225,32 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
         } else {
             arm_rexmt(c);
         }
-    } else if (s->ack == c->snd_una && s->len == 0 && !(s->flags & (TH_FIN | TH_SYN)) &&
-               wnd == c->snd_wnd && c->snd_max != c->snd_una && !c->persist) {
+    } else if (s->ack == c->snd_una && !(s->flags & (TH_FIN | TH_SYN)) &&
+               c->snd_max != c->snd_una && !c->persist &&
+               (sack_new || (s->len == 0 && wnd == c->snd_wnd && !(c->sack_ok && s->n_sack)))) {
+        /* Duplicate ACK: RFC 5681 (no data, same window) without SACK
+         * blocks; with them, RFC 6675: any ACK that SACKs new data, even
+         * one carrying data or a new window (both are the rule when the
+         * peer sends too), while a copy of an old ACK counts no more. */
         st->stats.tcp_dupack++;
         c->dupacks++;
-        if (c->in_recovery) {
+        uint32_t seq, len;
+        if (c->in_recovery && c->n_sacked && sb_next_hole(c, c->rxt_next, &seq, &len)) {
+            /* A segment left the network: its slot goes to the next hole. */
+            tcp_emit(c, seq, TH_ACK, len);
+            st->stats.tcp_retrans++;
+            st->stats.tcp_sack_retrans++;
+            c->rxt_next = seq + len;
+        } else if (c->in_recovery) {
             c->cwnd += c->mss;
         } else if (c->dupacks == 3 && SEQ_GT(s->ack, c->recover)) {
             uint32_t flight = c->snd_max - c->snd_una;
             c->ssthresh = umax32(flight / 2, 2u * c->mss);
             c->recover = c->snd_max;
-            uint32_t len = umin32(seg_room(c), sent_unacked(c));
+            len = umin32(seg_room(c), sent_unacked(c));
+            if (c->n_sacked)
+                sb_next_hole(c, c->snd_una, &seq, &len); /* stops at SACKed data */
+            c->rxt_next = c->snd_una + len;
             if (SEQ_LT(c->snd_una, c->snd_end) && len) {
                 tcp_emit(c, c->snd_una, TH_ACK, len);
             } else {

@@ -85,6 +85,7 @@ enum tcp_state {
 
 #define MAX_OOO 16
 #define MAX_SACK_IN 4
+#define MAX_SACKED 8 /**< ranges of the peer's SACK scoreboard */
 
 /** A parsed incoming segment. */
 struct tcp_seg {
@@ -143,6 +144,9 @@ struct tcp_conn {
     uint16_t peer_mss, mss; /**< mss: payload bytes per segment, options excluded */
     uint16_t pmtu;
     uint32_t cwnd, ssthresh, recover;
+    uint32_t rxt_next; /**< in recovery: holes below this were resent already */
+    uint8_t n_sacked;
+    struct ooo_range sacked[MAX_SACKED]; /**< what the peer SACKed above snd_una, sorted */
     uint8_t dupacks;
     uint8_t backoff;
     uint8_t ka_probes;

@@ -224,10 +224,11 @@ int main(int argc, char **argv)
     struct mx_dpdk_queue_stats qs;
     mx_dpdk_queue_stats(0, &qs);
     printf("sessions %u\nclosed_ok %u\n", sessions, closed_ok);
-    printf("tcp_retrans %lu\ntcp_rto %lu\ntcp_fast_retrans %lu\ntcp_ooo %lu\ntcp_zwp %lu\n",
+    printf("tcp_retrans %lu\ntcp_rto %lu\ntcp_fast_retrans %lu\ntcp_sack_retrans %lu\n"
+           "tcp_ooo %lu\ntcp_zwp %lu\n",
            (unsigned long)st->tcp_retrans, (unsigned long)st->tcp_rto,
-           (unsigned long)st->tcp_fast_retrans, (unsigned long)st->tcp_ooo,
-           (unsigned long)st->tcp_zwp);
+           (unsigned long)st->tcp_fast_retrans, (unsigned long)st->tcp_sack_retrans,
+           (unsigned long)st->tcp_ooo, (unsigned long)st->tcp_zwp);
     printf("tcp_bad_csum %lu\nip_bad_csum %lu\narp_rx %lu\nicmp_echo %lu\n",
            (unsigned long)st->tcp_bad_csum, (unsigned long)st->ip_bad_csum,
            (unsigned long)st->arp_rx, (unsigned long)st->icmp_echo);

@@ -491,7 +491,7 @@ static uint64_t stat_value(struct runner *r, const char *name)
     S(tcp_challenge_ack) S(tcp_syn_cookie_tx) S(tcp_syn_cookie_ok) S(tcp_syn_cookie_bad)
     S(tcp_accepts) S(tcp_connects) S(tcp_timewait_recycled) S(tcp_paws_drop) S(tcp_zwp)
     S(tcp_keepalive) S(tcp_aborts) S(tcp_rst_tx) S(tcp_bad_csum) S(tcp_no_port) S(conns)
-    S(syn_rcvd) S(timewait) S(tcp_mem_drop) S(mem_used)
+    S(syn_rcvd) S(timewait) S(tcp_mem_drop) S(mem_used) S(tcp_sack_retrans)
 #undef S
     sfail(r, "unknown stat %s", name);
     return 0;

@@ -32,9 +32,17 @@ while [ $i -lt "$RUNS" ]; do
     t1=$(date +%s.%N)
     v() { awk -v k="$1" '$1 == k { print $2 }' "$d/loss5.out" 2>/dev/null; }
     conns=$(grep '^conn ' "$d/log" | sed 's/^conn \([0-9]*\): /\1=/' | tr ' \n' '_ ')
-    printf 'seed %s %s %.1fs %s closed_ok=%s rto=%s retrans=%s fast=%s zwp=%s drop=%s\n' \
+    # longest run of once-a-second dumps in which a session's snd_una did not
+    # move although it had data to send: the longest stall, in seconds
+    stall=$(awk '/^dump/ { delete f; for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+                   k = f["sess"]
+                   if (f["una"] == last[k] && f["una"] != f["end"]) run[k]++; else run[k] = 0
+                   last[k] = f["una"]; if (run[k] > m) m = run[k] }
+                 END { print m + 0 }' "$d/loss5.err" 2>/dev/null)
+    printf 'seed %s %s %.1fs %s closed_ok=%s rto=%s retrans=%s fast=%s sack=%s zwp=%s drop=%s stall=%ss\n' \
         "$s" "$([ $rc = 0 ] && echo pass || echo FAIL)" "$(echo "$t1 - $t0" | bc)" "$conns" \
         "$(v closed_ok)" "$(v tcp_rto)" "$(v tcp_retrans)" "$(v tcp_fast_retrans)" \
-        "$(v tcp_zwp)" "$(v impair_drop)"
+        "$(v tcp_sack_retrans)" \
+        "$(v tcp_zwp)" "$(v impair_drop)" "$stall"
     i=$((i + 1))
 done
