@@ -432,6 +432,19 @@ static bool sb_next_hole(const struct tcp_conn *c, uint32_t from, uint32_t *seq,
 }
 
 /**
+ * RFC 6675 IsLost(SND.UNA): more than (DupThresh - 1) * SMSS bytes SACKed
+ * above it. Linux compresses its SACKs, so a burst of out-of-order arrivals
+ * may come back as one or two ACKs: counting them would wait for an RTO.
+ */
+static bool sb_una_lost(const struct tcp_conn *c)
+{
+    uint32_t n = 0;
+    for (unsigned i = 0; i < c->n_sacked; i++)
+        n += c->sacked[i].r - c->sacked[i].l;
+    return n > 2u * c->mss;
+}
+
+/**
  * Resending from snd_nxt below snd_max (after an RTO or a PMTU drop): step
  * over what the peer SACKed. @return where this stretch of unSACKed data
  * ends (the next SACKed byte, or stop).
@@ -1243,7 +1256,8 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
             c->rxt_next = seq + len;
         } else if (c->in_recovery) {
             c->cwnd += c->mss;
-        } else if (c->dupacks == 3 && SEQ_GT(s->ack, c->recover)) {
+        } else if ((c->dupacks == 3 || (c->dupacks < 3 && sb_una_lost(c))) &&
+                   SEQ_GT(s->ack, c->recover)) {
             uint32_t flight = c->snd_max - c->snd_una;
             c->ssthresh = umax32(flight / 2, 2u * c->mss);
             c->recover = c->snd_max;
