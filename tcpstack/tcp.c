@@ -1491,9 +1491,16 @@ static void receive_fin(struct tcp_conn *c)
 static void input_synchronized(struct tcp_conn *c, struct tcp_seg *s, struct tcp_listener *l)
 {
     struct mx_tcp_stack *st = c->st;
-    /* A retransmitted SYN while we wait for the handshake's ACK. */
+    /* A retransmitted SYN while we wait for the handshake's ACK. The answer
+     * echoes this SYN's timestamp, as Linux does: echoing the first one
+     * hands the peer an RTT sample that includes its SYN timeout (1 s or
+     * more), and its RTO stays seconds long for the whole connection. */
     if (c->state == TCP_SYN_RCVD && (s->flags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN &&
         s->seq == c->irs) {
+        if (c->ts_ok && s->has_ts && SEQ_GEQ(s->tsval, c->ts_recent)) {
+            c->ts_recent = s->tsval;
+            c->ts_recent_at = st->now;
+        }
         tcp_emit(c, c->iss, TH_SYN | TH_ACK, 0);
         return;
     }
