@@ -1585,8 +1585,12 @@ static void input_synchronized(struct tcp_conn *c, struct tcp_seg *s, struct tcp
         c->max_snd_wnd = c->snd_wnd;
         c->snd_wl1 = s->seq;
         c->snd_wl2 = s->ack;
-        /* The handshake's own ACK may carry an RTT sample. */
-        if (c->ts_ok && s->has_ts && s->tsecr && ts_now(c) - s->tsecr < 600000)
+        /* The handshake's own ACK may carry an RTT sample, unless the
+         * SYN-ACK was resent (Karn, timestamps included): a peer whose
+         * ACK was lost may echo the first SYN-ACK's timestamp, and a
+         * sample spanning our SYN-ACK timeouts (1 s, 3 s) made the RTO
+         * 3-10 s for the whole connection. */
+        if (clean && c->ts_ok && s->has_ts && s->tsecr && ts_now(c) - s->tsecr < 600000)
             rtt_sample(c, ts_now(c) - s->tsecr);
         else if (clean)
             rtt_sample(c, (uint32_t)(st->now - synack_at));
@@ -1662,7 +1666,7 @@ static void input_syn_sent(struct tcp_conn *c, struct tcp_seg *s)
     c->recover = c->iss;
     c->backoff = 0;
     c->t_rexmt = 0;
-    if (c->ts_ok && s->has_ts && s->tsecr)
+    if (clean && c->ts_ok && s->has_ts && s->tsecr) /* Karn, as for the SYN-ACK */
         rtt_sample(c, ts_now(c) - s->tsecr);
     else if (clean)
         rtt_sample(c, (uint32_t)(st->now - c->rtt_start));
