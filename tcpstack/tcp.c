@@ -562,19 +562,26 @@ static void tcp_emit(struct tcp_conn *c, uint32_t seq, uint8_t flags, uint32_t l
             opt[optlen++] = 1;
             opt[optlen++] = 5;
             opt[optlen++] = (uint8_t)(2 + 8 * n);
-            /* RFC 2018: the block holding the latest segment goes first. */
-            unsigned first = c->ooo_last < c->n_ooo ? c->ooo_last : 0;
-            for (unsigned i = 0, k = 0; k < n; i++) {
-                unsigned idx = i == 0 ? first : (i - 1 < first ? i - 1 : i);
-                if (i > 0 && idx == first)
-                    continue;
-                if (idx >= c->n_ooo)
-                    break;
+            /* RFC 2018 4: the block holding the latest segment first, then
+             * the most recently reported ones: here, newest first. Listing
+             * the lowest ranges after the first (as before) left a range
+             * whose one report was lost unreported for seconds, and Linux
+             * took its age, once reported, as an RTT sample (13.8 s seen,
+             * its RTO then 17 s). */
+            uint32_t below = UINT32_MAX;
+            for (unsigned k = 0; k < n; k++) {
+                unsigned idx = c->n_ooo;
+                for (unsigned i = 0; i < c->n_ooo; i++)
+                    if (c->ooo[i].stamp < below &&
+                        (idx == c->n_ooo || c->ooo[i].stamp > c->ooo[idx].stamp))
+                        idx = i;
+                if (idx == c->n_ooo)
+                    idx = 0; /* equal stamps (the clock wrapped): any block will do */
+                below = c->ooo[idx].stamp;
                 uint32_t l = rte_cpu_to_be_32(c->ooo[idx].l), r = rte_cpu_to_be_32(c->ooo[idx].r);
                 memcpy(opt + optlen, &l, 4);
                 memcpy(opt + optlen + 4, &r, 4);
                 optlen += 8;
-                k++;
             }
         }
     }
@@ -1342,7 +1349,7 @@ static bool ooo_insert(struct tcp_conn *c, uint32_t l, uint32_t r)
     }
     c->ooo[i].l = l;
     c->ooo[i].r = r;
-    c->ooo_last = (uint8_t)i;
+    c->ooo[i].stamp = ++c->ooo_clock;
     return true;
 }
 
@@ -1446,8 +1453,6 @@ static void receive_data(struct tcp_conn *c, const struct tcp_seg *s)
         c->n_ooo--;
         filled = true;
     }
-    if (c->ooo_last >= c->n_ooo)
-        c->ooo_last = 0;
     deliver_buffered(c);
     if (c->dead)
         return;

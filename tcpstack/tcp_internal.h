@@ -107,7 +107,8 @@ struct tcp_seg {
 };
 
 struct ooo_range {
-    uint32_t l, r; /**< [l, r) */
+    uint32_t l, r;  /**< [l, r) */
+    uint32_t stamp; /**< receive queue: when a segment last landed in it */
 };
 
 struct tcp_conn {
@@ -162,7 +163,8 @@ struct tcp_conn {
     uint32_t irs, rcv_nxt, rcv_user, rcv_adv;
     uint8_t *rbuf;
     uint32_t rbuf_sz;
-    uint8_t n_ooo, ooo_last;
+    uint8_t n_ooo;
+    uint32_t ooo_clock; /**< stamps of the out-of-order ranges */
     struct ooo_range ooo[MAX_OOO];
     uint8_t segs_unacked;
     uint32_t ts_recent;
