@@ -1367,25 +1367,31 @@ static bool app_can_receive(const struct tcp_conn *c)
     return c->app_seen && !c->app_closed && !c->closed_cb && !c->dead;
 }
 
+/** End of the received data: RCV.NXT, less the peer's FIN once that is in. */
+static uint32_t rcv_data_end(const struct tcp_conn *c)
+{
+    return c->fin_rcvd ? c->rcv_nxt - 1 : c->rcv_nxt;
+}
+
 /** Hand the ring's in-order bytes to the app, then the EOF if it is due. */
 static void deliver_buffered(struct tcp_conn *c)
 {
-    while (c->rcv_user != c->rcv_nxt && !c->dead) {
+    while (c->rcv_user != rcv_data_end(c) && !c->dead) {
         if (!app_can_receive(c)) {
-            c->rcv_user = c->rcv_nxt; /* nobody will read it */
+            c->rcv_user = rcv_data_end(c); /* nobody will read it */
             break;
         }
         if (c->paused)
             return;
         uint32_t pos = c->rcv_user & (c->rbuf_sz - 1);
-        uint32_t n = umin32(c->rcv_nxt - c->rcv_user, c->rbuf_sz - pos);
+        uint32_t n = umin32(rcv_data_end(c) - c->rcv_user, c->rbuf_sz - pos);
         c->rcv_user += n;
         if (c->s.cb && c->s.cb->data)
             c->s.cb->data(&c->s, c->s.ctx, c->rbuf + pos, n);
     }
     if (c->dead)
         return;
-    if (c->eof_pending && c->rcv_user == c->rcv_nxt) {
+    if (c->eof_pending && c->rcv_user == rcv_data_end(c)) {
         c->eof_pending = false;
         notify_closed(c, 0);
         /* The stream is gone; finish our side: FIN after what is queued. */
@@ -1466,7 +1472,12 @@ static void receive_data(struct tcp_conn *c, const struct tcp_seg *s)
 
 static void receive_fin(struct tcp_conn *c)
 {
+    /* The FIN takes a sequence number but is no data: fin_rcvd keeps
+     * deliver_buffered() from handing that slot of the ring to the app
+     * as one more byte (it did: the echo test sent it back with its FIN,
+     * and the kernel, closed by then, answered with a RST). */
     c->rcv_nxt++;
+    c->fin_rcvd = true;
     c->ack_now = true;
     switch (c->state) {
     case TCP_SYN_RCVD:
@@ -2154,7 +2165,7 @@ void mx_tcp_poll(struct mx_tcp_stack *st, uint64_t now_ms)
             conn_kill(c);
             continue;
         }
-        if (!c->paused && c->rbuf && (c->rcv_user != c->rcv_nxt || c->eof_pending))
+        if (!c->paused && c->rbuf && (c->rcv_user != rcv_data_end(c) || c->eof_pending))
             deliver_buffered(c);
         if (!c->dead)
             tcp_output(c);
