@@ -86,6 +86,14 @@ run_case() {
     [ -n "$CAPPID" ] && { kill $CAPPID 2>/dev/null; wait $CAPPID; }
     CAPPID=
     [ -n "${VETH_LOG:-}" ] && ip netns exec $NS2 nstat -az >"$TMP/$name.nstat" 2>&1
+    # The client has closed; its FIN may still be lost and resent after
+    # its RTO (seconds at 10% loss), so wait up to 10 s for the server to
+    # report every session closed rather than a fixed 0.5 s.
+    i=0
+    while [ "$(grep -c '^closed ' "$TMP/$name.out")" -lt "$conns" ] && [ $i -lt 50 ]; do
+        i=$((i + 1))
+        sleep 0.2
+    done
     sleep 0.5
     kill -TERM $SPID 2>/dev/null
     wait $SPID
