@@ -13,7 +13,8 @@
  * What the code follows: RFC 9293 (state machine), RFC 6298 (RTO), RFC 5681
  * and 6582 (slow start, congestion avoidance, fast retransmit, NewReno),
  * RFC 7323 (window scale, timestamps, PAWS), RFC 2018 (SACK blocks in our
- * ACKs; the peer's SACK blocks are parsed but not used for sending),
+ * ACKs, and a scoreboard of the peer's: RFC 6675 duplicate ACKs, holes
+ * resent in recovery, SACKed data skipped after an RTO),
  * RFC 5961 (RST/SYN/ACK injection defences, challenge ACKs), RFC 6528 (ISNs),
  * RFC 4987 (SYN cookies, only when the SYN backlog is full), RFC 1122
  * (delayed ACK, keepalive, zero-window probes).
@@ -310,6 +311,155 @@ static uint32_t rcv_window(const struct tcp_conn *c)
     return c->rbuf_sz - (c->rcv_nxt - c->rcv_user);
 }
 
+/** SACK blocks (RFC 2018) that fit in our ACKs beside the timestamp option. */
+static unsigned sack_blocks(const struct tcp_conn *c)
+{
+    if (!c->sack_ok || !c->n_ooo)
+        return 0;
+    return umin32(c->n_ooo, c->ts_ok ? 3 : 4);
+}
+
+/**
+ * Payload bytes one segment may carry now: the MSS (timestamps already
+ * taken off) less the SACK option our ACK carries while we hold out-of-order
+ * data. RFC 6691: the sender reduces the data by the options it sends, so
+ * the frame stays within the path MTU; a full-sized segment plus SACK blocks
+ * is 12-28 bytes over and an MTU-sized link drops it.
+ */
+static uint32_t seg_room(const struct tcp_conn *c)
+{
+    unsigned n = sack_blocks(c);
+    return c->mss - (n ? 4 + 8 * n : 0);
+}
+
+/**
+ * Bytes at snd_una that have been sent (FIN excluded): all a fast or NewReno
+ * retransmission may resend. More would extend past snd_max, and the
+ * peer's ACK of it would then look like an ACK of data never sent and be
+ * dropped, again at every retransmission.
+ */
+static uint32_t sent_unacked(const struct tcp_conn *c)
+{
+    uint32_t end = SEQ_LT(c->snd_max, c->snd_end) ? c->snd_max : c->snd_end;
+    return SEQ_GT(end, c->snd_una) ? end - c->snd_una : 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The peer's SACK blocks (RFC 2018, used as RFC 6675 does): a scoreboard of
+ * what the peer holds above snd_una, so that loss recovery resends the holes
+ * and not what already arrived. */
+
+/** Forget what the cumulative ACK now covers. */
+static void sb_prune(struct tcp_conn *c)
+{
+    unsigned k = 0;
+    for (unsigned i = 0; i < c->n_sacked; i++) {
+        struct ooo_range r = c->sacked[i];
+        if (SEQ_LEQ(r.r, c->snd_una))
+            continue;
+        if (SEQ_LT(r.l, c->snd_una))
+            r.l = c->snd_una;
+        c->sacked[k++] = r;
+    }
+    c->n_sacked = (uint8_t)k;
+}
+
+/**
+ * Merge the segment's SACK blocks, clipped to [lo, snd_max), into the
+ * scoreboard. @return true when they cover bytes it did not: an RFC 6675
+ * duplicate ACK, whatever data or window the segment carries.
+ */
+static bool sb_update(struct tcp_conn *c, const struct tcp_seg *s, uint32_t lo)
+{
+    bool grew = false;
+    for (unsigned b = 0; b < s->n_sack; b++) {
+        uint32_t l = s->sack[b][0], r = s->sack[b][1];
+        if (SEQ_GT(r, c->snd_max) || SEQ_GT(l, r))
+            continue; /* not data we sent: ignore the block */
+        if (SEQ_LT(l, lo))
+            l = lo; /* D-SACK (RFC 2883) or already acknowledged */
+        if (!SEQ_LT(l, r))
+            continue;
+        unsigned n = c->n_sacked, i = 0;
+        while (i < n && SEQ_LT(c->sacked[i].r, l))
+            i++;
+        if (i < n && SEQ_LEQ(c->sacked[i].l, l) && SEQ_GEQ(c->sacked[i].r, r))
+            continue; /* nothing new */
+        unsigned j = i;
+        while (j < n && SEQ_LEQ(c->sacked[j].l, r)) {
+            if (SEQ_LT(c->sacked[j].l, l))
+                l = c->sacked[j].l;
+            if (SEQ_GT(c->sacked[j].r, r))
+                r = c->sacked[j].r;
+            j++;
+        }
+        if (j == i) {
+            if (n >= MAX_SACKED)
+                continue; /* full: this block is not remembered */
+            memmove(&c->sacked[i + 1], &c->sacked[i], (n - i) * sizeof c->sacked[0]);
+            c->n_sacked++;
+        } else if (j > i + 1) {
+            memmove(&c->sacked[i + 1], &c->sacked[j], (n - j) * sizeof c->sacked[0]);
+            c->n_sacked = (uint8_t)(n - (j - i - 1));
+        }
+        c->sacked[i].l = l;
+        c->sacked[i].r = r;
+        grew = true;
+    }
+    return grew;
+}
+
+/**
+ * The first hole at or above from: bytes the peer has not SACKed, below
+ * bytes it has (so taken for lost), before the FIN. At most one segment.
+ */
+static bool sb_next_hole(const struct tcp_conn *c, uint32_t from, uint32_t *seq, uint32_t *len)
+{
+    uint32_t x = SEQ_LT(from, c->snd_una) ? c->snd_una : from;
+    for (unsigned i = 0; i < c->n_sacked; i++) {
+        if (SEQ_LT(x, c->sacked[i].l)) {
+            uint32_t end = SEQ_LT(c->sacked[i].l, c->snd_end) ? c->sacked[i].l : c->snd_end;
+            if (!SEQ_LT(x, end))
+                return false;
+            *seq = x;
+            *len = umin32(end - x, seg_room(c));
+            return true;
+        }
+        if (SEQ_LT(x, c->sacked[i].r))
+            x = c->sacked[i].r;
+    }
+    return false;
+}
+
+/**
+ * RFC 6675 IsLost(SND.UNA): more than (DupThresh - 1) * SMSS bytes SACKed
+ * above it. Linux compresses its SACKs, so a burst of out-of-order arrivals
+ * may come back as one or two ACKs: counting them would wait for an RTO.
+ */
+static bool sb_una_lost(const struct tcp_conn *c)
+{
+    uint32_t n = 0;
+    for (unsigned i = 0; i < c->n_sacked; i++)
+        n += c->sacked[i].r - c->sacked[i].l;
+    return n > 2u * c->mss;
+}
+
+/**
+ * Resending from snd_nxt below snd_max (after an RTO or a PMTU drop): step
+ * over what the peer SACKed. @return where this stretch of unSACKed data
+ * ends (the next SACKed byte, or stop).
+ */
+static uint32_t sb_skip(struct tcp_conn *c, uint32_t stop)
+{
+    for (unsigned i = 0; i < c->n_sacked; i++) {
+        if (SEQ_LEQ(c->sacked[i].l, c->snd_nxt) && SEQ_LT(c->snd_nxt, c->sacked[i].r))
+            c->snd_nxt = c->sacked[i].r;
+        else if (SEQ_GT(c->sacked[i].l, c->snd_nxt))
+            return SEQ_LT(c->sacked[i].l, stop) ? c->sacked[i].l : stop;
+    }
+    return stop;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Output */
 
@@ -403,26 +553,35 @@ static void tcp_emit(struct tcp_conn *c, uint32_t seq, uint8_t flags, uint32_t l
             memcpy(opt + 8, &e, 4);
             optlen = 12;
         }
-        if (c->sack_ok && c->n_ooo && (flags & TH_ACK) && !(flags & TH_RST)) {
-            unsigned max = c->ts_ok ? 3 : 4;
-            unsigned n = umin32(c->n_ooo, max);
+        unsigned n = (flags & TH_ACK) && !(flags & TH_RST) ? sack_blocks(c) : 0;
+        /* Never past the MTU: with more data than seg_room() allows, fewer blocks. */
+        while (n && 20 + TCP_HLEN + optlen + 4 + 8 * n + len > c->pmtu)
+            n--;
+        if (n) {
             opt[optlen++] = 1;
             opt[optlen++] = 1;
             opt[optlen++] = 5;
             opt[optlen++] = (uint8_t)(2 + 8 * n);
-            /* RFC 2018: the block holding the latest segment goes first. */
-            unsigned first = c->ooo_last < c->n_ooo ? c->ooo_last : 0;
-            for (unsigned i = 0, k = 0; k < n; i++) {
-                unsigned idx = i == 0 ? first : (i - 1 < first ? i - 1 : i);
-                if (i > 0 && idx == first)
-                    continue;
-                if (idx >= c->n_ooo)
-                    break;
+            /* RFC 2018 4: the block holding the latest segment first, then
+             * the most recently reported ones: here, newest first. Listing
+             * the lowest ranges after the first (as before) left a range
+             * whose one report was lost unreported for seconds, and Linux
+             * took its age, once reported, as an RTT sample (13.8 s seen,
+             * its RTO then 17 s). */
+            uint32_t below = UINT32_MAX;
+            for (unsigned k = 0; k < n; k++) {
+                unsigned idx = c->n_ooo;
+                for (unsigned i = 0; i < c->n_ooo; i++)
+                    if (c->ooo[i].stamp < below &&
+                        (idx == c->n_ooo || c->ooo[i].stamp > c->ooo[idx].stamp))
+                        idx = i;
+                if (idx == c->n_ooo)
+                    idx = 0; /* equal stamps (the clock wrapped): any block will do */
+                below = c->ooo[idx].stamp;
                 uint32_t l = rte_cpu_to_be_32(c->ooo[idx].l), r = rte_cpu_to_be_32(c->ooo[idx].r);
                 memcpy(opt + optlen, &l, 4);
                 memcpy(opt + optlen + 4, &r, 4);
                 optlen += 8;
-                k++;
             }
         }
     }
@@ -553,13 +712,23 @@ static void tcp_output(struct tcp_conn *c)
     uint32_t lt = !c->in_recovery && c->dupacks < 3 ? c->dupacks * c->mss : 0;
     uint32_t win = umin32(c->snd_wnd, c->cwnd + lt);
     for (;;) {
-        uint32_t avail = SEQ_LT(c->snd_nxt, c->snd_end) ? c->snd_end - c->snd_nxt : 0;
+        uint32_t stop = c->snd_end;
+        if (c->n_sacked && SEQ_LT(c->snd_nxt, c->snd_max))
+            stop = sb_skip(c, stop);
+        uint32_t avail = SEQ_LT(c->snd_nxt, stop) ? stop - c->snd_nxt : 0;
         int32_t usable = (int32_t)(c->snd_una + win - c->snd_nxt);
-        uint32_t n = umin32(avail, c->mss);
+        uint32_t room = seg_room(c);
+        uint32_t n = umin32(avail, room);
         if (usable <= 0)
             n = 0;
         else
             n = umin32(n, (uint32_t)usable);
+        /* Sender SWS avoidance (RFC 9293 3.8.6.2.1): a window remnant
+         * smaller than a segment, with more data queued, waits while data
+         * is in flight (its ACK opens the window) instead of leaving as a
+         * runt. With nothing in flight it goes, or nothing would. */
+        if (n < avail && n < room && c->snd_nxt != c->snd_una)
+            n = 0;
         bool fin = c->fin_queued && SEQ_LEQ(c->snd_nxt, c->snd_end) && c->snd_nxt + n == c->snd_end &&
                    (n > 0 || avail == 0);
         if (n == 0 && !fin)
@@ -692,6 +861,11 @@ static void rexmt_timeout(struct tcp_conn *c)
     uint32_t flight = c->snd_max - c->snd_una;
     c->ssthresh = umax32(flight / 2, 2u * c->mss);
     c->cwnd = c->mss;
+    /* The go-back-N resend below steps over SACKed data (RFC 6675 5.1);
+     * a second RTO in a row may mean the peer dropped what it SACKed
+     * (RFC 2018 reneging), so then everything goes again. */
+    if (c->backoff >= 1)
+        c->n_sacked = 0;
     c->in_recovery = false;
     c->recover = c->snd_max;
     c->dupacks = 0;
@@ -1015,11 +1189,14 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
         return false;
     }
     uint32_t wnd = s->wnd << c->snd_ws;
+    bool sack_new = c->sack_ok && s->n_sack &&
+                    sb_update(c, s, SEQ_GT(s->ack, c->snd_una) ? s->ack : c->snd_una);
     if (SEQ_GT(s->ack, c->snd_una)) {
         uint32_t acked = s->ack - c->snd_una;
         c->snd_una = s->ack;
         if (SEQ_LT(c->snd_nxt, c->snd_una))
             c->snd_nxt = c->snd_una;
+        sb_prune(c);
         /* RTT: timestamps echo when the acked segment left; else Karn. */
         if (c->ts_ok && s->has_ts && s->tsecr) {
             uint32_t r = ts_now(c) - s->tsecr;
@@ -1037,11 +1214,17 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
                 c->in_recovery = false;
                 c->dupacks = 0;
             } else {
-                /* NewReno partial ACK: resend the next hole, deflate. */
-                uint32_t len = umin32(c->mss, c->snd_end - c->snd_una);
-                if (SEQ_LT(c->snd_una, c->snd_end) && len) {
-                    tcp_emit(c, c->snd_una, TH_ACK, len);
+                /* NewReno partial ACK: resend the next hole, deflate. With
+                 * SACK, the hole at snd_una only if this recovery has not
+                 * resent it yet, else the next one the scoreboard shows. */
+                uint32_t seq = c->snd_una, len = umin32(seg_room(c), sent_unacked(c));
+                if (c->n_sacked && !sb_next_hole(c, c->rxt_next, &seq, &len))
+                    len = 0;
+                if (SEQ_LT(seq, c->snd_end) && len) {
+                    tcp_emit(c, seq, TH_ACK, len);
                     st->stats.tcp_retrans++;
+                    if (SEQ_GT(seq + len, c->rxt_next))
+                        c->rxt_next = seq + len;
                 }
                 c->cwnd = (c->cwnd > acked ? c->cwnd - acked : 0) + c->mss;
                 arm_rexmt(c);
@@ -1062,17 +1245,33 @@ static bool process_ack(struct tcp_conn *c, const struct tcp_seg *s)
         } else {
             arm_rexmt(c);
         }
-    } else if (s->ack == c->snd_una && s->len == 0 && !(s->flags & (TH_FIN | TH_SYN)) &&
-               wnd == c->snd_wnd && c->snd_max != c->snd_una && !c->persist) {
+    } else if (s->ack == c->snd_una && !(s->flags & (TH_FIN | TH_SYN)) &&
+               c->snd_max != c->snd_una && !c->persist &&
+               (sack_new || (s->len == 0 && wnd == c->snd_wnd && !(c->sack_ok && s->n_sack)))) {
+        /* Duplicate ACK: RFC 5681 (no data, same window) without SACK
+         * blocks; with them, RFC 6675: any ACK that SACKs new data, even
+         * one carrying data or a new window (both are the rule when the
+         * peer sends too), while a copy of an old ACK counts no more. */
         st->stats.tcp_dupack++;
         c->dupacks++;
-        if (c->in_recovery) {
+        uint32_t seq, len;
+        if (c->in_recovery && c->n_sacked && sb_next_hole(c, c->rxt_next, &seq, &len)) {
+            /* A segment left the network: its slot goes to the next hole. */
+            tcp_emit(c, seq, TH_ACK, len);
+            st->stats.tcp_retrans++;
+            st->stats.tcp_sack_retrans++;
+            c->rxt_next = seq + len;
+        } else if (c->in_recovery) {
             c->cwnd += c->mss;
-        } else if (c->dupacks == 3 && SEQ_GT(s->ack, c->recover)) {
+        } else if ((c->dupacks == 3 || (c->dupacks < 3 && sb_una_lost(c))) &&
+                   SEQ_GT(s->ack, c->recover)) {
             uint32_t flight = c->snd_max - c->snd_una;
             c->ssthresh = umax32(flight / 2, 2u * c->mss);
             c->recover = c->snd_max;
-            uint32_t len = umin32(c->mss, c->snd_end - c->snd_una);
+            len = umin32(seg_room(c), sent_unacked(c));
+            if (c->n_sacked)
+                sb_next_hole(c, c->snd_una, &seq, &len); /* stops at SACKed data */
+            c->rxt_next = c->snd_una + len;
             if (SEQ_LT(c->snd_una, c->snd_end) && len) {
                 tcp_emit(c, c->snd_una, TH_ACK, len);
             } else {
@@ -1150,7 +1349,7 @@ static bool ooo_insert(struct tcp_conn *c, uint32_t l, uint32_t r)
     }
     c->ooo[i].l = l;
     c->ooo[i].r = r;
-    c->ooo_last = (uint8_t)i;
+    c->ooo[i].stamp = ++c->ooo_clock;
     return true;
 }
 
@@ -1168,25 +1367,31 @@ static bool app_can_receive(const struct tcp_conn *c)
     return c->app_seen && !c->app_closed && !c->closed_cb && !c->dead;
 }
 
+/** End of the received data: RCV.NXT, less the peer's FIN once that is in. */
+static uint32_t rcv_data_end(const struct tcp_conn *c)
+{
+    return c->fin_rcvd ? c->rcv_nxt - 1 : c->rcv_nxt;
+}
+
 /** Hand the ring's in-order bytes to the app, then the EOF if it is due. */
 static void deliver_buffered(struct tcp_conn *c)
 {
-    while (c->rcv_user != c->rcv_nxt && !c->dead) {
+    while (c->rcv_user != rcv_data_end(c) && !c->dead) {
         if (!app_can_receive(c)) {
-            c->rcv_user = c->rcv_nxt; /* nobody will read it */
+            c->rcv_user = rcv_data_end(c); /* nobody will read it */
             break;
         }
         if (c->paused)
             return;
         uint32_t pos = c->rcv_user & (c->rbuf_sz - 1);
-        uint32_t n = umin32(c->rcv_nxt - c->rcv_user, c->rbuf_sz - pos);
+        uint32_t n = umin32(rcv_data_end(c) - c->rcv_user, c->rbuf_sz - pos);
         c->rcv_user += n;
         if (c->s.cb && c->s.cb->data)
             c->s.cb->data(&c->s, c->s.ctx, c->rbuf + pos, n);
     }
     if (c->dead)
         return;
-    if (c->eof_pending && c->rcv_user == c->rcv_nxt) {
+    if (c->eof_pending && c->rcv_user == rcv_data_end(c)) {
         c->eof_pending = false;
         notify_closed(c, 0);
         /* The stream is gone; finish our side: FIN after what is queued. */
@@ -1254,8 +1459,6 @@ static void receive_data(struct tcp_conn *c, const struct tcp_seg *s)
         c->n_ooo--;
         filled = true;
     }
-    if (c->ooo_last >= c->n_ooo)
-        c->ooo_last = 0;
     deliver_buffered(c);
     if (c->dead)
         return;
@@ -1269,7 +1472,12 @@ static void receive_data(struct tcp_conn *c, const struct tcp_seg *s)
 
 static void receive_fin(struct tcp_conn *c)
 {
+    /* The FIN takes a sequence number but is no data: fin_rcvd keeps
+     * deliver_buffered() from handing that slot of the ring to the app
+     * as one more byte (it did: the echo test sent it back with its FIN,
+     * and the kernel, closed by then, answered with a RST). */
     c->rcv_nxt++;
+    c->fin_rcvd = true;
     c->ack_now = true;
     switch (c->state) {
     case TCP_SYN_RCVD:
@@ -1299,9 +1507,16 @@ static void receive_fin(struct tcp_conn *c)
 static void input_synchronized(struct tcp_conn *c, struct tcp_seg *s, struct tcp_listener *l)
 {
     struct mx_tcp_stack *st = c->st;
-    /* A retransmitted SYN while we wait for the handshake's ACK. */
+    /* A retransmitted SYN while we wait for the handshake's ACK. The answer
+     * echoes this SYN's timestamp, as Linux does: echoing the first one
+     * hands the peer an RTT sample that includes its SYN timeout (1 s or
+     * more), and its RTO stays seconds long for the whole connection. */
     if (c->state == TCP_SYN_RCVD && (s->flags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN &&
         s->seq == c->irs) {
+        if (c->ts_ok && s->has_ts && SEQ_GEQ(s->tsval, c->ts_recent)) {
+            c->ts_recent = s->tsval;
+            c->ts_recent_at = st->now;
+        }
         tcp_emit(c, c->iss, TH_SYN | TH_ACK, 0);
         return;
     }
@@ -1325,6 +1540,20 @@ static void input_synchronized(struct tcp_conn *c, struct tcp_seg *s, struct tcp
                            SEQ_LT(s->seq + slen - 1, c->rcv_nxt + wnd)));
     if (!ok && wnd == 0 && s->seq == c->rcv_nxt)
         ok = true; /* zero-window probe: process its ACK, trim its data */
+    /* A segment wholly left of the window (a duplicate; the peer's
+     * zero-window probes and keepalives use RCV.NXT - 1) is not
+     * acceptable, but its ACK is (RFC 9293 3.10.7.4: "special allowance
+     * should be made to accept valid ACKs"; BSD goes on "processing for
+     * RST or ACK"). With our window closed the peer's probes are the only
+     * segments it sends, so they alone carry the acknowledgment of our
+     * retransmissions. It gets an ACK back; its data and FIN are old and
+     * ignored below. */
+    if (!ok && c->state != TCP_SYN_RCVD && (s->flags & TH_ACK) && !(s->flags & (TH_RST | TH_SYN)) &&
+        SEQ_LT(s->seq, c->rcv_nxt) && SEQ_LEQ(s->seq + slen, c->rcv_nxt) &&
+        c->rcv_nxt - s->seq <= st->cfg.rcvbuf) {
+        ok = true;
+        c->ack_now = true;
+    }
     if (!ok) {
         if (!(s->flags & TH_RST))
             send_ack(c);
@@ -1372,8 +1601,12 @@ static void input_synchronized(struct tcp_conn *c, struct tcp_seg *s, struct tcp
         c->max_snd_wnd = c->snd_wnd;
         c->snd_wl1 = s->seq;
         c->snd_wl2 = s->ack;
-        /* The handshake's own ACK may carry an RTT sample. */
-        if (c->ts_ok && s->has_ts && s->tsecr && ts_now(c) - s->tsecr < 600000)
+        /* The handshake's own ACK may carry an RTT sample, unless the
+         * SYN-ACK was resent (Karn, timestamps included): a peer whose
+         * ACK was lost may echo the first SYN-ACK's timestamp, and a
+         * sample spanning our SYN-ACK timeouts (1 s, 3 s) made the RTO
+         * 3-10 s for the whole connection. */
+        if (clean && c->ts_ok && s->has_ts && s->tsecr && ts_now(c) - s->tsecr < 600000)
             rtt_sample(c, ts_now(c) - s->tsecr);
         else if (clean)
             rtt_sample(c, (uint32_t)(st->now - synack_at));
@@ -1449,7 +1682,7 @@ static void input_syn_sent(struct tcp_conn *c, struct tcp_seg *s)
     c->recover = c->iss;
     c->backoff = 0;
     c->t_rexmt = 0;
-    if (c->ts_ok && s->has_ts && s->tsecr)
+    if (clean && c->ts_ok && s->has_ts && s->tsecr) /* Karn, as for the SYN-ACK */
         rtt_sample(c, ts_now(c) - s->tsecr);
     else if (clean)
         rtt_sample(c, (uint32_t)(st->now - c->rtt_start));
@@ -1932,7 +2165,7 @@ void mx_tcp_poll(struct mx_tcp_stack *st, uint64_t now_ms)
             conn_kill(c);
             continue;
         }
-        if (!c->paused && c->rbuf && (c->rcv_user != c->rcv_nxt || c->eof_pending))
+        if (!c->paused && c->rbuf && (c->rcv_user != rcv_data_end(c) || c->eof_pending))
             deliver_buffered(c);
         if (!c->dead)
             tcp_output(c);

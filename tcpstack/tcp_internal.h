@@ -85,6 +85,7 @@ enum tcp_state {
 
 #define MAX_OOO 16
 #define MAX_SACK_IN 4
+#define MAX_SACKED 8 /**< ranges of the peer's SACK scoreboard */
 
 /** A parsed incoming segment. */
 struct tcp_seg {
@@ -106,7 +107,8 @@ struct tcp_seg {
 };
 
 struct ooo_range {
-    uint32_t l, r; /**< [l, r) */
+    uint32_t l, r;  /**< [l, r) */
+    uint32_t stamp; /**< receive queue: when a segment last landed in it */
 };
 
 struct tcp_conn {
@@ -143,6 +145,9 @@ struct tcp_conn {
     uint16_t peer_mss, mss; /**< mss: payload bytes per segment, options excluded */
     uint16_t pmtu;
     uint32_t cwnd, ssthresh, recover;
+    uint32_t rxt_next; /**< in recovery: holes below this were resent already */
+    uint8_t n_sacked;
+    struct ooo_range sacked[MAX_SACKED]; /**< what the peer SACKed above snd_una, sorted */
     uint8_t dupacks;
     uint8_t backoff;
     uint8_t ka_probes;
@@ -158,7 +163,8 @@ struct tcp_conn {
     uint32_t irs, rcv_nxt, rcv_user, rcv_adv;
     uint8_t *rbuf;
     uint32_t rbuf_sz;
-    uint8_t n_ooo, ooo_last;
+    uint8_t n_ooo;
+    uint32_t ooo_clock; /**< stamps of the out-of-order ranges */
     struct ooo_range ooo[MAX_OOO];
     uint8_t segs_unacked;
     uint32_t ts_recent;

@@ -163,6 +163,7 @@ struct mx_tcp_stats {
     uint64_t ip_bad_csum, ip_frag_drop, ip_ttl_drop, icmp_echo, icmp_pmtu, icmp_other;
     uint64_t tcp_rx, tcp_tx, tcp_bad_csum, tcp_bad_hdr, tcp_no_port, tcp_rst_tx;
     uint64_t tcp_retrans, tcp_rto, tcp_fast_retrans, tcp_dupack, tcp_ooo, tcp_ooo_drop;
+    uint64_t tcp_sack_retrans; /**< holes resent on duplicate ACKs, found from SACK blocks */
     uint64_t tcp_challenge_ack, tcp_syn_cookie_tx, tcp_syn_cookie_ok, tcp_syn_cookie_bad;
     uint64_t tcp_syn_drop, tcp_accepts, tcp_connects, tcp_timewait_recycled;
     uint64_t tcp_paws_drop, tcp_zwp, tcp_keepalive, tcp_aborts, tcp_mem_drop;

@@ -4,7 +4,8 @@
  * from the peer ("<"), expects one from the stack (">"), or acts as the
  * application ("app ..."). Time is simulated (1 ms steps), so retransmission
  * timers are checked to the millisecond. Every frame the stack sends must be
- * expected by a line, in order; its IP and TCP checksums are verified.
+ * expected by a line, in order; its IP and TCP checksums are verified, and
+ * its IP length must fit the configured MTU.
  *
  * Line syntax (see scripts/README for the full list):
  *   [+]SECONDS < FLAGS SEQ:END(LEN) [ack N] [win N] [<OPTIONS>] [data "TEXT"]
@@ -415,6 +416,8 @@ static void expect(struct runner *r, struct pkt *k, uint64_t t)
     size_t tot = rte_be_to_cpu_16(ip->total_length);
     if (tot + 14 != f->len)
         sfail(r, "IP length %zu vs frame %zu", tot, f->len);
+    if (tot > r->cfg.mtu)
+        sfail(r, "IP length %zu is over the MTU %u (a real link drops it)", tot, r->cfg.mtu);
     const uint8_t *th = d + 34;
     uint16_t l4 = (uint16_t)(tot - 20);
     uint32_t sum = rte_ipv4_phdr_cksum(ip, 0) + (uint32_t)rte_raw_cksum(th, l4);
@@ -488,7 +491,7 @@ static uint64_t stat_value(struct runner *r, const char *name)
     S(tcp_challenge_ack) S(tcp_syn_cookie_tx) S(tcp_syn_cookie_ok) S(tcp_syn_cookie_bad)
     S(tcp_accepts) S(tcp_connects) S(tcp_timewait_recycled) S(tcp_paws_drop) S(tcp_zwp)
     S(tcp_keepalive) S(tcp_aborts) S(tcp_rst_tx) S(tcp_bad_csum) S(tcp_no_port) S(conns)
-    S(syn_rcvd) S(timewait) S(tcp_mem_drop) S(mem_used)
+    S(syn_rcvd) S(timewait) S(tcp_mem_drop) S(mem_used) S(tcp_sack_retrans)
 #undef S
     sfail(r, "unknown stat %s", name);
     return 0;
