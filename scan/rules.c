@@ -1439,6 +1439,26 @@ void mx_rules_drop_anchors(char *re)
     re[o] = 0;
 }
 
+/* Does an inline option turn on extended mode, "(?x)" or "(?x:" (whitespace
+ * and # comments ignored)? The rewriters below read the regex as written, so
+ * such a regex is left alone, as with /x. */
+static bool inline_extended(const char *re)
+{
+    for (const char *p = strstr(re, "(?"); p; p = strstr(p + 2, "(?")) {
+        const char *q = p + 2;
+        bool x = false;
+        while (isalpha((unsigned char)*q) || *q == '-' || *q == '^') {
+            if (*q == '-')
+                break; /* (?-x) turns it off */
+            x = x || *q == 'x';
+            q++;
+        }
+        if (x && (*q == ')' || *q == ':'))
+            return true;
+    }
+    return false;
+}
+
 /* Does the regex refer to a group by number, or change how groups are
  * numbered (backreferences, recursion, conditions, branch reset)? Then a
  * group added by mx_rules_share_repeats() could change its meaning. */
@@ -1493,7 +1513,7 @@ static size_t quantifier_at(const char *re, size_t i, size_t n, long *lo, long *
 char *mx_rules_share_repeats(const char *re, bool extended, unsigned serial)
 {
     size_t n = strlen(re);
-    if (extended || refers_to_groups(re, n))
+    if (extended || inline_extended(re) || refers_to_groups(re, n))
         return NULL;
     char name[24];
     snprintf(name, sizeof name, "mxrep%u", serial);
@@ -1835,7 +1855,7 @@ static void rv_alt(struct rv *r, struct sb *out)
 
 char *mx_rules_reverse(const char *re, bool extended)
 {
-    if (extended)
+    if (extended || inline_extended(re))
         return NULL;
     struct rv r = {.re = re, .n = strlen(re)};
     struct sb out = {0};
@@ -2203,7 +2223,7 @@ static bool ao_alt(struct ao *a, struct sb *out)
 int mx_rules_ascii_only(const char *re, bool extended, char **out)
 {
     *out = NULL;
-    if (extended)
+    if (extended || inline_extended(re))
         return 0;
     struct ao a = {.re = re, .n = strlen(re)};
     struct sb o = {0};

@@ -352,6 +352,7 @@ static void test_rules_reverse(void **state)
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         assert_null(mx_rules_reverse(refused[i], false));
     assert_null(mx_rules_reverse("a b", true)); /* /x */
+    assert_null(mx_rules_reverse("(?x)a b", false)); /* (?x) inline */
 }
 
 struct starts {
@@ -457,6 +458,7 @@ static void test_rules_ascii_only(void **state)
         {"[\\xe9^a]", 1, "[\\^a]"},
         {"[\\xe9:alpha:]x", 1, "[\\:alpha:]x"},
         {"(a)\\1\\xe9", 0, NULL}, /* back-reference: kept */
+        {"(?x)a \\xe9", 0, NULL}, /* extended mode inline: kept */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *out = NULL;
