@@ -23,6 +23,33 @@ static pcre2_code *compile(const char *re, uint32_t fl)
     return pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, fl, &err, &off, NULL);
 }
 
+/* `b` (NULL: a regex that never matches) must match each subject where `a`
+ * does, at the same offsets; abort() otherwise */
+static void same_matches(const pcre2_code *a, const pcre2_code *b, const char *const *subj,
+                         size_t nsubj)
+{
+    pcre2_match_data *m1 = pcre2_match_data_create_from_pattern(a, NULL);
+    pcre2_match_data *m2 = b ? pcre2_match_data_create_from_pattern(b, NULL) : NULL;
+    pcre2_match_context *mc = pcre2_match_context_create(NULL);
+    if (mc)
+        pcre2_set_match_limit(mc, 100000);
+    for (size_t i = 0; m1 && (m2 || !b) && mc && i < nsubj; i++) {
+        size_t n = strlen(subj[i]);
+        int ra = pcre2_match(a, (PCRE2_SPTR)subj[i], n, 0, 0, m1, mc);
+        int rb = b ? pcre2_match(b, (PCRE2_SPTR)subj[i], n, 0, 0, m2, mc) : PCRE2_ERROR_NOMATCH;
+        if (ra == PCRE2_ERROR_MATCHLIMIT || rb == PCRE2_ERROR_MATCHLIMIT)
+            continue;
+        if ((ra >= 0) != (rb >= 0))
+            abort();
+        if (ra >= 0 && (pcre2_get_ovector_pointer(m1)[0] != pcre2_get_ovector_pointer(m2)[0] ||
+                        pcre2_get_ovector_pointer(m1)[1] != pcre2_get_ovector_pointer(m2)[1]))
+            abort();
+    }
+    pcre2_match_context_free(mc);
+    pcre2_match_data_free(m1);
+    pcre2_match_data_free(m2);
+}
+
 /* the rewrites of scan/engine.c, checked against PCRE2 itself */
 static void check_rewrites(const struct mx_rule *r)
 {
@@ -41,78 +68,40 @@ static void check_rewrites(const struct mx_rule *r)
         pcre2_code_free(rc);
         free(rev);
     }
-    /* restricted to ASCII: the same matches on ASCII subjects */
+    /* restricted to ASCII: the same matches on ASCII subjects (2: none) */
+    static const char *const ascii[] = {"",
+                                        "a",
+                                        "abc abc",
+                                        "Ph@rmacy pharmacy",
+                                        "x\ny\n",
+                                        "1. Your name: ____",
+                                        "<b>free</b> &#169; 100%"};
     char *as = NULL;
     int ar = mx_rules_ascii_only(r->re, x, &as);
     pcre2_code *ac = ar == 1 ? compile(as, fl) : NULL;
     if (ar == 1 && !ac)
         abort();
-    if (ar >= 1) {
-        static const char *const ascii[] = {"",
-                                            "a",
-                                            "abc abc",
-                                            "Ph@rmacy pharmacy",
-                                            "x\ny\n",
-                                            "1. Your name: ____",
-                                            "<b>free</b> &#169; 100%"};
-        pcre2_match_data *m1 = pcre2_match_data_create_from_pattern(pc, NULL);
-        pcre2_match_data *m2 = ac ? pcre2_match_data_create_from_pattern(ac, NULL) : NULL;
-        pcre2_match_context *mc = pcre2_match_context_create(NULL);
-        pcre2_set_match_limit(mc, 100000);
-        for (size_t i = 0; m1 && mc && i < sizeof ascii / sizeof *ascii; i++) {
-            size_t n = strlen(ascii[i]);
-            int a = pcre2_match(pc, (PCRE2_SPTR)ascii[i], n, 0, 0, m1, mc);
-            int b =
-                ac ? pcre2_match(ac, (PCRE2_SPTR)ascii[i], n, 0, 0, m2, mc) : PCRE2_ERROR_NOMATCH;
-            if (a == PCRE2_ERROR_MATCHLIMIT || b == PCRE2_ERROR_MATCHLIMIT)
-                continue;
-            if ((a >= 0) != (b >= 0))
-                abort(); /* ar == 2 ("no ASCII text matches") included */
-            if (a >= 0 && (pcre2_get_ovector_pointer(m1)[0] != pcre2_get_ovector_pointer(m2)[0] ||
-                           pcre2_get_ovector_pointer(m1)[1] != pcre2_get_ovector_pointer(m2)[1]))
-                abort();
-        }
-        pcre2_match_context_free(mc);
-        pcre2_match_data_free(m1);
-        pcre2_match_data_free(m2);
-    }
+    if (ar >= 1)
+        same_matches(pc, ac, ascii, sizeof ascii / sizeof *ascii);
     pcre2_code_free(ac);
     free(as);
+    /* the repeated group shared: the same matches */
+    static const char *const subjects[] = {"",
+                                           "a",
+                                           "aaaa",
+                                           "abcabcabc",
+                                           "ab ab ab\nab",
+                                           "Your name: ____\nYour address: ____\n",
+                                           "xyz 123 ,.;: xyz",
+                                           "\n\n",
+                                           "ababab ba"};
     char *sh = mx_rules_share_repeats(r->re, x, 0);
     pcre2_code *sc = sh ? compile(sh, fl) : NULL;
     if (sh && !sc)
         abort();
-    if (sc) {
-        static const char *const subjects[] = {"",
-                                               "a",
-                                               "aaaa",
-                                               "abcabcabc",
-                                               "ab ab ab\nab",
-                                               "Your name: ____\nYour address: ____\n",
-                                               "xyz 123 ,.;: xyz",
-                                               "\n\n",
-                                               "ababab ba"};
-        pcre2_match_data *m1 = pcre2_match_data_create_from_pattern(pc, NULL);
-        pcre2_match_data *m2 = pcre2_match_data_create_from_pattern(sc, NULL);
-        pcre2_match_context *mc = pcre2_match_context_create(NULL);
-        pcre2_set_match_limit(mc, 100000);
-        for (size_t i = 0; m1 && m2 && mc && i < sizeof subjects / sizeof *subjects; i++) {
-            size_t n = strlen(subjects[i]);
-            int a = pcre2_match(pc, (PCRE2_SPTR)subjects[i], n, 0, 0, m1, mc);
-            int b = pcre2_match(sc, (PCRE2_SPTR)subjects[i], n, 0, 0, m2, mc);
-            if (a == PCRE2_ERROR_MATCHLIMIT || b == PCRE2_ERROR_MATCHLIMIT)
-                continue;
-            if ((a >= 0) != (b >= 0))
-                abort();
-            if (a >= 0 && (pcre2_get_ovector_pointer(m1)[0] != pcre2_get_ovector_pointer(m2)[0] ||
-                           pcre2_get_ovector_pointer(m1)[1] != pcre2_get_ovector_pointer(m2)[1]))
-                abort();
-        }
-        pcre2_match_context_free(mc);
-        pcre2_match_data_free(m1);
-        pcre2_match_data_free(m2);
-        pcre2_code_free(sc);
-    }
+    if (sc)
+        same_matches(pc, sc, subjects, sizeof subjects / sizeof *subjects);
+    pcre2_code_free(sc);
     free(sh);
     pcre2_code_free(pc);
 }
