@@ -1020,8 +1020,8 @@ static void cache_key(struct mx_scan_engine *e, char hex[65])
     const char *v = hs_version();
     /* the organisation's version: a cache of another layout never loads */
     char lv[32];
-    /* ascii-v3: the version of mx_rules_ascii_only()'s output */
-    int lvn = snprintf(lv, sizeof lv, "mxscan-db-v1 layout %d ascii-v3",
+    /* ascii-v4: the version of mx_rules_ascii_only()'s output */
+    int lvn = snprintf(lv, sizeof lv, "mxscan-db-v1 layout %d ascii-v4",
                        e->legacy_layout ? 1 : LAYOUT_VERSION);
     EVP_DigestUpdate(c, lv, (size_t)lvn);
     EVP_DigestUpdate(c, v, strlen(v));

@@ -2005,6 +2005,11 @@ static bool ao_class(struct ao *a, size_t end, struct sb *out)
             snprintf(r, sizeof r, "\\x%02lx-\\x7f", (unsigned long)lo);
             sb_add(&c, r, strlen(r));
             a->changed = true;
+        } else if (rlen == 1 && (re[at] == '[' || re[at] == '-')) {
+            /* escaped: with a member taken out between, "[" could start a
+             * POSIX class ("[?[\xdb:alpha:]" -> "[:alpha:]") and "-" a range */
+            sb_add(&c, "\\", 1);
+            sb_add(&c, re + at, 1);
         } else {
             sb_add(&c, re + at, rlen);
         }

@@ -457,6 +457,8 @@ static void test_rules_ascii_only(void **state)
         {"[[:alpha:]\\xe9]", 1, "[[:alpha:]]"},
         {"[\\xe9^a]", 1, "[\\^a]"},
         {"[\\xe9:alpha:]x", 1, "[\\:alpha:]x"},
+        {"[?[\\xdb:alpha:]", 1, "[?\\[:alpha:]"},
+        {"[!\\xe9-\\xff-z]", 1, "[!\\-z]"},
         {"(a)\\1\\xe9", 0, NULL}, /* back-reference: kept */
         {"(?x)a \\xe9", 0, NULL}, /* extended mode inline: kept */
     };
