@@ -322,18 +322,8 @@ static int check_rules(const struct mx_config *cfg)
 {
     if (!cfg->n_scan_rules)
         return 0;
-    struct mx_scan_opts o = {
-        .rule_paths = (const char *const *)cfg->scan_rules,
-        .n_rule_paths = cfg->n_scan_rules,
-        .threshold = cfg->scan_spam_threshold,
-        .archive_max_bytes = (size_t)cfg->scan_archive_max_bytes,
-        .archive_max_depth = cfg->scan_archive_max_depth,
-        .archive_max_members = cfg->scan_archive_max_members,
-        .archive_max_total = cfg->scan_archive_max_total,
-        .archive_max_message_total = cfg->scan_archive_max_message_total,
-        .archive_max_message_members = cfg->scan_archive_max_message_members,
-        .archive_max_message_cpu_ms = cfg->scan_archive_max_message_cpu_ms,
-    };
+    struct mx_scan_opts o;
+    mx_smtp_scan_opts(cfg, &o);
     struct mx_scan_engine *e;
     char *err = NULL;
     int rc = mx_scan_engine_load(&o, &e, &err);

@@ -204,18 +204,8 @@ int mx_reload_restart_diff(const struct mx_config *a, const struct mx_config *b,
 static void explain_server_failure(const struct mx_config *cfg, int rc, FILE *t)
 {
     if (cfg->n_scan_rules) {
-        struct mx_scan_opts o = {
-            .rule_paths = (const char *const *)cfg->scan_rules,
-            .n_rule_paths = cfg->n_scan_rules,
-            .threshold = cfg->scan_spam_threshold,
-            .archive_max_bytes = (size_t)cfg->scan_archive_max_bytes,
-            .archive_max_depth = cfg->scan_archive_max_depth,
-            .archive_max_members = cfg->scan_archive_max_members,
-            .archive_max_total = cfg->scan_archive_max_total,
-            .archive_max_message_total = cfg->scan_archive_max_message_total,
-            .archive_max_message_members = cfg->scan_archive_max_message_members,
-            .archive_max_message_cpu_ms = cfg->scan_archive_max_message_cpu_ms,
-        };
+        struct mx_scan_opts o;
+        mx_smtp_scan_opts(cfg, &o);
         struct mx_scan_engine *e = NULL;
         char *err = NULL;
         int src = mx_scan_engine_load(&o, &e, &err);

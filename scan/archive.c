@@ -95,18 +95,11 @@ bool mx_archive_sniff(const uint8_t *h, size_t n, const char *name)
     return has_ext(name, exts);
 }
 
-static uint64_t cpu_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
 /* Has the walk used its CPU time (max_cpu_ns)? Some decoders (PPMd: ~2 MB/s)
  * are slow enough that the byte limits leave seconds of work. */
 static bool over_time(const struct walk *w)
 {
-    return w->lim->max_cpu_ns && cpu_ns() - w->cpu0 > w->lim->max_cpu_ns;
+    return w->lim->max_cpu_ns && mx_cpu_ns() - w->cpu0 > w->lim->max_cpu_ns;
 }
 
 /*
@@ -796,7 +789,7 @@ unsigned mx_archive_walk(const uint8_t *data, size_t len, const char *name,
                          const struct mx_archive_limits *lim, mx_archive_cb cb, void *ud,
                          struct mx_archive_usage *use)
 {
-    struct walk w = {.lim = lim, .cb = cb, .ud = ud, .cpu0 = cpu_ns()};
+    struct walk w = {.lim = lim, .cb = cb, .ud = ud, .cpu0 = mx_cpu_ns()};
     unsigned flags;
     if (lim->max_depth == 0 || len > lim->max_bytes)
         flags = MX_ARCH_ARCHIVE | MX_ARCH_LIMIT;
@@ -805,7 +798,7 @@ unsigned mx_archive_walk(const uint8_t *data, size_t len, const char *name,
     if (use) {
         use->total = w.total;
         use->members = w.members;
-        use->cpu_ns = cpu_ns() - w.cpu0;
+        use->cpu_ns = mx_cpu_ns() - w.cpu0;
     }
     return flags;
 }

@@ -23,6 +23,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
+
+/** This thread's CPU time in ns: the walk's CPU budget (max_cpu_ns), and the
+ * scan engine's profiler. */
+static inline uint64_t mx_cpu_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
 
 /** Flags of an attachment or member (rule condition `flag=`). */
 enum mx_archive_flag {

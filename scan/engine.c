@@ -302,6 +302,15 @@ static int add_u32(uint32_t **a, size_t *n, uint32_t v)
  * 448, scan_prof -x -R 1). Hyperscan id of the twin: rule count + rule.
  */
 #define TWIN_MAX 1
+
+/* a rule's twin pattern: its Hyperscan text with repeats relaxed (TWIN_MAX) */
+static char *twin_pattern(const struct mx_rule *r)
+{
+    char *hp = hs_pattern(r);
+    char *tw = hp ? mx_rules_relax_repeats(hp, TWIN_MAX, false) : NULL;
+    free(hp);
+    return tw;
+}
 #define GROUP_MAX 48
 #define GROUP_MAX_MAIN 160
 
@@ -395,9 +404,7 @@ static int add_locator(struct mx_scan_engine *e, uint32_t ri, enum scope sc)
 {
     struct mx_rule *r = &e->rs.rules[ri];
     struct erule *er = &e->er[ri];
-    char *hp = hs_pattern(r);
-    char *tw = hp ? mx_rules_relax_repeats(hp, TWIN_MAX, false) : NULL;
-    free(hp);
+    char *tw = twin_pattern(r);
     if (!tw)
         return -ENOMEM;
     char *rev = mx_rules_reverse(tw, (r->reflags & MX_RE_X) != 0);
@@ -585,9 +592,7 @@ static int classify(struct mx_scan_engine *e)
         }
         if (er->how == HOW_PREFILTER && !er->relaxed && rep > 40 &&
             (sc == SC_BODY || sc == SC_RAWBODY || sc == SC_FULL)) {
-            char *hp = hs_pattern(r);
-            char *tw = hp ? mx_rules_relax_repeats(hp, TWIN_MAX, false) : NULL;
-            free(hp);
+            char *tw = twin_pattern(r);
             if (!tw)
                 return -ENOMEM;
             if (hs_expression_info(tw, fl | HS_FLAG_PREFILTER, &info, &cerr) == HS_SUCCESS)
@@ -853,9 +858,7 @@ static int group_pats(struct mx_scan_engine *e, struct group *g, struct pats *p)
         uint32_t ri = g->rules[k];
         if (!e->er[ri].twin)
             continue;
-        char *hp = hs_pattern(&e->rs.rules[ri]);
-        p->expr[p->n] = hp ? mx_rules_relax_repeats(hp, TWIN_MAX, false) : NULL;
-        free(hp);
+        p->expr[p->n] = twin_pattern(&e->rs.rules[ri]);
         if (!p->expr[p->n])
             return -ENOMEM;
         p->flags[p->n] = hs_flags_for(&e->rs.rules[ri], g->scope) | HS_FLAG_PREFILTER |
@@ -1020,8 +1023,8 @@ static void cache_key(struct mx_scan_engine *e, char hex[65])
     const char *v = hs_version();
     /* the organisation's version: a cache of another layout never loads */
     char lv[32];
-    /* ascii-v4: the version of mx_rules_ascii_only()'s output */
-    int lvn = snprintf(lv, sizeof lv, "mxscan-db-v1 layout %d ascii-v4",
+    /* ascii-v5: the version of mx_rules_ascii_only()'s output */
+    int lvn = snprintf(lv, sizeof lv, "mxscan-db-v1 layout %d ascii-v5",
                        e->legacy_layout ? 1 : LAYOUT_VERSION);
     EVP_DigestUpdate(c, lv, (size_t)lvn);
     EVP_DigestUpdate(c, v, strlen(v));
@@ -1806,13 +1809,6 @@ void mx_scan_worker_set_prof(struct mx_scan_worker *w, struct mx_scan_prof *p)
     w->prof = p;
 }
 
-static uint64_t cpu_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
 static void cap_add(struct mx_scan_capture *c, const char *s, size_t n)
 {
     if (c->len + n > c->cap) {
@@ -1852,7 +1848,7 @@ static void hs_call(struct mx_scan_msg *m, size_t gi, hs_stream_t *stream, const
     struct mx_scan_worker *w = m->w;
     const hs_database_t *db = w->e->g[gi].db;
     struct mx_scan_prof *p = w->prof;
-    uint64_t t0 = p ? cpu_ns() : 0;
+    uint64_t t0 = p ? mx_cpu_ns() : 0;
     if (stream && s)
         hs_scan_stream(stream, s, (unsigned)n, 0, w->scratch, cb, m);
     else if (stream)
@@ -1861,7 +1857,7 @@ static void hs_call(struct mx_scan_msg *m, size_t gi, hs_stream_t *stream, const
         hs_scan(db, s, (unsigned)n, 0, w->scratch, cb, m);
     if (!p)
         return;
-    p->db_ns[gi] += cpu_ns() - t0;
+    p->db_ns[gi] += mx_cpu_ns() - t0;
     p->db_calls[gi]++;
     p->db_bytes[gi] += s ? n : 0;
     if (p->capture && s)
@@ -2828,18 +2824,24 @@ int mx_scan_msg_feed(struct mx_scan_msg *m, const uint8_t *buf, size_t len)
 
 static unsigned pcre_count(struct mx_scan_msg *m, uint32_t ri, const char *s, size_t n);
 
+/* a profiler's account of one PCRE2 confirmation of rule ri begun at t0 */
+static void prof_pcre(struct mx_scan_prof *p, uint32_t ri, uint64_t t0)
+{
+    if (!p)
+        return;
+    p->r_pcre_ns[ri] += mx_cpu_ns() - t0;
+    p->r_pcre_calls[ri]++;
+}
+
 static bool pcre_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_t n)
 {
     pcre2_code *pc = m->w->e->er[ri].pc;
     if (!pc)
         return false;
     struct mx_scan_prof *p = m->w->prof;
-    uint64_t t0 = p ? cpu_ns() : 0;
+    uint64_t t0 = p ? mx_cpu_ns() : 0;
     int rc = rx_match(m, pc, s, n, 0);
-    if (p) {
-        p->r_pcre_ns[ri] += cpu_ns() - t0;
-        p->r_pcre_calls[ri]++;
-    }
+    prof_pcre(p, ri, t0);
     return rc >= 0;
 }
 
@@ -3114,7 +3116,7 @@ static unsigned pcre_count(struct mx_scan_msg *m, uint32_t ri, const char *s, si
     unsigned c = 0;
     size_t off = 0;
     struct mx_scan_prof *p = m->w->prof;
-    uint64_t t0 = p ? cpu_ns() : 0;
+    uint64_t t0 = p ? mx_cpu_ns() : 0;
     while (c < max && off <= n) {
         if (rx_match(m, er->pc, s, n, off) < 0)
             break;
@@ -3122,10 +3124,7 @@ static unsigned pcre_count(struct mx_scan_msg *m, uint32_t ri, const char *s, si
         const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(m->w->md);
         off = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
     }
-    if (p) {
-        p->r_pcre_ns[ri] += cpu_ns() - t0;
-        p->r_pcre_calls[ri]++;
-    }
+    prof_pcre(p, ri, t0);
     return c;
 }
 
@@ -3207,7 +3206,7 @@ static bool located_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_
     const struct locator *lc = &w->e->loc[er->loc - 1];
     if (n == 0 || n > UINT32_MAX)
         return pcre_hit(m, ri, s, n);
-    uint64_t t0 = w->prof ? cpu_ns() : 0;
+    uint64_t t0 = w->prof ? mx_cpu_ns() : 0;
     if (m->rev_of != s || m->rev_n != n) {
         if (n > m->revcap) {
             char *nr = realloc(m->rev, n);
@@ -3231,10 +3230,7 @@ static bool located_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_
     bool hit = false;
     for (size_t i = 0; i < m->nstarts && !hit; i++)
         hit = rx_match(m, lc->anchored, s, n, m->starts[i]) >= 0;
-    if (w->prof) {
-        w->prof->r_pcre_ns[ri] += cpu_ns() - t0;
-        w->prof->r_pcre_calls[ri]++;
-    }
+    prof_pcre(w->prof, ri, t0);
     return hit;
 }
 

@@ -1587,6 +1587,28 @@ char *mx_rules_share_repeats(const char *re, bool extended, unsigned serial)
     return out;
 }
 
+/* Length of the escape at re[i] as PCRE2 reads it: "\x{..}"-style braces
+ * (\x \o \p \P \N \g \k), \xHH, \0oo, \cX, \pL, else two bytes; 0 for
+ * a brace that is never closed. */
+static size_t escape_len(const char *re, size_t i, size_t n)
+{
+    char e = i + 1 < n ? re[i + 1] : 0;
+    size_t k = 2;
+    if (e && strchr("xopPNgk", e) && i + 2 < n && re[i + 2] == '{') {
+        const char *cl = memchr(re + i, '}', n - i);
+        return cl ? (size_t)(cl - (re + i)) + 1 : 0;
+    }
+    if (e == 'x')
+        while (k < 4 && i + k < n && isxdigit((unsigned char)re[i + k]))
+            k++;
+    else if (e == '0')
+        while (k < 4 && i + k < n && re[i + k] >= '0' && re[i + k] <= '7')
+            k++;
+    else if (e == 'c' || e == 'p' || e == 'P')
+        k = 3;
+    return i + k <= n ? k : 0;
+}
+
 /* ---- reversal (mx_rules_reverse()) ------------------------------------- */
 
 struct rv {
@@ -1712,7 +1734,7 @@ static bool rv_group(struct rv *r, struct sb *item)
 static bool rv_escape(struct rv *r, struct sb *item)
 {
     const char *re = r->re;
-    size_t i = r->i, n = r->n, k = 2;
+    size_t i = r->i, n = r->n;
     if (i + 1 >= n) {
         r->bad = true;
         return false;
@@ -1727,23 +1749,8 @@ static bool rv_escape(struct rv *r, struct sb *item)
         r->i += 2;
         return false;
     }
-    if (strchr("xopPN", e) && i + 2 < n && re[i + 2] == '{') {
-        const char *cl = memchr(re + i, '}', n - i);
-        if (!cl) {
-            r->bad = true;
-            return false;
-        }
-        k = (size_t)(cl - (re + i)) + 1;
-    } else if (e == 'x') {
-        while (k < 4 && i + k < n && isxdigit((unsigned char)re[i + k]))
-            k++;
-    } else if (e == '0') {
-        while (k < 4 && i + k < n && re[i + k] >= '0' && re[i + k] <= '7')
-            k++;
-    } else if (e == 'c' || e == 'p' || e == 'P') {
-        k = 3;
-    }
-    if (i + k > n) {
+    size_t k = escape_len(re, i, n);
+    if (!k) {
         r->bad = true;
         return false;
     }
@@ -1896,33 +1903,15 @@ static bool ao_alt(struct ao *a, struct sb *out); /* false: cannot match ASCII *
 static long ao_escape_value(const char *re, size_t i, size_t n, size_t *len)
 {
     char e = i + 1 < n ? re[i + 1] : 0;
-    *len = 2;
-    if (e == 'x' && i + 2 < n && re[i + 2] == '{') {
-        const char *cl = memchr(re + i, '}', n - i);
-        if (!cl)
-            return -1;
-        *len = (size_t)(cl - (re + i)) + 1;
-        return strtol(re + i + 3, NULL, 16);
-    }
-    if (e == 'x') {
-        size_t k = 2;
-        while (k < 4 && i + k < n && isxdigit((unsigned char)re[i + k]))
-            k++;
-        *len = k;
-        char h[3] = {0};
-        memcpy(h, re + i + 2, k - 2);
-        return k > 2 ? strtol(h, NULL, 16) : 0;
-    }
-    if (e == '0') {
-        size_t k = 2;
-        while (k < 4 && i + k < n && re[i + k] >= '0' && re[i + k] <= '7')
-            k++;
-        *len = k;
-        char o[4] = {0};
-        memcpy(o, re + i + 1, k - 1);
-        return strtol(o, NULL, 8);
-    }
-    return -1;
+    *len = escape_len(re, i, n);
+    if (!*len || (e != 'x' && e != '0'))
+        return -1;
+    char d[16] = {0};
+    size_t dl = *len - 2 < sizeof d - 1 ? *len - 2 : sizeof d - 1;
+    memcpy(d, re + i + 2, dl);
+    if (e == '0')
+        return strtol(d, NULL, 8);
+    return strtol(d[0] == '{' ? d + 1 : d, NULL, 16);
 }
 
 /* A character class without its members of 0x80 and above; false when none
@@ -2133,18 +2122,11 @@ static bool ao_atom(struct ao *a, struct sb *item)
                 a->changed = true;
             return live;
         }
-        if (i + 1 < n && re[i + 1] >= '1' && re[i + 1] <= '9') {
-            a->unsure = true; /* a back-reference */
-            return true;
-        }
         size_t len;
         long v = ao_escape_value(re, i, n, &len);
-        if (v < 0) {
-            len = 2;
-            if (i + 2 < n && re[i + 2] == '{' && strchr("pPgkoN", re[i + 1])) {
-                const char *cl = memchr(re + i, '}', n - i);
-                len = cl ? (size_t)(cl - (re + i)) + 1 : n - i;
-            }
+        if (!len) {
+            a->unsure = true; /* a brace never closed */
+            return true;
         }
         sb_add(item, re + i, len);
         a->i = i + len;
@@ -2228,9 +2210,12 @@ static bool ao_alt(struct ao *a, struct sb *out)
 int mx_rules_ascii_only(const char *re, bool extended, char **out)
 {
     *out = NULL;
-    if (extended || inline_extended(re))
+    size_t n = strlen(re);
+    /* taking out an alternative that holds a group renumbers the groups
+     * after it: a regex that refers to groups by number stays as it is */
+    if (extended || inline_extended(re) || refers_to_groups(re, n))
         return 0;
-    struct ao a = {.re = re, .n = strlen(re)};
+    struct ao a = {.re = re, .n = n};
     struct sb o = {0};
     bool live = ao_alt(&a, &o);
     if (a.i != a.n)

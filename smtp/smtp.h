@@ -20,6 +20,14 @@ struct mx_config;
 struct mx_queue;
 struct mx_stream;
 struct mx_smtp_server;
+struct mx_scan_opts;
+
+/**
+ * The scan engine's options from cfg's scan.* keys (rule paths, threshold,
+ * archive limits), as the server loads them; o->cache_dir is left NULL for
+ * the caller (the server uses <spool>/scan-cache). o points into cfg.
+ */
+void mx_smtp_scan_opts(const struct mx_config *cfg, struct mx_scan_opts *o);
 
 /**
  * Create the server side: TLS context (when smtp.tls.cert/key are set),

@@ -1591,6 +1591,22 @@ static int start_av(const struct mx_config *cfg, struct mx_av **out)
     return rc;
 }
 
+void mx_smtp_scan_opts(const struct mx_config *cfg, struct mx_scan_opts *o)
+{
+    *o = (struct mx_scan_opts){
+        .rule_paths = (const char *const *)cfg->scan_rules,
+        .n_rule_paths = cfg->n_scan_rules,
+        .threshold = cfg->scan_spam_threshold,
+        .archive_max_bytes = (size_t)cfg->scan_archive_max_bytes,
+        .archive_max_depth = cfg->scan_archive_max_depth,
+        .archive_max_members = cfg->scan_archive_max_members,
+        .archive_max_total = cfg->scan_archive_max_total,
+        .archive_max_message_total = cfg->scan_archive_max_message_total,
+        .archive_max_message_members = cfg->scan_archive_max_message_members,
+        .archive_max_message_cpu_ms = cfg->scan_archive_max_message_cpu_ms,
+    };
+}
+
 int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct mx_smtp_server **out)
 {
     struct mx_smtp_server *srv = calloc(1, sizeof *srv);
@@ -1608,19 +1624,9 @@ int mx_smtp_server_new(const struct mx_config *cfg, struct mx_queue *q, struct m
     if (cfg->n_scan_rules) {
         char cache[4096];
         snprintf(cache, sizeof cache, "%s/scan-cache", cfg->spool_dir);
-        struct mx_scan_opts o = {
-            .rule_paths = (const char *const *)cfg->scan_rules,
-            .n_rule_paths = cfg->n_scan_rules,
-            .cache_dir = cache,
-            .threshold = cfg->scan_spam_threshold,
-            .archive_max_bytes = (size_t)cfg->scan_archive_max_bytes,
-            .archive_max_depth = cfg->scan_archive_max_depth,
-            .archive_max_members = cfg->scan_archive_max_members,
-            .archive_max_total = cfg->scan_archive_max_total,
-            .archive_max_message_total = cfg->scan_archive_max_message_total,
-            .archive_max_message_members = cfg->scan_archive_max_message_members,
-            .archive_max_message_cpu_ms = cfg->scan_archive_max_message_cpu_ms,
-        };
+        struct mx_scan_opts o;
+        mx_smtp_scan_opts(cfg, &o);
+        o.cache_dir = cache;
         char *err = NULL;
         int rc = mx_scan_engine_load(&o, &srv->scan, &err);
         if (rc < 0) {

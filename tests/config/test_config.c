@@ -44,6 +44,16 @@ static struct mx_config *load_text(const char *text)
     return cfg;
 }
 
+/* An export loads back to a configuration that exports the same text. */
+static void assert_reload_same(const char *e1)
+{
+    struct mx_config *c2 = load_text(e1);
+    char *e2 = mx_config_export(c2);
+    assert_string_equal(e1, e2);
+    free(e2);
+    mx_config_free(c2);
+}
+
 /* Load text that must fail with exactly one error: at `line`, containing msg. */
 static void expect_one_error(const char *text, unsigned line, const char *msg)
 {
@@ -189,9 +199,7 @@ static void test_full_and_round_trip(void **state)
 
     char *e1 = mx_config_export(c);
     assert_non_null(e1);
-    struct mx_config *c2 = load_text(e1);
-    char *e2 = mx_config_export(c2);
-    assert_string_equal(e1, e2);
+    assert_reload_same(e1);
     /* the export is complete: every section and table is present */
     const char *must[] = {"listen {", "smtp = [ \"127.0.0.1:2525\", \"[::1]:2525\" ]",
                           "workers = 4;", "eal = \"--log-level=lib.eal:notice\";",
@@ -226,19 +234,13 @@ static void test_full_and_round_trip(void **state)
         if (!strstr(e1, must[i]))
             fail_msg("export lacks '%s':\n%s", must[i], e1);
     free(e1);
-    free(e2);
-    mx_config_free(c2);
     mx_config_free(c);
 
     /* the defaults survive the round trip too */
     assert_int_equal(mx_config_load(NULL, NULL, 0, &c, NULL), 0);
     e1 = mx_config_export(c);
-    c2 = load_text(e1);
-    e2 = mx_config_export(c2);
-    assert_string_equal(e1, e2);
+    assert_reload_same(e1);
     free(e1);
-    free(e2);
-    mx_config_free(c2);
     mx_config_free(c);
     free(path);
 }
@@ -285,12 +287,8 @@ static void test_policy_scopes(void **state)
     assert_non_null(strstr(e1, "\"a.test\" { banned_action = \"quarantine\"; av = false; "
                                "quarantine_retention = 172800s; }"));
     assert_non_null(strstr(e1, "\"boss@a.test\" { spam_action = \"reject\"; av = true; }"));
-    struct mx_config *c2 = load_text(e1);
-    char *e2 = mx_config_export(c2);
-    assert_string_equal(e1, e2);
+    assert_reload_same(e1);
     free(e1);
-    free(e2);
-    mx_config_free(c2);
     mx_config_free(c);
 
     expect_one_error("policy { domains { \"a.test\" { av = \"no\"; } } }\n", 1,
@@ -318,12 +316,8 @@ static void test_policy_scopes(void **state)
     assert_int_equal(e.n_attachment_allow, 0);
     e1 = mx_config_export(c);
     assert_non_null(strstr(e1, "\"u@a.test\" { attachment_allow = []; }"));
-    c2 = load_text(e1);
-    e2 = mx_config_export(c2);
-    assert_string_equal(e1, e2);
+    assert_reload_same(e1);
     free(e1);
-    free(e2);
-    mx_config_free(c2);
     mx_config_free(c);
     expect_one_error("policy {\n domains { \"a.test\" { attachment_allow = [ \"X Y\" ]; } } }\n", 2,
                      "policy.domains.a.test.attachment_allow: 'X Y' is not a rule name");
@@ -360,12 +354,8 @@ static void test_policy_redirect_bcc(void **state)
     char *e1 = mx_config_export(c);
     assert_non_null(strstr(e1, "    redirect_to = \"trap@corp.test\";\n    bcc = "
                                "\"archive@corp.test\";\n    bcc_when = \"always\";\n"));
-    struct mx_config *c2 = load_text(e1);
-    char *e2 = mx_config_export(c2);
-    assert_string_equal(e1, e2);
+    assert_reload_same(e1);
     free(e1);
-    free(e2);
-    mx_config_free(c2);
     mx_config_free(c);
 
     expect_one_error("policy {\n spam_action = \"redirect\"; }\n", 2,
