@@ -15,6 +15,10 @@
  *   -L 1: the original database organisation (see engine.c LAYOUT_VERSION)
  *   -x RULE: that rule's pattern alone as is, exact, relaxed, relaxed prefilter
  *   -R N: the bound of the relaxation for -x (repeats above N become {min(m,N),}; 10)
+ *   -G SCOPE:KIND: organisation experiment: the patterns of every SCOPE
+ *       database of class KIND (same input) regrouped by their cost alone
+ *       (costliest together, the rest apart, all in one), each grouping
+ *       compiled and replayed
  */
 #include "scan/rules_internal.h"
 #include "scan/scan.h"
@@ -130,6 +134,138 @@ struct single {
     size_t state;
 };
 
+/* -G: one grouping's databases compiled and replayed over capture c;
+ * returns total seconds (or -1), compile seconds in *ct */
+struct gpat {
+    char *expr;
+    unsigned flags;
+    double s; /* alone */
+};
+
+static int gpat_by_cost(const void *a, const void *b)
+{
+    double x = ((const struct gpat *)a)->s, y = ((const struct gpat *)b)->s;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static double grouping(const struct gpat *g, const size_t *cut, size_t ncut, bool stream,
+                       const struct mx_scan_capture *c, hs_scratch_t **scratch, double *ct,
+                       double *parts)
+{
+    double total = 0;
+    *ct = 0;
+    size_t from = 0;
+    for (size_t k = 0; k < ncut; k++) {
+        size_t n = cut[k] - from;
+        const char **ex = calloc(n, sizeof *ex);
+        unsigned *fl = calloc(n, sizeof *fl), *ids = calloc(n, sizeof *ids);
+        if (!ex || !fl || !ids)
+            return -1;
+        for (size_t i = 0; i < n; i++) {
+            ex[i] = g[from + i].expr;
+            fl[i] = g[from + i].flags;
+            ids[i] = (unsigned)i;
+        }
+        hs_database_t *db = NULL;
+        hs_compile_error_t *cerr = NULL;
+        double c0 = now();
+        hs_error_t hr = hs_compile_multi(ex, fl, ids, (unsigned)n,
+                                         stream ? HS_MODE_STREAM : HS_MODE_BLOCK, NULL, &db, &cerr);
+        *ct += now() - c0;
+        free(ex);
+        free(fl);
+        free(ids);
+        if (hr != HS_SUCCESS) {
+            printf("  compile fails: %s\n", cerr ? cerr->message : "?");
+            hs_free_compile_error(cerr);
+            return -1;
+        }
+        hs_alloc_scratch(db, scratch);
+        uint64_t m;
+        double t = replay(db, stream, c, *scratch, &m);
+        if (parts)
+            parts[k] = t;
+        total += t;
+        hs_free_database(db);
+        from = cut[k];
+    }
+    return total;
+}
+
+static void group_experiment(const struct mx_scan_engine *e, const struct mx_scan_prof *p,
+                             const char *what, hs_scratch_t **scratch)
+{
+    char scope[32], kind[32], opt[16] = "";
+    if (sscanf(what, "%31[^:]:%31[^:]:%15s", scope, kind, opt) < 2)
+        return;
+    bool ascii = strcmp(opt, "ascii") == 0; /* patterns restricted to ASCII input */
+    size_t ndb = mx_scan_engine_ndbs(e), first = ndb, ng = 0;
+    struct gpat *g = NULL;
+    double now_s = 0;
+    bool stream = false;
+    for (size_t i = 0; i < ndb; i++) {
+        struct mx_scan_dbview v;
+        mx_scan_engine_dbview(e, i, &v);
+        if (!v.db || strcmp(v.scope, scope) != 0 || strcmp(v.kind, kind) != 0)
+            continue;
+        if (first == ndb)
+            first = i;
+        else if (p->cap[i].len != p->cap[first].len || p->cap[i].nends != p->cap[first].nends)
+            continue; /* another input (nosubject) */
+        stream = v.stream;
+        uint64_t m;
+        now_s += replay(v.db, v.stream, &p->cap[first], *scratch, &m);
+        for (size_t k = 0; k < v.npatterns; k++) {
+            struct gpat *ng2 = realloc(g, (ng + 1) * sizeof *g);
+            if (!ng2)
+                return;
+            g = ng2;
+            if (mx_scan_engine_dbpattern(e, i, k, &g[ng].expr, &g[ng].flags) != 0)
+                continue;
+            char *ax = NULL;
+            int ar = ascii ? mx_rules_ascii_only(g[ng].expr, false, &ax) : 0;
+            if (ar == 2) { /* cannot match ASCII text */
+                free(g[ng].expr);
+                continue;
+            }
+            if (ar == 1) {
+                free(g[ng].expr);
+                g[ng].expr = ax;
+            }
+            size_t one = 1;
+            double ct;
+            g[ng].s = grouping(&g[ng], &one, 1, v.stream, &p->cap[first], scratch, &ct, NULL);
+            ng++;
+        }
+    }
+    if (!ng)
+        return;
+    qsort(g, ng, sizeof *g, gpat_by_cost);
+    double sum = 0;
+    for (size_t i = 0; i < ng; i++)
+        sum += g[i].s;
+    printf("\ngrouping %s: %zu patterns, input %.3f MB; as organised now %.2f ms; alone: sum %.2f ms\n",
+           what, ng, (double)p->cap[first].len / 1e6, now_s * 1e3, sum * 1e3);
+    static const size_t tops[] = {4, 8, 16, 32, 64};
+    for (size_t t = 0; t < sizeof tops / sizeof *tops && tops[t] < ng; t++) {
+        double top_s = 0;
+        for (size_t i = 0; i < tops[t]; i++)
+            top_s += g[i].s;
+        size_t cut[3] = {tops[t], ng};
+        double ct, parts[2];
+        double s = grouping(g, cut, 2, stream, &p->cap[first], scratch, &ct, parts);
+        printf("  costliest %3zu together (alone %.2f ms) %.2f ms + rest %.2f ms = %.2f ms (compile %.1f s)\n",
+               tops[t], top_s * 1e3, parts[0] * 1e3, parts[1] * 1e3, s * 1e3, ct);
+    }
+    size_t all = ng;
+    double ct;
+    double s = grouping(g, &all, 1, stream, &p->cap[first], scratch, &ct, NULL);
+    printf("  all in one: %.2f ms (compile %.1f s)\n", s * 1e3, ct);
+    for (size_t i = 0; i < ng; i++)
+        free(g[i].expr);
+    free(g);
+}
+
 static int by_time(const void *a, const void *b)
 {
     double x = ((const struct single *)a)->s, y = ((const struct single *)b)->s;
@@ -148,10 +284,10 @@ int main(int argc, char **argv)
     size_t nr = 0;
     const char *cache = NULL;
     int singles = 0, top = 25, c;
-    const char *exact = NULL;
+    const char *exact = NULL, *regroup = NULL;
     int layout = 0; /* 0: the current one */
     unsigned relax = 10;
-    while ((c = getopt(argc, argv, "r:c:sn:x:L:R:C")) != -1) {
+    while ((c = getopt(argc, argv, "r:c:sn:x:L:R:CG:")) != -1) {
         if (c == 'C') {
             evict = calloc(1, EVICT_BYTES);
             continue;
@@ -168,6 +304,8 @@ int main(int argc, char **argv)
             exact = optarg;
         else if (c == 'L')
             layout = atoi(optarg);
+        else if (c == 'G')
+            regroup = optarg;
         else if (c == 'R')
             relax = (unsigned)atoi(optarg);
         else
@@ -318,6 +456,8 @@ int main(int argc, char **argv)
             }
         }
     }
+    if (regroup)
+        group_experiment(e, &p, regroup, &scratch);
     if (!singles)
         return 0;
 
