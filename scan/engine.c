@@ -55,6 +55,13 @@ struct group {
     size_t npcre;
     uint32_t *exists;      /* header exists: rules of this target */
     size_t nexists;
+    /* at the end of the build (group_lists()), so that the end of a message
+     * walks only these: the rules of `rules` in prefilter mode (the only
+     * ones a match makes candidates), the `!~` rules of `rules` and `pcre`,
+     * and whether some rule has an `[if-unset: ...]` value */
+    uint32_t *pre, *neg;
+    size_t npre, nneg;
+    bool has_unset;
 };
 
 /* value kinds for the end-of-message evaluation */
@@ -1022,6 +1029,25 @@ static int compile_ascii(struct mx_scan_engine *e, struct group *g)
     return rc;
 }
 
+/* The per-group lists of struct group (pre, neg, has_unset), once every
+ * rule's `how` is final. */
+static int group_lists(struct mx_scan_engine *e)
+{
+    for (size_t i = 0; i < e->ng; i++) {
+        struct group *g = &e->g[i];
+        for (size_t k = 0; k < g->nrules + g->npcre; k++) {
+            uint32_t ri = k < g->nrules ? g->rules[k] : g->pcre[k - g->nrules];
+            const struct mx_rule *r = &e->rs.rules[ri];
+            g->has_unset |= r->ifunset != NULL;
+            if ((r->negate && add_u32(&g->neg, &g->nneg, ri)) ||
+                (k < g->nrules && e->er[ri].how == HOW_PREFILTER &&
+                 add_u32(&g->pre, &g->npre, ri)))
+                return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
 /* SHA-256 over everything that decides the databases' contents. */
 static void cache_key(struct mx_scan_engine *e, char hex[65])
 {
@@ -1347,6 +1373,9 @@ static int build_dbs(struct mx_scan_engine *e)
             e->st.ascii_variants++;
         }
     }
+    int lrc = group_lists(e);
+    if (lrc)
+        return lrc;
     for (size_t i = 0; i < e->nloc; i++) {
         if (!e->loc[i].db)
             e->er[e->loc[i].rule].loc = 0;
@@ -1458,6 +1487,8 @@ void mx_scan_engine_free(struct mx_scan_engine *e)
         free(e->g[i].rules);
         free(e->g[i].pcre);
         free(e->g[i].exists);
+        free(e->g[i].pre);
+        free(e->g[i].neg);
     }
     free(e->g);
     for (size_t i = 0; i < e->nloc; i++) {
@@ -3078,28 +3109,23 @@ static void scan_headers(struct mx_scan_msg *m)
             m->count[g->exists[k]] = present;
         if (!g->db && !g->npcre)
             continue;
-        bool any_unset = false;
-        for (size_t k = 0; k < g->nrules && !present; k++)
-            any_unset |= e->rs.rules[g->rules[k]].ifunset != NULL;
-        for (size_t k = 0; k < g->npcre && !present; k++)
-            any_unset |= e->rs.rules[g->pcre[k]].ifunset != NULL;
+        bool any_unset = !present && g->has_unset;
         if (g->db && !any_unset && (b.n || g->empty_matches))
             hs_call(m, gi, NULL, b.s, b.n, on_match);
-        /* candidates and rules needing PCRE2, then per-rule unset values */
-        for (size_t k = 0; k < g->nrules; k++) {
+        /* candidates and rules needing PCRE2 */
+        for (size_t k = 0; !any_unset && k < g->npre; k++)
+            if (m->cand[g->pre[k]])
+                m->count[g->pre[k]] = (uint16_t)pcre_count(m, g->pre[k], b.s, b.n);
+        /* or with an unset header, every rule: its unset value, or the
+         * empty value */
+        for (size_t k = 0; any_unset && k < g->nrules; k++) {
             uint32_t ri = g->rules[k];
-            const struct mx_rule *r = &e->rs.rules[ri];
-            const char *s = b.s;
-            size_t n = b.n;
-            if (!present && r->ifunset) {
-                s = r->ifunset;
-                n = strlen(s);
-                m->count[ri] = pcre_hit(m, ri, s, n) || (e->er[ri].how == HOW_HS && !e->er[ri].pc);
-            } else if (any_unset) {
-                m->count[ri] = pcre_hit(m, ri, s, n);
-            } else if (m->cand[ri]) {
-                m->count[ri] = (uint16_t)pcre_count(m, ri, s, n);
-            }
+            const char *u = e->rs.rules[ri].ifunset;
+            if (u)
+                m->count[ri] = pcre_hit(m, ri, u, strlen(u)) ||
+                               (e->er[ri].how == HOW_HS && !e->er[ri].pc);
+            else
+                m->count[ri] = pcre_hit(m, ri, b.s, b.n);
         }
         for (size_t k = 0; k < g->npcre; k++) {
             uint32_t ri = g->pcre[k];
@@ -3108,12 +3134,8 @@ static void scan_headers(struct mx_scan_msg *m)
             m->count[ri] = (uint16_t)pcre_count(m, ri, s, strlen(s) < b.n && s == b.s ? b.n : strlen(s));
         }
         /* !~ rules hit when the regex does not match */
-        for (size_t k = 0; k < g->nrules; k++)
-            if (e->rs.rules[g->rules[k]].negate)
-                m->count[g->rules[k]] = !m->count[g->rules[k]];
-        for (size_t k = 0; k < g->npcre; k++)
-            if (e->rs.rules[g->pcre[k]].negate)
-                m->count[g->pcre[k]] = !m->count[g->pcre[k]];
+        for (size_t k = 0; k < g->nneg; k++)
+            m->count[g->neg[k]] = !m->count[g->neg[k]];
     }
     free(rel);
 }
@@ -3151,13 +3173,15 @@ static void confirm(struct mx_scan_msg *m, int gi, const char *s, size_t n)
     if (gi < 0)
         return;
     struct group *g = &e->g[gi];
-    for (size_t k = 0; k < g->nrules; k++) {
-        uint32_t ri = g->rules[k];
-        if (m->cand[ri])
-            m->count[ri] = (uint16_t)pcre_count(m, ri, s, n);
+    for (size_t k = 0; k < g->npre + g->npcre; k++) {
+        uint32_t ri = k < g->npre ? g->pre[k] : g->pcre[k - g->npre];
+        if (k >= g->npre || m->cand[ri]) {
+            /* added up over the URIs, as Hyperscan's matches are (a rule
+             * used to keep the last candidate URI's result) */
+            unsigned c = m->count[ri] + pcre_count(m, ri, s, n);
+            m->count[ri] = (uint16_t)(c < UINT16_MAX ? c : UINT16_MAX);
+        }
     }
-    for (size_t k = 0; k < g->npcre; k++)
-        m->count[g->pcre[k]] = (uint16_t)pcre_count(m, g->pcre[k], s, n);
 }
 
 /*
@@ -3175,8 +3199,8 @@ static void mark_pending(struct mx_scan_msg *m, int gi)
 {
     const struct mx_scan_engine *e = m->w->e;
     const struct group *g = &e->g[gi];
-    for (size_t k = 0; k < g->nrules; k++) {
-        uint32_t ri = g->rules[k];
+    for (size_t k = 0; k < g->npre; k++) {
+        uint32_t ri = g->pre[k];
         uint8_t want = e->er[ri].twin ? CAND_YES | CAND_TWIN : CAND_YES;
         m->cand[ri] = (m->cand[ri] & want) == want ? CAND_PENDING : CAND_NO;
     }
@@ -3296,8 +3320,8 @@ static void scan_uris(struct mx_scan_msg *m)
                 hs_call(m, gi, NULL, u, n, on_match);
             confirm(m, (int)gi, u, n);
             /* prefilter candidates are per URI */
-            for (size_t k = 0; k < g->nrules; k++)
-                m->cand[g->rules[k]] = 0;
+            for (size_t k = 0; k < g->npre; k++)
+                m->cand[g->pre[k]] = 0;
         }
     }
 }

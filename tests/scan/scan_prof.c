@@ -256,6 +256,12 @@ static void group_experiment(const struct mx_scan_engine *e, const struct mx_sca
         double s = grouping(g, cut, 2, stream, &p->cap[first], scratch, &ct, parts);
         printf("  costliest %3zu together (alone %.2f ms) %.2f ms + rest %.2f ms = %.2f ms (compile %.1f s)\n",
                tops[t], top_s * 1e3, parts[0] * 1e3, parts[1] * 1e3, s * 1e3, ct);
+        if (stream) {
+            double bct, bparts[2];
+            grouping(g, cut, 2, false, &p->cap[first], scratch, &bct, bparts);
+            printf("      in block mode: costliest %.2f ms + rest %.2f ms\n", bparts[0] * 1e3,
+                   bparts[1] * 1e3);
+        }
     }
     size_t all = ng;
     double ct;

@@ -234,7 +234,7 @@ static void test_engine_stats(void **state)
     (void)state;
     struct mx_scan_stats st;
     mx_scan_engine_stats(test_engine, &st);
-    assert_int_equal(st.hs_prefilter + st.pcre_only, 3); /* BACKREF, __TRIPLE, RX_LIMIT */
+    assert_int_equal(st.hs_prefilter + st.pcre_only, 5); /* BACKREF, __TRIPLE, RX_LIMIT, __URI_GOOD(S) */
     assert_int_equal(st.skipped, 1);                     /* EVAL_RULE */
     const char *name, *why;
     assert_int_equal(mx_scan_engine_skipped(test_engine, 0, &name, &why), 0);
@@ -565,6 +565,22 @@ static void test_engine_pcre_multiple(void **state)
     assert_true(value_after("Subject: x\r\n\r\nno prize\r\n", "__TRIPLE") == 0);
 }
 
+/* A URI rule PCRE2 confirms hits when any URI matches (it used to keep the
+ * result of the last candidate URI, so a later near miss undid a hit), and
+ * a `multiple` one counts the matches of every URI. */
+static void test_engine_uri_confirm(void **state)
+{
+    (void)state;
+    const char *two = "Subject: x\r\n\r\nsee http://good.test/ok and http://good.test/bad\r\n";
+    assert_true(value_after(two, "__URI_GOOD") == 1);
+    assert_true(value_after(two, "__URI_GOODS") == 1);
+    const char *three = "Subject: x\r\n\r\nhttp://good.test/a http://good.test/bad "
+                        "http://good.test/b\r\n";
+    assert_true(value_after(three, "__URI_GOOD") == 1);
+    assert_true(value_after(three, "__URI_GOODS") == 2);
+    assert_true(value_after("Subject: x\r\n\r\nhttp://good.test/bad\r\n", "__URI_GOOD") == 0);
+}
+
 /* A PCRE2 error (here the match limit of a catastrophic lookahead) is no
  * match, but counted in regex_errors and flagged MX_SCAN_TRUNCATED. */
 static void test_engine_regex_limit(void **state)
@@ -792,6 +808,7 @@ int main(void)
         cmocka_unit_test(test_engine_stats),
         cmocka_unit_test(test_engine_scopes),
         cmocka_unit_test(test_engine_pcre_multiple),
+        cmocka_unit_test(test_engine_uri_confirm),
         cmocka_unit_test(test_engine_regex_limit),
         cmocka_unit_test(test_engine_charset),
         cmocka_unit_test(test_engine_dlp),
