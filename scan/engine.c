@@ -64,6 +64,9 @@ struct group {
     bool has_unset;
 };
 
+/* how a PCRE2-only body rule runs on ASCII text (see pcre_ascii()) */
+enum ascii_run { ASCII_NO, ASCII_EXACT, ASCII_PREFILTER, ASCII_NEVER };
+
 /* value kinds for the end-of-message evaluation */
 enum vkind { VK_ZERO, VK_COUNT, VK_META };
 
@@ -73,6 +76,8 @@ struct erule {
     uint8_t relaxed;        /* prefilter pattern: the regex with repeats relaxed (1),
                                and its ^ $ anchors dropped (2) */
     bool twin;              /* a second prefilter pattern (see TWIN_MAX) must match too */
+    uint8_t ascii;          /* PCRE2-only body rule: how it runs in its group's ASCII
+                               variant (enum ascii_run, see pcre_ascii()) */
     uint32_t loc;           /* 1 + index of its locator in e->loc (see struct locator) */
     bool runs;              /* counts in the verdict (score != 0 or sub rule) */
     uint8_t vkind;          /* enum vkind */
@@ -961,6 +966,62 @@ static int compile_group(struct mx_scan_engine *e, struct group *g)
 }
 
 /*
+ * A PCRE2-only body rule in ASCII MODE. `__YOUR_PASSWORD` is 37 KB after
+ * ReplaceTags, past Hyperscan's pattern length limit even in prefilter mode,
+ * so PCRE2 searched every message's body text with it (7-12 ms per corpus
+ * pass, the costliest PCRE2 rule); restricted to ASCII input it is 2.9 KB
+ * and Hyperscan runs it exactly. So such a rule also goes into its group's
+ * ASCII variant: exactly (single match; a `multiple` rule as a prefilter,
+ * so that PCRE2 keeps counting Perl's matches), as a prefilter, or not at
+ * all when the restriction cannot match ASCII text. A message that stays
+ * in ASCII MODE takes the variant's result; one that leaves it runs PCRE2
+ * as before. Returns the enum ascii_run (and sets er->ascii), the pattern
+ * in *x (malloc'd; NULL for ASCII_NO and ASCII_NEVER), or -ENOMEM.
+ */
+static int pcre_ascii(struct mx_scan_engine *e, uint32_t ri, char **x, unsigned *flags)
+{
+    struct erule *er = &e->er[ri];
+    const struct mx_rule *r = &e->rs.rules[ri];
+    *x = NULL;
+    er->ascii = ASCII_NO;
+    if (er->how != HOW_PCRE || er->scope != SC_BODY)
+        return ASCII_NO;
+    char *hp = hs_pattern(r);
+    if (!hp)
+        return -ENOMEM;
+    int ar = mx_rules_ascii_only(hp, false, x);
+    if (ar < 0) {
+        free(hp);
+        return ar;
+    }
+    if (ar == 2) {
+        free(hp);
+        return er->ascii = ASCII_NEVER;
+    }
+    if (ar == 0) { /* unchanged: Hyperscan refused it as it is */
+        free(hp);
+        return ASCII_NO;
+    }
+    free(hp);
+    unsigned base = hs_flags_for(r, SC_BODY) | HS_FLAG_SINGLEMATCH;
+    hs_expr_info_t *info = NULL;
+    hs_compile_error_t *cerr = NULL;
+    for (int pf = er->multiple ? 1 : 0; pf < 2; pf++) {
+        unsigned fl = base | (pf ? HS_FLAG_PREFILTER : 0);
+        if (hs_expression_info(*x, fl, &info, &cerr) == HS_SUCCESS) {
+            free(info);
+            *flags = fl;
+            return er->ascii = pf ? ASCII_PREFILTER : ASCII_EXACT;
+        }
+        hs_free_compile_error(cerr);
+        cerr = NULL;
+    }
+    free(*x);
+    *x = NULL;
+    return ASCII_NO;
+}
+
+/*
  * ASCII MODE. Most body text is plain ASCII (478 of the 505 corpus
  * messages), and the costliest body databases spend most of their size and
  * time on multi-byte alternatives that ASCII can never match: the
@@ -1002,6 +1063,31 @@ static int group_pats_ascii(struct mx_scan_engine *e, struct group *g, struct pa
         o++;
     }
     p->n = o;
+    /* the rules PCRE2 runs alone whose ASCII restriction Hyperscan takes */
+    char **ne = realloc(p->expr, (p->n + g->npcre + 1) * sizeof *ne);
+    if (ne)
+        p->expr = ne;
+    unsigned *nf = ne ? realloc(p->flags, (p->n + g->npcre + 1) * sizeof *nf) : NULL;
+    if (nf)
+        p->flags = nf;
+    unsigned *ni = nf ? realloc(p->ids, (p->n + g->npcre + 1) * sizeof *ni) : NULL;
+    if (!ni)
+        return -ENOMEM;
+    p->ids = ni;
+    for (size_t k = 0; k < g->npcre; k++) {
+        char *x = NULL;
+        unsigned fl = 0;
+        int kind = pcre_ascii(e, g->pcre[k], &x, &fl);
+        if (kind < 0)
+            return kind;
+        if (kind == ASCII_NO)
+            continue;
+        *changed = true;
+        if (!x)
+            continue; /* ASCII_NEVER */
+        p->expr[p->n] = x, p->flags[p->n] = fl, p->ids[p->n] = g->pcre[k];
+        p->n++;
+    }
     return 0;
 }
 
@@ -1058,8 +1144,9 @@ static void cache_key(struct mx_scan_engine *e, char hex[65])
     const char *v = hs_version();
     /* the organisation's version: a cache of another layout never loads */
     char lv[32];
-    /* ascii-v5: the version of mx_rules_ascii_only()'s output */
-    int lvn = snprintf(lv, sizeof lv, "mxscan-db-v1 layout %d ascii-v5",
+    /* ascii-v6: the version of mx_rules_ascii_only()'s output and of what
+     * the variants hold (v6: PCRE2-only rules, pcre_ascii()) */
+    int lvn = snprintf(lv, sizeof lv, "mxscan-db-v1 layout %d ascii-v6",
                        e->legacy_layout ? 1 : LAYOUT_VERSION);
     EVP_DigestUpdate(c, lv, (size_t)lvn);
     EVP_DigestUpdate(c, v, strlen(v));
@@ -1371,6 +1458,19 @@ static int build_dbs(struct mx_scan_engine *e)
         if (e->g[i].adb || e->g[i].ascii_empty) {
             e->has_ascii = true;
             e->st.ascii_variants++;
+        }
+        /* what compile_ascii() put in the variant (loaded from the cache:
+         * the same, computed again) */
+        for (size_t k = 0; k < e->g[i].npcre; k++) {
+            char *x = NULL;
+            unsigned fl;
+            int kind = e->g[i].adb || e->g[i].ascii_empty
+                           ? pcre_ascii(e, e->g[i].pcre[k], &x, &fl)
+                           : (e->er[e->g[i].pcre[k]].ascii = ASCII_NO);
+            free(x);
+            if (kind < 0)
+                return kind;
+            e->st.pcre_ascii += kind == ASCII_EXACT || kind == ASCII_PREFILTER;
         }
     }
     int lrc = group_lists(e);
@@ -1741,7 +1841,8 @@ static int on_match(unsigned id, unsigned long long from, unsigned long long to,
     }
     if (m->w->prof)
         m->w->prof->r_matches[id]++;
-    if (e->er[id].how == HOW_PREFILTER)
+    if (e->er[id].how == HOW_PREFILTER ||
+        (e->er[id].how == HOW_PCRE && e->er[id].ascii == ASCII_PREFILTER))
         m->cand[id] |= CAND_YES;
     else if (m->count[id] < UINT16_MAX)
         m->count[id]++;
@@ -2042,6 +2143,8 @@ static void ascii_leave(struct mx_scan_msg *m)
             hs_reset_stream(m->astreams[i], 0, NULL, NULL, NULL);
         for (size_t k = 0; k < g->nrules; k++)
             m->count[g->rules[k]] = 0, m->cand[g->rules[k]] = 0;
+        for (size_t k = 0; k < g->npcre; k++)
+            m->count[g->pcre[k]] = 0, m->cand[g->pcre[k]] = 0;
         /* what this group's streams were given: nosubject ones skip the
          * Subject, and nothing yet while it is being written */
         size_t from = !g->nosubject ? 0 : m->in_subject ? m->bwritten : m->subj_len;
@@ -3204,8 +3307,16 @@ static void mark_pending(struct mx_scan_msg *m, int gi)
         uint8_t want = e->er[ri].twin ? CAND_YES | CAND_TWIN : CAND_YES;
         m->cand[ri] = (m->cand[ri] & want) == want ? CAND_PENDING : CAND_NO;
     }
-    for (size_t k = 0; k < g->npcre; k++)
-        m->cand[g->pcre[k]] = CAND_PENDING;
+    /* rules PCRE2 runs alone, unless the message stayed in ASCII MODE and
+     * the ASCII variant ran the rule (see pcre_ascii()) */
+    bool ascii = m->ascii && m->wrote[SC_BODY] && (g->adb || g->ascii_empty);
+    for (size_t k = 0; k < g->npcre; k++) {
+        uint32_t ri = g->pcre[k];
+        uint8_t a = ascii ? e->er[ri].ascii : ASCII_NO;
+        m->cand[ri] = a == ASCII_NO || (a == ASCII_PREFILTER && (m->cand[ri] & CAND_YES))
+                          ? CAND_PENDING
+                          : CAND_NO;
+    }
 }
 
 /* Located confirmation (struct locator). More possible starts than this

@@ -80,6 +80,8 @@ struct mx_scan_stats {
     unsigned located;        /* ... whose PCRE2 search starts only where a match can
                               * (a reversed-regex locator, see engine.c) */
     unsigned ascii_variants; /* body databases with a variant for ASCII text */
+    unsigned pcre_ascii;     /* PCRE2-only body rules Hyperscan runs on ASCII text
+                              * (in an ASCII variant, see engine.c pcre_ascii()) */
     unsigned meta;           /* meta rules */
     unsigned dlp;            /* dlp rules */
     unsigned attachment;     /* attachment rules */

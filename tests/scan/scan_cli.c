@@ -50,10 +50,10 @@ int main(int argc, char **argv)
     mx_scan_engine_stats(e, &st);
     printf("rules=%u regex=%u hs_exact=%u hs_prefilter=%u pcre_only=%u meta=%u skipped=%u "
            "zero_score=%u databases=%u cache=%d compile=%.2fs pcre_shared=%u located=%u "
-           "ascii_variants=%u\n",
+           "ascii_variants=%u pcre_ascii=%u\n",
            st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.meta, st.skipped,
            st.zero_score, st.databases, st.from_cache, st.compile_seconds, st.pcre_shared,
-           st.located, st.ascii_variants);
+           st.located, st.ascii_variants, st.pcre_ascii);
     if (verbose) {
         const char *n, *why;
         for (size_t i = 0; mx_scan_engine_skipped(e, i, &n, &why) == 0; i++)

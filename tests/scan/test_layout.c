@@ -16,7 +16,8 @@
  * confirmation) hit and nearly hit; and 6 whose body text leaves ASCII
  * late, in the Subject, or outgrows the kept copy, with look-alike words
  * before and after, for the body databases' ASCII variants (engine.c,
- * ASCII MODE).
+ * ASCII MODE); and 5 that hit or nearly hit __YOUR_PASSWORD, which PCRE2
+ * runs alone but an ASCII variant runs in Hyperscan (engine.c pcre_ascii()).
  *
  * Environment: SHARED_CORPUS (folder tree of messages), SCAN_CACHE_DIR.
  * Skips when Debian's spamassassin package (the stock rules) is missing.
@@ -128,6 +129,15 @@ static void add_ascii_switches(void)
         {"plain", 300000, "ph\xc3\xa0rmacy\n"},
         {"plain", 30000, "pharrmacy v1@gra\n"},
         {"ph\xc3\xa0rmacy", 500, "\n"},
+        /* __YOUR_PASSWORD (PCRE2 alone; in ASCII MODE Hyperscan runs its
+         * ASCII restriction, engine.c pcre_ascii()): ASCII to the end, a
+         * look-alike, leaving ASCII after it, non-ASCII look-alikes, and
+         * near misses */
+        {"plain", 1000, "please reset the password today\n"},
+        {"plain", 2000, "update the e-mail passw0rd here\nand y0ur pswd \n"},
+        {"plain", 20000, "your pass_word\nprice \xe2\x82\xac 5\n"},
+        {"plain", 500, "y\xc3\xb6ur p\xc3\xa0ssword\n"},
+        {"plain", 3000, "yours password, the passport, reset password\n"},
     };
     uint32_t seed = 777;
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
@@ -215,7 +225,8 @@ static void test_layouts_same_hits(void **state)
     struct mx_scan_worker *w = mx_scan_worker_new(cur);
     assert_non_null(w);
     pcre2_match_data *md = pcre2_match_data_create(4, NULL);
-    size_t checked = 0, agree_hits = 0, mismatch = 0, confirmed = 0, located_hits = 0;
+    size_t checked = 0, agree_hits = 0, mismatch = 0, confirmed = 0, located_hits = 0,
+           pcre_only_hits = 0;
     for (size_t i = 0; i < nfiles; i++) {
         struct mx_scan_msg *m = mx_scan_msg_begin(w);
         mx_scan_msg_feed(m, (const uint8_t *)files[i].b, files[i].n);
@@ -229,7 +240,7 @@ static void test_layouts_same_hits(void **state)
             const struct mx_rule *rule = &rs->rules[ri];
             int how = mx_scan_engine_rule_how(cur, ri);
             if ((rule->type != MX_RULE_BODY && rule->type != MX_RULE_RAWBODY) ||
-                (rule->tflags & MX_TF_MULTIPLE) || (how != 'h' && how != 'f'))
+                (rule->tflags & MX_TF_MULTIPLE) || (how != 'h' && how != 'f' && how != 'p'))
                 continue;
             const pcre2_code *pc = mx_scan_engine_rule_pcre(cur, ri);
             if (!pc)
@@ -249,17 +260,19 @@ static void test_layouts_same_hits(void **state)
             agree_hits += ref && got;
             confirmed += how == 'f';
             located_hits += ref && got && strncmp(rule->name, "__FILL_THIS_FORM_", 17) == 0;
+            pcre_only_hits += ref && got && how == 'p';
             if (ref != got && mismatch++ < 20)
                 printf("# message %zu rule %s: Hyperscan %d, PCRE2 %d\n", i, rule->name, got, ref);
         }
         mx_scan_msg_free(m);
     }
     printf("# PCRE2 reference: %zu (message, rule) pairs (%zu confirmed by PCRE2), %zu hits agree "
-           "(%zu __FILL_THIS_FORM_*), %zu differ\n",
-           checked, confirmed, agree_hits, located_hits, mismatch);
+           "(%zu __FILL_THIS_FORM_*, %zu of rules PCRE2 runs alone), %zu differ\n",
+           checked, confirmed, agree_hits, located_hits, pcre_only_hits, mismatch);
     assert_int_equal(mismatch, 0);
     assert_true(agree_hits > 50);
     assert_true(located_hits > 20); /* the generated forms do hit */
+    assert_true(pcre_only_hits >= 4); /* __YOUR_PASSWORD in 4 generated messages */
     pcre2_match_data_free(md);
     mx_scan_worker_free(w);
     mx_scan_engine_free(cur);

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- MIME ----------------------------------------------------------------- */
 
@@ -581,6 +582,71 @@ static void test_engine_uri_confirm(void **state)
     assert_true(value_after("Subject: x\r\n\r\nhttp://good.test/bad\r\n", "__URI_GOOD") == 0);
 }
 
+/* A body rule Hyperscan refuses (past its pattern length limit: every
+ * letter an alternation of 256 two-byte look-alikes, as ReplaceTags makes
+ * `__YOUR_PASSWORD`) runs in PCRE2, but on ASCII text its ASCII restriction
+ * runs in Hyperscan, in the ASCII variant of its group (engine.c
+ * pcre_ascii()): the same values either way, and when the text leaves
+ * ASCII after a match. */
+static double long_rule_value(struct mx_scan_worker *w, const struct mx_scan_engine *e,
+                              const char *msg)
+{
+    struct mx_scan_msg *m = mx_scan_msg_begin(w);
+    assert_non_null(m);
+    for (size_t off = 0, n = strlen(msg); off < n; off += 3)
+        assert_int_equal(mx_scan_msg_feed(m, (const uint8_t *)msg + off, n - off < 3 ? n - off : 3),
+                         0);
+    struct mx_scan_result r;
+    assert_int_equal(mx_scan_msg_end(m, &r), 0);
+    double v = mx_scan_msg_rule_value(m, (size_t)mx_rules_find(mx_scan_engine_rules(e), "__LONG_PW"));
+    mx_scan_msg_free(m);
+    return v;
+}
+
+static void test_engine_pcre_ascii(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/mxgate-test-long-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    fputs("body __HELLO /hello/\nbody __LONG_PW /(?:^|\\s)", f);
+    for (const char *l = "password"; *l; l++) {
+        fprintf(f, "(?:%c", *l);
+        for (unsigned lead = 0xc3; lead <= 0xc6; lead++)
+            for (unsigned t = 0x80; t <= 0xbf; t++)
+                fprintf(f, "|\\x%02x\\x%02x", lead, t);
+        fputc(')', f);
+    }
+    fputs("\\b/i\nmeta LONG_PW __LONG_PW && !__HELLO\nscore LONG_PW 1\n", f);
+    fclose(f);
+    const char *paths[] = {path};
+    struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = 1};
+    struct mx_scan_engine *e;
+    char *err = NULL;
+    assert_int_equal(mx_scan_engine_load(&o, &e, &err), 0);
+    unlink(path);
+    struct mx_scan_stats st;
+    mx_scan_engine_stats(e, &st);
+    assert_int_equal(st.pcre_only, 1);
+    assert_int_equal(st.pcre_ascii, 1);
+    struct mx_scan_worker *w = mx_scan_worker_new(e);
+    assert_non_null(w);
+    assert_true(long_rule_value(w, e, "Subject: x\n\nmy password\n") == 1);
+    assert_true(long_rule_value(w, e, "Subject: x\n\nmy PASSWORD is\n") == 1);
+    assert_true(long_rule_value(w, e, "Subject: x\n\nmy passwords\n") == 0);
+    assert_true(long_rule_value(w, e, "Subject: x\n\nmypassword\n") == 0);
+    /* look-alikes: PCRE2 */
+    assert_true(long_rule_value(w, e, "Subject: x\n\nmy p\xc3\x80ssword\n") == 1);
+    assert_true(long_rule_value(w, e, "Subject: x\n\nmy p\xc3\x80sswords\n") == 0);
+    /* a match in ASCII MODE, then the text leaves ASCII (replayed) */
+    assert_true(long_rule_value(w, e, "Subject: x\n\nmy password\n\xc3\xa9t\xc3\xa9\n") == 1);
+    assert_true(long_rule_value(w, e, "Subject: x\n\nmy passwordx \xc3\xa9t\xc3\xa9\n") == 0);
+    mx_scan_worker_free(w);
+    mx_scan_engine_free(e);
+}
+
 /* A PCRE2 error (here the match limit of a catastrophic lookahead) is no
  * match, but counted in regex_errors and flagged MX_SCAN_TRUNCATED. */
 static void test_engine_regex_limit(void **state)
@@ -809,6 +875,7 @@ int main(void)
         cmocka_unit_test(test_engine_scopes),
         cmocka_unit_test(test_engine_pcre_multiple),
         cmocka_unit_test(test_engine_uri_confirm),
+        cmocka_unit_test(test_engine_pcre_ascii),
         cmocka_unit_test(test_engine_regex_limit),
         cmocka_unit_test(test_engine_charset),
         cmocka_unit_test(test_engine_dlp),
