@@ -21,6 +21,7 @@
 #include "scan/rules_internal.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fnmatch.h>
 #include <hs/hs.h>
@@ -32,6 +33,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <utime.h>
 #include <unistd.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -1285,6 +1287,89 @@ out:
     return rc;
 }
 
+/*
+ * The cache keeps the CACHE_KEEP most recently written or loaded database
+ * files (40-50 MB each for the stock rules): every rule update (sa-update,
+ * an edited local.cf) makes a new one, and without pruning a daily update
+ * fills the disk with ~18 GB a year. 8 files: the current rule set and a
+ * few others sharing the directory (`--check` of a new configuration) do
+ * not evict each other. A loaded file is touched (utime), so the files of
+ * rule sets in use stay; a file another process is loading just then is
+ * among the newest. Temporary files of a writer that died are
+ * removed after CACHE_TMP_AGE seconds. Other files are left alone.
+ */
+#define CACHE_KEEP 8
+#define CACHE_TMP_AGE 3600
+
+struct cache_file {
+    char name[80];
+    time_t mtime;
+};
+
+static int by_mtime_desc(const void *a, const void *b)
+{
+    time_t x = ((const struct cache_file *)a)->mtime, y = ((const struct cache_file *)b)->mtime;
+    return x < y ? 1 : x > y ? -1 : strcmp(((const struct cache_file *)a)->name,
+                                           ((const struct cache_file *)b)->name);
+}
+
+/* a database file's name: 64 hex digits and ".hsdb"; a writer's temporary
+ * file: that, ".", a pid and ".tmp" (cache_store()) */
+static int cache_name_kind(const char *n)
+{
+    size_t i = 0;
+    while (i < 64 && isxdigit((unsigned char)n[i]))
+        i++;
+    if (i != 64 || strncmp(n + 64, ".hsdb", 5) != 0)
+        return 0;
+    if (n[69] == 0)
+        return 1;
+    size_t l = strlen(n);
+    return n[69] == '.' && l > 74 && strcmp(n + l - 4, ".tmp") == 0 ? 2 : 0;
+}
+
+static void cache_prune(const char *dir, const char *keep)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct cache_file *f = NULL;
+    size_t n = 0, cap = 0;
+    time_t now = time(NULL);
+    struct dirent *de;
+    char p[4200];
+    while ((de = readdir(d)) != NULL) {
+        int kind = cache_name_kind(de->d_name);
+        struct stat st;
+        if (!kind || strlen(de->d_name) >= sizeof f->name)
+            continue;
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (kind == 2) {
+            if (now - st.st_mtime > CACHE_TMP_AGE)
+                unlink(p);
+            continue;
+        }
+        if (n == cap) {
+            struct cache_file *nf = realloc(f, (cap = cap ? 2 * cap : 16) * sizeof *nf);
+            if (!nf)
+                break;
+            f = nf;
+        }
+        snprintf(f[n].name, sizeof f[n].name, "%s", de->d_name);
+        f[n++].mtime = st.st_mtime;
+    }
+    closedir(d);
+    qsort(f, n, sizeof *f, by_mtime_desc);
+    for (size_t i = CACHE_KEEP; i < n; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, f[i].name);
+        if (strcmp(p, keep) != 0)
+            unlink(p);
+    }
+    free(f);
+}
+
 static void cache_store(struct mx_scan_engine *e, const char *path)
 {
     char tmp[4200];
@@ -1405,6 +1490,8 @@ static int build_dbs(struct mx_scan_engine *e)
         cache_key(e, key);
         snprintf(path, sizeof path, "%s/%s.hsdb", e->o.cache_dir, key);
         cached = cache_load(e, path) == 0;
+        if (cached)
+            utime(path, NULL); /* in use: the newest for cache_prune() */
         if (!cached) {
             for (size_t i = 0; i < e->ng; i++) {
                 hs_free_database(e->g[i].db);
@@ -1439,6 +1526,7 @@ static int build_dbs(struct mx_scan_engine *e)
         if (e->o.cache_dir) {
             mkdir_parents(e->o.cache_dir);
             cache_store(e, path);
+            cache_prune(e->o.cache_dir, path);
         }
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);

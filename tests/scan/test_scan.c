@@ -22,8 +22,11 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <utime.h>
 
 /* ---- MIME ----------------------------------------------------------------- */
 
@@ -647,6 +650,78 @@ static void test_engine_pcre_ascii(void **state)
     mx_scan_engine_free(e);
 }
 
+/* The database cache keeps the 8 newest files: every rule update writes
+ * a new one (40-50 MB for the stock rules). A writer's stale temporary file
+ * goes, a fresh one and other files stay. */
+static void touch_at(const char *dir, const char *name, time_t t)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs("x", f);
+    fclose(f);
+    struct utimbuf u = {t, t};
+    assert_int_equal(utime(p, &u), 0);
+}
+
+static bool exists_in(const char *dir, const char *name)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return access(p, F_OK) == 0;
+}
+
+static void test_engine_cache_prune(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mxgate-test-cache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    time_t now = time(NULL);
+    char names[10][72];
+    for (int i = 0; i < 10; i++) {
+        snprintf(names[i], sizeof names[i], "%064x.hsdb", i + 1);
+        touch_at(dir, names[i], now - 86400 * (20 - i)); /* names[9] newest */
+    }
+    char stale[96], fresh[96];
+    snprintf(stale, sizeof stale, "%s.123.tmp", names[0]);
+    snprintf(fresh, sizeof fresh, "%s.124.tmp", names[1]);
+    touch_at(dir, stale, now - 7200);
+    touch_at(dir, fresh, now);
+    touch_at(dir, "README", now - 86400 * 30);
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/test.rules", getenv("SCAN_TEST_DATA"));
+    const char *paths[] = {path};
+    struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = 1, .cache_dir = dir};
+    struct mx_scan_engine *e;
+    char *err = NULL;
+    for (int round = 0; round < 2; round++) { /* compiled and stored, then loaded */
+        assert_int_equal(mx_scan_engine_load(&o, &e, &err), 0);
+        struct mx_scan_stats st;
+        mx_scan_engine_stats(e, &st);
+        assert_int_equal(st.from_cache, round == 1);
+        mx_scan_engine_free(e);
+    }
+    size_t hsdb = 0;
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t l = strlen(de->d_name);
+        hsdb += l > 5 && strcmp(de->d_name + l - 5, ".hsdb") == 0;
+    }
+    closedir(d);
+    assert_int_equal(hsdb, 8); /* the new one and the 7 newest others */
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(exists_in(dir, names[i]), i >= 3);
+    assert_false(exists_in(dir, stale));
+    assert_true(exists_in(dir, fresh));
+    assert_true(exists_in(dir, "README"));
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* A PCRE2 error (here the match limit of a catastrophic lookahead) is no
  * match, but counted in regex_errors and flagged MX_SCAN_TRUNCATED. */
 static void test_engine_regex_limit(void **state)
@@ -876,6 +951,7 @@ int main(void)
         cmocka_unit_test(test_engine_pcre_multiple),
         cmocka_unit_test(test_engine_uri_confirm),
         cmocka_unit_test(test_engine_pcre_ascii),
+        cmocka_unit_test(test_engine_cache_prune),
         cmocka_unit_test(test_engine_regex_limit),
         cmocka_unit_test(test_engine_charset),
         cmocka_unit_test(test_engine_dlp),
