@@ -335,10 +335,10 @@ static int check_rules(const struct mx_config *cfg)
     struct mx_scan_stats st;
     mx_scan_engine_stats(e, &st);
     printf("scan rules: %u live: %u regex (%u Hyperscan exact, %u prefilter+PCRE2, %u PCRE2 "
-           "only), %u meta, %u dlp, %u attachment, %u eval computed natively, %u disabled by "
-           "score 0, %u skipped\n",
-           st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.meta, st.dlp,
-           st.attachment, st.native, st.zero_score, st.skipped);
+           "only, %u of them in Hyperscan on ASCII text), %u meta, %u dlp, %u attachment, %u "
+           "eval computed natively, %u disabled by score 0, %u skipped\n",
+           st.rules, st.regex, st.hs_exact, st.hs_prefilter, st.pcre_only, st.pcre_ascii, st.meta,
+           st.dlp, st.attachment, st.native, st.zero_score, st.skipped);
     const char *name, *why;
     for (size_t i = 0; mx_scan_engine_skipped(e, i, &name, &why) == 0; i++)
         printf("skipped: %s (%s)\n", name, why);

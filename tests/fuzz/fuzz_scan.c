@@ -7,8 +7,12 @@
  * The input is scanned once whole and once in chunks sized by its first
  * byte: both must give the same score and the same rules.
  *
- * MX_FUZZ_RULES may name another rule file (default: the path baked in at
- * build time, MX_FUZZ_RULES_DEFAULT).
+ * MX_FUZZ_RULES may name another rule file or folder (default: the path
+ * baked in at build time, MX_FUZZ_RULES_DEFAULT), MX_FUZZ_RULES2 a second
+ * one, and MX_FUZZ_CACHE a database cache folder, so that the stock rules
+ * (/etc/spamassassin and /usr/share/spamassassin) load in seconds:
+ *   MX_FUZZ_RULES=/etc/spamassassin MX_FUZZ_RULES2=/usr/share/spamassassin \
+ *   MX_FUZZ_CACHE=build-cache/hs build-fuzz/tests/scan/fuzz_scan CORPUS
  */
 #include "scan/scan.h"
 
@@ -25,9 +29,10 @@ static struct mx_scan_worker *worker;
 
 static void setup(void)
 {
-    const char *path = getenv("MX_FUZZ_RULES");
-    const char *paths[] = {path ? path : MX_FUZZ_RULES_DEFAULT};
-    struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = 1};
+    const char *path = getenv("MX_FUZZ_RULES"), *path2 = getenv("MX_FUZZ_RULES2");
+    const char *paths[] = {path ? path : MX_FUZZ_RULES_DEFAULT, path2};
+    struct mx_scan_opts o = {.rule_paths = paths, .n_rule_paths = path2 ? 2 : 1,
+                             .cache_dir = getenv("MX_FUZZ_CACHE")};
     char *err = NULL;
     if (mx_scan_engine_load(&o, &engine, &err) != 0) {
         fprintf(stderr, "fuzz_scan: cannot load %s: %s\n", paths[0], err ? err : "?");
