@@ -25,6 +25,18 @@
  * archive_max_total). libarchive reads
  * a 7z only where the signature is at the start of a level's bytes, i.e. where
  * that check ran (not behind a compression filter, not self-extracting).
+ *
+ * Other data declares decoder memory too, and the same cap applies (see the
+ * "Decoder memory" comment below and docs/SCAN.md): a zip entry packed with
+ * PPMd (a model of up to 256 MiB), LZMA or xz, and a RAR 2.9 entry starting
+ * with a PPMd block (256 MiB) are checked per entry, after libarchive read
+ * the header and before the data is read (entry_check(): LIMIT on the
+ * member, its data skipped, the walk goes on); an xz, lzma or lzip stream
+ * where it starts a level (lz_check(): LIMIT on the level), and those three
+ * filters are enabled only then, one alone, so that none runs behind another
+ * filter or itself. Not checked: what is declared later in the data and
+ * reached only by decoding what comes first (a later xz block, a RAR PPMd
+ * block in the middle of a file): bounded by max_total and max_cpu_ns.
  */
 #include "scan/archive_internal.h"
 
