@@ -4,8 +4,11 @@
  * lone gzip file goes through the attachment rules; nested archives up to
  * the depth limit; the member, byte and decompression limits; encrypted and
  * corrupt archives; level= and flag= conditions; the result naming the
- * member that hit. Every archive is written here with libarchive's writer,
- * so no input is a blob that cannot be regenerated.
+ * member that hit; decoder memory declared in zip, RAR, xz, lzma and lzip
+ * data. Every archive is written here (libarchive's writer, liblzma, or
+ * byte by byte for RAR 2.9, which no free tool writes), except
+ * tests/scan/data/ppmd.zip (346 bytes, 7-Zip: libarchive cannot write a
+ * PPMd zip; the command is at test_decoder_memory()).
  */
 #include "scan/scan.h"
 #include "tests/scan/attach_msg.h"
@@ -1059,9 +1062,10 @@ static void test_decoder_memory(void **state)
     make_pe(pe, sizeof pe);
     size_t len;
 
-    /* zip PPMd (7-Zip 26.02: 7z a -tzip -mm=PPMd -mmem=1m -mo=6, notes.txt
-     * then x.exe); then both entries declaring 256 MiB (0x0ff5: order 6),
-     * then only the first */
+    /* zip PPMd (7-Zip 26.02, p7zip-full: 7z a -tzip -mm=PPMd -mmem=1m -mo=6
+     * ppmd.zip notes.txt x.exe, notes.txt 40 lines of "quarterly numbers
+     * attached", x.exe make_pe()'s 512 bytes); then both entries declaring
+     * 256 MiB (0x0ff5: order 6), then only the first */
     uint8_t *z = data_file("ppmd.zip", &len);
     scan_small("ppmd.zip", z, len, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
     static const size_t ppmd_at[] = {39, 114}; /* each entry's data */
