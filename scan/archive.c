@@ -586,8 +586,8 @@ static unsigned sz_check(const uint8_t *d, size_t len, const struct mx_archive_l
  * Decoder memory that other formats declare at the start of their data and
  * libarchive 3.6.2 allocates as declared: the dictionary of an xz, lzma or
  * lzip stream (filter), the PPMd8 model of a zip entry packed with PPMd
- * (method 98, up to 256 MiB, filled as the model learns: 263 MB and 5 s
- * for a 3.9 MB zip), the dictionary of a zip entry packed with LZMA (14) or
+ * (method 98, up to 256 MiB, filled as the model learns: 263 MB and 5-8 s
+ * for a 3.8 MB zip), the dictionary of a zip entry packed with LZMA (14) or
  * xz (95), and the PPMd model of a RAR 2.9 entry whose data starts with a
  * PPMd block (up to 256 MiB). The same cap as the 7z check (max_mem).
  */
