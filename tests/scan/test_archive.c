@@ -1117,6 +1117,12 @@ static void test_decoder_memory(void **state)
     blk[1] = 0xd8;
     ra = make_rar3(r, 2, &len);
     scan_small("a.rar", ra, len, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    /* the same behind gzip: libarchive reads the RAR itself, its data is
+     * not in the attachment's bytes: every entry is `limit`, by name */
+    const struct ent gr[] = {{"a.rar", ra, len, 0}};
+    gz = make_archive("raw", "gzip", NULL, NULL, gr, 1, &gl);
+    scan_small("a.rar.gz", gz, gl, "BAD_EXE,LIMIT,TOP_ARCHIVE");
+    free(gz);
     free(ra);
     r[0].method = 0x33;
     r[0].name = "a.txt";
@@ -1149,6 +1155,13 @@ static void test_decoder_memory(void **state)
     const struct ent gx[] = {{"x.exe.xz", x, len, 0}};
     gz = make_archive("raw", "gzip", NULL, NULL, gx, 1, &gl);
     scan_small("x.exe.xz.gz", gz, gl, "LIMIT,TOP_ARCHIVE");
+    free(gz);
+    /* a gzip in an xz is the xz's raw member, read one level deeper */
+    const struct ent gp[] = {{"x.exe", pe, sizeof pe, 0}};
+    gz = make_archive("raw", "gzip", NULL, NULL, gp, 1, &gl);
+    xx = make_xz(gz, gl, 16, &xl);
+    scan_small("x.exe.gz.xz", xx, xl, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    free(xx);
     free(gz);
     /* an xz entry (method 95) declaring 1.5 GiB: notes.txt's local header
      * with the xz as its data, no central directory (the streaming reader;
