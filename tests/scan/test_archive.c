@@ -720,9 +720,10 @@ static void test_7z_memory(void **state)
 /* A 7z with one folder (Copy) of 16 bytes, its header written here with
  * `nfolders` folders declared (only one described), `nsub` unpack streams
  * in it and `nfiles` files (or with `empty_files` more files, all marked
- * empty by one bit each). */
+ * empty by one bit each); `ins`: the coder declared complex, with that many
+ * in streams (and one out). */
 static uint8_t *make_7z_counts(uint64_t nfolders, uint64_t nsub, uint64_t nfiles,
-                               uint64_t empty_files, size_t *outlen)
+                               uint64_t empty_files, uint64_t ins, size_t *outlen)
 {
     uint8_t *b = calloc(1, 32 + 16 + 128 + empty_files / 8);
     assert_non_null(b);
@@ -734,8 +735,19 @@ static uint8_t *make_7z_counts(uint64_t nfolders, uint64_t nsub, uint64_t nfiles
     p += sizeof pack;
     p += put_7znum(p, nfolders);
     static const uint8_t folder[] = {0x00, 0x01, 0x01, 0x00, 0x0c, 0x10, 0x00, 0x08, 0x0d};
-    memcpy(p, folder, sizeof folder);
-    p += sizeof folder;
+    if (ins) {
+        *p++ = 0x00; /* not external */
+        *p++ = 0x01; /* one coder: complex, id 1 byte, Copy */
+        *p++ = 0x11;
+        *p++ = 0x00;
+        p += put_7znum(p, ins);
+        *p++ = 0x01;
+        memcpy(p, folder + 4, sizeof folder - 4);
+        p += sizeof folder - 4;
+    } else {
+        memcpy(p, folder, sizeof folder);
+        p += sizeof folder;
+    }
     p += put_7znum(p, nsub);
     *p++ = 0x00;
     *p++ = 0x00;
@@ -787,7 +799,7 @@ static void test_7z_counts(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t len;
         uint8_t *a =
-            make_7z_counts(cases[i].nfolders, cases[i].nsub, cases[i].nfiles, cases[i].empty, &len);
+            make_7z_counts(cases[i].nfolders, cases[i].nsub, cases[i].nfiles, cases[i].empty, 0, &len);
         char *msg = make_msg("c.7z", a, len);
         scan_msg(eng, msg, &o);
         if (strcmp(o.hits, cases[i].hits) != 0)
@@ -902,8 +914,9 @@ static void put32(uint8_t *p, uint32_t v)
 }
 
 /* Scan `a` as attachment `name`: hits as expected, and where that is
- * `limit` the process's peak virtual size grew by less than 32 MiB (the
- * declared 256 MiB - 4 GiB were allocated before the checks). */
+ * `limit` or `corrupt` the process's peak virtual size grew by less than
+ * 32 MiB (the declared 128 MiB - 4 GiB were allocated before the checks).
+ * A peak is a peak: the cases that allocate most come first. */
 static void scan_small(const char *name, const uint8_t *a, size_t len, const char *hits)
 {
     struct out o;
@@ -911,12 +924,12 @@ static void scan_small(const char *name, const uint8_t *a, size_t len, const cha
     long p0 = vm_peak_kb();
     scan_msg(eng, msg, &o);
     long grew = vm_peak_kb() - p0;
-    bool limit = strstr(hits, "LIMIT") != NULL;
-    if (strcmp(o.hits, hits) != 0 || (limit && grew >= 32 << 10))
+    bool limit = strstr(hits, "LIMIT") != NULL, small = limit || strstr(hits, "CORRUPT");
+    if (strcmp(o.hits, hits) != 0 || (small && grew >= 32 << 10))
         fprintf(stderr, "%s: %s, VmPeak +%ld KiB\n", name, o.hits, grew);
     assert_string_equal(o.hits, hits);
     assert_int_equal(!!(o.flags & MX_SCAN_TRUNCATED), limit);
-    assert_true(!limit || grew < 32 << 10);
+    assert_true(!small || grew < 32 << 10);
     free(msg);
 }
 
@@ -1062,6 +1075,17 @@ static void test_decoder_memory(void **state)
     make_pe(pe, sizeof pe);
     size_t len;
 
+    /* a 7z coder declaring 16M in streams: libarchive allocated 8 bytes
+     * for each before reading them (fuzz_archive with -malloc_limit_mb);
+     * more than 7-Zip's 64 is corrupt. 64 is read on to libarchive, which
+     * then refuses the folder itself. */
+    uint8_t *x = make_7z_counts(1, 1, 1, 0, 16785149, &len);
+    scan_small("c.7z", x, len, "CORRUPT,TOP_ARCHIVE");
+    free(x);
+    x = make_7z_counts(1, 1, 1, 0, 64, &len);
+    scan_small("c.7z", x, len, "CORRUPT,TOP_ARCHIVE");
+    free(x);
+
     /* zip PPMd (7-Zip 26.02, p7zip-full: 7z a -tzip -mm=PPMd -mmem=1m -mo=6
      * ppmd.zip notes.txt x.exe, notes.txt 40 lines of "quarterly numbers
      * attached", x.exe make_pe()'s 512 bytes); then both entries declaring
@@ -1143,11 +1167,11 @@ static void test_decoder_memory(void **state)
                {37, "LIMIT,TOP_ARCHIVE"},
                {40, "LIMIT,TOP_ARCHIVE"}};
     for (size_t i = 0; i < sizeof xzc / sizeof xzc[0]; i++) {
-        uint8_t *x = make_xz(pe, sizeof pe, xzc[i].prop, &len);
+        x = make_xz(pe, sizeof pe, xzc[i].prop, &len);
         scan_small("x.exe.xz", x, len, xzc[i].hits);
         free(x);
     }
-    uint8_t *x = make_xz(pe, sizeof pe, 37, &len);
+    x = make_xz(pe, sizeof pe, 37, &len);
     size_t xl;
     uint8_t *xx = make_xz(x, len, 16, &xl);
     scan_small("x.exe.xz.xz", xx, xl, "LIMIT,TOP_ARCHIVE");
