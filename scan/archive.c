@@ -682,6 +682,8 @@ static bool lzip_head(const uint8_t *d, size_t len, uint32_t *dict)
 
 enum { LZ_NONE, LZ_XZ, LZ_LZMA, LZ_LZIP };
 
+static const uint8_t xz_magic[6] = {0xfd, '7', 'z', 'X', 'Z', 0};
+
 /* The first bytes the stream at d (of kind k, its dictionary checked)
  * decompresses to, into out; how many. liblzma as libarchive sets it up,
  * but with a memory limit (a later xz block may declare more; the 1 MiB is
@@ -739,7 +741,7 @@ static unsigned lz_check(const uint8_t *d, size_t len, uint64_t cap, int *lz)
 {
     uint32_t dict = 0;
     uint64_t mem;
-    if (len >= 6 && memcmp(d, "\xfd" "7zXZ\0", 6) == 0) {
+    if (len >= 6 && memcmp(d, xz_magic, 6) == 0) {
         *lz = LZ_XZ;
         mem = xz_dict(d, len);
     } else if (lzip_head(d, len, &dict)) {
@@ -756,7 +758,7 @@ static unsigned lz_check(const uint8_t *d, size_t len, uint64_t cap, int *lz)
         return MX_ARCH_LIMIT;
     uint8_t head[16];
     size_t hl = lz_head(d, len, *lz, cap, head, sizeof head);
-    if ((hl >= 6 && memcmp(head, "\xfd" "7zXZ\0", 6) == 0) || lzip_head(head, hl, &dict) ||
+    if ((hl >= 6 && memcmp(head, xz_magic, 6) == 0) || lzip_head(head, hl, &dict) ||
         lzma_alone(head, hl, &dict))
         return MX_ARCH_LIMIT;
     return 0;
@@ -764,8 +766,7 @@ static unsigned lz_check(const uint8_t *d, size_t len, uint64_t cap, int *lz)
 
 static bool lz_filter(int code)
 {
-    return code == ARCHIVE_FILTER_XZ || code == ARCHIVE_FILTER_LZMA ||
-           code == ARCHIVE_FILTER_LZIP;
+    return code == ARCHIVE_FILTER_XZ || code == ARCHIVE_FILTER_LZMA || code == ARCHIVE_FILTER_LZIP;
 }
 
 /* Are all zip local headers that end at pos (the data libarchive is about

@@ -798,8 +798,8 @@ static void test_7z_counts(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t len;
-        uint8_t *a =
-            make_7z_counts(cases[i].nfolders, cases[i].nsub, cases[i].nfiles, cases[i].empty, 0, &len);
+        uint8_t *a = make_7z_counts(cases[i].nfolders, cases[i].nsub, cases[i].nfiles,
+                                    cases[i].empty, 0, &len);
         char *msg = make_msg("c.7z", a, len);
         scan_msg(eng, msg, &o);
         if (strcmp(o.hits, cases[i].hits) != 0)
@@ -962,11 +962,12 @@ static uint8_t *make_rar3(const struct rar_ent *e, size_t n, size_t *outlen)
         p[2] = 0x74;
         put16(p + 3, 0x8000 | e[i].flags);
         put16(p + 5, (unsigned)hs);
-        put32(p + 7, (uint32_t)e[i].len);                   /* packed */
-        put32(p + 11, e[i].method == 0x30 ? (uint32_t)e[i].len : 1u << 20); /* unpacked */
-        p[15] = 2;                                          /* Windows */
+        /* packed and unpacked size, Windows, CRC, 2026-12-07 */
+        put32(p + 7, (uint32_t)e[i].len);
+        put32(p + 11, e[i].method == 0x30 ? (uint32_t)e[i].len : 1u << 20);
+        p[15] = 2;
         put32(p + 16, lzma_crc32(e[i].data, e[i].len, 0));
-        put32(p + 20, 0x5d870000);                          /* 2026-12-07 */
+        put32(p + 20, 0x5d870000);
         p[24] = 29;
         p[25] = e[i].method;
         put16(p + 26, (unsigned)nl);
@@ -999,8 +1000,8 @@ static uint8_t *make_xz(const uint8_t *data, size_t len, unsigned prop, size_t *
     uint8_t *b = malloc(cap);
     assert_non_null(b);
     *outlen = 0;
-    assert_int_equal(lzma_stream_buffer_encode(f, LZMA_CHECK_CRC32, NULL, data, len, b, outlen, cap),
-                     LZMA_OK);
+    assert_int_equal(
+        lzma_stream_buffer_encode(f, LZMA_CHECK_CRC32, NULL, data, len, b, outlen, cap), LZMA_OK);
     size_t hs = (b[12] + 1u) * 4, at = 14;
     for (unsigned bit = 0x40; bit <= 0x80; bit <<= 1) /* sizes, VLIs */
         if (b[13] & bit)
