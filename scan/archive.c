@@ -25,6 +25,18 @@
  * archive_max_total). libarchive reads
  * a 7z only where the signature is at the start of a level's bytes, i.e. where
  * that check ran (not behind a compression filter, not self-extracting).
+ *
+ * Other data declares decoder memory too, and the same cap applies (see the
+ * "Decoder memory" comment below and docs/SCAN.md): a zip entry packed with
+ * PPMd (a model of up to 256 MiB), LZMA or xz, and a RAR 2.9 entry starting
+ * with a PPMd block (256 MiB) are checked per entry, after libarchive read
+ * the header and before the data is read (entry_check(): LIMIT on the
+ * member, its data skipped, the walk goes on); an xz, lzma or lzip stream
+ * where it starts a level (lz_check(): LIMIT on the level), and those three
+ * filters are enabled only then, one alone, so that none runs behind another
+ * filter or itself. Not checked: what is declared later in the data and
+ * reached only by decoding what comes first (a later xz block, a RAR PPMd
+ * block in the middle of a file): bounded by max_total and max_cpu_ns.
  */
 #include "scan/archive_internal.h"
 
@@ -342,8 +354,19 @@ static bool sz_streams(struct sz_rd *r, struct sz_streams *s, uint64_t cap)
                 if (!sz_skip(r, idlen))
                     goto out;
                 uint64_t ni = 1, no = 1;
-                if ((flag & 0x10) && (!sz_num(r, &ni) || !sz_num(r, &no) || ni > 64 || no > 64))
+                if ((flag & 0x10) && (!sz_num(r, &ni) || !sz_num(r, &no)))
                     goto out;
+                /* libarchive takes up to 10^8 in and out streams per coder
+                 * and allocates 8 bytes per packed stream of the folder
+                 * (the in streams less the bind pairs) before it reads
+                 * their indexes: 128 MiB for 16M declared in a 263-byte 7z
+                 * (fuzz_archive). 7-Zip writes at most 64, libarchive
+                 * decodes at most 4: more is corrupt. */
+                if (ni > 64 || no > 64) {
+                    s->bad = true;
+                    ok = true;
+                    goto out;
+                }
                 ins += ni;
                 outs += no;
                 const uint8_t *props = NULL;
@@ -570,6 +593,283 @@ static unsigned sz_check(const uint8_t *d, size_t len, const struct mx_archive_l
     return f;
 }
 
+/*
+ * Decoder memory that other formats declare at the start of their data and
+ * libarchive 3.6.2 allocates as declared: the dictionary of an xz, lzma or
+ * lzip stream (filter), the PPMd8 model of a zip entry packed with PPMd
+ * (method 98, up to 256 MiB, filled as the model learns: 263 MB and 5-8 s
+ * for a 3.8 MB zip), the dictionary of a zip entry packed with LZMA (14) or
+ * xz (95), and the PPMd model of a RAR 2.9 entry whose data starts with a
+ * PPMd block (up to 256 MiB). The same cap as the 7z check (max_mem).
+ */
+static uint64_t mem_cap(const struct mx_archive_limits *lim)
+{
+    return lim->max_mem ? lim->max_mem : lim->max_total;
+}
+
+static uint16_t le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+/* The largest LZMA dictionary in the filters of an xz stream's first block
+ * (liblzma parses the headers, CRCs included); 0 when there is no block or
+ * liblzma would refuse the headers before it allocates anything. */
+static uint64_t xz_dict(const uint8_t *d, size_t len)
+{
+    lzma_stream_flags sf;
+    if (len <= LZMA_STREAM_HEADER_SIZE || lzma_stream_header_decode(&sf, d) != LZMA_OK)
+        return 0;
+    const uint8_t *b = d + LZMA_STREAM_HEADER_SIZE;
+    if (b[0] == 0) /* the index: no block */
+        return 0;
+    lzma_filter f[LZMA_FILTERS_MAX + 1];
+    lzma_block blk = {.version = 1, .check = sf.check, .filters = f};
+    blk.header_size = lzma_block_header_size_decode(b[0]);
+    if (blk.header_size > len - LZMA_STREAM_HEADER_SIZE ||
+        lzma_block_header_decode(&blk, NULL, b) != LZMA_OK)
+        return 0;
+    uint64_t dict = 0;
+    for (size_t i = 0; f[i].id != LZMA_VLI_UNKNOWN; i++) {
+        bool lz = f[i].id == LZMA_FILTER_LZMA2 || f[i].id == LZMA_FILTER_LZMA1;
+#ifdef LZMA_FILTER_LZMA1EXT
+        lz = lz || f[i].id == LZMA_FILTER_LZMA1EXT;
+#endif
+        if (lz && f[i].options) {
+            const lzma_options_lzma *o = f[i].options;
+            if (o->dict_size > dict)
+                dict = o->dict_size;
+        }
+        free(f[i].options);
+    }
+    return dict;
+}
+
+/* An .lzma header as libarchive 3.6.2's lzma filter bids on it: the
+ * properties byte, then a dictionary of 2^12..2^27 bytes, or a whole
+ * number of MiB from 3 to 63 when the first byte is 0x5d/0x5e and the size
+ * is unknown (all ones). Its dictionary in *dict. */
+static bool lzma_alone(const uint8_t *d, size_t len, uint32_t *dict)
+{
+    if (len < 14 || d[0] > (4 * 5 + 4) * 9 + 8)
+        return false;
+    uint32_t ds = sz_le32(d + 1);
+    bool unknown = true;
+    for (int i = 5; i < 13; i++)
+        unknown &= d[i] == 0xff;
+    bool pow2 = ds >= 1u << 12 && ds <= 1u << 27 && (ds & (ds - 1)) == 0;
+    bool mib = ds >= 3u << 20 && ds <= 0x03f00000u && (ds & 0xfffff) == 0 &&
+               (d[0] == 0x5d || d[0] == 0x5e) && unknown;
+    *dict = ds;
+    return pow2 || mib;
+}
+
+/* An lzip member header as libarchive bids on it ("LZIP", version 0 or 1,
+ * 2^12..2^29), its dictionary as libarchive computes it in *dict. */
+static bool lzip_head(const uint8_t *d, size_t len, uint32_t *dict)
+{
+    if (len < 6 || memcmp(d, "LZIP", 4) != 0 || d[4] > 1)
+        return false;
+    unsigned lg = d[5] & 0x1f;
+    if (lg < 12 || lg > 29)
+        return false;
+    uint32_t ds = 1u << lg;
+    if (lg > 12)
+        ds -= (ds / 16) * (d[5] >> 5);
+    *dict = ds;
+    return true;
+}
+
+enum { LZ_NONE, LZ_XZ, LZ_LZMA, LZ_LZIP };
+
+static const uint8_t xz_magic[6] = {0xfd, '7', 'z', 'X', 'Z', 0};
+
+/* The first bytes the stream at d (of kind k, its dictionary checked)
+ * decompresses to, into out; how many. liblzma as libarchive sets it up,
+ * but with a memory limit (a later xz block may declare more; the 1 MiB is
+ * liblzma's own overhead above the dictionary). */
+static size_t lz_head(const uint8_t *d, size_t len, int k, uint64_t mem, uint8_t *out, size_t cap)
+{
+    lzma_stream z = LZMA_STREAM_INIT;
+    lzma_ret rc;
+    if (k == LZ_XZ) {
+        rc = lzma_stream_decoder(&z, mem + (1u << 20), 0);
+    } else if (k == LZ_LZMA) {
+        rc = lzma_alone_decoder(&z, mem + (1u << 20));
+    } else {
+        uint8_t props[5] = {0x5d};
+        uint32_t dict = 0;
+        (void)lzip_head(d, len, &dict);
+        props[1] = (uint8_t)dict;
+        props[2] = (uint8_t)(dict >> 8);
+        props[3] = (uint8_t)(dict >> 16);
+        props[4] = (uint8_t)(dict >> 24);
+        lzma_filter f[2] = {{.id = LZMA_FILTER_LZMA1}, {.id = LZMA_VLI_UNKNOWN}};
+        if (lzma_properties_decode(&f[0], NULL, props, sizeof props) != LZMA_OK)
+            return 0;
+        rc = lzma_raw_decoder(&z, f);
+        free(f[0].options);
+        d += 6;
+        len -= 6;
+    }
+    if (rc != LZMA_OK)
+        return 0;
+    z.next_in = d;
+    z.avail_in = len;
+    z.next_out = out;
+    z.avail_out = cap;
+    do
+        rc = lzma_code(&z, LZMA_FINISH);
+    while (rc == LZMA_OK && z.avail_out > 0);
+    size_t got = cap - z.avail_out;
+    lzma_end(&z);
+    return got;
+}
+
+/*
+ * A level whose bytes start with an xz, lzma or lzip stream (libarchive
+ * would bid on): its kind in *lz, and MX_ARCH_LIMIT when the stream's first
+ * dictionary is larger than cap, or when it decompresses to another such
+ * stream. The walk then enables that one filter alone, so that none of the
+ * three ever runs where this check did not see its header: behind another
+ * filter (x.xz.gz) the stream is that filter's raw member, checked one
+ * level deeper; what the stream holds is read the same way (a gzip in an
+ * xz is its raw member); and the same filter again, which libarchive would
+ * chain (an xz in an xz), is what the head decoded here rules out.
+ */
+static unsigned lz_check(const uint8_t *d, size_t len, uint64_t cap, int *lz)
+{
+    uint32_t dict = 0;
+    uint64_t mem;
+    if (len >= 6 && memcmp(d, xz_magic, 6) == 0) {
+        *lz = LZ_XZ;
+        mem = xz_dict(d, len);
+    } else if (lzip_head(d, len, &dict)) {
+        *lz = LZ_LZIP;
+        mem = dict;
+    } else if (lzma_alone(d, len, &dict)) {
+        *lz = LZ_LZMA;
+        mem = dict;
+    } else {
+        *lz = LZ_NONE;
+        return 0;
+    }
+    if (mem > cap)
+        return MX_ARCH_LIMIT;
+    uint8_t head[16];
+    size_t hl = lz_head(d, len, *lz, cap, head, sizeof head);
+    if ((hl >= 6 && memcmp(head, xz_magic, 6) == 0) || lzip_head(head, hl, &dict) ||
+        lzma_alone(head, hl, &dict))
+        return MX_ARCH_LIMIT;
+    return 0;
+}
+
+static bool lz_filter(int code)
+{
+    return code == ARCHIVE_FILTER_XZ || code == ARCHIVE_FILTER_LZMA || code == ARCHIVE_FILTER_LZIP;
+}
+
+/* Are all zip local headers that end at pos (the data libarchive is about
+ * to read) encrypted? Then libarchive asks for a passphrase before it
+ * decodes anything. There can be more than one (a header inside another's
+ * extra field): libarchive read one of them, so all must be. */
+static bool zip_all_encrypted(const uint8_t *d, size_t pos)
+{
+    unsigned found = 0;
+    size_t lo = pos > 30 + 2 * 65535 ? pos - 30 - 2 * 65535 : 0;
+    for (size_t lh = pos >= 30 ? pos - 30 + 1 : 0; lh-- > lo;) {
+        const uint8_t *h = d + lh;
+        if (h[0] != 'P' || h[1] != 'K' || h[2] != 3 || h[3] != 4 ||
+            lh + 30 + le16(h + 26) + le16(h + 28) != pos)
+            continue;
+        if (!(le16(h + 6) & 1))
+            return false;
+        found++;
+    }
+    return found > 0;
+}
+
+/* The same for RAR 2.9 file headers (type 0x74, header CRC right): are all
+ * of those ending at pos stored (method 0x30)? libarchive 3.6.2 decodes an
+ * encrypted entry's data as it is (it flags the entry, reads on). */
+static bool rar_all_plain(const uint8_t *d, size_t pos)
+{
+    unsigned found = 0;
+    size_t lo = pos > 65535 ? pos - 65535 : 0;
+    for (size_t s = pos >= 32 ? pos - 32 + 1 : 0; s-- > lo;) {
+        const uint8_t *h = d + s;
+        if (h[2] != 0x74 || s + le16(h + 5) != pos ||
+            (lzma_crc32(h + 2, le16(h + 5) - 2, 0) & 0xffff) != le16(h))
+            continue;
+        if (h[25] != 0x30)
+            return false;
+        found++;
+    }
+    return found > 0;
+}
+
+/*
+ * A zip or RAR 2.9 entry, after libarchive read its header and before it
+ * reads its data: MX_ARCH_LIMIT when the data starts by declaring more
+ * decoder memory than cap, or when the entry is packed with a method that
+ * declares it and its data is not in d (a zip or rar behind a compression
+ * filter). libarchive's position in its input after a zip or rar header is
+ * where the entry's data starts (the streaming and the seeking zip reader,
+ * self-extracting or not); libarchive names a zip entry's method in the
+ * format name ("ZIP 6.3 (ppmd-1)"), from the low byte of the local
+ * header's method field as it decodes it. RAR 2.9 data starts with a block
+ * header: bit 7 PPMd, bit 5 a new model whose size in MiB - 1 is the next
+ * byte (libarchive 3.6.2 reads no solid RAR, so every entry starts so).
+ */
+static unsigned entry_check(struct archive *a, struct archive_entry *e, const uint8_t *d,
+                            size_t len, uint64_t cap)
+{
+    int fmt = archive_format(a) & ARCHIVE_FORMAT_BASE_MASK;
+    if (fmt != ARCHIVE_FORMAT_ZIP && archive_format(a) != ARCHIVE_FORMAT_RAR)
+        return 0;
+    int m = 0;
+    if (fmt == ARCHIVE_FORMAT_ZIP) {
+        const char *fn = archive_format_name(a);
+        const char *paren = fn ? strrchr(fn, '(') : NULL;
+        if (!paren)
+            return 0;
+        if (strcmp(paren, "(ppmd-1)") == 0)
+            m = 98;
+        else if (strcmp(paren, "(lzma)") == 0)
+            m = 14;
+        else if (strcmp(paren, "(xz)") == 0)
+            m = 95;
+        else
+            return 0;
+    }
+    if (archive_filter_count(a) > 1)
+        return MX_ARCH_LIMIT;
+    la_int64_t at = archive_filter_bytes(a, 0);
+    if (at < 0 || (uint64_t)at > len)
+        return MX_ARCH_LIMIT;
+    size_t pos = (size_t)at, n = len - pos;
+    const uint8_t *p = d + pos;
+    uint64_t mem = 0;
+    if (m == 98 && n >= 2) {
+        /* order - 1 in bits 0-3, MiB - 1 in 4-11, restore method in
+         * 12-15; libarchive refuses order 1 and restore > 2 first */
+        unsigned v = le16(p);
+        if ((v & 15) != 0 && v >> 12 <= 2)
+            mem = (uint64_t)(((v >> 4) & 0xff) + 1) << 20;
+    } else if (m == 14 && n >= 9 && p[2] == 5 && p[3] == 0) {
+        mem = sz_le32(p + 5); /* version, properties size 5, properties */
+    } else if (m == 95) {
+        mem = xz_dict(p, n);
+    } else if (m == 0 && n >= 2 && (p[0] & 0xa0) == 0xa0 && (p[0] & 0x1f) != 0) {
+        mem = (uint64_t)(p[1] + 1) << 20;
+    }
+    if (mem <= cap)
+        return 0;
+    if (m == 0)
+        return rar_all_plain(d, pos) ? 0 : MX_ARCH_LIMIT;
+    return archive_entry_is_encrypted(e) && zip_all_encrypted(d, pos) ? 0 : MX_ARCH_LIMIT;
+}
+
 static unsigned walk_level(struct walk *w, const uint8_t *data, size_t len, const char *path,
                            unsigned level);
 
@@ -591,12 +891,17 @@ static void join_path(char out[MX_ARCHIVE_PATH], const char *path, const char *n
  * One member: read its head, recurse if it is an archive within the limits,
  * report it, drain the rest. Returns the flags it adds to its archive
  * (ENCRYPTED, CORRUPT, LIMIT) and sets *fatal when the level must stop.
+ * pre: MX_ARCH_LIMIT when its data must not be read at all (entry_check()):
+ * it is reported without a head, and libarchive skips its data without
+ * decoding it (zip and rar entries are skipped by their packed size, or
+ * for a streamed zip by looking for the next signature).
  */
 static unsigned one_member(struct walk *w, struct archive *a, struct archive_entry *e,
-                           const char *path, const char *name, unsigned level, bool *fatal)
+                           const char *path, const char *name, unsigned level, bool *fatal,
+                           unsigned pre)
 {
     const struct mx_archive_limits *lim = w->lim;
-    unsigned mf = archive_entry_is_encrypted(e) ? MX_ARCH_ENCRYPTED : 0;
+    unsigned mf = (archive_entry_is_encrypted(e) ? MX_ARCH_ENCRYPTED : 0) | pre;
     uint8_t head[MX_ARCHIVE_HEAD];
     size_t hl = 0;
     uint8_t *whole = NULL;
@@ -604,7 +909,8 @@ static unsigned one_member(struct walk *w, struct archive *a, struct archive_ent
     char child[MX_ARCHIVE_PATH];
     join_path(child, path, name);
 
-    int rc = read_data(w, a, head, sizeof head, &hl);
+    /* rc 2: not read */
+    int rc = pre ? 2 : read_data(w, a, head, sizeof head, &hl);
     bool nested = rc == 0 && mx_archive_sniff(head, hl, name);
     if (nested && level >= lim->max_depth) {
         mf |= MX_ARCH_ARCHIVE | MX_ARCH_LIMIT;
@@ -698,10 +1004,37 @@ static unsigned walk_level(struct walk *w, const uint8_t *data, size_t len, cons
     unsigned zf = is7z ? sz_check(data, len, lim) : 0;
     if (zf)
         return flags | zf;
+    /* and an xz, lzma or lzip stream likewise */
+    int lz;
+    zf = lz_check(data, len, mem_cap(lim), &lz);
+    if (zf)
+        return flags | zf;
     struct archive *a = archive_read_new();
     if (!a)
         return flags | MX_ARCH_LIMIT;
-    archive_read_support_filter_all(a);
+    /*
+     * archive_read_support_filter_all() less xz, lzma and lzip, or, where
+     * lz_check() saw one of those at the start, that one alone (see
+     * lz_check()).
+     */
+    if (lz == LZ_XZ) {
+        archive_read_support_filter_xz(a);
+    } else if (lz == LZ_LZMA) {
+        archive_read_support_filter_lzma(a);
+    } else if (lz == LZ_LZIP) {
+        archive_read_support_filter_lzip(a);
+    } else {
+        archive_read_support_filter_bzip2(a);
+        archive_read_support_filter_compress(a);
+        archive_read_support_filter_gzip(a);
+        archive_read_support_filter_uu(a);
+        archive_read_support_filter_rpm(a);
+        archive_read_support_filter_lrzip(a);
+        archive_read_support_filter_lzop(a);
+        archive_read_support_filter_grzip(a);
+        archive_read_support_filter_lz4(a);
+        archive_read_support_filter_zstd(a);
+    }
     /*
      * archive_read_support_format_all() less three, and 7z only when
      * checked above. mtree, xar and iso9660 read their whole directory in
@@ -728,6 +1061,18 @@ static unsigned walk_level(struct walk *w, const uint8_t *data, size_t len, cons
     if (archive_read_open_memory(a, data, len) != ARCHIVE_OK) {
         archive_read_free(a);
         return flags | MX_ARCH_CORRUPT;
+    }
+    if (lz) {
+        /* a second one in the chain after all: its header was not
+         * checked (libarchive has allocated its dictionary while it
+         * identified the format): not read */
+        int nlz = 0;
+        for (int i = 0; i < archive_filter_count(a); i++)
+            nlz += lz_filter(archive_filter_code(a, i));
+        if (nlz > 1) {
+            archive_read_free(a);
+            return flags | MX_ARCH_LIMIT;
+        }
     }
     unsigned errors = 0;
     bool first = true, fatal = false;
@@ -777,7 +1122,8 @@ static unsigned walk_level(struct walk *w, const uint8_t *data, size_t len, cons
                 flags |= MX_ARCH_ENCRYPTED;
             continue;
         }
-        flags |= one_member(w, a, e, path, name, level, &fatal);
+        flags |= one_member(w, a, e, path, name, level, &fatal,
+                            entry_check(a, e, data, len, mem_cap(lim)));
     }
     if (archive_read_has_encrypted_entries(a) > 0)
         flags |= MX_ARCH_ENCRYPTED;

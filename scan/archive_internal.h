@@ -12,8 +12,9 @@
  *
  * Every input is hostile: the kept bytes, each nested archive, the
  * decompressed bytes of all levels together, the members and the CPU time
- * are bounded, and a 7z's header is checked before libarchive allocates what
- * it declares; a limit hit, an encrypted member or a broken archive sets a
+ * are bounded, and a 7z's header, a zip or RAR entry's first data bytes and
+ * an xz/lzma/lzip header are checked before libarchive allocates what they
+ * declare; a limit hit, an encrypted member or a broken archive sets a
  * flag and the walk goes on or stops, it never loops and never reads past
  * its buffers.
  */
@@ -50,8 +51,9 @@ struct mx_archive_limits {
     uint64_t max_total;   /* decompressed bytes libarchive may produce */
     uint64_t max_cpu_ns;  /* CPU time of the calling thread the walk may use
                            * (checked between reads); 0: no limit */
-    uint64_t max_mem;     /* memory a 7z coder may declare (dictionary, PPMd
-                           * model); 0: max_total */
+    uint64_t max_mem;     /* memory a 7z coder, a zip/RAR entry or an
+                           * xz/lzma/lzip stream may declare (dictionary,
+                           * PPMd model); 0: max_total */
 };
 
 /* bytes of each member given to the callback (libmagic reads this much) */

@@ -91,6 +91,40 @@ def patch_7z_dict(b, byte):
     return bytes(b)
 
 
+def rar3_bytes(entries):
+    """A RAR 2.9 archive (no free tool writes one): marker, main header, a
+    file header per (name, method, data) with its data, end of archive."""
+    def block(typ, flags, body):
+        h = struct.pack("<BHH", typ, flags, 7 + len(body)) + body
+        return struct.pack("<H", zlib.crc32(h) & 0xFFFF) + h
+    out = b"Rar!\x1a\x07\x00" + block(0x73, 0, bytes(6))
+    for name, method, data in entries:
+        unp = len(data) if method == 0x30 else 1 << 20
+        body = struct.pack("<IIBIIBBHI", len(data), unp, 2, zlib.crc32(data), 0x5D870000, 29,
+                           method, len(name), 0x20) + name
+        out += block(0x74, 0x8000, body) + data
+    return out + block(0x7B, 0x4000, b"")
+
+
+def lzip_bytes(data, dict_byte=20):
+    """An lzip member: header, raw LZMA (1 MiB dictionary, end marker),
+    trailer; dict_byte as declared."""
+    raw = lzma.compress(data, format=lzma.FORMAT_RAW,
+                        filters=[{"id": lzma.FILTER_LZMA1, "dict_size": 1 << 20}])
+    tail = struct.pack("<IQQ", zlib.crc32(data), len(data), 6 + len(raw) + 20)
+    return b"LZIP\x01" + bytes([dict_byte]) + raw + tail
+
+
+def patch_xz_dict(b, byte):
+    """An xz whose first block declares LZMA2 dictionary property byte."""
+    b = bytearray(b)
+    hs = (b[12] + 1) * 4
+    i = b.index(bytes([0x21, 0x01]), 13)
+    b[i + 2] = byte
+    struct.pack_into("<I", b, 12 + hs - 4, zlib.crc32(b[12:12 + hs - 4]))
+    return bytes(b)
+
+
 def main(out):
     os.makedirs(out, exist_ok=True)
     pe = b"MZ" + b"\x90\x00" * 29 + b"\x40\x00\x00\x00" + b"PE\x00\x00\x4c\x01\x01\x00" + bytes(64)
@@ -124,6 +158,30 @@ def main(out):
         "zip-aes": b"\x00" + libarchive_bytes("zip", [("x.exe", pe)],
                                                "zip:encryption=aes256", "secret"),
     }
+    # PPMd zip by 7-Zip (tests/scan/data/ppmd.zip: notes.txt, x.exe), and
+    # the same declaring 256 MiB models (scan/archive.c entry_check())
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "scan", "data", "ppmd.zip"), "rb") as f:
+        pz = f.read()
+    big = bytearray(pz)
+    for at in (39, 114):
+        struct.pack_into("<H", big, at, 0x0FF5)
+    one_mib = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}]
+    xz1 = lzma.compress(pe, format=lzma.FORMAT_XZ, filters=one_mib)
+    ppmd_blk = bytes([0xA5, 0xFF]) + bytes(range(256)) * 4
+    seeds.update({
+        "zip-ppmd": b"\x00" + pz,
+        "zip-ppmd-big": b"\x00" + bytes(big),
+        "rar3-stored": b"\x04" + rar3_bytes([(b"a.jpg", 0x30, b"\xff\xd8\xff" + bytes(20)),
+                                              (b"x.exe", 0x30, pe)]),
+        "rar3-ppmd-big": b"\x04" + rar3_bytes([(b"a.txt", 0x33, ppmd_blk), (b"x.exe", 0x30, pe)]),
+        "xz-dict-big": b"\x02" + patch_xz_dict(xz1, 37),
+        "xz-in-xz": b"\x02" + lzma.compress(xz1, format=lzma.FORMAT_XZ, filters=one_mib),
+        "lzma-raw": b"\x02" + lzma.compress(pe, format=lzma.FORMAT_ALONE,
+                                            filters=[{"id": lzma.FILTER_LZMA1,
+                                                      "dict_size": 1 << 20}]),
+        "lzip-raw": b"\x02" + lzip_bytes(pe),
+    })
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

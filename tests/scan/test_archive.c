@@ -4,8 +4,11 @@
  * lone gzip file goes through the attachment rules; nested archives up to
  * the depth limit; the member, byte and decompression limits; encrypted and
  * corrupt archives; level= and flag= conditions; the result naming the
- * member that hit. Every archive is written here with libarchive's writer,
- * so no input is a blob that cannot be regenerated.
+ * member that hit; decoder memory declared in zip, RAR, xz, lzma and lzip
+ * data. Every archive is written here (libarchive's writer, liblzma, or
+ * byte by byte for RAR 2.9, which no free tool writes), except
+ * tests/scan/data/ppmd.zip (346 bytes, 7-Zip: libarchive cannot write a
+ * PPMd zip; the command is at test_decoder_memory()).
  */
 #include "scan/scan.h"
 #include "tests/scan/attach_msg.h"
@@ -717,9 +720,10 @@ static void test_7z_memory(void **state)
 /* A 7z with one folder (Copy) of 16 bytes, its header written here with
  * `nfolders` folders declared (only one described), `nsub` unpack streams
  * in it and `nfiles` files (or with `empty_files` more files, all marked
- * empty by one bit each). */
+ * empty by one bit each); `ins`: the coder declared complex, with that many
+ * in streams (and one out). */
 static uint8_t *make_7z_counts(uint64_t nfolders, uint64_t nsub, uint64_t nfiles,
-                               uint64_t empty_files, size_t *outlen)
+                               uint64_t empty_files, uint64_t ins, size_t *outlen)
 {
     uint8_t *b = calloc(1, 32 + 16 + 128 + empty_files / 8);
     assert_non_null(b);
@@ -731,8 +735,19 @@ static uint8_t *make_7z_counts(uint64_t nfolders, uint64_t nsub, uint64_t nfiles
     p += sizeof pack;
     p += put_7znum(p, nfolders);
     static const uint8_t folder[] = {0x00, 0x01, 0x01, 0x00, 0x0c, 0x10, 0x00, 0x08, 0x0d};
-    memcpy(p, folder, sizeof folder);
-    p += sizeof folder;
+    if (ins) {
+        *p++ = 0x00; /* not external */
+        *p++ = 0x01; /* one coder: complex, id 1 byte, Copy */
+        *p++ = 0x11;
+        *p++ = 0x00;
+        p += put_7znum(p, ins);
+        *p++ = 0x01;
+        memcpy(p, folder + 4, sizeof folder - 4);
+        p += sizeof folder - 4;
+    } else {
+        memcpy(p, folder, sizeof folder);
+        p += sizeof folder;
+    }
     p += put_7znum(p, nsub);
     *p++ = 0x00;
     *p++ = 0x00;
@@ -783,8 +798,8 @@ static void test_7z_counts(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t len;
-        uint8_t *a =
-            make_7z_counts(cases[i].nfolders, cases[i].nsub, cases[i].nfiles, cases[i].empty, &len);
+        uint8_t *a = make_7z_counts(cases[i].nfolders, cases[i].nsub, cases[i].nfiles,
+                                    cases[i].empty, 0, &len);
         char *msg = make_msg("c.7z", a, len);
         scan_msg(eng, msg, &o);
         if (strcmp(o.hits, cases[i].hits) != 0)
@@ -852,6 +867,359 @@ static void test_mtree_in_gzip(void **state)
     free(msg);
     free(g);
     free(txt);
+}
+
+/* ---- decoder memory declared in zip, RAR 2.9, xz, lzma and lzip data ---- */
+
+/* This process's peak virtual size (what a declared-and-allocated model or
+ * dictionary raises even where little of it is touched), KiB. */
+static long vm_peak_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmPeak:", 7) == 0)
+            v = atol(line + 7);
+    if (f)
+        fclose(f);
+    return v;
+}
+
+/* tests/scan/data/FILE, malloc'd */
+static uint8_t *data_file(const char *file, size_t *len)
+{
+    char path[512];
+    const char *dir = getenv("SCAN_TEST_DATA");
+    snprintf(path, sizeof path, "%s/%s", dir ? dir : "tests/scan/data", file);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    uint8_t *b = malloc(1 << 16);
+    assert_non_null(b);
+    *len = fread(b, 1, 1 << 16, f);
+    fclose(f);
+    return b;
+}
+
+static void put16(uint8_t *p, unsigned v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Scan `a` as attachment `name`: hits as expected, and where that is
+ * `limit` or `corrupt` the process's peak virtual size grew by less than
+ * 32 MiB (the declared 128 MiB - 4 GiB were allocated before the checks).
+ * A peak is a peak: the cases that allocate most come first. */
+static void scan_small(const char *name, const uint8_t *a, size_t len, const char *hits)
+{
+    struct out o;
+    char *msg = make_msg(name, a, len);
+    long p0 = vm_peak_kb();
+    scan_msg(eng, msg, &o);
+    long grew = vm_peak_kb() - p0;
+    bool limit = strstr(hits, "LIMIT") != NULL, small = limit || strstr(hits, "CORRUPT");
+    if (strcmp(o.hits, hits) != 0 || (small && grew >= 32 << 10))
+        fprintf(stderr, "%s: %s, VmPeak +%ld KiB\n", name, o.hits, grew);
+    assert_string_equal(o.hits, hits);
+    assert_int_equal(!!(o.flags & MX_SCAN_TRUNCATED), limit);
+    assert_true(!small || grew < 32 << 10);
+    free(msg);
+}
+
+struct rar_ent {
+    const char *name;
+    uint8_t method; /* 0x30 stored, 0x33 normal */
+    unsigned flags; /* file header flags besides 0x8000 (0x04: encrypted) */
+    const uint8_t *data;
+    size_t len;
+};
+
+/* A RAR 2.9 archive written here (no free tool writes one): marker, main
+ * header, one file header per entry (header CRCs right), its data as
+ * given, end of archive. */
+static uint8_t *make_rar3(const struct rar_ent *e, size_t n, size_t *outlen)
+{
+    size_t cap = 64;
+    for (size_t i = 0; i < n; i++)
+        cap += 48 + strlen(e[i].name) + e[i].len;
+    uint8_t *b = calloc(1, cap), *p = b;
+    assert_non_null(b);
+    memcpy(p, "Rar!\x1a\x07\x00", 7);
+    p += 7;
+    static const uint8_t mainh[] = {0, 0, 0x73, 0, 0, 13, 0, 0, 0, 0, 0, 0, 0};
+    memcpy(p, mainh, sizeof mainh);
+    put16(p, lzma_crc32(p + 2, 11, 0) & 0xffff);
+    p += 13;
+    for (size_t i = 0; i < n; i++) {
+        size_t nl = strlen(e[i].name), hs = 32 + nl + (e[i].flags & 0x400 ? 8 : 0);
+        p[2] = 0x74;
+        put16(p + 3, 0x8000 | e[i].flags);
+        put16(p + 5, (unsigned)hs);
+        /* packed and unpacked size, Windows, CRC, 2026-12-07 */
+        put32(p + 7, (uint32_t)e[i].len);
+        put32(p + 11, e[i].method == 0x30 ? (uint32_t)e[i].len : 1u << 20);
+        p[15] = 2;
+        put32(p + 16, lzma_crc32(e[i].data, e[i].len, 0));
+        put32(p + 20, 0x5d870000);
+        p[24] = 29;
+        p[25] = e[i].method;
+        put16(p + 26, (unsigned)nl);
+        put32(p + 28, 0x20);
+        memcpy(p + 32, e[i].name, nl);
+        if (e[i].flags & 0x400)
+            memcpy(p + 32 + nl, "saltsalt", 8);
+        put16(p, lzma_crc32(p + 2, hs - 2, 0) & 0xffff);
+        p += hs;
+        memcpy(p, e[i].data, e[i].len);
+        p += e[i].len;
+    }
+    static const uint8_t endh[] = {0, 0, 0x7b, 0, 0x40, 7, 0};
+    memcpy(p, endh, sizeof endh);
+    put16(p, lzma_crc32(p + 2, 5, 0) & 0xffff);
+    p += 7;
+    *outlen = (size_t)(p - b);
+    return b;
+}
+
+/* `data` as an xz stream (LZMA2, 1 MiB dictionary) whose first block then
+ * declares LZMA2 dictionary property `prop` (block header CRC fixed). */
+static uint8_t *make_xz(const uint8_t *data, size_t len, unsigned prop, size_t *outlen)
+{
+    lzma_options_lzma lo;
+    assert_false(lzma_lzma_preset(&lo, 1));
+    lo.dict_size = 1u << 20;
+    lzma_filter f[] = {{LZMA_FILTER_LZMA2, &lo}, {LZMA_VLI_UNKNOWN, NULL}};
+    size_t cap = len + len / 2 + 4096;
+    uint8_t *b = malloc(cap);
+    assert_non_null(b);
+    *outlen = 0;
+    assert_int_equal(
+        lzma_stream_buffer_encode(f, LZMA_CHECK_CRC32, NULL, data, len, b, outlen, cap), LZMA_OK);
+    size_t hs = (b[12] + 1u) * 4, at = 14;
+    for (unsigned bit = 0x40; bit <= 0x80; bit <<= 1) /* sizes, VLIs */
+        if (b[13] & bit)
+            while (b[at++] & 0x80)
+                ;
+    assert_int_equal(b[at], 0x21); /* the one filter, its property */
+    assert_int_equal(b[at + 1], 1);
+    b[at + 2] = (uint8_t)prop;
+    put32(b + 12 + hs - 4, lzma_crc32(b + 12, hs - 4, 0));
+    return b;
+}
+
+/* `data` as an .lzma file (1 MiB dictionary) then declaring `dict` */
+static uint8_t *make_lzma(const uint8_t *data, size_t len, uint32_t dict, size_t *outlen)
+{
+    lzma_options_lzma lo;
+    assert_false(lzma_lzma_preset(&lo, 1));
+    lo.dict_size = 1u << 20;
+    lzma_stream z = LZMA_STREAM_INIT;
+    assert_int_equal(lzma_alone_encoder(&z, &lo), LZMA_OK);
+    size_t cap = len + len / 2 + 4096;
+    uint8_t *b = malloc(cap);
+    assert_non_null(b);
+    z.next_in = data;
+    z.avail_in = len;
+    z.next_out = b;
+    z.avail_out = cap;
+    assert_int_equal(lzma_code(&z, LZMA_FINISH), LZMA_STREAM_END);
+    *outlen = cap - z.avail_out;
+    lzma_end(&z);
+    put32(b + 1, dict);
+    return b;
+}
+
+/* `data` as an lzip member (raw LZMA with its end marker, 1 MiB
+ * dictionary) whose header then declares dictionary byte `db` */
+static uint8_t *make_lzip(const uint8_t *data, size_t len, uint8_t db, size_t *outlen)
+{
+    lzma_options_lzma lo;
+    assert_false(lzma_lzma_preset(&lo, 1));
+    lo.dict_size = 1u << 20;
+    lzma_filter f[] = {{LZMA_FILTER_LZMA1, &lo}, {LZMA_VLI_UNKNOWN, NULL}};
+    size_t cap = len + len / 2 + 4096;
+    uint8_t *b = malloc(cap);
+    assert_non_null(b);
+    size_t o = 6;
+    assert_int_equal(lzma_raw_buffer_encode(f, NULL, data, len, b, &o, cap - 20), LZMA_OK);
+    memcpy(b, "LZIP\x01", 5);
+    b[5] = db;
+    put32(b + o, lzma_crc32(data, len, 0));
+    for (int i = 0; i < 8; i++) {
+        b[o + 4 + i] = (uint8_t)((uint64_t)len >> (8 * i));
+        b[o + 12 + i] = (uint8_t)((uint64_t)(o + 20) >> (8 * i));
+    }
+    *outlen = o + 20;
+    return b;
+}
+
+/*
+ * Decoder memory declared at the start of the data, which libarchive 3.6.2
+ * allocates as declared (main's walk: +256 MiB of virtual memory for a zip
+ * PPMd entry or a RAR PPMd block, +1.5 GiB for an xz): a zip entry packed
+ * with PPMd, LZMA or xz, a RAR 2.9 entry starting with a PPMd block, or an
+ * xz/lzma/lzip stream declaring more than archive_max_total is `limit`, its
+ * data is not read; the members around it are. The same files with small
+ * declarations are read.
+ */
+static void test_decoder_memory(void **state)
+{
+    (void)state;
+    uint8_t pe[512];
+    make_pe(pe, sizeof pe);
+    size_t len;
+
+    /* a 7z coder declaring 16M in streams: libarchive allocated 8 bytes
+     * for each before reading them (fuzz_archive with -malloc_limit_mb);
+     * more than 7-Zip's 64 is corrupt. 64 is read on to libarchive, which
+     * then refuses the folder itself. */
+    uint8_t *x = make_7z_counts(1, 1, 1, 0, 16785149, &len);
+    scan_small("c.7z", x, len, "CORRUPT,TOP_ARCHIVE");
+    free(x);
+    x = make_7z_counts(1, 1, 1, 0, 64, &len);
+    scan_small("c.7z", x, len, "CORRUPT,TOP_ARCHIVE");
+    free(x);
+
+    /* zip PPMd (7-Zip 26.02, p7zip-full: 7z a -tzip -mm=PPMd -mmem=1m -mo=6
+     * ppmd.zip notes.txt x.exe, notes.txt 40 lines of "quarterly numbers
+     * attached", x.exe make_pe()'s 512 bytes); then both entries declaring
+     * 256 MiB (0x0ff5: order 6), then only the first */
+    uint8_t *z = data_file("ppmd.zip", &len);
+    scan_small("ppmd.zip", z, len, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    static const size_t ppmd_at[] = {39, 114}; /* each entry's data */
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(z[ppmd_at[i]], 0x05);
+        put16(z + ppmd_at[i], 0x0ff5);
+    }
+    scan_small("ppmd.zip", z, len, "BAD_EXE,LIMIT,TOP_ARCHIVE"); /* x.exe by name */
+    put16(z + ppmd_at[1], 0x0005);
+    scan_small("ppmd.zip", z, len, "BAD_EXE,EXE_TYPE,LIMIT,TOP_ARCHIVE");
+    /* behind gzip libarchive reads the zip itself: its entries' data is
+     * not in the attachment's bytes, a PPMd entry is `limit` */
+    put16(z + ppmd_at[0], 0x0005);
+    const struct ent g[] = {{"ppmd.zip", z, len, 0}};
+    size_t gl;
+    uint8_t *gz = make_archive("raw", "gzip", NULL, NULL, g, 1, &gl);
+    scan_small("ppmd.zip.gz", gz, gl, "BAD_EXE,LIMIT,TOP_ARCHIVE");
+    free(gz);
+    /* zip LZMA (method 14) and xz (95) entries declaring 1 GiB, 1.5 GiB:
+     * the first entry's method and data replaced (the walk never gets to
+     * check its CRC) */
+    static const uint8_t lzma14[] = {9, 20, 5, 0, 0x5d, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0};
+    memcpy(z + ppmd_at[0], lzma14, sizeof lzma14);
+    put16(z + 8, 14);
+    scan_small("lzma.zip", z, len, "BAD_EXE,EXE_TYPE,LIMIT,TOP_ARCHIVE");
+    free(z);
+
+    /* RAR 2.9: a PPMd block declaring 256 MiB, then a stored x.exe; the
+     * same with 1 MiB (then garbage: corrupt); a stored file whose data
+     * looks like such a block (FF D8: a JPEG); an encrypted entry, whose
+     * data libarchive 3.6.2 decodes as it is */
+    uint8_t blk[4096];
+    for (size_t i = 0; i < sizeof blk; i++)
+        blk[i] = (uint8_t)(i * 131 + 7);
+    blk[0] = 0x80 | 0x20 | 0x05; /* PPMd, new model, order 6 */
+    blk[1] = 0xff;               /* 256 MiB */
+    struct rar_ent r[] = {{"a.txt", 0x33, 0, blk, sizeof blk}, {"x.exe", 0x30, 0, pe, sizeof pe}};
+    uint8_t *ra = make_rar3(r, 2, &len);
+    scan_small("a.rar", ra, len, "BAD_EXE,EXE_TYPE,LIMIT,TOP_ARCHIVE");
+    free(ra);
+    r[0].flags = 0x04 | 0x400; /* encrypted, with a salt */
+    ra = make_rar3(r, 2, &len);
+    scan_small("a.rar", ra, len, "BAD_EXE,ENCRYPTED,EXE_TYPE,LIMIT,TOP_ARCHIVE");
+    free(ra);
+    r[0].flags = 0;
+    r[0].method = 0x30;
+    r[0].name = "a.jpg";
+    blk[0] = 0xff;
+    blk[1] = 0xd8;
+    ra = make_rar3(r, 2, &len);
+    scan_small("a.rar", ra, len, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    /* the same behind gzip: libarchive reads the RAR itself, its data is
+     * not in the attachment's bytes: every entry is `limit`, by name */
+    const struct ent gr[] = {{"a.rar", ra, len, 0}};
+    gz = make_archive("raw", "gzip", NULL, NULL, gr, 1, &gl);
+    scan_small("a.rar.gz", gz, gl, "BAD_EXE,LIMIT,TOP_ARCHIVE");
+    free(gz);
+    free(ra);
+    r[0].method = 0x33;
+    r[0].name = "a.txt";
+    blk[0] = 0x80 | 0x20 | 0x05;
+    blk[1] = 0x00;
+    ra = make_rar3(r, 2, &len);
+    scan_small("a.rar", ra, len, "CORRUPT,TOP_ARCHIVE");
+    free(ra);
+
+    /* xz: LZMA2 dictionary 1 MiB (property 16), 64 MiB (28), 1.5 GiB (37),
+     * 4 GiB (40); an xz in an xz; the 1.5 GiB one behind gzip (its raw
+     * member, checked one level deeper) */
+    static const struct {
+        unsigned prop;
+        const char *hits;
+    } xzc[] = {{16, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"},
+               {28, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE"},
+               {37, "LIMIT,TOP_ARCHIVE"},
+               {40, "LIMIT,TOP_ARCHIVE"}};
+    for (size_t i = 0; i < sizeof xzc / sizeof xzc[0]; i++) {
+        x = make_xz(pe, sizeof pe, xzc[i].prop, &len);
+        scan_small("x.exe.xz", x, len, xzc[i].hits);
+        free(x);
+    }
+    x = make_xz(pe, sizeof pe, 37, &len);
+    size_t xl;
+    uint8_t *xx = make_xz(x, len, 16, &xl);
+    scan_small("x.exe.xz.xz", xx, xl, "LIMIT,TOP_ARCHIVE");
+    free(xx);
+    const struct ent gx[] = {{"x.exe.xz", x, len, 0}};
+    gz = make_archive("raw", "gzip", NULL, NULL, gx, 1, &gl);
+    scan_small("x.exe.xz.gz", gz, gl, "LIMIT,TOP_ARCHIVE");
+    free(gz);
+    /* a gzip in an xz is the xz's raw member, read one level deeper */
+    const struct ent gp[] = {{"x.exe", pe, sizeof pe, 0}};
+    gz = make_archive("raw", "gzip", NULL, NULL, gp, 1, &gl);
+    xx = make_xz(gz, gl, 16, &xl);
+    scan_small("x.exe.gz.xz", xx, xl, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    free(xx);
+    free(gz);
+    /* an xz entry (method 95) declaring 1.5 GiB: notes.txt's local header
+     * with the xz as its data, no central directory (the streaming reader;
+     * corrupt: it ends without one) */
+    z = data_file("ppmd.zip", &xl);
+    uint8_t *zx = malloc(39 + len);
+    assert_non_null(zx);
+    memcpy(zx, z, 39);
+    put16(zx + 6, 0);
+    put16(zx + 8, 95);
+    put32(zx + 18, (uint32_t)len);
+    memcpy(zx + 39, x, len);
+    scan_small("xz.zip", zx, 39 + len, "CORRUPT,LIMIT,TOP_ARCHIVE");
+    free(zx);
+    free(z);
+    free(x);
+
+    /* .lzma and lzip (no signature or extension the engine opens: named
+     * .gz here) with 1 MiB, then 128 MiB (the largest dictionary
+     * libarchive takes an .lzma with) or 512 MiB; an .lzma declaring
+     * 4 GiB is no lzma to libarchive (corrupt, nothing allocated) */
+    x = make_lzma(pe, sizeof pe, 1u << 20, &len);
+    scan_small("x.exe.gz", x, len, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    put32(x + 1, 1u << 27);
+    scan_small("x.exe.gz", x, len, "LIMIT,TOP_ARCHIVE");
+    put32(x + 1, UINT32_MAX);
+    scan_small("x.exe.gz", x, len, "CORRUPT,TOP_ARCHIVE");
+    free(x);
+    x = make_lzip(pe, sizeof pe, 20, &len);
+    scan_small("x.exe.gz", x, len, "BAD_EXE,EXE_TYPE,TOP_ARCHIVE");
+    x[5] = 29;
+    scan_small("x.exe.gz", x, len, "LIMIT,TOP_ARCHIVE");
+    free(x);
 }
 
 /* Scan `n` attachments in one message with engine `eng`. */
@@ -972,6 +1340,7 @@ static void test_message_bombs(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decoder_memory), /* first: it watches VmPeak */
         cmocka_unit_test(test_rule_parse),     cmocka_unit_test(test_zip_member),
         cmocka_unit_test(test_formats),        cmocka_unit_test(test_nested_depth),
         cmocka_unit_test(test_member_limit),   cmocka_unit_test(test_bomb_and_size),
