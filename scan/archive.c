@@ -43,6 +43,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <lzma.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -870,6 +871,44 @@ static unsigned entry_check(struct archive *a, struct archive_entry *e, const ui
     return archive_entry_is_encrypted(e) && zip_all_encrypted(d, pos) ? 0 : MX_ARCH_LIMIT;
 }
 
+/*
+ * Decompression filters that would run another program. libarchive reads
+ * lrzip, lzop (Debian's build has no liblzo) and grzip only by starting
+ * `lrzip -d`, `lzop -d` or `grzip -d`, and gzip, bzip2, lz4 and zstd the
+ * same way where it was built without their library: a hostile attachment
+ * would make the SMTP worker fork a decompressor whose memory and CPU no
+ * limit of the walk covers, wherever such a program is installed. So the
+ * first three are never enabled, and the others only where registering
+ * them on a probe answers ARCHIVE_OK (ARCHIVE_WARN: "using external
+ * program"). Data in those formats is then no archive (not walked).
+ */
+enum { INPROC_GZIP = 1, INPROC_BZIP2 = 2, INPROC_LZ4 = 4, INPROC_ZSTD = 8 };
+static pthread_once_t inproc_once = PTHREAD_ONCE_INIT;
+static unsigned inproc_mask;
+
+static void inproc_probe(void)
+{
+    static const struct {
+        int (*reg)(struct archive *);
+        unsigned bit;
+    } f[] = {{archive_read_support_filter_gzip, INPROC_GZIP},
+             {archive_read_support_filter_bzip2, INPROC_BZIP2},
+             {archive_read_support_filter_lz4, INPROC_LZ4},
+             {archive_read_support_filter_zstd, INPROC_ZSTD}};
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++) {
+        struct archive *a = archive_read_new();
+        if (a && f[i].reg(a) == ARCHIVE_OK)
+            inproc_mask |= f[i].bit;
+        archive_read_free(a);
+    }
+}
+
+static unsigned inproc_filters(void)
+{
+    pthread_once(&inproc_once, inproc_probe);
+    return inproc_mask;
+}
+
 static unsigned walk_level(struct walk *w, const uint8_t *data, size_t len, const char *path,
                            unsigned level);
 
@@ -1024,16 +1063,20 @@ static unsigned walk_level(struct walk *w, const uint8_t *data, size_t len, cons
     } else if (lz == LZ_LZIP) {
         archive_read_support_filter_lzip(a);
     } else {
-        archive_read_support_filter_bzip2(a);
         archive_read_support_filter_compress(a);
-        archive_read_support_filter_gzip(a);
         archive_read_support_filter_uu(a);
         archive_read_support_filter_rpm(a);
-        archive_read_support_filter_lrzip(a);
-        archive_read_support_filter_lzop(a);
-        archive_read_support_filter_grzip(a);
-        archive_read_support_filter_lz4(a);
-        archive_read_support_filter_zstd(a);
+        /* the library-backed ones only where the library is linked in (see
+         * inproc_filters()); lrzip, lzop and grzip never */
+        unsigned in = inproc_filters();
+        if (in & INPROC_GZIP)
+            archive_read_support_filter_gzip(a);
+        if (in & INPROC_BZIP2)
+            archive_read_support_filter_bzip2(a);
+        if (in & INPROC_LZ4)
+            archive_read_support_filter_lz4(a);
+        if (in & INPROC_ZSTD)
+            archive_read_support_filter_zstd(a);
     }
     /*
      * archive_read_support_format_all() less three, and 7z only when

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -869,6 +870,61 @@ static void test_mtree_in_gzip(void **state)
     free(txt);
 }
 
+/* No decompressor program is started: libarchive reads lrzip, lzop and
+ * grzip data by running `lrzip -d`, `lzop -d`, `grzip -d` (found on PATH).
+ * Here fake ones that leave a mark stand first on PATH, and data with each
+ * format's magic arrives as "x.gz" (an archive name, so it is walked). */
+static void test_no_external_programs(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mxgate-test-progs-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    static const char *const progs[] = {"lrzip", "lzop", "grzip", "gzip", "bzip2", "lz4", "zstd"};
+    char p[256], mark[256];
+    snprintf(mark, sizeof mark, "%s/ran", dir);
+    for (size_t i = 0; i < sizeof progs / sizeof *progs; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, progs[i]);
+        FILE *f = fopen(p, "w");
+        assert_non_null(f);
+        fprintf(f, "#!/bin/sh\necho %s >> %s\ncat > /dev/null\n", progs[i], mark);
+        fclose(f);
+        assert_int_equal(chmod(p, 0755), 0);
+    }
+    const char *old = getenv("PATH");
+    char *saved = strdup(old ? old : "/usr/bin:/bin");
+    char path[4096];
+    snprintf(path, sizeof path, "%s:%s", dir, saved);
+    setenv("PATH", path, 1);
+    static const struct {
+        const char *magic;
+        size_t n;
+    } m[] = {{"\x89LZO\0\r\n\x1a\n\x10\x30\x20\xa0\x09\x40\x01\x05", 17},
+             {"LRZI\0\x06\0\0\0\0\0\0\x10\0\0\0", 16},
+             {"GRZipII\0\x02\x04:)\0\0\0\0", 16}};
+    for (size_t i = 0; i < sizeof m / sizeof *m; i++) {
+        uint8_t data[4096];
+        memset(data, 'a', sizeof data);
+        memcpy(data, m[i].magic, m[i].n);
+        char *msg = make_msg("x.gz", data, sizeof data);
+        struct out o;
+        scan_msg(eng, msg, &o);
+        free(msg);
+    }
+    setenv("PATH", saved, 1);
+    free(saved);
+    FILE *f = fopen(mark, "r");
+    char ran[256] = "";
+    if (f) {
+        if (!fgets(ran, sizeof ran, f))
+            ran[0] = 0;
+        fclose(f);
+    }
+    assert_string_equal(ran, ""); /* no program ran */
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* ---- decoder memory declared in zip, RAR 2.9, xz, lzma and lzip data ---- */
 
 /* This process's peak virtual size (what a declared-and-allocated model or
@@ -1349,6 +1405,7 @@ int main(void)
         cmocka_unit_test(test_message_budget), cmocka_unit_test(test_message_bombs),
         cmocka_unit_test(test_7z_memory),      cmocka_unit_test(test_7z_counts),
         cmocka_unit_test(test_message_cpu),    cmocka_unit_test(test_mtree_in_gzip),
+        cmocka_unit_test(test_no_external_programs),
     };
     return cmocka_run_group_tests_name("archive", tests, setup, teardown);
 }
