@@ -1340,8 +1340,9 @@ static void cache_prune(const char *dir, const char *keep)
     char p[4200];
     while ((de = readdir(d)) != NULL) {
         int kind = cache_name_kind(de->d_name);
+        size_t nl = strlen(de->d_name);
         struct stat st;
-        if (!kind || strlen(de->d_name) >= sizeof f->name)
+        if (!kind || nl >= sizeof f->name)
             continue;
         snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
         if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode))
@@ -1357,7 +1358,7 @@ static void cache_prune(const char *dir, const char *keep)
                 break;
             f = nf;
         }
-        snprintf(f[n].name, sizeof f[n].name, "%s", de->d_name);
+        memcpy(f[n].name, de->d_name, nl + 1);
         f[n++].mtime = st.st_mtime;
     }
     closedir(d);
