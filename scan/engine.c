@@ -2934,6 +2934,36 @@ static struct mx_relays *relays_of(const struct mx_scan_msg *m)
     return rel;
 }
 
+/* Does SpamAssassin decode RFC 2047 words in this field? Not in Received,
+ * (Resent-)Message-ID, (Resent-)Date, MIME-Version, References, In-Reply-To
+ * and List-* (Message::Node::_decode_header, bugs 6945 and 7249). */
+static bool sa_decodes(const char *name, size_t nl)
+{
+    static const char *const keep[] = {"received",   "message-id",  "resent-message-id",
+                                       "date",       "resent-date", "mime-version",
+                                       "references", "in-reply-to", NULL};
+    for (size_t k = 0; keep[k]; k++)
+        if (nl == strlen(keep[k]) && strncasecmp(name, keep[k], nl) == 0)
+            return false;
+    return !(nl >= 5 && strncasecmp(name, "list-", 5) == 0);
+}
+
+/* One header's value as SpamAssassin's header rules see it
+ * (Message::Node::header(): unfolded by the MIME parser, trailing
+ * whitespace removed, RFC 2047 words decoded where SA decodes them). */
+static size_t sa_header_text(const char *name, size_t nl, const char *v, size_t vl, char *out,
+                             size_t cap)
+{
+    while (vl && isspace((unsigned char)v[vl - 1]))
+        vl--;
+    if (sa_decodes(name, nl))
+        return mx_mime_decode_header(v, vl, out, cap);
+    size_t k = vl < cap - 1 ? vl : cap - 1;
+    memcpy(out, v, k);
+    out[k] = 0;
+    return k;
+}
+
 /* The text a header rule of `target` is matched against. Returns false
  * when the header is absent (the value is then empty). `*rel` caches the
  * relay records (built on first use, freed by the caller). */
@@ -2952,10 +2982,14 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
     b->s[0] = 0;
     bool found = false;
     if (strcmp(name, "ALL") == 0) {
+        /* get_all_headers(0): "Name: value" with the values of header() */
         for (size_t i = 0; i < m->nhdrs; i++) {
-            vb_add(b, m->ha + m->hdrs[i].no, m->hdrs[i].nl);
+            const struct hdr *h = &m->hdrs[i];
+            char tmp[4096];
+            vb_add(b, m->ha + h->no, h->nl);
             vb_add(b, ": ", 2);
-            vb_add(b, m->ha + m->hdrs[i].vo, m->hdrs[i].vl);
+            vb_add(b, tmp, sa_header_text(m->ha + h->no, h->nl, m->ha + h->vo, h->vl, tmp,
+                                          sizeof tmp));
             vb_add(b, "\n", 1);
         }
         return m->nhdrs > 0;
@@ -3025,7 +3059,7 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
             if (strcmp(mod, "raw") == 0) {
                 vb_add(b, v, vl);
             } else {
-                tl = mx_mime_decode_header(v, vl, tmp, sizeof tmp);
+                tl = sa_header_text(m->ha + h->no, h->nl, v, vl, tmp, sizeof tmp);
                 if (strcmp(mod, "addr") == 0) {
                     char a[1024];
                     vb_add(b, a, addr_of(tmp, tl, a, sizeof a));

@@ -806,9 +806,15 @@ static void header_line(struct mx_mime_parser *p, const uint8_t *s, size_t n, co
         return;
     }
     if (s[0] == ' ' || s[0] == '\t') {
-        if (p->hb_len)
-            hb_append(p, s, n);
-        else
+        /* unfold as SpamAssassin does (s/\n[ \t]+/ /): the line break and
+         * the whitespace that starts the continuation become one space */
+        size_t ws = 0;
+        while (ws < n && (s[ws] == ' ' || s[ws] == '\t'))
+            ws++;
+        if (p->hb_len) {
+            hb_append(p, (const uint8_t *)" ", 1);
+            hb_append(p, s + ws, n - ws);
+        } else
             p->defects |= MX_MIME_DEF_HDR_BAD_LINE;
         return;
     }
