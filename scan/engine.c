@@ -70,6 +70,8 @@ struct erule {
     bool runs;              /* counts in the verdict (score != 0 or sub rule) */
     uint8_t vkind;          /* enum vkind */
     bool multiple;          /* tflags multiple: the value is the count */
+    bool chunked;           /* rawbody regex with ^ $ \A \Z \z outside /m: PCRE2
+                               runs on SpamAssassin's raw-body chunks (raw_chunks()) */
     uint32_t maxhits;
     int group;
     pcre2_code *pc;
@@ -168,7 +170,10 @@ static uint32_t pcre_flags_for(const struct mx_rule *r, enum scope sc)
     uint32_t f = 0;
     if (r->reflags & MX_RE_I)
         f |= PCRE2_CASELESS;
-    if ((r->reflags & MX_RE_M) || sc == SC_BODY || sc == SC_RAWBODY)
+    /* rawbody: not multi-line (SA matches each chunk of raw_chunks() alone);
+     * Hyperscan's multi-line flag stays, a superset, and such rules are
+     * confirmed on the chunks (struct erule.chunked) */
+    if ((r->reflags & MX_RE_M) || sc == SC_BODY)
         f |= PCRE2_MULTILINE;
     if (r->reflags & MX_RE_S)
         f |= PCRE2_DOTALL;
@@ -369,6 +374,32 @@ static int add_skip(struct mx_scan_engine *e, const char *name, const char *why)
     return 0;
 }
 
+/* Does the regex hold an anchor (^ $ \A \Z \z) outside a character class?
+ * (A rawbody rule without /m then depends on where SA's chunks start.) */
+static bool has_anchor(const char *re)
+{
+    bool cls = false;
+    for (const char *p = re; *p; p++) {
+        if (*p == '\\') {
+            if (!cls && p[1] && strchr("AZz", p[1]))
+                return true;
+            if (p[1])
+                p++;
+        } else if (cls) {
+            cls = *p != ']';
+        } else if (*p == '[') {
+            cls = true;
+            if (p[1] == '^')
+                p++;
+            if (p[1] == ']')
+                p++;
+        } else if (*p == '^' || *p == '$') {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Does the regex hold a bounded repeat of more than 40 (x{0,300})? Those
  * blow up Hyperscan's compile time (tens of seconds for a handful) and its
  * automata; prefilter mode relaxes the bound and PCRE2 confirms. */
@@ -528,6 +559,7 @@ static int classify(struct mx_scan_engine *e)
         }
         /* PCRE2 first: a regex Perl would reject is skipped */
         er->pc = compile_rule_pcre(r, pcre_flags_for(r, sc), &e->st.pcre_shared);
+        er->chunked = sc == SC_RAWBODY && !(r->reflags & MX_RE_M) && has_anchor(r->re);
         char *pat = hs_pattern(r);
         if (!pat)
             return -ENOMEM;
@@ -1552,6 +1584,8 @@ const void *mx_scan_engine_rule_pcre(const struct mx_scan_engine *e, size_t ri)
 int mx_scan_engine_rule_how(const struct mx_scan_engine *e, size_t ri)
 {
     static const char how[] = {0, 'h', 'f', 'p'};
+    if (ri < e->rs.nrules && e->er[ri].chunked && e->er[ri].how != HOW_NONE)
+        return 'c';
     return ri < e->rs.nrules ? how[e->er[ri].how] : 0;
 }
 
@@ -1582,6 +1616,11 @@ struct mx_scan_worker {
 #define STAGE_SIZE 16384
 static const enum scope stage_scope[3] = {SC_BODY, SC_RAWBODY, SC_FULL};
 
+/* text parts whose start in the kept raw body is remembered (later ones
+ * are read as part of the last), and SA's MAX_BODY_LINE_LENGTH */
+#define MX_RAW_PARTS 64
+#define RAW_LINE_MAX 2048
+
 struct mx_scan_msg {
     struct mx_scan_worker *w;
     char *stage[3];
@@ -1611,6 +1650,10 @@ struct mx_scan_msg {
     /* kept text */
     char *body, *raw, *full;
     size_t blen, rlen, flen;
+    /* where each part's text starts in raw (SA splits the raw body per part) */
+    uint32_t rpart[MX_RAW_PARTS];
+    unsigned nrpart;
+    int rpart_last; /* index of the part the last raw bytes came from */
     /* URIs: NUL-terminated strings in ua */
     char *ua;
     size_t ulen, ucap;
@@ -1695,7 +1738,7 @@ static int on_match(unsigned id, unsigned long long from, unsigned long long to,
     }
     if (m->w->prof)
         m->w->prof->r_matches[id]++;
-    if (e->er[id].how == HOW_PREFILTER)
+    if (e->er[id].how == HOW_PREFILTER || e->er[id].chunked)
         m->cand[id] |= CAND_YES;
     else if (m->count[id] < UINT16_MAX)
         m->count[id]++;
@@ -2491,6 +2534,9 @@ static void on_data(void *ud, const struct mx_mime_part *p, const uint8_t *d, si
     struct mx_scan_msg *m = ud;
     struct mx_scan_engine *e = m->w->e;
     if ((int)p->index == m->text_part) {
+        if ((int)p->index != m->rpart_last && m->nrpart < MX_RAW_PARTS && m->rlen < e->o.body_keep)
+            m->rpart[m->nrpart++] = (uint32_t)m->rlen;
+        m->rpart_last = (int)p->index;
         scan_streams(m, SC_RAWBODY, (const char *)d, n);
         keep(m->raw, &m->rlen, e->o.body_keep, (const char *)d, n, &m->flags);
         mx_utf8_conv_feed(&m->conv, d, n, text_emit, m);
@@ -2758,6 +2804,8 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->flags = 0;
     m->hlen = m->nhdrs = 0;
     m->blen = m->rlen = m->flen = 0;
+    m->nrpart = 0;
+    m->rpart_last = -1;
     m->stage_len[0] = m->stage_len[1] = m->stage_len[2] = 0;
     m->in_subject = false;
     m->subj_len = 0;
@@ -3197,6 +3245,9 @@ static void mark_pending(struct mx_scan_msg *m, int gi)
         uint32_t ri = g->rules[k];
         uint8_t want = e->er[ri].twin ? CAND_YES | CAND_TWIN : CAND_YES;
         m->cand[ri] = (m->cand[ri] & want) == want ? CAND_PENDING : CAND_NO;
+        /* a chunk can start where no line does (after '>', ' ') */
+        if (e->er[ri].chunked)
+            m->cand[ri] = CAND_PENDING;
     }
     for (size_t k = 0; k < g->npcre; k++)
         m->cand[g->pcre[k]] = CAND_PENDING;
@@ -3268,6 +3319,40 @@ static bool located_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_
     return hit;
 }
 
+/*
+ * SpamAssassin's rawbody rules run on an array: each text part's decoded
+ * text, cut when over MAX_BODY_LINE_LENGTH (2048) into pieces of 2048 to
+ * 4096 bytes, ending at the first "\n" (else '>', else ' ') from 2048 on, or
+ * at 2048 (Message::split_into_array_of_short_paragraphs). Each piece is
+ * matched alone: ^ is the piece's start, not every line's. The count of rule
+ * ri over the pieces of the kept raw text (a `multiple` rule up to maxhits).
+ */
+static unsigned raw_chunks_count(struct mx_scan_msg *m, uint32_t ri)
+{
+    const struct erule *er = &m->w->e->er[ri];
+    unsigned max = !er->multiple ? 1 : er->maxhits ? er->maxhits : UINT16_MAX;
+    unsigned c = 0;
+    for (unsigned k = 0; k < m->nrpart && c < max; k++) {
+        const char *s = m->raw + m->rpart[k];
+        size_t n = (k + 1 < m->nrpart ? m->rpart[k + 1] : m->rlen) - m->rpart[k];
+        size_t ofs = 0;
+        while (ofs < n && c < max) {
+            size_t j = n - 1; /* last byte of this piece */
+            if (n > RAW_LINE_MAX && n - ofs > 2 * RAW_LINE_MAX) {
+                static const char ends[] = "\n> ";
+                const char *hit = NULL;
+                for (int t = 0; t < 3 && !hit; t++)
+                    hit = memchr(s + ofs + RAW_LINE_MAX, ends[t], RAW_LINE_MAX);
+                j = hit ? (size_t)(hit - s) : ofs + RAW_LINE_MAX;
+            }
+            unsigned got = pcre_count(m, ri, s + ofs, j + 1 - ofs);
+            c += got < max - c ? got : max - c;
+            ofs = j + 1;
+        }
+    }
+    return c;
+}
+
 static void confirm_now(struct mx_scan_msg *m, uint32_t ri)
 {
     const struct mx_scan_engine *e = m->w->e;
@@ -3286,7 +3371,9 @@ static void confirm_now(struct mx_scan_msg *m, uint32_t ri)
     else
         return;
     const struct erule *er = &e->er[ri];
-    if (er->loc && !er->multiple)
+    if (er->chunked && g->scope == SC_RAWBODY)
+        m->count[ri] = (uint16_t)raw_chunks_count(m, ri);
+    else if (er->loc && !er->multiple)
         m->count[ri] = located_hit(m, ri, s, n);
     else
         m->count[ri] = (uint16_t)pcre_count(m, ri, s, n);

@@ -24,6 +24,10 @@ static const char RULES[] =
     "header RCVD_ENCODED Received =~ /=\\?utf-8\\?q\\?a\\?=/\n"
     "header LIST_ENCODED List-Id =~ /=\\?utf-8\\?q\\?b\\?=/\n"
     "header MSGID_ENCODED Message-ID =~ /=\\?utf-8\\?q\\?c\\?=/\n"
+    /* SA's raw body is chunks: ^ is a part's or a chunk's start, not a line's */
+    "rawbody RAW_QUOTE /^> /\n"
+    "rawbody RAW_QUOTE_M /^> /m\n"
+    "score RAW_QUOTE 1\nscore RAW_QUOTE_M 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -54,10 +58,40 @@ static void test_header_values(void **state)
                         "ALL_DECODED,ALL_RCVD_KEPT,LIST_ENCODED,MSGID_ENCODED,RCVD_ENCODED");
 }
 
+/* 70 lines of 60 bytes, line `quoted` (from 0) starting with "> " */
+static const char *long_body(int quoted)
+{
+    static char msg[8192];
+    size_t o = (size_t)snprintf(msg, sizeof msg, "Subject: q\n\n");
+    for (int i = 0; i < 70; i++)
+        o += (size_t)snprintf(msg + o, sizeof msg - o, "%s%s\n", i == quoted ? "> " : "",
+                              i == quoted ? "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                                          : "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+    return msg;
+}
+
+static void test_rawbody_chunks(void **state)
+{
+    (void)state;
+    assert_string_equal(scan("Subject: q\n\n> first\nsecond\n"), "RAW_QUOTE,RAW_QUOTE_M");
+    assert_string_equal(scan("Subject: q\n\nhello\n> not first\n"), "RAW_QUOTE_M");
+    /* each text part is matched on its own */
+    assert_string_equal(scan("Subject: q\nContent-Type: multipart/mixed; boundary=\"b\"\n\n"
+                             "--b\nContent-Type: text/plain\n\nhello\n> not first\n"
+                             "--b\nContent-Type: text/plain\n\n> second part\n--b--\n"),
+                        "RAW_QUOTE,RAW_QUOTE_M");
+    /* 4200 bytes: cut at the first line end from 2048 on (2099), so line 35
+     * starts the second chunk; line 9 starts nothing */
+    assert_string_equal(scan(long_body(9)), "RAW_QUOTE_M");
+    assert_string_equal(scan(long_body(35)), "RAW_QUOTE,RAW_QUOTE_M");
+    assert_string_equal(scan(long_body(34)), "RAW_QUOTE_M");
+}
+
 int main(void)
 {
     const struct CMUnitTest engine[] = {
         cmocka_unit_test(test_header_values),
+        cmocka_unit_test(test_rawbody_chunks),
     };
     return cmocka_run_group_tests_name("sa-parity", engine, setup, teardown);
 }
