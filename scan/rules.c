@@ -1355,10 +1355,10 @@ static size_t opaque_len(const char *re, size_t i, size_t n, bool extended)
     return 0;
 }
 
-/* SpamAssassin matches body and raw-body rules paragraph by paragraph (line
- * by line), so \z and \Z there mean "end of the paragraph"; mxgate scans the
- * text as one multi-line string, where that is `$`. Rewritten in place
- * (shorter), outside character classes. */
+/* SpamAssassin matches body rules paragraph by paragraph (line by line), so
+ * \z and \Z there mean "end of the paragraph"; mxgate scans the text as one
+ * multi-line string, where that is `$`. Rewritten in place (shorter),
+ * outside character classes. */
 void mx_rules_paragraph_anchors(char *re)
 {
     size_t n = strlen(re), o = 0;
@@ -2247,9 +2247,10 @@ int mx_rules_finish(struct mx_ruleset *rs)
         if (rc)
             return rc;
     }
+    /* (rawbody rules with anchors run on SA's raw-body chunks as written:
+     * struct erule.chunked in engine.c) */
     for (size_t i = 0; i < rs->nrules; i++)
-        if ((rs->rules[i].type == MX_RULE_BODY || rs->rules[i].type == MX_RULE_RAWBODY) &&
-            rs->rules[i].re)
+        if (rs->rules[i].type == MX_RULE_BODY && rs->rules[i].re)
             mx_rules_paragraph_anchors(rs->rules[i].re);
     size_t n = rs->nrules; /* metas may add placeholder rules */
     for (size_t i = 0; i < n; i++) {

@@ -27,7 +27,11 @@ static const char RULES[] =
     /* SA's raw body is chunks: ^ is a part's or a chunk's start, not a line's */
     "rawbody RAW_QUOTE /^> /\n"
     "rawbody RAW_QUOTE_M /^> /m\n"
-    "score RAW_QUOTE 1\nscore RAW_QUOTE_M 1\n"
+    "rawbody RAW_END_FOO /foo\\z/\n"
+    "rawbody RAW_END_BAR_NL /bar\\z/\n"
+    "rawbody RAW_END_BAR /bar\\n\\z/\n"
+    "score RAW_QUOTE 1\nscore RAW_QUOTE_M 1\nscore RAW_END_FOO 1\nscore RAW_END_BAR 1\n"
+    "score RAW_END_BAR_NL 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -75,6 +79,8 @@ static void test_rawbody_chunks(void **state)
     (void)state;
     assert_string_equal(scan("Subject: q\n\n> first\nsecond\n"), "RAW_QUOTE,RAW_QUOTE_M");
     assert_string_equal(scan("Subject: q\n\nhello\n> not first\n"), "RAW_QUOTE_M");
+    /* \z is the end of the chunk, not of a line, nor before its last \n */
+    assert_string_equal(scan("Subject: q\n\nfoo\nbar\n"), "RAW_END_BAR");
     /* each text part is matched on its own */
     assert_string_equal(scan("Subject: q\nContent-Type: multipart/mixed; boundary=\"b\"\n\n"
                              "--b\nContent-Type: text/plain\n\nhello\n> not first\n"
