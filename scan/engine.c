@@ -151,6 +151,11 @@ static char *dupz(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 static unsigned hs_flags_for(const struct mx_rule *r, enum scope sc)
 {
     unsigned f = HS_FLAG_ALLOWEMPTY;
@@ -1456,6 +1461,8 @@ int mx_scan_engine_load_layout(const struct mx_scan_opts *o, int layout,
         mx_scan_engine_free(e);
         return fail(err, rc, "%s", "out of memory");
     }
+    if (e->rs.ntlds)
+        qsort(e->rs.tlds, e->rs.ntlds, sizeof *e->rs.tlds, cmp_str);
     e->er = calloc(e->rs.nrules + 1, sizeof *e->er);
     if (!e->er || (rc = classify(e)) != 0) {
         mx_scan_engine_free(e);
@@ -1976,8 +1983,139 @@ static bool bare_address(struct mx_scan_msg *m, const char *t, size_t n)
     return true;
 }
 
+/* SpamAssassin's delimiters around a URI in text (PerMsgStatus::_tbirdurire) */
+static bool uri_start_delim(unsigned char c)
+{
+    return (c && strchr("!\"#$&'()*+,/:;<=>?@[\\]^`{|}~", c)) || isspace(c) || c == 0x1b ||
+           c == 0xa0;
+}
+
+static bool uri_end_delim(unsigned char c)
+{
+    return (c && strchr("><\"`}]{[|", c)) || isspace(c) || c == 0x1b || c == 0xa0;
+}
+
+static bool is_tld(const struct mx_scan_engine *e, const char *s, size_t n)
+{
+    char k[64];
+    if (!n || n >= sizeof k)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        k[i] = (char)tolower((unsigned char)s[i]);
+    k[n] = 0;
+    const char *kp = k;
+    return bsearch(&kp, e->rs.tlds, e->rs.ntlds, sizeof *e->rs.tlds, cmp_str) != NULL;
+}
+
+/* Util::is_fqdn_valid($host, 1): two labels or more of 1-63 of [a-z0-9_-],
+ * '-' not first nor last, '_' not in the last two; 253 at most */
+static bool fqdn_valid(const char *h, size_t n)
+{
+    while (n && h[n - 1] == '.')
+        n--;
+    if (!n || n > 253)
+        return false;
+    size_t labels = 1;
+    for (size_t i = 0; i < n; i++)
+        labels += h[i] == '.';
+    if (labels < 2)
+        return false;
+    for (size_t i = 0, l = 0; i <= n; l++) {
+        size_t j = i;
+        while (j < n && h[j] != '.')
+            j++;
+        if (j == i || j - i > 63 || h[i] == '-' || h[j - 1] == '-')
+            return false;
+        for (size_t k = i; k < j; k++)
+            if (!isalnum((unsigned char)h[k]) && h[k] != '-' && (h[k] != '_' || l + 2 >= labels))
+                return false;
+        i = j + 1;
+    }
+    return true;
+}
+
+/*
+ * A host name with a known top-level domain (util_rb_tld) standing alone in
+ * the text is a URI for SpamAssassin: "see example.com" gives
+ * http://example.com (the schemeless branch of _tbirdurire and
+ * _process_text_uri_list). In word t: from the start or after a start
+ * delimiter, [a-z0-9][a-z0-9._-]{0,251}\.TLD with the TLD a whole label,
+ * then an optional '.', :port and /path, then an end delimiter or the word's
+ * end; SA then cuts at a ')' with no '(' before it and drops trailing
+ * punctuation, and the host must be a valid FQDN.
+ */
+static void schemeless_uris(struct mx_scan_msg *m, const char *t, size_t n)
+{
+    const struct mx_scan_engine *e = m->w->e;
+    if (!e->rs.ntlds)
+        return;
+    for (size_t i = 0; i < n;) {
+        if ((i && !uri_start_delim((unsigned char)t[i - 1])) || !isalnum((unsigned char)t[i])) {
+            i++;
+            continue;
+        }
+        size_t h = i + 1;
+        while (h < n && h - i < 252 &&
+               (isalnum((unsigned char)t[h]) || t[h] == '.' || t[h] == '_' || t[h] == '-'))
+            h++;
+        size_t end = 0, host = 0;
+        for (size_t k = h; k > i + 2 && !end; k--) {
+            /* the TLD ends at k: no [a-z0-9-] nor ".[a-z0-9]" after it */
+            if (k < n && (isalnum((unsigned char)t[k]) || t[k] == '-' ||
+                          (t[k] == '.' && k + 1 < n && isalnum((unsigned char)t[k + 1]))))
+                continue;
+            size_t d = k - 1;
+            while (d > i && t[d] != '.')
+                d--;
+            if (d == i || !is_tld(e, t + d + 1, k - d - 1))
+                continue;
+            size_t p = k;
+            if (p < n && t[p] == '.')
+                p++;
+            if (p < n && t[p] == ':') {
+                size_t q = p + 1;
+                while (q < n && q - p <= 5 && isdigit((unsigned char)t[q]))
+                    q++;
+                if (q > p + 1)
+                    p = q;
+            }
+            if (p < n && t[p] == '/') {
+                size_t q = p + 1;
+                while (q < n && q - p <= 2048 && !uri_end_delim((unsigned char)t[q]))
+                    q++;
+                if (q > p + 1)
+                    p = q;
+            }
+            if (p == n || uri_end_delim((unsigned char)t[p]))
+                end = p, host = k;
+        }
+        if (!end) {
+            i++;
+            continue;
+        }
+        size_t len = end - i, open = 0;
+        while (open < len && t[i + open] != '(')
+            open++;
+        for (size_t r = open; r > 0; r--)
+            if (t[i + r - 1] == ')') {
+                len = r - 1;
+                break;
+            }
+        while (len && strchr("-~!@#^&*()_+=:;'?,.", t[i + len - 1]))
+            len--;
+        if (len && fqdn_valid(t + i, host - i)) {
+            char u[2100];
+            bool ftp = len > 4 && strncasecmp(t + i, "ftp.", 4) == 0;
+            int un = snprintf(u, sizeof u, "%s%.*s", ftp ? "ftp://" : "http://", (int)len, t + i);
+            if (un > 0 && (size_t)un < sizeof u)
+                add_uri(m, u, (size_t)un);
+        }
+        i = end;
+    }
+}
+
 /* A word of rendered text ended: is it a URL? (http, https, ftp, www.,
- * mailto:, or a bare e-mail address) */
+ * mailto:, a bare e-mail address, or a host name with a known TLD) */
 static void end_token(struct mx_scan_msg *m)
 {
     if (m->toklen && !m->tok_over) {
@@ -2001,8 +2139,8 @@ static void end_token(struct mx_scan_msg *m)
             }
         }
     bare:
-        if (!found)
-            bare_address(m, m->tok, m->toklen);
+        if (!found && !bare_address(m, m->tok, m->toklen) && memchr(m->tok, '.', m->toklen))
+            schemeless_uris(m, m->tok, m->toklen);
     }
     m->toklen = 0;
     m->tok_over = false;

@@ -98,6 +98,9 @@ void mx_rules_free(struct mx_ruleset *rs)
     for (size_t i = 0; i < rs->nplugins; i++)
         free(rs->plugins[i]);
     free(rs->plugins);
+    for (size_t i = 0; i < rs->ntlds; i++)
+        free(rs->tlds[i]);
+    free(rs->tlds);
     memset(rs, 0, sizeof *rs);
 }
 
@@ -767,6 +770,18 @@ static int directive(struct mx_ruleset *rs, const char *s, const char *e)
         const char *v = skip_ws(ke, e);
         int kind = IS("replace_tag") ? 't' : IS("replace_pre") ? 'p' : IS("replace_inter") ? 'i' : 'o';
         return add_tag(rs, kind, k, (size_t)(ke - k), v, (size_t)(e - v));
+    }
+    if (IS("util_rb_tld")) {
+        for (; s < e; s = skip_ws(s, e)) {
+            const char *w = s;
+            s = word_end(s, e);
+            int rc = add_str(&rs->tlds, &rs->ntlds, &rs->tldcap, w, (size_t)(s - w));
+            if (rc)
+                return rc;
+            for (char *c = rs->tlds[rs->ntlds - 1]; *c; c++)
+                *c = (char)tolower((unsigned char)*c);
+        }
+        return 0;
     }
     if (IS("replace_rules")) {
         for (; s < e; s = skip_ws(s, e)) {

@@ -133,6 +133,10 @@ struct mx_ruleset {
     size_t nreplace, replcap;
     char **plugins;
     size_t nplugins, plugcap;
+    /* util_rb_tld: the top-level domains SA's schemeless URIs may end in
+     * (lower case; the engine sorts them) */
+    char **tlds;
+    size_t ntlds, tldcap;
     unsigned lines;
     unsigned ignored_directives;
     char err[256]; /* first hard error */

@@ -32,6 +32,18 @@ static const char RULES[] =
     "rawbody RAW_END_BAR /bar\\n\\z/\n"
     "score RAW_QUOTE 1\nscore RAW_QUOTE_M 1\nscore RAW_END_FOO 1\nscore RAW_END_BAR 1\n"
     "score RAW_END_BAR_NL 1\n"
+    /* host names with a known TLD in the text are URIs (util_rb_tld) */
+    "util_rb_tld com net org info biz de\n"
+    "uri URI_EXNET /^http:\\/\\/example\\.net$/\n"
+    "uri URI_EXCOM /example\\.com/\n"
+    "uri URI_EXORG /example\\.org/\n"
+    "uri URI_PATH /^http:\\/\\/foo\\.example\\.info\\/path\\?x=1$/\n"
+    "uri URI_USCORE /under_score/\n"
+    "uri URI_BADHOST /^http:\\/\\/bad_host\\.example\\.biz$/\n"
+    "uri URI_C /message-file/\n"
+    "uri URI_FTP /^ftp:\\/\\/ftp\\.example\\.de$/\n"
+    "score URI_EXNET 1\nscore URI_EXCOM 1\nscore URI_EXORG 1\nscore URI_PATH 1\n"
+    "score URI_USCORE 1\nscore URI_BADHOST 1\nscore URI_C 1\nscore URI_FTP 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -93,11 +105,37 @@ static void test_rawbody_chunks(void **state)
     assert_string_equal(scan(long_body(34)), "RAW_QUOTE_M");
 }
 
+static const char *in_body(const char *text)
+{
+    static char msg[512];
+    snprintf(msg, sizeof msg, "Subject: q\n\n%s\n", text);
+    return scan(msg);
+}
+
+static void test_schemeless_uris(void **state)
+{
+    (void)state;
+    assert_string_equal(in_body("Signed-off-by: A <a at example.net>"), "URI_EXNET");
+    assert_string_equal(in_body("see lib/message-file.c here"), ""); /* .c is no TLD */
+    /* ',' ')' ':' are no end delimiters: no URI at all */
+    assert_string_equal(in_body("visit example.com, today"), "");
+    assert_string_equal(in_body("(see example.org)"), "");
+    assert_string_equal(in_body("at example.org: now"), "");
+    /* a final '.' is taken, then dropped with the trailing punctuation */
+    assert_string_equal(in_body("visit example.com. today"), "URI_EXCOM");
+    assert_string_equal(in_body("go to foo.example.info/path?x=1."), "URI_PATH");
+    /* '_' only below the second level */
+    assert_string_equal(in_body("under_score.com and bad_host.example.biz"), "URI_BADHOST");
+    assert_string_equal(in_body("get it from ftp.example.de"), "URI_FTP");
+    assert_string_equal(in_body("http://x.test/ a example.com"), "URI_EXCOM");
+}
+
 int main(void)
 {
     const struct CMUnitTest engine[] = {
         cmocka_unit_test(test_header_values),
         cmocka_unit_test(test_rawbody_chunks),
+        cmocka_unit_test(test_schemeless_uris),
     };
     return cmocka_run_group_tests_name("sa-parity", engine, setup, teardown);
 }
