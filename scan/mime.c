@@ -69,6 +69,8 @@ struct mx_mime_parser {
     size_t hb_len;  /* bytes in hb; 0 when no field is open */
     size_t hb_name; /* length of the field name */
     unsigned hdr_lines;
+    unsigned bad_fields; /* lines passed over in the message's own headers */
+    bool skip_cont;      /* ... and the continuation lines of the last one */
     struct level lv[MX_MIME_MAX_DEPTH + 1];
     uint8_t lb[MX_MIME_LINE_MAX];
     char hb[MX_MIME_HDR_MAX];
@@ -387,6 +389,8 @@ static void push_level(struct mx_mime_parser *p, bool default_rfc822)
         parent->nchildren++;
     p->hb_len = 0;
     p->hdr_lines = 0;
+    p->bad_fields = 0;
+    p->skip_cont = false;
 }
 
 /* Headers of the innermost part are complete: decide what its body is. */
@@ -800,12 +804,25 @@ static void header_line(struct mx_mime_parser *p, const uint8_t *s, size_t n, co
         return;
     }
     if (!is_header_line(s, n)) {
+        /* SpamAssassin (Message::new) passes over up to 3 such lines in the
+         * message's own headers, each with its continuation lines; a "--"
+         * line or the 4th starts the body. (Python's email package, and SA
+         * in MIME parts, start the body at the first.) */
+        if (p->top == 0 && p->bad_fields < 3 && !(n >= 2 && s[0] == '-' && s[1] == '-')) {
+            p->bad_fields++;
+            flush_header(p);
+            p->skip_cont = true;
+            p->defects |= MX_MIME_DEF_HDR_BAD_LINE;
+            return;
+        }
         p->defects |= MX_MIME_DEF_HDR_NO_SEPARATOR;
         end_headers(p);
         dispatch_line(p, s, n, eol, eol_len, false);
         return;
     }
     if (s[0] == ' ' || s[0] == '\t') {
+        if (p->skip_cont)
+            return;
         /* unfold as SpamAssassin does (s/\n[ \t]+/ /): the line break and
          * the whitespace that starts the continuation become one space */
         size_t ws = 0;
@@ -819,6 +836,7 @@ static void header_line(struct mx_mime_parser *p, const uint8_t *s, size_t n, co
         return;
     }
     flush_header(p);
+    p->skip_cont = false;
     if (n >= 5 && memcmp(s, "From ", 5) == 0) {
         if (lineno != 0)
             p->defects |= MX_MIME_DEF_HDR_BAD_LINE;

@@ -44,6 +44,11 @@ static const char RULES[] =
     "uri URI_FTP /^ftp:\\/\\/ftp\\.example\\.de$/\n"
     "score URI_EXNET 1\nscore URI_EXCOM 1\nscore URI_EXORG 1\nscore URI_PATH 1\n"
     "score URI_USCORE 1\nscore URI_BADHOST 1\nscore URI_C 1\nscore URI_FTP 1\n"
+    /* lines that are no header field in the message's headers */
+    "header HAS_XAFTER exists:X-After\n"
+    "body BODY_BOGUS /bogus/\n"
+    "body BODY_CONT /continued/\n"
+    "score HAS_XAFTER 1\nscore BODY_BOGUS 1\nscore BODY_CONT 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -130,12 +135,33 @@ static void test_schemeless_uris(void **state)
     assert_string_equal(in_body("http://x.test/ a example.com"), "URI_EXCOM");
 }
 
+static void test_bad_header_lines(void **state)
+{
+    (void)state;
+    /* one passed over, with its continuation line */
+    assert_string_equal(scan("From: a@b.example\nbogus line\n continued: x\nX-After: hi\n\nbody\n"),
+                        "HAS_XAFTER");
+    assert_string_equal(scan("From: a@b.example\nbogus 1\nbogus 2\nbogus 3\nX-After: hi\n\nbody\n"),
+                        "HAS_XAFTER");
+    /* the 4th, or a "--" line, starts the body */
+    assert_string_equal(
+        scan("From: a@b.example\nbogus 1\nbogus 2\nbogus 3\nbogus 4\nX-After: hi\n\nbody\n"),
+        "BODY_BOGUS");
+    assert_string_equal(scan("From: a@b.example\n--bogus\nX-After: hi\n\nbody\n"), "BODY_BOGUS");
+    /* in a MIME part the first one does */
+    assert_string_equal(scan("X-After: hi\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
+                             "Content-Type: text/plain\nbogus line\nTo: x@y.example\n\nbody\n"
+                             "--b--\n"),
+                        "BODY_BOGUS,HAS_XAFTER");
+}
+
 int main(void)
 {
     const struct CMUnitTest engine[] = {
         cmocka_unit_test(test_header_values),
         cmocka_unit_test(test_rawbody_chunks),
         cmocka_unit_test(test_schemeless_uris),
+        cmocka_unit_test(test_bad_header_lines),
     };
     return cmocka_run_group_tests_name("sa-parity", engine, setup, teardown);
 }
