@@ -3150,6 +3150,20 @@ static size_t sa_header_text(const char *name, size_t nl, const char *v, size_t 
     return k;
 }
 
+/* Is `want` one of the ':'-separated modifiers in mod ("name:raw")? */
+static bool has_mod(const char *mod, const char *want)
+{
+    size_t wl = strlen(want);
+    for (const char *p = mod; *p;) {
+        const char *e = strchr(p, ':');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == wl && memcmp(p, want, wl) == 0)
+            return true;
+        p += l + (e != NULL);
+    }
+    return false;
+}
+
 /* The text a header rule of `target` is matched against. Returns false
  * when the header is absent (the value is then empty). `*rel` caches the
  * relay records (built on first use, freed by the caller). */
@@ -3233,6 +3247,9 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
     const char *const *names = strcmp(name, "ToCc") == 0        ? tocc
                                : strcmp(name, "MESSAGEID") == 0 ? msgid
                                                                 : single;
+    /* modifiers in any order and combination (SA's _get): "name:raw" is the
+     * display name as written, not decoded */
+    bool raw = has_mod(mod, "raw"), addr = has_mod(mod, "addr"), nm = has_mod(mod, "name");
     for (size_t k = 0; names[k]; k++) {
         for (size_t i = 0; i < m->nhdrs; i++) {
             const struct hdr *h = &m->hdrs[i];
@@ -3242,22 +3259,22 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
             size_t vl = h->vl;
             char tmp[4096];
             size_t tl;
-            if (strcmp(mod, "raw") == 0) {
-                vb_add(b, v, vl);
+            if (raw) {
+                tl = vl < sizeof tmp - 1 ? vl : sizeof tmp - 1;
+                memcpy(tmp, v, tl);
+                tmp[tl] = 0;
             } else {
                 tl = sa_header_text(m->ha + h->no, h->nl, v, vl, tmp, sizeof tmp);
-                if (strcmp(mod, "addr") == 0) {
-                    char a[1024];
-                    vb_add(b, a, addr_of(tmp, tl, a, sizeof a));
-                } else if (strcmp(mod, "name") == 0) {
-                    char a[1024];
-                    vb_add(b, a, name_of(tmp, tl, a, sizeof a));
-                } else {
-                    vb_add(b, tmp, tl);
-                }
             }
+            char a[1024];
+            if (addr)
+                vb_add(b, a, addr_of(tmp, tl, a, sizeof a));
+            else if (nm)
+                vb_add(b, a, name_of(tmp, tl, a, sizeof a));
+            else
+                vb_add(b, tmp, tl);
             found = true;
-            if (strcmp(mod, "addr") == 0 || strcmp(mod, "name") == 0)
+            if (addr || nm)
                 return true; /* first address only, no line end */
             vb_add(b, "\n", 1);
         }

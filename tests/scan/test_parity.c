@@ -49,6 +49,12 @@ static const char RULES[] =
     "body BODY_BOGUS /bogus/\n"
     "body BODY_CONT /continued/\n"
     "score HAS_XAFTER 1\nscore BODY_BOGUS 1\nscore BODY_CONT 1\n"
+    /* modifiers combine: From:name:raw is the display name as written */
+    "header NAME_RAW_8BIT From:name:raw =~ /[\\x80-\\xff]/\n"
+    "header NAME_RAW_ENC From:name:raw =~ /^=\\?UTF-8\\?B\\?0JrQ/\n"
+    "header NAME_DEC From:name =~ /^\\xd0\\x9a\\xd0\\xb8/\n"
+    "header ADDR_RAW From:addr:raw =~ /^user\\@example\\.org$/\n"
+    "score NAME_RAW_8BIT 1\nscore NAME_RAW_ENC 1\nscore NAME_DEC 1\nscore ADDR_RAW 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -155,6 +161,14 @@ static void test_bad_header_lines(void **state)
                         "BODY_BOGUS,HAS_XAFTER");
 }
 
+static void test_header_modifiers(void **state)
+{
+    (void)state;
+    assert_string_equal(
+        scan("From: =?UTF-8?B?0JrQuNGA0LjQu9C70LjRhtCw?= <user@example.org>\nSubject: x\n\nbody\n"),
+        "ADDR_RAW,NAME_DEC,NAME_RAW_ENC");
+}
+
 int main(void)
 {
     const struct CMUnitTest engine[] = {
@@ -162,6 +176,7 @@ int main(void)
         cmocka_unit_test(test_rawbody_chunks),
         cmocka_unit_test(test_schemeless_uris),
         cmocka_unit_test(test_bad_header_lines),
+        cmocka_unit_test(test_header_modifiers),
     };
     return cmocka_run_group_tests_name("sa-parity", engine, setup, teardown);
 }
