@@ -3038,14 +3038,46 @@ struct vbuf {
 
 static void vb_add(struct vbuf *b, const char *s, size_t n)
 {
-    if (b->n + n + 1 > b->cap)
-        n = b->cap - b->n - 1;
+    size_t room = b->n + 1 < b->cap ? b->cap - b->n - 1 : 0;
+    if (n > room)
+        n = room;
     memcpy(b->s + b->n, s, n);
     b->n += n;
     b->s[b->n] = 0;
 }
 
-/* first address of an address header (for :addr) */
+/* End of the address that starts at `at` in an address list: the next ','
+ * outside quotes, <...> and comments (or n). */
+static size_t addr_piece(const char *v, size_t n, size_t at)
+{
+    int angle = 0, paren = 0;
+    bool quote = false;
+    for (size_t i = at; i < n; i++) {
+        char c = v[i];
+        if (quote) {
+            if (c == '\\' && i + 1 < n)
+                i++;
+            else if (c == '"')
+                quote = false;
+        } else if (c == '"') {
+            quote = true;
+        } else if (c == '(') {
+            paren++;
+        } else if (c == ')' && paren) {
+            paren--;
+        } else if (c == '<' && !paren) {
+            angle = 1;
+        } else if (c == '>' && !paren) {
+            angle = 0;
+        } else if (c == ',' && !angle && !paren) {
+            return i;
+        }
+    }
+    return n;
+}
+
+/* first address of an address header (for :addr); none of "<@a,@b:x@y>"
+ * (a source route: SA's parse_header_addresses finds no address there) */
 static size_t addr_of(const char *v, size_t n, char *out, size_t cap)
 {
     const char *lt = memchr(v, '<', n);
@@ -3064,6 +3096,10 @@ static size_t addr_of(const char *v, size_t n, char *out, size_t cap)
             while (e < v + n && !isspace((unsigned char)*e) && *e != ',' && *e != ')')
                 e++;
         }
+    }
+    if (lt && s < e && *s == '@') {
+        out[0] = 0;
+        return 0;
     }
     while (s < e && isspace((unsigned char)*s))
         s++;
@@ -3266,17 +3302,26 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
             } else {
                 tl = sa_header_text(m->ha + h->no, h->nl, v, vl, tmp, sizeof tmp);
             }
-            char a[1024];
-            if (addr)
-                vb_add(b, a, addr_of(tmp, tl, a, sizeof a));
-            else if (nm)
-                vb_add(b, a, name_of(tmp, tl, a, sizeof a));
-            else
-                vb_add(b, tmp, tl);
             found = true;
-            if (addr || nm)
-                return true; /* first address only, no line end */
-            vb_add(b, "\n", 1);
+            if (!addr && !nm) {
+                vb_add(b, tmp, tl);
+                vb_add(b, "\n", 1);
+                continue;
+            }
+            /* every address of every such header, one a line, no line
+             * end after the last (SA 4 returns them all, bug 8121 joins) */
+            for (size_t at = 0; at < tl;) {
+                size_t pe = addr_piece(tmp, tl, at);
+                char a[1024];
+                size_t al = addr ? addr_of(tmp + at, pe - at, a, sizeof a)
+                                 : name_of(tmp + at, pe - at, a, sizeof a);
+                if (al) {
+                    if (b->n)
+                        vb_add(b, "\n", 1);
+                    vb_add(b, a, al);
+                }
+                at = pe + 1;
+            }
         }
     }
     return found;

@@ -351,6 +351,8 @@ static void flush_header(struct mx_mime_parser *p)
     size_t nl = p->hb_name;
     const char *v = p->hb + nl + 1;
     size_t vl = p->hb_len - nl - 1;
+    while (p->top == 0 && nl > 1 && (name[nl - 1] == ' ' || name[nl - 1] == '\t'))
+        nl--;
     while (vl && (*v == ' ' || *v == '\t')) {
         v++;
         vl--;
@@ -773,6 +775,14 @@ static bool is_header_line(const uint8_t *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (s[i] == ':')
             return true;
+        if (i && (s[i] == ' ' || s[i] == '\t')) {
+            /* "Name :" (obsolete syntax): a field for SpamAssassin, which
+             * takes the name without the blanks (in the message's own
+             * headers; in MIME parts with them). Python starts the body. */
+            while (i < n && (s[i] == ' ' || s[i] == '\t'))
+                i++;
+            return i < n && s[i] == ':';
+        }
         if (s[i] < 0x21 || s[i] > 0x7e)
             return false;
     }
@@ -837,7 +847,12 @@ static void header_line(struct mx_mime_parser *p, const uint8_t *s, size_t n, co
     }
     flush_header(p);
     p->skip_cont = false;
-    if (n >= 5 && memcmp(s, "From ", 5) == 0) {
+    size_t fb = 4;
+    while (fb < n && (s[fb] == ' ' || s[fb] == '\t'))
+        fb++;
+    /* an mbox "From " line, but after the first line "From :" is a From
+     * field for SpamAssassin */
+    if (n >= 5 && memcmp(s, "From ", 5) == 0 && !(lineno != 0 && fb < n && s[fb] == ':')) {
         if (lineno != 0)
             p->defects |= MX_MIME_DEF_HDR_BAD_LINE;
         return;

@@ -55,6 +55,13 @@ static const char RULES[] =
     "header NAME_DEC From:name =~ /^\\xd0\\x9a\\xd0\\xb8/\n"
     "header ADDR_RAW From:addr:raw =~ /^user\\@example\\.org$/\n"
     "score NAME_RAW_8BIT 1\nscore NAME_RAW_ENC 1\nscore NAME_DEC 1\nscore ADDR_RAW 1\n"
+    /* every address of every such header, one a line */
+    "header ADDRS_TWO From:addr =~ /^any\\@attack\\.com\\nany2\\@attack\\.com$/\n"
+    "header ADDRS_ANY From:addr =~ /test/\n"
+    "header NAMES_TWO To:name =~ /^Ann\\nBob$/\n"
+    "header SUBJ_OBS Subject =~ /^obsolete$/\n"
+    "header FROM_OBS From:addr =~ /^any\\@attack\\.com\\nadmin\\@legitimate\\.com$/\n"
+    "score ADDRS_TWO 1\nscore ADDRS_ANY 1\nscore NAMES_TWO 1\nscore SUBJ_OBS 1\nscore FROM_OBS 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -167,6 +174,16 @@ static void test_header_modifiers(void **state)
     assert_string_equal(
         scan("From: =?UTF-8?B?0JrQuNGA0LjQu9C70LjRhtCw?= <user@example.org>\nSubject: x\n\nbody\n"),
         "ADDR_RAW,NAME_DEC,NAME_RAW_ENC");
+    assert_string_equal(scan("From: <any@attack.com>, <any2@attack.com>\n"
+                             "To: Ann <a@x.example>, \"Bob\" <b@x.example>, c@x.example\n"
+                             "Subject: x\n\nbody\n"),
+                        "ADDRS_TWO,NAMES_TWO");
+    /* a source route is no address */
+    assert_string_equal(scan("From: <@test.com, @test.ru:test@attack.com>\nSubject: x\n\nbody\n"), "");
+    /* "Name :" is a field, in the message's own headers without the blanks */
+    assert_string_equal(scan("From: <any@attack.com>\nFrom : <admin@legitimate.com>\n"
+                             "Subject  : obsolete\n\nbody\n"),
+                        "FROM_OBS,SUBJ_OBS");
 }
 
 int main(void)
