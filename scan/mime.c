@@ -413,6 +413,8 @@ static void end_headers(struct mx_mime_parser *p)
         if (!l->has_boundary) {
             p->defects |= MX_MIME_DEF_NO_BOUNDARY;
             l->st = L_LEAF;
+            /* read as text/plain, as SpamAssassin does (_parse_normal) */
+            l->part.text = true;
         } else if (!room) {
             p->defects |= MX_MIME_DEF_TOO_DEEP;
             l->st = L_LEAF;

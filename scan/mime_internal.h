@@ -59,7 +59,7 @@ struct mx_mime_part {
     enum mx_mime_cte cte;
     bool multipart;            /* parsed as multipart (has a boundary) */
     bool message;              /* message/xxx: one child, the enclosed message */
-    bool text;                 /* text/... type */
+    bool text;                 /* text/... type, or multipart/... without a boundary */
     bool attachment;           /* disposition attachment or has a file name */
     bool had_ctype;            /* a Content-Type header was present */
     uint64_t raw_bytes;        /* body bytes seen (before decoding) */

@@ -62,6 +62,9 @@ static const char RULES[] =
     "header SUBJ_OBS Subject =~ /^obsolete$/\n"
     "header FROM_OBS From:addr =~ /^any\\@attack\\.com\\nadmin\\@legitimate\\.com$/\n"
     "score ADDRS_TWO 1\nscore ADDRS_ANY 1\nscore NAMES_TWO 1\nscore SUBJ_OBS 1\nscore FROM_OBS 1\n"
+    /* a multipart without a boundary is read as text/plain */
+    "body BODY_NOBOUND /hello text/\n"
+    "score BODY_NOBOUND 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -168,6 +171,13 @@ static void test_bad_header_lines(void **state)
                         "BODY_BOGUS,HAS_XAFTER");
 }
 
+static void test_multipart_without_boundary(void **state)
+{
+    (void)state;
+    assert_string_equal(scan("Subject: q\nContent-Type: multipart/mixed\n\nhello text\n"),
+                        "BODY_NOBOUND");
+}
+
 static void test_header_modifiers(void **state)
 {
     (void)state;
@@ -194,6 +204,7 @@ int main(void)
         cmocka_unit_test(test_schemeless_uris),
         cmocka_unit_test(test_bad_header_lines),
         cmocka_unit_test(test_header_modifiers),
+        cmocka_unit_test(test_multipart_without_boundary),
     };
     return cmocka_run_group_tests_name("sa-parity", engine, setup, teardown);
 }
