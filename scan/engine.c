@@ -388,6 +388,8 @@ static bool has_anchor(const char *re)
         if (*p == '\\') {
             if (!cls && p[1] && strchr("AZz", p[1]))
                 return true;
+            if (p[1] == 'c' && p[2]) /* \cX: X is any character, ']' too */
+                p++;
             if (p[1])
                 p++;
         } else if (cls) {
