@@ -1676,6 +1676,7 @@ struct mx_scan_msg {
     bool tok_over;
     /* current text part */
     int text_part; /* part index being rendered, -1 none */
+    bool render;   /* its text goes to the body (else to the raw body only) */
     bool html;
     struct mx_utf8_conv conv;
     int hstate;    /* html: 0 text, 1 tag, 2 comment, 3 entity, 4 skip (script/style) */
@@ -2590,14 +2591,20 @@ static void on_begin(void *ud, const struct mx_mime_part *p)
          * (a broken or hostile message), SpamAssassin and Python read the
          * whole body as the text, so it must not go unscanned. */
         m->text_part = (int)p->index;
+        m->render = true;
         m->html = false;
         mx_utf8_conv_open(&m->conv, p->charset);
         paragraph_break(m);
         return;
     }
     bool body_text = p->text && !(p->attachment && p->filename[0]);
-    if (p->text) {
+    /* SpamAssassin reads every text/... type as text/plain but text/html,
+     * text/x-vcard and text/calendar (Util::parse_content_type, bug 5399),
+     * renders text/plain and text/html only (Node::rendered()), and leaves
+     * text/calendar out of the raw body too (bug 4843) */
+    if (p->text && strcmp(p->ctype, "text/calendar") != 0) {
         m->text_part = (int)p->index;
+        m->render = strcmp(p->ctype, "text/x-vcard") != 0;
         m->html = strcmp(p->ctype, "text/html") == 0;
         m->hstate = 0;
         mx_utf8_conv_open(&m->conv, p->charset);
@@ -2679,7 +2686,8 @@ static void on_data(void *ud, const struct mx_mime_part *p, const uint8_t *d, si
         m->rpart_last = (int)p->index;
         scan_streams(m, SC_RAWBODY, (const char *)d, n);
         keep(m->raw, &m->rlen, e->o.body_keep, (const char *)d, n, &m->flags);
-        mx_utf8_conv_feed(&m->conv, d, n, text_emit, m);
+        if (m->render)
+            mx_utf8_conv_feed(&m->conv, d, n, text_emit, m);
     }
     if ((int)p->index == m->att_part) {
         size_t k = 0;
@@ -2865,10 +2873,12 @@ static void on_end(void *ud, const struct mx_mime_part *p)
     if (!p->multipart && !p->message && p->decoded_bytes && strcmp(p->ctype, "text/html") == 0)
         m->nmime.html_rendered = true;
     if ((int)p->index == m->text_part) {
-        mx_utf8_conv_end(&m->conv, text_emit, m);
-        if (m->html && m->hstate == 3)
-            html_entity(m);
-        paragraph_break(m);
+        if (m->render) {
+            mx_utf8_conv_end(&m->conv, text_emit, m);
+            if (m->html && m->hstate == 3)
+                html_entity(m);
+            paragraph_break(m);
+        }
         m->text_part = -1;
     }
     if ((int)p->index == m->att_part) {

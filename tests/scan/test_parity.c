@@ -65,6 +65,10 @@ static const char RULES[] =
     /* a multipart without a boundary is read as text/plain */
     "body BODY_NOBOUND /hello text/\n"
     "score BODY_NOBOUND 1\n"
+    /* text/calendar is neither body nor raw body, text/x-vcard raw body only */
+    "body BODY_XDIFF /hello xdiff/\n"
+    "rawbody RAW_XDIFF /hello xdiff/\n"
+    "score BODY_XDIFF 1\nscore RAW_XDIFF 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -178,6 +182,25 @@ static void test_multipart_without_boundary(void **state)
                         "BODY_NOBOUND");
 }
 
+static const char *second_part(const char *type)
+{
+    static char msg[512];
+    snprintf(msg, sizeof msg,
+             "Subject: q\nContent-Type: multipart/mixed; boundary=\"b\"\n\n--b\n"
+             "Content-Type: text/plain\n\nplain\n--b\nContent-Type: %s\n\nhello xdiff\n--b--\n",
+             type);
+    return scan(msg);
+}
+
+static void test_text_types(void **state)
+{
+    (void)state;
+    assert_string_equal(second_part("text/x-diff"), "BODY_XDIFF,RAW_XDIFF");
+    assert_string_equal(second_part("text/enriched"), "BODY_XDIFF,RAW_XDIFF");
+    assert_string_equal(second_part("text/x-vcard"), "RAW_XDIFF");
+    assert_string_equal(second_part("text/calendar"), "");
+}
+
 static void test_header_modifiers(void **state)
 {
     (void)state;
@@ -204,6 +227,7 @@ int main(void)
         cmocka_unit_test(test_schemeless_uris),
         cmocka_unit_test(test_bad_header_lines),
         cmocka_unit_test(test_header_modifiers),
+        cmocka_unit_test(test_text_types),
         cmocka_unit_test(test_multipart_without_boundary),
     };
     return cmocka_run_group_tests_name("sa-parity", engine, setup, teardown);
