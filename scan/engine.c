@@ -1370,7 +1370,9 @@ static int build_dbs(struct mx_scan_engine *e)
             return erc;
         if (e->g[i].scope == SC_DLP)
             e->dlp_g = (int)i;
-        if (e->g[i].scope == SC_FULL)
+        /* ALL:raw reads the header block from the kept message */
+        if (e->g[i].scope == SC_FULL ||
+            (e->g[i].scope == SC_HEADER && strcmp(e->g[i].target, "ALL:raw") == 0))
             e->has_full = true;
         if (e->g[i].adb || e->g[i].ascii_empty) {
             e->has_ascii = true;
@@ -3229,6 +3231,26 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
     b->n = 0;
     b->s[0] = 0;
     bool found = false;
+    if (strcmp(name, "ALL") == 0 && has_mod(mod, "raw") && m->full) {
+        /* ALL:raw: the header block as it came (folds and line ends kept),
+         * without an mbox From line, continuation lines before the first
+         * field, and the empty line (SA: get_pristine_header() fields) */
+        const char *h = m->full;
+        size_t end = m->body_at && m->body_at <= m->flen ? (size_t)m->body_at : m->flen, i = 0;
+        if (end >= 5 && memcmp(h, "From ", 5) == 0)
+            while (i < end && h[i++] != '\n')
+                ;
+        while (i < end && (h[i] == ' ' || h[i] == '\t'))
+            while (i < end && h[i++] != '\n')
+                ;
+        if (m->body_at && m->body_at <= m->flen && end > i) {
+            end--;
+            if (end > i && h[end - 1] == '\r')
+                end--;
+        }
+        vb_add(b, h + i, end - i);
+        return end > i;
+    }
     if (strcmp(name, "ALL") == 0) {
         /* get_all_headers(0): "Name: value" with the values of header() */
         for (size_t i = 0; i < m->nhdrs; i++) {

@@ -69,6 +69,12 @@ static const char RULES[] =
     "body BODY_XDIFF /hello xdiff/\n"
     "rawbody RAW_XDIFF /hello xdiff/\n"
     "score BODY_XDIFF 1\nscore RAW_XDIFF 1\n"
+    /* ALL:raw is the header block as it came */
+    "header HDRS_MISSP ALL:raw =~ /^(?:Subject|From|To|Reply-To):\\S/ism\n"
+    "header ALLRAW_ENC ALL:raw =~ /=\\?utf-8\\?q\\?/\n"
+    "header ALL_ENC ALL =~ /=\\?utf-8\\?q\\?/\n"
+    "header ALLRAW_FOLD ALL:raw =~ /^X-Fold: a\\n\\tb$/m\n"
+    "score HDRS_MISSP 1\nscore ALLRAW_ENC 1\nscore ALL_ENC 1\nscore ALLRAW_FOLD 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -96,7 +102,8 @@ static void test_header_values(void **state)
                              "Subject: =?utf-8?q?caf=C3=A9?= au lait\r\n"
                              "List-Id: =?utf-8?q?b?= <l.example>\r\n"
                              "Message-ID: <=?utf-8?q?c?=@example>\r\n\r\nx\r\n"),
-                        "ALL_DECODED,ALL_RCVD_KEPT,LIST_ENCODED,MSGID_ENCODED,RCVD_ENCODED");
+                        "ALLRAW_ENC,ALL_DECODED,ALL_ENC,ALL_RCVD_KEPT,LIST_ENCODED,MSGID_ENCODED,"
+                        "RCVD_ENCODED");
 }
 
 /* 70 lines of 60 bytes, line `quoted` (from 0) starting with "> " */
@@ -201,6 +208,14 @@ static void test_text_types(void **state)
     assert_string_equal(second_part("text/calendar"), "");
 }
 
+static void test_all_raw(void **state)
+{
+    (void)state;
+    assert_string_equal(scan("From a@b  Mon Dec  7 00:00:00 2026\nSubject:foo\n"
+                             "X-Enc: =?utf-8?q?caf=C3=A9?=\nX-Fold: a\n\tb\n\nbody\n"),
+                        "ALLRAW_ENC,ALLRAW_FOLD,HDRS_MISSP");
+}
+
 static void test_header_modifiers(void **state)
 {
     (void)state;
@@ -228,6 +243,7 @@ int main(void)
         cmocka_unit_test(test_bad_header_lines),
         cmocka_unit_test(test_header_modifiers),
         cmocka_unit_test(test_text_types),
+        cmocka_unit_test(test_all_raw),
         cmocka_unit_test(test_multipart_without_boundary),
     };
     return cmocka_run_group_tests_name("sa-parity", engine, setup, teardown);
