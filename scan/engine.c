@@ -1672,7 +1672,11 @@ struct mx_scan_msg {
     unsigned nuri;
     /* body rendering */
     int ws_nl;     /* newlines in the pending whitespace run, -1: none pending */
+    bool ws_pre;   /* ... blanks in it before its first newline */
+    bool ws_post;  /* ... blanks in it after its last newline */
     bool at_start; /* nothing written since the last paragraph break */
+    bool sa_ws;    /* plain text: blanks at a paragraph's edges count (see render()) */
+    bool body_start; /* nothing of the body written yet (after the Subject) */
     char tok[512]; /* current word, for URL detection */
     size_t toklen;
     bool tok_over;
@@ -2252,10 +2256,19 @@ static void render(struct mx_scan_msg *m, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
-            if (m->ws_nl < 0)
+            if (m->ws_nl < 0) {
                 m->ws_nl = 0;
-            if (c == '\n')
+                m->ws_pre = m->ws_post = false;
+            }
+            if (c == '\n') {
                 m->ws_nl++;
+                m->ws_post = false;
+            } else if (c != '\r') {
+                if (m->ws_nl)
+                    m->ws_post = true;
+                else
+                    m->ws_pre = true;
+            }
             if (m->toklen)
                 end_token(m);
             continue;
@@ -2264,10 +2277,25 @@ static void render(struct mx_scan_msg *m, const char *s, size_t n)
             body_out(m, out, o);
             o = 0;
         }
-        if (m->ws_nl >= 0 && !m->at_start)
-            out[o++] = m->ws_nl >= 2 ? '\n' : ' ';
+        /* SpamAssassin (get_body_text_array_common): a run of whitespace
+         * with two newlines or more is a paragraph break, but blanks before
+         * its first and after its last newline stay, as one space each;
+         * any other run is a space, at the start of the body too. The HTML
+         * renderer's paragraphs keep mxgate's own breaks. */
+        if (m->ws_nl >= 0 && (!m->at_start || (m->sa_ws && m->body_start))) {
+            if (m->ws_nl >= 2) {
+                if (m->sa_ws && m->ws_pre)
+                    out[o++] = ' ';
+                out[o++] = '\n';
+                if (m->sa_ws && m->ws_post)
+                    out[o++] = ' ';
+            } else {
+                out[o++] = ' ';
+            }
+        }
         m->ws_nl = -1;
         m->at_start = false;
+        m->body_start = false;
         out[o++] = (char)c;
         if (m->toklen < sizeof m->tok)
             m->tok[m->toklen++] = (char)c;
@@ -2579,12 +2607,14 @@ static void on_begin(void *ud, const struct mx_mime_part *p)
              * Subject goes to the streams on its own, without theirs */
             stage_flush(m, 0);
             m->in_subject = true;
+            m->sa_ws = false;
             render(m, tmp, n);
             paragraph_break(m);
             stage_flush(m, 0);
             m->in_subject = false;
             m->subj_len = m->blen;
         }
+        m->body_start = true;
     }
     if (p->message)
         return;
@@ -2595,6 +2625,7 @@ static void on_begin(void *ud, const struct mx_mime_part *p)
         m->text_part = (int)p->index;
         m->render = true;
         m->html = false;
+        m->sa_ws = false;
         mx_utf8_conv_open(&m->conv, p->charset);
         paragraph_break(m);
         return;
@@ -2608,6 +2639,7 @@ static void on_begin(void *ud, const struct mx_mime_part *p)
         m->text_part = (int)p->index;
         m->render = strcmp(p->ctype, "text/x-vcard") != 0;
         m->html = strcmp(p->ctype, "text/html") == 0;
+        m->sa_ws = !m->html;
         m->hstate = 0;
         mx_utf8_conv_open(&m->conv, p->charset);
         paragraph_break(m);
@@ -2966,6 +2998,7 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->nuri = 0;
     m->ws_nl = -1;
     m->at_start = true;
+    m->sa_ws = m->body_start = false;
     m->toklen = 0;
     m->tok_over = false;
     m->text_part = m->att_part = -1;

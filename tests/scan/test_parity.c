@@ -75,6 +75,13 @@ static const char RULES[] =
     "header ALL_ENC ALL =~ /=\\?utf-8\\?q\\?/\n"
     "header ALLRAW_FOLD ALL:raw =~ /^X-Fold: a\\n\\tb$/m\n"
     "score HDRS_MISSP 1\nscore ALLRAW_ENC 1\nscore ALL_ENC 1\nscore ALLRAW_FOLD 1\n"
+    /* blanks at the edges of paragraphs of plain text */
+    "body WS_HI /^Hi,$/\n"
+    "body WS_SPHI /^ Hi,$/\n"
+    "body WS_TRAIL /^foo $/\n"
+    "body WS_LEAD /^ bar end/\n"
+    "body WS_PLAIN /^baz qux$/\n"
+    "score WS_HI 1\nscore WS_SPHI 1\nscore WS_TRAIL 1\nscore WS_LEAD 1\nscore WS_PLAIN 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -216,6 +223,18 @@ static void test_all_raw(void **state)
                         "ALLRAW_ENC,ALLRAW_FOLD,HDRS_MISSP");
 }
 
+static void test_body_whitespace(void **state)
+{
+    (void)state;
+    /* a body starting with one newline starts with a space; blanks before
+     * and after a paragraph break stay as one space */
+    assert_string_equal(
+        scan("Subject: q\n\n\nHi,\n\nfoo  \n\n  bar end\n\nbaz qux\n\nlast\n"),
+        "WS_LEAD,WS_PLAIN,WS_SPHI,WS_TRAIL");
+    assert_string_equal(scan("Subject: q\n\nHi,\n\nfoo\n\nbar end\n\nbaz\r\n  qux\n\nlast\n"),
+                        "WS_HI,WS_PLAIN");
+}
+
 static void test_header_modifiers(void **state)
 {
     (void)state;
@@ -244,6 +263,7 @@ int main(void)
         cmocka_unit_test(test_header_modifiers),
         cmocka_unit_test(test_text_types),
         cmocka_unit_test(test_all_raw),
+        cmocka_unit_test(test_body_whitespace),
         cmocka_unit_test(test_multipart_without_boundary),
     };
     return cmocka_run_group_tests_name("sa-parity", engine, setup, teardown);
