@@ -1960,6 +1960,31 @@ static void add_uri(struct mx_scan_msg *m, const char *s, size_t n)
     memcpy(m->ua + m->ulen, s, n);
     m->ua[m->ulen + n] = 0;
     m->ulen += n + 1;
+    /* http://foobar is also http://www.foobar.com for SA's uri rules, as
+     * Firefox reads it (Util::uri_list_canonicalize, bug 6596): no user
+     * part, port 80, a host without a dot, not localhost nor a number */
+    if (n > 7 && memcmp(s, "http://", 7) == 0) {
+        size_t h = 7, e = 7;
+        while (e < n && s[e] != '/' && s[e] != '?' && s[e] != '#' && s[e] != ':' && s[e] != '@')
+            e++;
+        bool digits = true;
+        for (size_t k = h; k < e; k++)
+            digits &= isdigit((unsigned char)s[k]) != 0;
+        bool port80 = e == n || s[e] != ':' || (n - e >= 3 && memcmp(s + e, ":80", 3) == 0 &&
+                                                 (n - e == 3 || !isdigit((unsigned char)s[e + 3])));
+        if (e > h && (e == n || s[e] != '@') && port80 && !memchr(s + h, '.', e - h) && !digits &&
+            !(e - h == 9 && strncasecmp(s + h, "localhost", 9) == 0) &&
+            !(e - h > 2 && s[h] == '0' && (s[h + 1] == 'x' || s[h + 1] == 'X'))) {
+            char u[2100];
+            size_t k = 0;
+            k += (size_t)snprintf(u, sizeof u, "http://www.");
+            for (size_t i = h; i < e && k < 1000; i++)
+                u[k++] = (char)tolower((unsigned char)s[i]);
+            int un = snprintf(u + k, sizeof u - k, ".com%.*s", (int)(n - e), s + e);
+            if (un > 0 && k + (size_t)un < sizeof u)
+                add_uri(m, u, k + (size_t)un);
+        }
+    }
 }
 
 static bool addr_local_char(unsigned char c)
@@ -2123,6 +2148,56 @@ static void schemeless_uris(struct mx_scan_msg *m, const char *t, size_t n)
     }
 }
 
+/* Not in the local part of SA's address match (_tbirdurire's $urimailscheme) */
+static bool mail_delim(unsigned char c)
+{
+    return uri_end_delim(c) || c == ',' || c == '(' || c == '\'' || c >= 0x80;
+}
+
+/*
+ * SpamAssassin's address match takes any run of non-delimiters before '@'
+ * (and after it); when a '/' comes before the '@' "it cannot be a valid
+ * email address" and the match is http://... (_process_text_uri_list):
+ * "Cao/Beaverton/IBM@IBMUS" gives http://Cao/Beaverton/IBM@IBMUS. Returns
+ * true if the word held such a match.
+ */
+static bool slash_address(struct mx_scan_msg *m, const char *t, size_t n)
+{
+    const char *at = memchr(t, '@', n);
+    if (!at)
+        return false;
+    size_t a = (size_t)(at - t), l = a, r = a + 1;
+    while (l > 0 && !mail_delim((unsigned char)t[l - 1]) && t[l - 1] != '@')
+        l--;
+    if (l == a || !memchr(t + l, '/', a - l) || t[l] == '/')
+        return false;
+    while (r < n && !mail_delim((unsigned char)t[r]))
+        r++;
+    if (r == a + 1 || (r < n && !uri_end_delim((unsigned char)t[r])))
+        return false;
+    /* /\/.+\@/: a '/' with something between it and the '@' */
+    const char *sl = memchr(t + l, '/', a - l);
+    if ((size_t)(sl - t) + 1 >= a)
+        return false;
+    size_t len = r - l, open = 0;
+    while (open < len && t[l + open] != '(')
+        open++;
+    for (size_t k = open; k > 0; k--)
+        if (t[l + k - 1] == ')') {
+            len = k - 1;
+            break;
+        }
+    while (len && strchr("-~!@#^&*()_+=:;'?,.", t[l + len - 1]))
+        len--;
+    if (len <= a - l + 1 || len > 2048)
+        return false;
+    char u[2100];
+    int un = snprintf(u, sizeof u, "http://%.*s", (int)len, t + l);
+    if (un > 0 && (size_t)un < sizeof u)
+        add_uri(m, u, (size_t)un);
+    return true;
+}
+
 /* A word of rendered text ended: is it a URL? (http, https, ftp, www.,
  * mailto:, a bare e-mail address, or a host name with a known TLD) */
 static void end_token(struct mx_scan_msg *m)
@@ -2148,7 +2223,8 @@ static void end_token(struct mx_scan_msg *m)
             }
         }
     bare:
-        if (!found && !bare_address(m, m->tok, m->toklen) && memchr(m->tok, '.', m->toklen))
+        if (!found && !slash_address(m, m->tok, m->toklen) &&
+            !bare_address(m, m->tok, m->toklen) && memchr(m->tok, '.', m->toklen))
             schemeless_uris(m, m->tok, m->toklen);
     }
     m->toklen = 0;

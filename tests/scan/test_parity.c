@@ -82,6 +82,12 @@ static const char RULES[] =
     "body WS_LEAD /^ bar end/\n"
     "body WS_PLAIN /^baz qux$/\n"
     "score WS_HI 1\nscore WS_SPHI 1\nscore WS_TRAIL 1\nscore WS_LEAD 1\nscore WS_PLAIN 1\n"
+    /* a '/' before the '@': http://...; http://foobar is also http://www.foobar.com */
+    "uri URI_SLASH /^http:\\/\\/Cao\\/Beaverton\\/IBM\\@IBMUS$/\n"
+    "uri URI_WWW /^http:\\/\\/www\\.cao\\.com\\/Beaverton\\/IBM\\@IBMUS$/\n"
+    "uri URI_WWW2 /^http:\\/\\/www\\.intranet\\.com\\/x$/\n"
+    "uri URI_WWW3 /www\\.localhost\\.com/\n"
+    "score URI_SLASH 1\nscore URI_WWW 1\nscore URI_WWW2 1\nscore URI_WWW3 1\n"
     "score ALL_DATE 1\nscore ALL_DECODED 1\nscore ALL_RCVD_KEPT 1\nscore SUBJ_UNFOLDED 1\n"
     "score SUBJ_TRAILING 1\nscore RCVD_ENCODED 1\nscore LIST_ENCODED 1\nscore MSGID_ENCODED 1\n";
 
@@ -167,6 +173,8 @@ static void test_schemeless_uris(void **state)
     assert_string_equal(in_body("under_score.com and bad_host.example.biz"), "URI_BADHOST");
     assert_string_equal(in_body("get it from ftp.example.de"), "URI_FTP");
     assert_string_equal(in_body("http://x.test/ a example.com"), "URI_EXCOM");
+    assert_string_equal(in_body("Cc: Cao/Beaverton/IBM@IBMUS"), "URI_SLASH,URI_WWW");
+    assert_string_equal(in_body("see http://intranet/x and http://localhost/y"), "URI_WWW2");
 }
 
 static void test_bad_header_lines(void **state)
