@@ -58,9 +58,9 @@ struct group {
     uint32_t *exists;      /* header exists: rules of this target */
     size_t nexists;
     /* at the end of the build (group_lists()), so that the end of a message
-     * walks only these: the rules of `rules` in prefilter mode (the only
-     * ones a match makes candidates), the `!~` rules of `rules` and `pcre`,
-     * and whether some rule has an `[if-unset: ...]` value */
+     * walks only these: the rules of `rules` in prefilter mode or chunked
+     * (the only ones a match makes candidates), the `!~` rules of `rules`
+     * and `pcre`, and whether some rule has an `[if-unset: ...]` value */
     uint32_t *pre, *neg;
     size_t npre, nneg;
     bool has_unset;
@@ -84,6 +84,8 @@ struct erule {
     bool runs;              /* counts in the verdict (score != 0 or sub rule) */
     uint8_t vkind;          /* enum vkind */
     bool multiple;          /* tflags multiple: the value is the count */
+    bool chunked;           /* rawbody regex with ^ $ \A \Z \z outside /m: PCRE2
+                               runs on SpamAssassin's raw-body chunks (raw_chunks()) */
     uint32_t maxhits;
     int group;
     pcre2_code *pc;
@@ -171,6 +173,11 @@ static char *dupz(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 static unsigned hs_flags_for(const struct mx_rule *r, enum scope sc)
 {
     unsigned f = HS_FLAG_ALLOWEMPTY;
@@ -190,7 +197,10 @@ static uint32_t pcre_flags_for(const struct mx_rule *r, enum scope sc)
     uint32_t f = 0;
     if (r->reflags & MX_RE_I)
         f |= PCRE2_CASELESS;
-    if ((r->reflags & MX_RE_M) || sc == SC_BODY || sc == SC_RAWBODY)
+    /* rawbody: not multi-line (SA matches each chunk of raw_chunks() alone);
+     * Hyperscan's multi-line flag stays, a superset, and such rules are
+     * confirmed on the chunks (struct erule.chunked) */
+    if ((r->reflags & MX_RE_M) || sc == SC_BODY)
         f |= PCRE2_MULTILINE;
     if (r->reflags & MX_RE_S)
         f |= PCRE2_DOTALL;
@@ -391,6 +401,34 @@ static int add_skip(struct mx_scan_engine *e, const char *name, const char *why)
     return 0;
 }
 
+/* Does the regex hold an anchor (^ $ \A \Z \z) outside a character class?
+ * (A rawbody rule without /m then depends on where SA's chunks start.) */
+static bool has_anchor(const char *re)
+{
+    bool cls = false;
+    for (const char *p = re; *p; p++) {
+        if (*p == '\\') {
+            if (!cls && p[1] && strchr("AZz", p[1]))
+                return true;
+            if (p[1] == 'c' && p[2]) /* \cX: X is any character, ']' too */
+                p++;
+            if (p[1])
+                p++;
+        } else if (cls) {
+            cls = *p != ']';
+        } else if (*p == '[') {
+            cls = true;
+            if (p[1] == '^')
+                p++;
+            if (p[1] == ']')
+                p++;
+        } else if (*p == '^' || *p == '$') {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Does the regex hold a bounded repeat of more than 40 (x{0,300})? Those
  * blow up Hyperscan's compile time (tens of seconds for a handful) and its
  * automata; prefilter mode relaxes the bound and PCRE2 confirms. */
@@ -551,6 +589,7 @@ static int classify(struct mx_scan_engine *e)
         }
         /* PCRE2 first: a regex Perl would reject is skipped */
         er->pc = compile_rule_pcre(r, pcre_flags_for(r, sc), &e->st.pcre_shared);
+        er->chunked = sc == SC_RAWBODY && !(r->reflags & MX_RE_M) && has_anchor(r->re);
         char *pat = hs_pattern(r);
         if (!pat)
             return -ENOMEM;
@@ -1128,7 +1167,7 @@ static int group_lists(struct mx_scan_engine *e)
             const struct mx_rule *r = &e->rs.rules[ri];
             g->has_unset |= r->ifunset != NULL;
             if ((r->negate && add_u32(&g->neg, &g->nneg, ri)) ||
-                (k < g->nrules && e->er[ri].how == HOW_PREFILTER &&
+                (k < g->nrules && (e->er[ri].how == HOW_PREFILTER || e->er[ri].chunked) &&
                  add_u32(&g->pre, &g->npre, ri)))
                 return -ENOMEM;
         }
@@ -1542,7 +1581,9 @@ static int build_dbs(struct mx_scan_engine *e)
             return erc;
         if (e->g[i].scope == SC_DLP)
             e->dlp_g = (int)i;
-        if (e->g[i].scope == SC_FULL)
+        /* ALL:raw reads the header block from the kept message */
+        if (e->g[i].scope == SC_FULL ||
+            (e->g[i].scope == SC_HEADER && strcmp(e->g[i].target, "ALL:raw") == 0))
             e->has_full = true;
         if (e->g[i].adb || e->g[i].ascii_empty) {
             e->has_ascii = true;
@@ -1651,6 +1692,8 @@ int mx_scan_engine_load_layout(const struct mx_scan_opts *o, int layout,
         mx_scan_engine_free(e);
         return fail(err, rc, "%s", "out of memory");
     }
+    if (e->rs.ntlds)
+        qsort(e->rs.tlds, e->rs.ntlds, sizeof *e->rs.tlds, cmp_str);
     e->er = calloc(e->rs.nrules + 1, sizeof *e->er);
     if (!e->er || (rc = classify(e)) != 0) {
         mx_scan_engine_free(e);
@@ -1785,6 +1828,8 @@ const void *mx_scan_engine_rule_pcre(const struct mx_scan_engine *e, size_t ri)
 int mx_scan_engine_rule_how(const struct mx_scan_engine *e, size_t ri)
 {
     static const char how[] = {0, 'h', 'f', 'p'};
+    if (ri < e->rs.nrules && e->er[ri].chunked && e->er[ri].how != HOW_NONE)
+        return 'c';
     return ri < e->rs.nrules ? how[e->er[ri].how] : 0;
 }
 
@@ -1814,6 +1859,11 @@ struct mx_scan_worker {
 /* staged stream input (see scan_streams()): body text, raw body, full */
 #define STAGE_SIZE 16384
 static const enum scope stage_scope[3] = {SC_BODY, SC_RAWBODY, SC_FULL};
+
+/* text parts whose start in the kept raw body is remembered (later ones
+ * are read as part of the last), and SA's MAX_BODY_LINE_LENGTH */
+#define MX_RAW_PARTS 64
+#define RAW_LINE_MAX 2048
 
 struct mx_scan_msg {
     struct mx_scan_worker *w;
@@ -1846,6 +1896,10 @@ struct mx_scan_msg {
     /* kept text */
     char *body, *raw, *full;
     size_t blen, rlen, flen;
+    /* where each part's text starts in raw (SA splits the raw body per part) */
+    uint32_t rpart[MX_RAW_PARTS];
+    unsigned nrpart;
+    int rpart_last; /* index of the part the last raw bytes came from */
     /* URIs: NUL-terminated strings in ua */
     char *ua;
     size_t ulen, ucap;
@@ -1853,12 +1907,17 @@ struct mx_scan_msg {
     unsigned nuri;
     /* body rendering */
     int ws_nl;     /* newlines in the pending whitespace run, -1: none pending */
+    bool ws_pre;   /* ... blanks in it before its first newline */
+    bool ws_post;  /* ... blanks in it after its last newline */
     bool at_start; /* nothing written since the last paragraph break */
+    bool sa_ws;    /* plain text: blanks at a paragraph's edges count (see render()) */
+    bool body_start; /* nothing of the body written yet (after the Subject) */
     char tok[512]; /* current word, for URL detection */
     size_t toklen;
     bool tok_over;
     /* current text part */
     int text_part; /* part index being rendered, -1 none */
+    bool render;   /* its text goes to the body (else to the raw body only) */
     bool html;
     struct mx_utf8_conv conv;
     int hstate;    /* html: 0 text, 1 tag, 2 comment, 3 entity, 4 skip (script/style) */
@@ -1930,7 +1989,7 @@ static int on_match(unsigned id, unsigned long long from, unsigned long long to,
     }
     if (m->w->prof)
         m->w->prof->r_matches[id]++;
-    if (e->er[id].how == HOW_PREFILTER ||
+    if (e->er[id].how == HOW_PREFILTER || e->er[id].chunked ||
         (e->er[id].how == HOW_PCRE && e->er[id].ascii == ASCII_PREFILTER))
         m->cand[id] |= CAND_YES;
     else if (m->count[id] < UINT16_MAX)
@@ -2139,6 +2198,31 @@ static void add_uri(struct mx_scan_msg *m, const char *s, size_t n)
     memcpy(m->ua + m->ulen, s, n);
     m->ua[m->ulen + n] = 0;
     m->ulen += n + 1;
+    /* http://foobar is also http://www.foobar.com for SA's uri rules, as
+     * Firefox reads it (Util::uri_list_canonicalize, bug 6596): no user
+     * part, port 80, a host without a dot, not localhost nor a number */
+    if (n > 7 && memcmp(s, "http://", 7) == 0) {
+        size_t h = 7, e = 7;
+        while (e < n && s[e] != '/' && s[e] != '?' && s[e] != '#' && s[e] != ':' && s[e] != '@')
+            e++;
+        bool digits = true;
+        for (size_t k = h; k < e; k++)
+            digits &= isdigit((unsigned char)s[k]) != 0;
+        bool port80 = e == n || s[e] != ':' || (n - e >= 3 && memcmp(s + e, ":80", 3) == 0 &&
+                                                 (n - e == 3 || !isdigit((unsigned char)s[e + 3])));
+        if (e > h && (e == n || s[e] != '@') && port80 && !memchr(s + h, '.', e - h) && !digits &&
+            !(e - h == 9 && strncasecmp(s + h, "localhost", 9) == 0) &&
+            !(e - h > 2 && s[h] == '0' && (s[h + 1] == 'x' || s[h + 1] == 'X'))) {
+            char u[2100];
+            size_t k = 0;
+            k += (size_t)snprintf(u, sizeof u, "http://www.");
+            for (size_t i = h; i < e && k < 1000; i++)
+                u[k++] = (char)tolower((unsigned char)s[i]);
+            int un = snprintf(u + k, sizeof u - k, ".com%.*s", (int)(n - e), s + e);
+            if (un > 0 && k + (size_t)un < sizeof u)
+                add_uri(m, u, k + (size_t)un);
+        }
+    }
 }
 
 static bool addr_local_char(unsigned char c)
@@ -2171,8 +2255,189 @@ static bool bare_address(struct mx_scan_msg *m, const char *t, size_t n)
     return true;
 }
 
+/* SpamAssassin's delimiters around a URI in text (PerMsgStatus::_tbirdurire) */
+static bool uri_start_delim(unsigned char c)
+{
+    return (c && strchr("!\"#$&'()*+,/:;<=>?@[\\]^`{|}~", c)) || isspace(c) || c == 0x1b ||
+           c == 0xa0;
+}
+
+static bool uri_end_delim(unsigned char c)
+{
+    return (c && strchr("><\"`}]{[|", c)) || isspace(c) || c == 0x1b || c == 0xa0;
+}
+
+static bool is_tld(const struct mx_scan_engine *e, const char *s, size_t n)
+{
+    char k[64];
+    if (!n || n >= sizeof k)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        k[i] = (char)tolower((unsigned char)s[i]);
+    k[n] = 0;
+    const char *kp = k;
+    return bsearch(&kp, e->rs.tlds, e->rs.ntlds, sizeof *e->rs.tlds, cmp_str) != NULL;
+}
+
+/* Util::is_fqdn_valid($host, 1): two labels or more of 1-63 of [a-z0-9_-],
+ * '-' not first nor last, '_' not in the last two; 253 at most */
+static bool fqdn_valid(const char *h, size_t n)
+{
+    while (n && h[n - 1] == '.')
+        n--;
+    if (!n || n > 253)
+        return false;
+    size_t labels = 1;
+    for (size_t i = 0; i < n; i++)
+        labels += h[i] == '.';
+    if (labels < 2)
+        return false;
+    for (size_t i = 0, l = 0; i <= n; l++) {
+        size_t j = i;
+        while (j < n && h[j] != '.')
+            j++;
+        if (j == i || j - i > 63 || h[i] == '-' || h[j - 1] == '-')
+            return false;
+        for (size_t k = i; k < j; k++)
+            if (!isalnum((unsigned char)h[k]) && h[k] != '-' && (h[k] != '_' || l + 2 >= labels))
+                return false;
+        i = j + 1;
+    }
+    return true;
+}
+
+/*
+ * A host name with a known top-level domain (util_rb_tld) standing alone in
+ * the text is a URI for SpamAssassin: "see example.com" gives
+ * http://example.com (the schemeless branch of _tbirdurire and
+ * _process_text_uri_list). In word t: from the start or after a start
+ * delimiter, [a-z0-9][a-z0-9._-]{0,251}\.TLD with the TLD a whole label,
+ * then an optional '.', :port and /path, then an end delimiter or the word's
+ * end; SA then cuts at a ')' with no '(' before it and drops trailing
+ * punctuation, and the host must be a valid FQDN.
+ */
+static void schemeless_uris(struct mx_scan_msg *m, const char *t, size_t n)
+{
+    const struct mx_scan_engine *e = m->w->e;
+    if (!e->rs.ntlds)
+        return;
+    for (size_t i = 0; i < n;) {
+        if ((i && !uri_start_delim((unsigned char)t[i - 1])) || !isalnum((unsigned char)t[i])) {
+            i++;
+            continue;
+        }
+        size_t h = i + 1;
+        while (h < n && h - i < 252 &&
+               (isalnum((unsigned char)t[h]) || t[h] == '.' || t[h] == '_' || t[h] == '-'))
+            h++;
+        size_t end = 0, host = 0;
+        for (size_t k = h; k > i + 2 && !end; k--) {
+            /* the TLD ends at k: no [a-z0-9-] nor ".[a-z0-9]" after it */
+            if (k < n && (isalnum((unsigned char)t[k]) || t[k] == '-' ||
+                          (t[k] == '.' && k + 1 < n && isalnum((unsigned char)t[k + 1]))))
+                continue;
+            size_t d = k - 1;
+            while (d > i && t[d] != '.')
+                d--;
+            if (d == i || !is_tld(e, t + d + 1, k - d - 1))
+                continue;
+            size_t p = k;
+            if (p < n && t[p] == '.')
+                p++;
+            if (p < n && t[p] == ':') {
+                size_t q = p + 1;
+                while (q < n && q - p <= 5 && isdigit((unsigned char)t[q]))
+                    q++;
+                if (q > p + 1)
+                    p = q;
+            }
+            if (p < n && t[p] == '/') {
+                size_t q = p + 1;
+                while (q < n && q - p <= 2048 && !uri_end_delim((unsigned char)t[q]))
+                    q++;
+                if (q > p + 1)
+                    p = q;
+            }
+            if (p == n || uri_end_delim((unsigned char)t[p]))
+                end = p, host = k;
+        }
+        if (!end) {
+            i++;
+            continue;
+        }
+        size_t len = end - i, open = 0;
+        while (open < len && t[i + open] != '(')
+            open++;
+        for (size_t r = open; r > 0; r--)
+            if (t[i + r - 1] == ')') {
+                len = r - 1;
+                break;
+            }
+        while (len && strchr("-~!@#^&*()_+=:;'?,.", t[i + len - 1]))
+            len--;
+        if (len && fqdn_valid(t + i, host - i)) {
+            char u[2100];
+            bool ftp = len > 4 && strncasecmp(t + i, "ftp.", 4) == 0;
+            int un = snprintf(u, sizeof u, "%s%.*s", ftp ? "ftp://" : "http://", (int)len, t + i);
+            if (un > 0 && (size_t)un < sizeof u)
+                add_uri(m, u, (size_t)un);
+        }
+        i = end;
+    }
+}
+
+/* Not in the local part of SA's address match (_tbirdurire's $urimailscheme) */
+static bool mail_delim(unsigned char c)
+{
+    return uri_end_delim(c) || c == ',' || c == '(' || c == '\'' || c >= 0x80;
+}
+
+/*
+ * SpamAssassin's address match takes any run of non-delimiters before '@'
+ * (and after it); when a '/' comes before the '@' "it cannot be a valid
+ * email address" and the match is http://... (_process_text_uri_list):
+ * "Cao/Beaverton/IBM@IBMUS" gives http://Cao/Beaverton/IBM@IBMUS. Returns
+ * true if the word held such a match.
+ */
+static bool slash_address(struct mx_scan_msg *m, const char *t, size_t n)
+{
+    const char *at = memchr(t, '@', n);
+    if (!at)
+        return false;
+    size_t a = (size_t)(at - t), l = a, r = a + 1;
+    while (l > 0 && !mail_delim((unsigned char)t[l - 1]) && t[l - 1] != '@')
+        l--;
+    if (l == a || !memchr(t + l, '/', a - l) || t[l] == '/')
+        return false;
+    while (r < n && !mail_delim((unsigned char)t[r]))
+        r++;
+    if (r == a + 1 || (r < n && !uri_end_delim((unsigned char)t[r])))
+        return false;
+    /* /\/.+\@/: a '/' with something between it and the '@' */
+    const char *sl = memchr(t + l, '/', a - l);
+    if ((size_t)(sl - t) + 1 >= a)
+        return false;
+    size_t len = r - l, open = 0;
+    while (open < len && t[l + open] != '(')
+        open++;
+    for (size_t k = open; k > 0; k--)
+        if (t[l + k - 1] == ')') {
+            len = k - 1;
+            break;
+        }
+    while (len && strchr("-~!@#^&*()_+=:;'?,.", t[l + len - 1]))
+        len--;
+    if (len <= a - l + 1 || len > 2048)
+        return false;
+    char u[2100];
+    int un = snprintf(u, sizeof u, "http://%.*s", (int)len, t + l);
+    if (un > 0 && (size_t)un < sizeof u)
+        add_uri(m, u, (size_t)un);
+    return true;
+}
+
 /* A word of rendered text ended: is it a URL? (http, https, ftp, www.,
- * mailto:, or a bare e-mail address) */
+ * mailto:, a bare e-mail address, or a host name with a known TLD) */
 static void end_token(struct mx_scan_msg *m)
 {
     if (m->toklen && !m->tok_over) {
@@ -2196,8 +2461,9 @@ static void end_token(struct mx_scan_msg *m)
             }
         }
     bare:
-        if (!found)
-            bare_address(m, m->tok, m->toklen);
+        if (!found && !slash_address(m, m->tok, m->toklen) &&
+            !bare_address(m, m->tok, m->toklen) && memchr(m->tok, '.', m->toklen))
+            schemeless_uris(m, m->tok, m->toklen);
     }
     m->toklen = 0;
     m->tok_over = false;
@@ -2306,10 +2572,19 @@ static void render(struct mx_scan_msg *m, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
-            if (m->ws_nl < 0)
+            if (m->ws_nl < 0) {
                 m->ws_nl = 0;
-            if (c == '\n')
+                m->ws_pre = m->ws_post = false;
+            }
+            if (c == '\n') {
                 m->ws_nl++;
+                m->ws_post = false;
+            } else if (c != '\r') {
+                if (m->ws_nl)
+                    m->ws_post = true;
+                else
+                    m->ws_pre = true;
+            }
             if (m->toklen)
                 end_token(m);
             continue;
@@ -2318,10 +2593,25 @@ static void render(struct mx_scan_msg *m, const char *s, size_t n)
             body_out(m, out, o);
             o = 0;
         }
-        if (m->ws_nl >= 0 && !m->at_start)
-            out[o++] = m->ws_nl >= 2 ? '\n' : ' ';
+        /* SpamAssassin (get_body_text_array_common): a run of whitespace
+         * with two newlines or more is a paragraph break, but blanks before
+         * its first and after its last newline stay, as one space each;
+         * any other run is a space, at the start of the body too. The HTML
+         * renderer's paragraphs keep mxgate's own breaks. */
+        if (m->ws_nl >= 0 && (!m->at_start || (m->sa_ws && m->body_start))) {
+            if (m->ws_nl >= 2) {
+                if (m->sa_ws && m->ws_pre)
+                    out[o++] = ' ';
+                out[o++] = '\n';
+                if (m->sa_ws && m->ws_post)
+                    out[o++] = ' ';
+            } else {
+                out[o++] = ' ';
+            }
+        }
         m->ws_nl = -1;
         m->at_start = false;
+        m->body_start = false;
         out[o++] = (char)c;
         if (m->toklen < sizeof m->tok)
             m->tok[m->toklen++] = (char)c;
@@ -2633,12 +2923,14 @@ static void on_begin(void *ud, const struct mx_mime_part *p)
              * Subject goes to the streams on its own, without theirs */
             stage_flush(m, 0);
             m->in_subject = true;
+            m->sa_ws = false;
             render(m, tmp, n);
             paragraph_break(m);
             stage_flush(m, 0);
             m->in_subject = false;
             m->subj_len = m->blen;
         }
+        m->body_start = true;
     }
     if (p->message)
         return;
@@ -2647,15 +2939,23 @@ static void on_begin(void *ud, const struct mx_mime_part *p)
          * (a broken or hostile message), SpamAssassin and Python read the
          * whole body as the text, so it must not go unscanned. */
         m->text_part = (int)p->index;
+        m->render = true;
         m->html = false;
+        m->sa_ws = false;
         mx_utf8_conv_open(&m->conv, p->charset);
         paragraph_break(m);
         return;
     }
     bool body_text = p->text && !(p->attachment && p->filename[0]);
-    if (p->text) {
+    /* SpamAssassin reads every text/... type as text/plain but text/html,
+     * text/x-vcard and text/calendar (Util::parse_content_type, bug 5399),
+     * renders text/plain and text/html only (Node::rendered()), and leaves
+     * text/calendar out of the raw body too (bug 4843) */
+    if (p->text && strcmp(p->ctype, "text/calendar") != 0) {
         m->text_part = (int)p->index;
+        m->render = strcmp(p->ctype, "text/x-vcard") != 0;
         m->html = strcmp(p->ctype, "text/html") == 0;
+        m->sa_ws = !m->html;
         m->hstate = 0;
         mx_utf8_conv_open(&m->conv, p->charset);
         paragraph_break(m);
@@ -2731,9 +3031,13 @@ static void on_data(void *ud, const struct mx_mime_part *p, const uint8_t *d, si
     struct mx_scan_msg *m = ud;
     struct mx_scan_engine *e = m->w->e;
     if ((int)p->index == m->text_part) {
+        if ((int)p->index != m->rpart_last && m->nrpart < MX_RAW_PARTS && m->rlen < e->o.body_keep)
+            m->rpart[m->nrpart++] = (uint32_t)m->rlen;
+        m->rpart_last = (int)p->index;
         scan_streams(m, SC_RAWBODY, (const char *)d, n);
         keep(m->raw, &m->rlen, e->o.body_keep, (const char *)d, n, &m->flags);
-        mx_utf8_conv_feed(&m->conv, d, n, text_emit, m);
+        if (m->render)
+            mx_utf8_conv_feed(&m->conv, d, n, text_emit, m);
     }
     if ((int)p->index == m->att_part) {
         size_t k = 0;
@@ -2919,10 +3223,12 @@ static void on_end(void *ud, const struct mx_mime_part *p)
     if (!p->multipart && !p->message && p->decoded_bytes && strcmp(p->ctype, "text/html") == 0)
         m->nmime.html_rendered = true;
     if ((int)p->index == m->text_part) {
-        mx_utf8_conv_end(&m->conv, text_emit, m);
-        if (m->html && m->hstate == 3)
-            html_entity(m);
-        paragraph_break(m);
+        if (m->render) {
+            mx_utf8_conv_end(&m->conv, text_emit, m);
+            if (m->html && m->hstate == 3)
+                html_entity(m);
+            paragraph_break(m);
+        }
         m->text_part = -1;
     }
     if ((int)p->index == m->att_part) {
@@ -3000,6 +3306,8 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->flags = 0;
     m->hlen = m->nhdrs = 0;
     m->blen = m->rlen = m->flen = 0;
+    m->nrpart = 0;
+    m->rpart_last = -1;
     m->stage_len[0] = m->stage_len[1] = m->stage_len[2] = 0;
     m->in_subject = false;
     m->subj_len = 0;
@@ -3008,6 +3316,7 @@ struct mx_scan_msg *mx_scan_msg_begin(struct mx_scan_worker *w)
     m->nuri = 0;
     m->ws_nl = -1;
     m->at_start = true;
+    m->sa_ws = m->body_start = false;
     m->toklen = 0;
     m->tok_over = false;
     m->text_part = m->att_part = -1;
@@ -3094,14 +3403,46 @@ struct vbuf {
 
 static void vb_add(struct vbuf *b, const char *s, size_t n)
 {
-    if (b->n + n + 1 > b->cap)
-        n = b->cap - b->n - 1;
+    size_t room = b->n + 1 < b->cap ? b->cap - b->n - 1 : 0;
+    if (n > room)
+        n = room;
     memcpy(b->s + b->n, s, n);
     b->n += n;
     b->s[b->n] = 0;
 }
 
-/* first address of an address header (for :addr) */
+/* End of the address that starts at `at` in an address list: the next ','
+ * outside quotes, <...> and comments (or n). */
+static size_t addr_piece(const char *v, size_t n, size_t at)
+{
+    int angle = 0, paren = 0;
+    bool quote = false;
+    for (size_t i = at; i < n; i++) {
+        char c = v[i];
+        if (quote) {
+            if (c == '\\' && i + 1 < n)
+                i++;
+            else if (c == '"')
+                quote = false;
+        } else if (c == '"') {
+            quote = true;
+        } else if (c == '(') {
+            paren++;
+        } else if (c == ')' && paren) {
+            paren--;
+        } else if (c == '<' && !paren) {
+            angle = 1;
+        } else if (c == '>' && !paren) {
+            angle = 0;
+        } else if (c == ',' && !angle && !paren) {
+            return i;
+        }
+    }
+    return n;
+}
+
+/* first address of an address header (for :addr); none of "<@a,@b:x@y>"
+ * (a source route: SA's parse_header_addresses finds no address there) */
 static size_t addr_of(const char *v, size_t n, char *out, size_t cap)
 {
     const char *lt = memchr(v, '<', n);
@@ -3120,6 +3461,10 @@ static size_t addr_of(const char *v, size_t n, char *out, size_t cap)
             while (e < v + n && !isspace((unsigned char)*e) && *e != ',' && *e != ')')
                 e++;
         }
+    }
+    if (lt && s < e && *s == '@') {
+        out[0] = 0;
+        return 0;
     }
     while (s < e && isspace((unsigned char)*s))
         s++;
@@ -3175,6 +3520,50 @@ static struct mx_relays *relays_of(struct mx_scan_msg *m)
     return rel;
 }
 
+/* Does SpamAssassin decode RFC 2047 words in this field? Not in Received,
+ * (Resent-)Message-ID, (Resent-)Date, MIME-Version, References, In-Reply-To
+ * and List-* (Message::Node::_decode_header, bugs 6945 and 7249). */
+static bool sa_decodes(const char *name, size_t nl)
+{
+    static const char *const keep[] = {"received",   "message-id",  "resent-message-id",
+                                       "date",       "resent-date", "mime-version",
+                                       "references", "in-reply-to", NULL};
+    for (size_t k = 0; keep[k]; k++)
+        if (nl == strlen(keep[k]) && strncasecmp(name, keep[k], nl) == 0)
+            return false;
+    return !(nl >= 5 && strncasecmp(name, "list-", 5) == 0);
+}
+
+/* One header's value as SpamAssassin's header rules see it
+ * (Message::Node::header(): unfolded by the MIME parser, trailing
+ * whitespace removed, RFC 2047 words decoded where SA decodes them). */
+static size_t sa_header_text(const char *name, size_t nl, const char *v, size_t vl, char *out,
+                             size_t cap)
+{
+    while (vl && isspace((unsigned char)v[vl - 1]))
+        vl--;
+    if (sa_decodes(name, nl))
+        return mx_mime_decode_header(v, vl, out, cap);
+    size_t k = vl < cap - 1 ? vl : cap - 1;
+    memcpy(out, v, k);
+    out[k] = 0;
+    return k;
+}
+
+/* Is `want` one of the ':'-separated modifiers in mod ("name:raw")? */
+static bool has_mod(const char *mod, const char *want)
+{
+    size_t wl = strlen(want);
+    for (const char *p = mod; *p;) {
+        const char *e = strchr(p, ':');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == wl && memcmp(p, want, wl) == 0)
+            return true;
+        p += l + (e != NULL);
+    }
+    return false;
+}
+
 /* The text a header rule of `target` is matched against. Returns false
  * when the header is absent (the value is then empty). `*rel` caches the
  * relay records (built on first use, freed by the caller). */
@@ -3192,11 +3581,35 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
     b->n = 0;
     b->s[0] = 0;
     bool found = false;
+    if (strcmp(name, "ALL") == 0 && has_mod(mod, "raw") && m->full) {
+        /* ALL:raw: the header block as it came (folds and line ends kept),
+         * without an mbox From line, continuation lines before the first
+         * field, and the empty line (SA: get_pristine_header() fields) */
+        const char *h = m->full;
+        size_t end = m->body_at && m->body_at <= m->flen ? (size_t)m->body_at : m->flen, i = 0;
+        if (end >= 5 && memcmp(h, "From ", 5) == 0)
+            while (i < end && h[i++] != '\n')
+                ;
+        while (i < end && (h[i] == ' ' || h[i] == '\t'))
+            while (i < end && h[i++] != '\n')
+                ;
+        if (m->body_at && m->body_at <= m->flen && end > i) {
+            end--;
+            if (end > i && h[end - 1] == '\r')
+                end--;
+        }
+        vb_add(b, h + i, end - i);
+        return end > i;
+    }
     if (strcmp(name, "ALL") == 0) {
+        /* get_all_headers(0): "Name: value" with the values of header() */
         for (size_t i = 0; i < m->nhdrs; i++) {
-            vb_add(b, m->ha + m->hdrs[i].no, m->hdrs[i].nl);
+            const struct hdr *h = &m->hdrs[i];
+            char tmp[4096];
+            vb_add(b, m->ha + h->no, h->nl);
             vb_add(b, ": ", 2);
-            vb_add(b, m->ha + m->hdrs[i].vo, m->hdrs[i].vl);
+            vb_add(b, tmp, sa_header_text(m->ha + h->no, h->nl, m->ha + h->vo, h->vl, tmp,
+                                          sizeof tmp));
             vb_add(b, "\n", 1);
         }
         return m->nhdrs > 0;
@@ -3254,6 +3667,9 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
     const char *const *names = strcmp(name, "ToCc") == 0        ? tocc
                                : strcmp(name, "MESSAGEID") == 0 ? msgid
                                                                 : single;
+    /* modifiers in any order and combination (SA's _get): "name:raw" is the
+     * display name as written, not decoded */
+    bool raw = has_mod(mod, "raw"), addr = has_mod(mod, "addr"), nm = has_mod(mod, "name");
     for (size_t k = 0; names[k]; k++) {
         for (size_t i = 0; i < m->nhdrs; i++) {
             const struct hdr *h = &m->hdrs[i];
@@ -3263,24 +3679,33 @@ static bool header_value(struct mx_scan_msg *m, const char *target, struct vbuf 
             size_t vl = h->vl;
             char tmp[4096];
             size_t tl;
-            if (strcmp(mod, "raw") == 0) {
-                vb_add(b, v, vl);
+            if (raw) {
+                tl = vl < sizeof tmp - 1 ? vl : sizeof tmp - 1;
+                memcpy(tmp, v, tl);
+                tmp[tl] = 0;
             } else {
-                tl = mx_mime_decode_header(v, vl, tmp, sizeof tmp);
-                if (strcmp(mod, "addr") == 0) {
-                    char a[1024];
-                    vb_add(b, a, addr_of(tmp, tl, a, sizeof a));
-                } else if (strcmp(mod, "name") == 0) {
-                    char a[1024];
-                    vb_add(b, a, name_of(tmp, tl, a, sizeof a));
-                } else {
-                    vb_add(b, tmp, tl);
-                }
+                tl = sa_header_text(m->ha + h->no, h->nl, v, vl, tmp, sizeof tmp);
             }
             found = true;
-            if (strcmp(mod, "addr") == 0 || strcmp(mod, "name") == 0)
-                return true; /* first address only, no line end */
-            vb_add(b, "\n", 1);
+            if (!addr && !nm) {
+                vb_add(b, tmp, tl);
+                vb_add(b, "\n", 1);
+                continue;
+            }
+            /* every address of every such header, one a line, no line
+             * end after the last (SA 4 returns them all, bug 8121 joins) */
+            for (size_t at = 0; at < tl;) {
+                size_t pe = addr_piece(tmp, tl, at);
+                char a[1024];
+                size_t al = addr ? addr_of(tmp + at, pe - at, a, sizeof a)
+                                 : name_of(tmp + at, pe - at, a, sizeof a);
+                if (al) {
+                    if (b->n)
+                        vb_add(b, "\n", 1);
+                    vb_add(b, a, al);
+                }
+                at = pe + 1;
+            }
         }
     }
     return found;
@@ -3395,6 +3820,9 @@ static void mark_pending(struct mx_scan_msg *m, int gi)
         uint32_t ri = g->pre[k];
         uint8_t want = e->er[ri].twin ? CAND_YES | CAND_TWIN : CAND_YES;
         m->cand[ri] = (m->cand[ri] & want) == want ? CAND_PENDING : CAND_NO;
+        /* a chunk can start where no line does (after '>', ' ') */
+        if (e->er[ri].chunked)
+            m->cand[ri] = CAND_PENDING;
     }
     /* rules PCRE2 runs alone, unless the message stayed in ASCII MODE and
      * the ASCII variant ran the rule (see pcre_ascii()) */
@@ -3474,6 +3902,40 @@ static bool located_hit(struct mx_scan_msg *m, uint32_t ri, const char *s, size_
     return hit;
 }
 
+/*
+ * SpamAssassin's rawbody rules run on an array: each text part's decoded
+ * text, cut when over MAX_BODY_LINE_LENGTH (2048) into pieces of 2048 to
+ * 4096 bytes, ending at the first "\n" (else '>', else ' ') from 2048 on, or
+ * at 2048 (Message::split_into_array_of_short_paragraphs). Each piece is
+ * matched alone: ^ is the piece's start, not every line's. The count of rule
+ * ri over the pieces of the kept raw text (a `multiple` rule up to maxhits).
+ */
+static unsigned raw_chunks_count(struct mx_scan_msg *m, uint32_t ri)
+{
+    const struct erule *er = &m->w->e->er[ri];
+    unsigned max = !er->multiple ? 1 : er->maxhits ? er->maxhits : UINT16_MAX;
+    unsigned c = 0;
+    for (unsigned k = 0; k < m->nrpart && c < max; k++) {
+        const char *s = m->raw + m->rpart[k];
+        size_t n = (k + 1 < m->nrpart ? m->rpart[k + 1] : m->rlen) - m->rpart[k];
+        size_t ofs = 0;
+        while (ofs < n && c < max) {
+            size_t j = n - 1; /* last byte of this piece */
+            if (n > RAW_LINE_MAX && n - ofs > 2 * RAW_LINE_MAX) {
+                static const char ends[] = "\n> ";
+                const char *hit = NULL;
+                for (int t = 0; t < 3 && !hit; t++)
+                    hit = memchr(s + ofs + RAW_LINE_MAX, ends[t], RAW_LINE_MAX);
+                j = hit ? (size_t)(hit - s) : ofs + RAW_LINE_MAX;
+            }
+            unsigned got = pcre_count(m, ri, s + ofs, j + 1 - ofs);
+            c += got < max - c ? got : max - c;
+            ofs = j + 1;
+        }
+    }
+    return c;
+}
+
 static void confirm_now(struct mx_scan_msg *m, uint32_t ri)
 {
     const struct mx_scan_engine *e = m->w->e;
@@ -3492,7 +3954,9 @@ static void confirm_now(struct mx_scan_msg *m, uint32_t ri)
     else
         return;
     const struct erule *er = &e->er[ri];
-    if (er->loc && !er->multiple)
+    if (er->chunked && g->scope == SC_RAWBODY)
+        m->count[ri] = (uint16_t)raw_chunks_count(m, ri);
+    else if (er->loc && !er->multiple)
         m->count[ri] = located_hit(m, ri, s, n);
     else
         m->count[ri] = (uint16_t)pcre_count(m, ri, s, n);

@@ -69,6 +69,8 @@ struct mx_mime_parser {
     size_t hb_len;  /* bytes in hb; 0 when no field is open */
     size_t hb_name; /* length of the field name */
     unsigned hdr_lines;
+    unsigned bad_fields; /* lines passed over in the message's own headers */
+    bool skip_cont;      /* ... and the continuation lines of the last one */
     struct level lv[MX_MIME_MAX_DEPTH + 1];
     uint8_t lb[MX_MIME_LINE_MAX];
     char hb[MX_MIME_HDR_MAX];
@@ -349,6 +351,8 @@ static void flush_header(struct mx_mime_parser *p)
     size_t nl = p->hb_name;
     const char *v = p->hb + nl + 1;
     size_t vl = p->hb_len - nl - 1;
+    while (p->top == 0 && nl > 1 && (name[nl - 1] == ' ' || name[nl - 1] == '\t'))
+        nl--;
     while (vl && (*v == ' ' || *v == '\t')) {
         v++;
         vl--;
@@ -387,6 +391,8 @@ static void push_level(struct mx_mime_parser *p, bool default_rfc822)
         parent->nchildren++;
     p->hb_len = 0;
     p->hdr_lines = 0;
+    p->bad_fields = 0;
+    p->skip_cont = false;
 }
 
 /* Headers of the innermost part are complete: decide what its body is. */
@@ -407,6 +413,8 @@ static void end_headers(struct mx_mime_parser *p)
         if (!l->has_boundary) {
             p->defects |= MX_MIME_DEF_NO_BOUNDARY;
             l->st = L_LEAF;
+            /* read as text/plain, as SpamAssassin does (_parse_normal) */
+            l->part.text = true;
         } else if (!room) {
             p->defects |= MX_MIME_DEF_TOO_DEEP;
             l->st = L_LEAF;
@@ -769,6 +777,14 @@ static bool is_header_line(const uint8_t *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (s[i] == ':')
             return true;
+        if (i && (s[i] == ' ' || s[i] == '\t')) {
+            /* "Name :" (obsolete syntax): a field for SpamAssassin, which
+             * takes the name without the blanks (in the message's own
+             * headers; in MIME parts with them). Python starts the body. */
+            while (i < n && (s[i] == ' ' || s[i] == '\t'))
+                i++;
+            return i < n && s[i] == ':';
+        }
         if (s[i] < 0x21 || s[i] > 0x7e)
             return false;
     }
@@ -800,20 +816,45 @@ static void header_line(struct mx_mime_parser *p, const uint8_t *s, size_t n, co
         return;
     }
     if (!is_header_line(s, n)) {
+        /* SpamAssassin (Message::new) passes over up to 3 such lines in the
+         * message's own headers, each with its continuation lines; a "--"
+         * line or the 4th starts the body. (Python's email package, and SA
+         * in MIME parts, start the body at the first.) */
+        if (p->top == 0 && p->bad_fields < 3 && !(n >= 2 && s[0] == '-' && s[1] == '-')) {
+            p->bad_fields++;
+            flush_header(p);
+            p->skip_cont = true;
+            p->defects |= MX_MIME_DEF_HDR_BAD_LINE;
+            return;
+        }
         p->defects |= MX_MIME_DEF_HDR_NO_SEPARATOR;
         end_headers(p);
         dispatch_line(p, s, n, eol, eol_len, false);
         return;
     }
     if (s[0] == ' ' || s[0] == '\t') {
-        if (p->hb_len)
-            hb_append(p, s, n);
-        else
+        if (p->skip_cont)
+            return;
+        /* unfold as SpamAssassin does (s/\n[ \t]+/ /): the line break and
+         * the whitespace that starts the continuation become one space */
+        size_t ws = 0;
+        while (ws < n && (s[ws] == ' ' || s[ws] == '\t'))
+            ws++;
+        if (p->hb_len) {
+            hb_append(p, (const uint8_t *)" ", 1);
+            hb_append(p, s + ws, n - ws);
+        } else
             p->defects |= MX_MIME_DEF_HDR_BAD_LINE;
         return;
     }
     flush_header(p);
-    if (n >= 5 && memcmp(s, "From ", 5) == 0) {
+    p->skip_cont = false;
+    size_t fb = 4;
+    while (fb < n && (s[fb] == ' ' || s[fb] == '\t'))
+        fb++;
+    /* an mbox "From " line, but after the first line "From :" is a From
+     * field for SpamAssassin */
+    if (n >= 5 && memcmp(s, "From ", 5) == 0 && !(lineno != 0 && fb < n && s[fb] == ':')) {
         if (lineno != 0)
             p->defects |= MX_MIME_DEF_HDR_BAD_LINE;
         return;

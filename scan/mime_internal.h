@@ -59,7 +59,7 @@ struct mx_mime_part {
     enum mx_mime_cte cte;
     bool multipart;            /* parsed as multipart (has a boundary) */
     bool message;              /* message/xxx: one child, the enclosed message */
-    bool text;                 /* text/... type */
+    bool text;                 /* text/... type, or multipart/... without a boundary */
     bool attachment;           /* disposition attachment or has a file name */
     bool had_ctype;            /* a Content-Type header was present */
     uint64_t raw_bytes;        /* body bytes seen (before decoding) */
@@ -68,8 +68,10 @@ struct mx_mime_part {
 
 /** Callbacks; any may be NULL. `ud` is the pointer given at creation. */
 struct mx_mime_callbacks {
-    /* One header field of part `p` (p->ctype is not yet known here), unfolded,
-     * value with leading whitespace removed, not RFC 2047 decoded. */
+    /* One header field of part `p` (p->ctype is not yet known here), unfolded
+     * as SpamAssassin does (each line break and the whitespace starting the
+     * continuation line are one space), value with leading whitespace
+     * removed, not RFC 2047 decoded. */
     void (*header)(void *ud, const struct mx_mime_part *p, const char *name, size_t nlen,
                    const char *value, size_t vlen);
     /* Headers of `p` are complete. */

@@ -98,6 +98,9 @@ void mx_rules_free(struct mx_ruleset *rs)
     for (size_t i = 0; i < rs->nplugins; i++)
         free(rs->plugins[i]);
     free(rs->plugins);
+    for (size_t i = 0; i < rs->ntlds; i++)
+        free(rs->tlds[i]);
+    free(rs->tlds);
     memset(rs, 0, sizeof *rs);
 }
 
@@ -768,6 +771,18 @@ static int directive(struct mx_ruleset *rs, const char *s, const char *e)
         int kind = IS("replace_tag") ? 't' : IS("replace_pre") ? 'p' : IS("replace_inter") ? 'i' : 'o';
         return add_tag(rs, kind, k, (size_t)(ke - k), v, (size_t)(e - v));
     }
+    if (IS("util_rb_tld")) {
+        for (; s < e; s = skip_ws(s, e)) {
+            const char *w = s;
+            s = word_end(s, e);
+            int rc = add_str(&rs->tlds, &rs->ntlds, &rs->tldcap, w, (size_t)(s - w));
+            if (rc)
+                return rc;
+            for (char *c = rs->tlds[rs->ntlds - 1]; *c; c++)
+                *c = (char)tolower((unsigned char)*c);
+        }
+        return 0;
+    }
     if (IS("replace_rules")) {
         for (; s < e; s = skip_ws(s, e)) {
             const char *w = s;
@@ -1355,10 +1370,10 @@ static size_t opaque_len(const char *re, size_t i, size_t n, bool extended)
     return 0;
 }
 
-/* SpamAssassin matches body and raw-body rules paragraph by paragraph (line
- * by line), so \z and \Z there mean "end of the paragraph"; mxgate scans the
- * text as one multi-line string, where that is `$`. Rewritten in place
- * (shorter), outside character classes. */
+/* SpamAssassin matches body rules paragraph by paragraph (line by line), so
+ * \z and \Z there mean "end of the paragraph"; mxgate scans the text as one
+ * multi-line string, where that is `$`. Rewritten in place (shorter),
+ * outside character classes. */
 void mx_rules_paragraph_anchors(char *re)
 {
     size_t n = strlen(re), o = 0;
@@ -2247,9 +2262,10 @@ int mx_rules_finish(struct mx_ruleset *rs)
         if (rc)
             return rc;
     }
+    /* (rawbody rules with anchors run on SA's raw-body chunks as written:
+     * struct erule.chunked in engine.c) */
     for (size_t i = 0; i < rs->nrules; i++)
-        if ((rs->rules[i].type == MX_RULE_BODY || rs->rules[i].type == MX_RULE_RAWBODY) &&
-            rs->rules[i].re)
+        if (rs->rules[i].type == MX_RULE_BODY && rs->rules[i].re)
             mx_rules_paragraph_anchors(rs->rules[i].re);
     size_t n = rs->nrules; /* metas may add placeholder rules */
     for (size_t i = 0; i < n; i++) {

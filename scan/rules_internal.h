@@ -133,6 +133,10 @@ struct mx_ruleset {
     size_t nreplace, replcap;
     char **plugins;
     size_t nplugins, plugcap;
+    /* util_rb_tld: the top-level domains SA's schemeless URIs may end in
+     * (lower case; the engine sorts them) */
+    char **tlds;
+    size_t ntlds, tldcap;
     unsigned lines;
     unsigned ignored_directives;
     char err[256]; /* first hard error */
@@ -287,7 +291,8 @@ int mx_scan_engine_dbpattern(const struct mx_scan_engine *e, size_t i, size_t k,
 /** The PCRE2 program (pcre2_code *) of rule ri, or NULL. */
 const void *mx_scan_engine_rule_pcre(const struct mx_scan_engine *e, size_t ri);
 
-/** How rule ri runs: 'h' Hyperscan exact, 'f' prefilter + PCRE2, 'p' PCRE2 only, 0 not a regex. */
+/** How rule ri runs: 'h' Hyperscan exact, 'f' prefilter + PCRE2, 'p' PCRE2 only, 'c' PCRE2
+ * on SpamAssassin's raw-body chunks (a rawbody regex anchored without /m), 0 not a regex. */
 int mx_scan_engine_rule_how(const struct mx_scan_engine *e, size_t ri);
 
 /** The engine's rule set (names, types, tflags). */

@@ -10,25 +10,53 @@ not eval/network ones) and to regex rules alone (header, body, rawbody, uri,
 full, mimeheader), and which rules make up the differences. Last, from SpamAssassin's
 `-D rules` debug output: agreement over every regex rule mxgate runs, `__` sub-rules
 included (the rules the engine actually matches; tests= shows mostly metas).
+
+SA_PARITY_CACHE=DIR keeps SpamAssassin's answer per message (by content hash and
+the rule files' mtimes) so that a re-run after an engine change only reruns
+scan_cli; SA_PARITY_JOBS=N runs N spamassassin processes at once.
 """
-import collections, re, subprocess, sys
+import collections, concurrent.futures, glob, hashlib, json, os, re, subprocess, sys
 
 REGEX_KINDS = {'header', 'body', 'rawbody', 'uri', 'full', 'mimeheader'}
 
 
-def sa_tests(path):
+def rules_stamp():
+    """The rule files' names and mtimes: a cached SA answer is for these."""
+    h = hashlib.sha256()
+    for d in ('/etc/spamassassin', '/usr/share/spamassassin'):
+        for f in sorted(glob.glob(d + '/*')):
+            h.update(('%s %d\n' % (f, os.stat(f).st_mtime_ns)).encode())
+    return h.hexdigest()
+
+
+def sa_tests(path, cache=None, stamp=''):
     """SpamAssassin's reported rules (tests=) and, from `-D rules`, every
     regex rule that hit, sub-rules included."""
     with open(path, 'rb') as f:
-        p = subprocess.run(['spamassassin', '-L', '-t', '-D', 'rules'], stdin=f,
-                           capture_output=True, timeout=300)
+        data = f.read()
+    key = None
+    if cache:
+        key = os.path.join(cache, hashlib.sha256(stamp.encode() + data).hexdigest() + '.json')
+        try:
+            with open(key) as f:
+                a, hits = json.load(f)
+            return set(a), set(hits)
+        except (OSError, ValueError):
+            pass
+    p = subprocess.run(['spamassassin', '-L', '-t', '-D', 'rules'], input=data,
+                       capture_output=True, timeout=300)
     out, dbg = p.stdout.decode('utf-8', 'replace'), p.stderr.decode('utf-8', 'replace')
     hits = set(m.group(2) for m in re.finditer(
         r'ran (header|body|rawbody|uri|full|mimeheader|eval) rule (\S+) ======> got hit', dbg))
     m = re.search(r'^X-Spam-Status:.*?tests=(.*?)\s+autolearn=', out, re.M | re.S)
-    if not m:
-        return set(), hits
-    return set(t for t in re.split(r'[,\s]+', m.group(1)) if t and t != 'none'), hits
+    a = set()
+    if m:
+        a = set(t for t in re.split(r'[,\s]+', m.group(1)) if t and t != 'none')
+    if key and p.returncode == 0:
+        with open(key + '.tmp', 'w') as f:
+            json.dump([sorted(a), sorted(hits)], f)
+        os.replace(key + '.tmp', key)
+    return a, hits
 
 
 def main():
@@ -54,8 +82,15 @@ def main():
     sub_diff = {'sa_only': collections.Counter(), 'mx_only': collections.Counter()}
     nat = collections.Counter()
     nat_diff = {'sa_only': collections.Counter(), 'mx_only': collections.Counter()}
-    for f in files:
-        (a, sa_regex), b = sa_tests(f), mx.get(f, set())
+    cache, stamp = os.environ.get('SA_PARITY_CACHE'), ''
+    if cache:
+        os.makedirs(cache, exist_ok=True)
+        stamp = rules_stamp()
+    jobs = int(os.environ.get('SA_PARITY_JOBS', '1'))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        sa = list(pool.map(lambda f: sa_tests(f, cache, stamp), files))
+    for f, (a, sa_regex) in zip(files, sa):
+        b = mx.get(f, set())
         # every regex rule mxgate runs, `__` sub-rules included; SA does not
         # log mimeheader rules (MIMEHeader plugin) in -D rules, and logs some
         # reported rules (GTUBE) elsewhere: tests= counts too
