@@ -1313,8 +1313,11 @@ static int compile_meta(struct mx_ruleset *rs, size_t ri)
     return 0;
 }
 
+static size_t escape_len(const char *re, size_t i, size_t n);
+
 /* Index just past the character class that opens at re[i] ('['): "[]" and
- * "[^]" start with a literal ']', an escape takes two bytes, and a POSIX
+ * "[^]" start with a literal ']', an escape is read whole (escape_len():
+ * "\c]" is one character, not "\c" and the end), and a POSIX
  * class such as "[:alpha:]" inside does not end it (PCRE2's rule: "[:"
  * followed by a run without ']' that ends in ":]"). */
 static size_t class_end(const char *re, size_t i, size_t n)
@@ -1326,7 +1329,8 @@ static size_t class_end(const char *re, size_t i, size_t n)
         j++;
     while (j < n) {
         if (re[j] == '\\' && j + 1 < n) {
-            j += 2;
+            size_t el = escape_len(re, j, n);
+            j += el ? el : 2;
             continue;
         }
         if (re[j] == '[' && j + 1 < n && re[j + 1] == ':') {
@@ -1346,7 +1350,7 @@ static size_t class_end(const char *re, size_t i, size_t n)
 }
 
 /* Length of a verbatim run at re[i] that no rewrite looks inside: an escape
- * (two bytes), \Q...\E, a character class, a (?#...) comment, and with
+ * (escape_len()), \Q...\E, a character class, a (?#...) comment, and with
  * `extended` a # comment to the end of the line. 0 for anything else. */
 static size_t opaque_len(const char *re, size_t i, size_t n, bool extended)
 {
@@ -1355,7 +1359,8 @@ static size_t opaque_len(const char *re, size_t i, size_t n, bool extended)
             const char *e = strstr(re + i + 2, "\\E");
             return (e ? (size_t)(e - re) + 2 : n) - i;
         }
-        return 2;
+        size_t el = escape_len(re, i, n);
+        return el ? el : 2;
     }
     if (re[i] == '[')
         return class_end(re, i, n) - i;
