@@ -2262,6 +2262,24 @@ static bool uri_start_delim(unsigned char c)
            c == 0xa0;
 }
 
+/* A schemeless URI candidate's length once trimmed as SpamAssassin's
+ * _tbirdurire: cut before the last ')' that comes before the first '(',
+ * then drop trailing punctuation. */
+static size_t uri_trim(const char *s, size_t len)
+{
+    size_t open = 0;
+    while (open < len && s[open] != '(')
+        open++;
+    for (size_t k = open; k > 0; k--)
+        if (s[k - 1] == ')') {
+            len = k - 1;
+            break;
+        }
+    while (len && strchr("-~!@#^&*()_+=:;'?,.", s[len - 1]))
+        len--;
+    return len;
+}
+
 static bool uri_end_delim(unsigned char c)
 {
     return (c && strchr("><\"`}]{[|", c)) || isspace(c) || c == 0x1b || c == 0xa0;
@@ -2365,16 +2383,7 @@ static void schemeless_uris(struct mx_scan_msg *m, const char *t, size_t n)
             i++;
             continue;
         }
-        size_t len = end - i, open = 0;
-        while (open < len && t[i + open] != '(')
-            open++;
-        for (size_t r = open; r > 0; r--)
-            if (t[i + r - 1] == ')') {
-                len = r - 1;
-                break;
-            }
-        while (len && strchr("-~!@#^&*()_+=:;'?,.", t[i + len - 1]))
-            len--;
+        size_t len = uri_trim(t + i, end - i);
         if (len && fqdn_valid(t + i, host - i)) {
             char u[2100];
             bool ftp = len > 4 && strncasecmp(t + i, "ftp.", 4) == 0;
@@ -2417,16 +2426,7 @@ static bool slash_address(struct mx_scan_msg *m, const char *t, size_t n)
     const char *sl = memchr(t + l, '/', a - l);
     if ((size_t)(sl - t) + 1 >= a)
         return false;
-    size_t len = r - l, open = 0;
-    while (open < len && t[l + open] != '(')
-        open++;
-    for (size_t k = open; k > 0; k--)
-        if (t[l + k - 1] == ')') {
-            len = k - 1;
-            break;
-        }
-    while (len && strchr("-~!@#^&*()_+=:;'?,.", t[l + len - 1]))
-        len--;
+    size_t len = uri_trim(t + l, r - l);
     if (len <= a - l + 1 || len > 2048)
         return false;
     char u[2100];

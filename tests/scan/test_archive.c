@@ -1044,17 +1044,26 @@ static uint8_t *make_rar3(const struct rar_ent *e, size_t n, size_t *outlen)
     return b;
 }
 
+/* LZMA options of preset 1 with a 1 MiB dictionary, and an output buffer
+ * for `len` bytes of input (its size in *cap) */
+static uint8_t *lzma_setup(lzma_options_lzma *lo, size_t len, size_t *cap)
+{
+    assert_false(lzma_lzma_preset(lo, 1));
+    lo->dict_size = 1u << 20;
+    *cap = len + len / 2 + 4096;
+    uint8_t *b = malloc(*cap);
+    assert_non_null(b);
+    return b;
+}
+
 /* `data` as an xz stream (LZMA2, 1 MiB dictionary) whose first block then
  * declares LZMA2 dictionary property `prop` (block header CRC fixed). */
 static uint8_t *make_xz(const uint8_t *data, size_t len, unsigned prop, size_t *outlen)
 {
     lzma_options_lzma lo;
-    assert_false(lzma_lzma_preset(&lo, 1));
-    lo.dict_size = 1u << 20;
+    size_t cap;
+    uint8_t *b = lzma_setup(&lo, len, &cap);
     lzma_filter f[] = {{LZMA_FILTER_LZMA2, &lo}, {LZMA_VLI_UNKNOWN, NULL}};
-    size_t cap = len + len / 2 + 4096;
-    uint8_t *b = malloc(cap);
-    assert_non_null(b);
     *outlen = 0;
     assert_int_equal(
         lzma_stream_buffer_encode(f, LZMA_CHECK_CRC32, NULL, data, len, b, outlen, cap), LZMA_OK);
@@ -1074,13 +1083,10 @@ static uint8_t *make_xz(const uint8_t *data, size_t len, unsigned prop, size_t *
 static uint8_t *make_lzma(const uint8_t *data, size_t len, uint32_t dict, size_t *outlen)
 {
     lzma_options_lzma lo;
-    assert_false(lzma_lzma_preset(&lo, 1));
-    lo.dict_size = 1u << 20;
+    size_t cap;
+    uint8_t *b = lzma_setup(&lo, len, &cap);
     lzma_stream z = LZMA_STREAM_INIT;
     assert_int_equal(lzma_alone_encoder(&z, &lo), LZMA_OK);
-    size_t cap = len + len / 2 + 4096;
-    uint8_t *b = malloc(cap);
-    assert_non_null(b);
     z.next_in = data;
     z.avail_in = len;
     z.next_out = b;
@@ -1097,12 +1103,9 @@ static uint8_t *make_lzma(const uint8_t *data, size_t len, uint32_t dict, size_t
 static uint8_t *make_lzip(const uint8_t *data, size_t len, uint8_t db, size_t *outlen)
 {
     lzma_options_lzma lo;
-    assert_false(lzma_lzma_preset(&lo, 1));
-    lo.dict_size = 1u << 20;
+    size_t cap;
+    uint8_t *b = lzma_setup(&lo, len, &cap);
     lzma_filter f[] = {{LZMA_FILTER_LZMA1, &lo}, {LZMA_VLI_UNKNOWN, NULL}};
-    size_t cap = len + len / 2 + 4096;
-    uint8_t *b = malloc(cap);
-    assert_non_null(b);
     size_t o = 6;
     assert_int_equal(lzma_raw_buffer_encode(f, NULL, data, len, b, &o, cap - 20), LZMA_OK);
     memcpy(b, "LZIP\x01", 5);
