@@ -601,6 +601,17 @@ static int classify(struct mx_scan_engine *e)
             er->how = HOW_PCRE; /* even prefilter compiles take tens of seconds */
         } else if (!rep && hs_expression_info(pat, fl, &info, &cerr) == HS_SUCCESS) {
             er->how = HOW_HS;
+            /* A `multiple` rule counts Perl's matches: `while (/re/g)`,
+             * each search resuming where the last match ended. Hyperscan
+             * reports every match end instead: /aa/ on "aaaa" 3 times, not
+             * 2; `__HAS_HREF` (/^[^>].*?<a href=/m) once per link, where
+             * Perl counts one per line; `__4BYTE_UTF8_WORD` ({3,10}) once
+             * per extra character. Only where every match is one byte long
+             * are the two the same; every other `multiple` rule is a
+             * candidate that PCRE2 counts (pcre_count()). */
+            if ((r->tflags & MX_TF_MULTIPLE) && er->pc &&
+                !(info->min_width == 1 && info->max_width == 1))
+                er->how = HOW_PREFILTER;
         } else {
             hs_free_compile_error(cerr);
             cerr = NULL;

@@ -238,7 +238,8 @@ static void test_engine_stats(void **state)
     (void)state;
     struct mx_scan_stats st;
     mx_scan_engine_stats(test_engine, &st);
-    assert_int_equal(st.hs_prefilter + st.pcre_only, 5); /* BACKREF, __TRIPLE, RX_LIMIT, __URI_GOOD(S) */
+    /* BACKREF, __TRIPLE, RX_LIMIT, __URI_GOOD(S), __AA, __HREFS (counted by PCRE2) */
+    assert_int_equal(st.hs_prefilter + st.pcre_only, 7);
     assert_int_equal(st.skipped, 1);                     /* EVAL_RULE */
     const char *name, *why;
     assert_int_equal(mx_scan_engine_skipped(test_engine, 0, &name, &why), 0);
@@ -583,6 +584,25 @@ static void test_engine_uri_confirm(void **state)
     assert_true(value_after(three, "__URI_GOOD") == 1);
     assert_true(value_after(three, "__URI_GOODS") == 2);
     assert_true(value_after("Subject: x\r\n\r\nhttp://good.test/bad\r\n", "__URI_GOOD") == 0);
+}
+
+/* A `multiple` rule counts Perl's matches (`while (/re/g)`), not
+ * Hyperscan's match ends: /aa/ on "aaaa" is 2 (Hyperscan reports 3 ends),
+ * /^[^>].*?<a href=/m is 1 per line however many links it holds; a rule
+ * whose matches are one byte long (/e/) stays in Hyperscan, and maxhits
+ * caps it. */
+static void test_engine_multiple_counts(void **state)
+{
+    (void)state;
+    assert_true(value_after("Subject: x\r\n\r\naaaa\r\n", "__AA") == 2);
+    assert_true(value_after("Subject: x\r\n\r\naaaaa and aa\r\n", "__AA") == 3);
+    assert_true(value_after("Subject: x\r\n\r\n<p>x <a href=1> <a href=2>\r\n<b> <a href=3>\r\n",
+                            "__HREFS") == 2);
+    assert_true(value_after("Subject: x\r\n\r\nee\r\n", "__ONE_E") == 2);
+    assert_true(value_after("Subject: x\r\n\r\neeeeee\r\n", "__ONE_E") == 3);
+    assert_int_equal(mx_scan_engine_rule_how(test_engine, (size_t)mx_rules_find(
+                                                               mx_scan_engine_rules(test_engine), "__ONE_E")),
+                     'h');
 }
 
 /* A body rule Hyperscan refuses (past its pattern length limit: every
@@ -950,6 +970,7 @@ int main(void)
         cmocka_unit_test(test_engine_scopes),
         cmocka_unit_test(test_engine_pcre_multiple),
         cmocka_unit_test(test_engine_uri_confirm),
+        cmocka_unit_test(test_engine_multiple_counts),
         cmocka_unit_test(test_engine_pcre_ascii),
         cmocka_unit_test(test_engine_cache_prune),
         cmocka_unit_test(test_engine_regex_limit),
