@@ -78,6 +78,10 @@ def main():
         for n in sorted(names):
             files.append(os.path.join(root, n))
     files.sort()
+    if not files:
+        # no corpus at that path: say so (meson: skipped), never "0 differ"
+        print('mime_diff: no messages under %s' % corpus)
+        return 77
     bad = same = skipped = 0
     for path in files:
         rel = os.path.relpath(path, corpus)
