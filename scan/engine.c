@@ -86,6 +86,9 @@ struct erule {
     bool multiple;          /* tflags multiple: the value is the count */
     bool chunked;           /* rawbody regex with ^ $ \A \Z \z outside /m: PCRE2
                                runs on SpamAssassin's raw-body chunks (raw_chunks()) */
+    bool cand;              /* a Hyperscan match only makes it a candidate for PCRE2:
+                               prefilter, chunked, or run as a prefilter in an ASCII
+                               variant (set by group_lists()) */
     uint32_t maxhits;
     int group;
     pcre2_code *pc;
@@ -1167,8 +1170,8 @@ static int compile_ascii(struct mx_scan_engine *e, struct group *g)
     return rc;
 }
 
-/* The per-group lists of struct group (pre, neg, has_unset), once every
- * rule's `how` is final. */
+/* The per-group lists of struct group (pre, neg, has_unset) and each
+ * rule's erule.cand, once every rule's `how` and `ascii` are final. */
 static int group_lists(struct mx_scan_engine *e)
 {
     for (size_t i = 0; i < e->ng; i++) {
@@ -1176,10 +1179,12 @@ static int group_lists(struct mx_scan_engine *e)
         for (size_t k = 0; k < g->nrules + g->npcre; k++) {
             uint32_t ri = k < g->nrules ? g->rules[k] : g->pcre[k - g->nrules];
             const struct mx_rule *r = &e->rs.rules[ri];
+            struct erule *er = &e->er[ri];
+            er->cand = er->how == HOW_PREFILTER || er->chunked ||
+                       (er->how == HOW_PCRE && er->ascii == ASCII_PREFILTER);
             g->has_unset |= r->ifunset != NULL;
             if ((r->negate && add_u32(&g->neg, &g->nneg, ri)) ||
-                (k < g->nrules && (e->er[ri].how == HOW_PREFILTER || e->er[ri].chunked) &&
-                 add_u32(&g->pre, &g->npre, ri)))
+                (k < g->nrules && er->cand && add_u32(&g->pre, &g->npre, ri)))
                 return -ENOMEM;
         }
     }
@@ -1600,18 +1605,23 @@ static int build_dbs(struct mx_scan_engine *e)
             e->has_ascii = true;
             e->st.ascii_variants++;
         }
-        /* what compile_ascii() put in the variant (loaded from the cache:
-         * the same, computed again) */
+        /* what compile_ascii() put in the variant: set there when compiled,
+         * computed the same way when loaded from the cache; none without a
+         * variant */
+        bool variant = e->g[i].adb || e->g[i].ascii_empty;
         for (size_t k = 0; k < e->g[i].npcre; k++) {
-            char *x = NULL;
-            unsigned fl;
-            int kind = e->g[i].adb || e->g[i].ascii_empty
-                           ? pcre_ascii(e, e->g[i].pcre[k], &x, &fl)
-                           : (e->er[e->g[i].pcre[k]].ascii = ASCII_NO);
-            free(x);
-            if (kind < 0)
-                return kind;
-            e->st.pcre_ascii += kind == ASCII_EXACT || kind == ASCII_PREFILTER;
+            struct erule *er = &e->er[e->g[i].pcre[k]];
+            if (!variant) {
+                er->ascii = ASCII_NO;
+            } else if (cached) {
+                char *x = NULL;
+                unsigned fl;
+                int kind = pcre_ascii(e, e->g[i].pcre[k], &x, &fl);
+                free(x);
+                if (kind < 0)
+                    return kind;
+            }
+            e->st.pcre_ascii += er->ascii == ASCII_EXACT || er->ascii == ASCII_PREFILTER;
         }
     }
     int lrc = group_lists(e);
@@ -2000,8 +2010,7 @@ static int on_match(unsigned id, unsigned long long from, unsigned long long to,
     }
     if (m->w->prof)
         m->w->prof->r_matches[id]++;
-    if (e->er[id].how == HOW_PREFILTER || e->er[id].chunked ||
-        (e->er[id].how == HOW_PCRE && e->er[id].ascii == ASCII_PREFILTER))
+    if (e->er[id].cand)
         m->cand[id] |= CAND_YES;
     else if (m->count[id] < UINT16_MAX)
         m->count[id]++;
@@ -4307,7 +4316,7 @@ static void eval_metas(struct mx_scan_msg *m)
     if (e->meta_recursive)
         return;
     uint64_t *dirty = m->mdirty;
-    bool all = e->legacy_layout || !e->mzero;
+    bool all = e->legacy_layout;
     memset(dirty, all ? 0xff : 0, (e->nmorder / 64 + 1) * sizeof *dirty);
     for (size_t k = 0; !all && k < e->nmseed; k++) {
         uint32_t ri = e->mseed[k];
@@ -4382,11 +4391,7 @@ out:
     free(zm.count);
     free(zm.cand);
     free(zm.dval);
-    if (rc) {
-        free(e->mzero); /* eval_metas() evaluates every meta */
-        e->mzero = NULL;
-    }
-    return rc;
+    return rc; /* an error fails the load */
 }
 
 

@@ -134,8 +134,7 @@ struct single {
     size_t state;
 };
 
-/* -G: one grouping's databases compiled and replayed over capture c;
- * returns total seconds (or -1), compile seconds in *ct */
+/* -G: a pattern of the class being regrouped, and its replay time alone */
 struct gpat {
     char *expr;
     unsigned flags;
@@ -148,6 +147,9 @@ static int gpat_by_cost(const void *a, const void *b)
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
+/* -G: one grouping (g[0..cut[0]), g[cut[0]..cut[1]), ...) compiled and
+ * replayed over capture c; returns total seconds (or -1), compile seconds
+ * in *ct, each database's seconds in parts (may be NULL) */
 static double grouping(const struct gpat *g, const size_t *cut, size_t ncut, bool stream,
                        const struct mx_scan_capture *c, hs_scratch_t **scratch, double *ct,
                        double *parts)

@@ -536,18 +536,31 @@ static void test_rules_share_repeats(void **state)
 
 /* Value of rule `name` after scanning `msg` whole (the message stays open
  * so values are read as a meta would read them). */
-static double value_after(const char *msg, const char *name)
+/* The value of rule `name` after scanning msg with worker w of engine e,
+ * fed in chunks of `step` bytes (0: whole). */
+static double value_in(struct mx_scan_worker *w, const struct mx_scan_engine *e, const char *msg,
+                       size_t step, const char *name)
 {
-    struct mx_scan_msg *m = mx_scan_msg_begin(test_worker);
+    struct mx_scan_msg *m = mx_scan_msg_begin(w);
     assert_non_null(m);
-    assert_int_equal(mx_scan_msg_feed(m, (const uint8_t *)msg, strlen(msg)), 0);
+    size_t n = strlen(msg);
+    if (!step)
+        step = n ? n : 1;
+    for (size_t off = 0; off < n; off += step)
+        assert_int_equal(
+            mx_scan_msg_feed(m, (const uint8_t *)msg + off, n - off < step ? n - off : step), 0);
     struct mx_scan_result r;
     assert_int_equal(mx_scan_msg_end(m, &r), 0);
-    long ri = mx_rules_find(mx_scan_engine_rules(test_engine), name);
+    long ri = mx_rules_find(mx_scan_engine_rules(e), name);
     assert_true(ri >= 0);
     double v = mx_scan_msg_rule_value(m, (size_t)ri);
     mx_scan_msg_free(m);
     return v;
+}
+
+static double value_after(const char *msg, const char *name)
+{
+    return value_in(test_worker, test_engine, msg, 0, name);
 }
 
 /* A `multiple` rule confirmed by PCRE2 counts its matches (it used to
@@ -614,16 +627,7 @@ static void test_engine_multiple_counts(void **state)
 static double long_rule_value(struct mx_scan_worker *w, const struct mx_scan_engine *e,
                               const char *msg)
 {
-    struct mx_scan_msg *m = mx_scan_msg_begin(w);
-    assert_non_null(m);
-    for (size_t off = 0, n = strlen(msg); off < n; off += 3)
-        assert_int_equal(mx_scan_msg_feed(m, (const uint8_t *)msg + off, n - off < 3 ? n - off : 3),
-                         0);
-    struct mx_scan_result r;
-    assert_int_equal(mx_scan_msg_end(m, &r), 0);
-    double v = mx_scan_msg_rule_value(m, (size_t)mx_rules_find(mx_scan_engine_rules(e), "__LONG_PW"));
-    mx_scan_msg_free(m);
-    return v;
+    return value_in(w, e, msg, 3, "__LONG_PW");
 }
 
 static void test_engine_pcre_ascii(void **state)
